@@ -1,17 +1,68 @@
 """Spectrum <-> model-grid arrays: resampling, normalisation, masks, uncertainties.
 
-All resampling here is flux conserving: an output pixel receives the mean flux
-density of the input over its bin, weighted by the overlap of the bins.  Bins are
-built from pixel centres (midpoints between neighbours, the outer edges extrapolated
-by half a pixel), as in :class:`specutils.manipulation.FluxConservingResampler`.
+Data flow: a `~specutils.Spectrum` goes through `to_model_grid` to plain arrays on a
+model's wavelength grid (`GridSpectra`), a model works on those arrays, and
+`from_model_grid` puts the model's arrays back on the input's spectral axis as a new
+`~specutils.Spectrum`.  Models never see specutils.
+
+All resampling here is flux conserving and linear in the flux.  The flux density
+inside each input pixel is reconstructed as a parabola whose mean over the pixel is
+the pixel's value and whose values at the pixel edges are interpolated linearly
+between the neighbouring pixel centres (extrapolated at the end of a run of valid
+pixels); the reconstruction is continuous and reproduces linear spectra exactly.  An
+output pixel receives the mean of this density over the valid part of its bin
+(missing input pixels carry no weight), so the integral of the flux is conserved and
+the operator is a sparse matrix acting on the flux; variances propagate through the
+squares of its entries.  Bins are built from pixel centres (midpoints between
+neighbours, the outer edges half a pixel out), as in
+:class:`specutils.manipulation.FluxConservingResampler`.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import astropy.units as u
 import numpy as np
 import scipy.sparse
+from astropy.constants import c as _speed_of_light
+from astropy.nddata import (
+    InverseVariance,
+    StdDevUncertainty,
+    VarianceUncertainty,
+)
+from astropy.utils.exceptions import AstropyUserWarning
+from specutils import Spectrum
+from specutils.utils.wcs_utils import air_to_vac, vac_to_air
 
-__all__ = ["bin_edges", "rebin_matrix", "rebin"]
+__all__ = [
+    "bin_edges",
+    "rebin_matrix",
+    "rebin",
+    "ModelGrid",
+    "GridSpectra",
+    "to_model_grid",
+    "from_model_grid",
+    "median_normalise",
+    "median_denormalise",
+    "doppler_shift",
+    "shift_flux",
+]
+
+_MEDIA = ("air", "vacuum")
+_C_KMS = _speed_of_light.to_value(u.km / u.s)
+_UNCERTAINTY_TYPES = (StdDevUncertainty, VarianceUncertainty, InverseVariance)
+# Coverage thresholds allow for rounding, so that full coverage (1.0) can be asked for.
+_ROUNDING = 1.0 - 1e-9
+
+
+# --------------------------------------------------------------------------------------
+# Bins and the overlap matrix
+# --------------------------------------------------------------------------------------
 
 
 def bin_edges(centres: np.ndarray) -> np.ndarray:
@@ -44,6 +95,26 @@ def bin_edges(centres: np.ndarray) -> np.ndarray:
     return np.concatenate([[first], mid, [last]])
 
 
+def _segments(in_edges: np.ndarray, out_edges: np.ndarray):
+    """Cut the common range of two binnings into pieces inside one bin of each.
+
+    Returns the input bin ``i``, output bin ``j`` and the ends ``lo``, ``hi`` of every
+    piece (empty arrays when the ranges do not overlap).
+    """
+    lo = max(in_edges[0], out_edges[0])
+    hi = min(in_edges[-1], out_edges[-1])
+    if hi <= lo:
+        empty = np.zeros(0)
+        return empty.astype(int), empty.astype(int), empty, empty
+    cuts = np.concatenate([in_edges, out_edges])
+    cuts = np.unique(cuts[(cuts > lo) & (cuts < hi)])
+    cuts = np.concatenate([[lo], cuts, [hi]])
+    mid = 0.5 * (cuts[1:] + cuts[:-1])
+    i = np.searchsorted(in_edges, mid) - 1
+    j = np.searchsorted(out_edges, mid) - 1
+    return i, j, cuts[:-1], cuts[1:]
+
+
 def rebin_matrix(in_edges: np.ndarray, out_edges: np.ndarray) -> scipy.sparse.csr_matrix:
     """Overlap lengths between input and output bins.
 
@@ -57,25 +128,242 @@ def rebin_matrix(in_edges: np.ndarray, out_edges: np.ndarray) -> scipy.sparse.cs
     scipy.sparse.csr_matrix, shape (n_out, n_in)
         Entry ``(j, i)`` is the length of the overlap of output bin ``j`` and input
         bin ``i`` (zero where they do not overlap).
+
+    Examples
+    --------
+    >>> rebin_matrix(np.array([0.0, 1.0, 2.0]), np.array([0.5, 1.5])).toarray()
+    array([[0.5, 0.5]])
     """
     in_edges = np.asarray(in_edges, dtype=float)
     out_edges = np.asarray(out_edges, dtype=float)
+    i, j, lo, hi = _segments(in_edges, out_edges)
+    shape = (out_edges.size - 1, in_edges.size - 1)
+    return scipy.sparse.csr_matrix((hi - lo, (j, i)), shape=shape)
+
+
+# --------------------------------------------------------------------------------------
+# The piecewise-parabolic reconstruction
+# --------------------------------------------------------------------------------------
+
+
+def _parabola_integrals(s: np.ndarray):
+    """Integrals over ``[0, s]`` of the three basis functions of a pixel's parabola.
+
+    In local coordinates ``t`` in [0, 1] the density is
+    ``L (1 - 4t + 3t^2) + R (3t^2 - 2t) + f (6t - 6t^2)``: value ``L`` at the left
+    edge, ``R`` at the right edge and mean ``f``.
+    """
+    s2 = s * s
+    s3 = s2 * s
+    return s - 2 * s2 + s3, s3 - s2, 3 * s2 - 2 * s3
+
+
+@functools.lru_cache(maxsize=16)
+def _stencil_weights(widths_key: bytes) -> dict:
+    """Candidate edge weights for given bin widths (cached by their bytes).
+
+    Edge ``k`` lies between pixels ``k - 1`` and ``k``; every array has one entry per
+    edge (``n + 1``).  ``interp`` interpolates linearly between the centres of pixels
+    ``k - 1`` and ``k``; ``from_left`` extrapolates linearly from pixels ``k - 2`` and
+    ``k - 1``, ``from_right`` from pixels ``k`` and ``k + 1``; ``fourth`` (``(n + 1, 4)``,
+    pixels ``k - 2 .. k + 1``) is exact for cubic densities: the derivative at edge
+    ``k`` of the quartic through the cumulative integral at edges ``k - 2 .. k + 2``
+    (uniform pixels: ``(-1, 7, 7, -1) / 12``).
+    """
+    widths = np.frombuffer(widths_key)
+    hp = np.pad(widths, 2, constant_values=1.0)
+    # Pixel k + o of edge k sits at padded index k + o + 2.
+    h = {o: hp[o + 2 : o + 3 + widths.size] for o in (-2, -1, 0, 1)}
+    nodes = np.stack([-(h[-2] + h[-1]), -h[-1], np.zeros_like(h[0]), h[0], h[0] + h[1]])
+    slope = {2: -sum(1.0 / nodes[q] for q in (0, 1, 3, 4))}
+    for node in (0, 1, 3, 4):
+        term = 1.0 / nodes[node]
+        for q in {0, 1, 3, 4} - {node}:
+            term = term * (-nodes[q]) / (nodes[node] - nodes[q])
+        slope[node] = term
+    # The cumulative integral at node l sums pixels 0 .. l-1 of the stencil.
+    fourth = np.stack(
+        [
+            (h[-2], h[-1], h[0], h[1])[p] * sum(slope[node] for node in range(p + 1, 5))
+            for p in range(4)
+        ],
+        axis=-1,
+    )
+    return {
+        "interp": (h[0] / (h[-1] + h[0]), h[-1] / (h[-1] + h[0])),
+        "from_left": (-h[-1] / (h[-1] + h[-2]), (2 * h[-1] + h[-2]) / (h[-1] + h[-2])),
+        "from_right": ((2 * h[0] + h[1]) / (h[0] + h[1]), -h[0] / (h[0] + h[1])),
+        "fourth": fourth,
+    }
+
+
+def _edge_stencils(widths: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Weights giving the flux density at every bin edge from valid neighbours.
+
+    Edge ``k`` lies between pixels ``k - 1`` and ``k``.  With pixels ``k - 2 .. k + 1``
+    all valid, the density there is exact for cubic densities; with only ``k - 1``
+    and ``k`` valid, it is the linear interpolation between their centres; with one of
+    them valid, the linear extrapolation from it and the next valid pixel on its side
+    (or its own value when that one is missing too); with none, zero (unused: both
+    pixels carry no weight).  Every non-zero row sums to one.
+
+    Parameters
+    ----------
+    widths : ndarray, shape (n,)
+        Input bin widths.
+    good : ndarray of bool, shape (n_spec, n)
+        Valid input pixels.
+
+    Returns
+    -------
+    ndarray, shape (n_spec, n + 1, 4)
+        Weights of pixels ``k - 2, k - 1, k, k + 1`` for edge ``k``.
+    """
+    n = widths.size
+    cand = _stencil_weights(np.ascontiguousarray(widths, dtype=float).tobytes())
+    gp = np.pad(good, ((0, 0), (2, 2)), constant_values=False)
+    g = {o: gp[:, o + 2 : o + 3 + n] for o in (-2, -1, 0, 1)}
+    both = g[-1] & g[0]
+    left_only = g[-1] & ~g[0]
+    right_only = g[0] & ~g[-1]
+    left_extra = left_only & g[-2]
+    right_extra = right_only & g[1]
+    w = np.zeros((good.shape[0], n + 1, 4))
+    w[..., 0] = np.where(left_extra, cand["from_left"][0], 0.0)
+    w[..., 1] = np.where(both, cand["interp"][0], 0.0)
+    w[..., 1] += np.where(left_extra, cand["from_left"][1], 0.0)
+    w[..., 1] += left_only & ~g[-2]
+    w[..., 2] = np.where(both, cand["interp"][1], 0.0)
+    w[..., 2] += np.where(right_extra, cand["from_right"][0], 0.0)
+    w[..., 2] += right_only & ~g[1]
+    w[..., 3] = np.where(right_extra, cand["from_right"][1], 0.0)
+    all_four = both & g[-2] & g[1]
+    return np.where(all_four[..., None], cand["fourth"], w)
+
+
+def _edge_values(flux: np.ndarray, stencils: np.ndarray) -> np.ndarray:
+    """Density at every bin edge, ``(n_spec, n + 1)``, from zero-filled flux."""
+    n = flux.shape[-1]
+    fp = np.pad(flux, ((0, 0), (2, 2)))
+    return sum(stencils[..., o] * fp[:, o : o + n + 1] for o in range(4))
+
+
+def _cumulative(flux, good, edges, x):
+    """Cumulative integrals of the reconstructed flux and of the valid length at ``x``.
+
+    ``flux`` is zero where not ``good``; ``x`` has shape ``(n_x,)`` or
+    ``(n_spec, n_x)``; points outside the edges are clipped to them.
+    """
+    widths = np.diff(edges)
+    zero = np.zeros((flux.shape[0], 1))
+    cum_f = np.concatenate([zero, np.cumsum(flux * widths, axis=1)], axis=1)
+    cum_g = np.concatenate([zero, np.cumsum(good * widths, axis=1)], axis=1)
+    d = np.empty_like(cum_f)
+    for rows in _pattern_groups(good):
+        d[rows] = _edge_values(flux[rows], _edge_stencils(widths, good[rows[:1]]))
+    x = np.clip(x, edges[0], edges[-1])
+    i = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, widths.size - 1)
+    s = (x - edges[i]) / widths[i]
+    p_left, p_right, p_mean = _parabola_integrals(s)
+    rows = np.arange(flux.shape[0])[:, None]
+    gi = good[rows, i]
+    part = widths[i] * (d[rows, i] * p_left + d[rows, i + 1] * p_right + flux[rows, i] * p_mean)
+    return cum_f[rows, i] + gi * part, cum_g[rows, i] + gi * widths[i] * s
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(in_key: bytes, out_key: bytes):
+    """Geometry of the resampling matrix for given edges (cached by their bytes).
+
+    Returns the input pixel ``i`` of every segment (piece of the common range inside
+    one input and one output bin), the integrals of the three parabola basis functions
+    over each segment, a sparse map from (segment, pixel offset -2..2) terms to the
+    matrix entries ``(j, m)`` they add to, and the CSR column indices and row
+    pointers of those entries.
+    """
+    in_edges = np.frombuffer(in_key)
+    out_edges = np.frombuffer(out_key)
     n_in, n_out = in_edges.size - 1, out_edges.size - 1
-    lo = max(in_edges[0], out_edges[0])
-    hi = min(in_edges[-1], out_edges[-1])
-    if hi <= lo:
-        return scipy.sparse.csr_matrix((n_out, n_in))
-    # Every boundary inside the common range cuts it into segments that lie in
-    # exactly one input bin and one output bin.
-    cuts = np.concatenate([in_edges, out_edges])
-    cuts = np.unique(cuts[(cuts > lo) & (cuts < hi)])
-    cuts = np.concatenate([[lo], cuts, [hi]])
-    mid = 0.5 * (cuts[1:] + cuts[:-1])
-    length = np.diff(cuts)
-    i = np.searchsorted(in_edges, mid) - 1
-    j = np.searchsorted(out_edges, mid) - 1
-    matrix = scipy.sparse.coo_matrix((length, (j, i)), shape=(n_out, n_in))
-    return matrix.tocsr()
+    i, j, lo, hi = _segments(in_edges, out_edges)
+    widths = np.diff(in_edges)
+    s0 = (lo - in_edges[i]) / widths[i]
+    s1 = (hi - in_edges[i]) / widths[i]
+    basis = np.stack(
+        [
+            widths[i] * (b1 - b0)
+            for b0, b1 in zip(_parabola_integrals(s0), _parabola_integrals(s1), strict=True)
+        ]
+    )
+    pix = i[:, None] + np.arange(-2, 3)
+    inside = (pix >= 0) & (pix < n_in)
+    entry, slot = np.unique((j[:, None] * n_in + pix)[inside], return_inverse=True)
+    gather = scipy.sparse.csr_matrix(
+        (np.ones(slot.size), (slot, np.flatnonzero(inside.ravel()))),
+        shape=(entry.size, pix.size),
+    )
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(entry // n_in, minlength=n_out))])
+    return i, basis, gather, entry % n_in, indptr
+
+
+def _matrix(in_edges, out_edges, good: np.ndarray) -> scipy.sparse.csr_matrix:
+    """The resampling matrix ``M`` (n_out, n_in) for one pattern of valid pixels.
+
+    ``(M @ flux)_j`` is the integral over output bin ``j`` of the reconstructed
+    density (missing pixels contribute nothing); the row sums of ``M`` are the valid
+    lengths of the output bins.
+    """
+    i, (b_left, b_right, b_mean), gather, columns, indptr = _plan(
+        in_edges.tobytes(), out_edges.tobytes()
+    )
+    stencil = _edge_stencils(np.diff(in_edges), good[None, :])[0]
+    coef = np.zeros((i.size, 5))
+    coef[:, :4] = b_left[:, None] * stencil[i]  # edge i: pixels i-2 .. i+1
+    coef[:, 1:] += b_right[:, None] * stencil[i + 1]  # edge i+1: pixels i-1 .. i+2
+    coef[:, 2] += b_mean
+    coef *= good[i, None]
+    shape = (out_edges.size - 1, in_edges.size - 1)
+    return scipy.sparse.csr_matrix((gather @ coef.ravel(), columns, indptr), shape=shape)
+
+
+def _pattern_groups(good: np.ndarray) -> list[np.ndarray]:
+    """Row indices of ``good`` grouped by identical rows."""
+    groups: dict[bytes, list[int]] = {}
+    for row, key in enumerate(np.packbits(good, axis=1)):
+        groups.setdefault(key.tobytes(), []).append(row)
+    return [np.array(rows) for rows in groups.values()]
+
+
+def _resample(flux, in_edges, out_edges, *, variance=None, missing=None, min_coverage=0.5):
+    """Core of `rebin` on explicit edges; arrays are ``(n_spec, n_in)``.
+
+    One sparse matrix is built per distinct pattern of valid pixels in the batch.
+    """
+    bad = ~np.isfinite(flux)
+    if missing is not None:
+        bad |= missing
+    if variance is not None:
+        bad |= ~np.isfinite(variance)
+        variance = np.where(bad, 0.0, variance)
+    flux = np.where(bad, 0.0, flux)
+    n_spec, n_out = flux.shape[0], out_edges.size - 1
+    num = np.zeros((n_spec, n_out))
+    norm = np.zeros((n_spec, n_out))
+    var_num = None if variance is None else np.zeros((n_spec, n_out))
+    for rows in _pattern_groups(~bad):
+        matrix = _matrix(in_edges, out_edges, ~bad[rows[0]])
+        num[rows] = (matrix @ flux[rows].T).T
+        norm[rows] = np.asarray(matrix.sum(axis=1)).ravel()
+        if variance is not None:
+            var_num[rows] = (matrix.multiply(matrix) @ variance[rows].T).T
+    missing_out = norm < min_coverage * np.diff(out_edges) * _ROUNDING
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(missing_out, np.nan, num / norm)
+        var_out = None if variance is None else np.where(missing_out, np.nan, var_num / norm**2)
+    return out, var_out, missing_out
+
+
+def _as_batch(values, shape, dtype):
+    return np.broadcast_to(np.asarray(values, dtype=dtype), shape).reshape(-1, shape[-1])
 
 
 def rebin(
@@ -89,8 +377,11 @@ def rebin(
 ):
     """Flux-conserving resampling of one or many spectra, with missing pixels.
 
-    Missing input pixels get zero weight; an output pixel is missing when less than
-    ``min_coverage`` of its bin is covered by valid input pixels.
+    The density in each input pixel is a parabola with the pixel's mean and
+    continuous values at the pixel edges (see the module notes); an output pixel is
+    the mean of that density over the valid part of its bin.  Missing input pixels get
+    zero weight and never enter a neighbour's parabola; an output pixel is missing
+    when less than ``min_coverage`` of its bin is covered by valid input pixels.
 
     Parameters
     ----------
@@ -99,8 +390,9 @@ def rebin(
     in_centres, out_centres : ndarray
         Strictly increasing pixel centres of the input and output grids.
     variance : ndarray, shape (..., n_in), optional
-        Per-pixel variances, propagated as ``sum(w**2 var) / sum(w)**2``
-        (pixel-to-pixel covariance of the output is not returned).
+        Per-pixel variances, propagated as ``sum_i M_ji**2 var_i`` through the
+        resampling matrix ``M`` (the output's pixel-to-pixel covariance is not
+        returned).
     missing : ndarray of bool, shape (..., n_in), optional
         True where an input pixel is missing.  Non-finite flux (or variance) is
         missing too.
@@ -115,32 +407,843 @@ def rebin(
         Resampled variance (NaN where missing), or None without ``variance``.
     missing_out : ndarray of bool, shape (..., n_out)
         True where the output pixel is missing.
+
+    Examples
+    --------
+    A straight line is reproduced exactly on any grid:
+
+    >>> wave = np.arange(10.0)
+    >>> out, _, miss = rebin(2.0 * wave + 1.0, wave, np.array([2.0, 4.0, 6.0]))
+    >>> out  # doctest: +FLOAT_CMP
+    array([ 5.,  9., 13.])
     """
     flux = np.asarray(flux, dtype=float)
-    lead = flux.shape[:-1]
-    flat = flux.reshape(-1, flux.shape[-1])
-    bad = ~np.isfinite(flat)
-    if missing is not None:
-        bad |= np.broadcast_to(np.asarray(missing, dtype=bool), flux.shape).reshape(flat.shape)
-    var = None
-    if variance is not None:
-        var = np.broadcast_to(np.asarray(variance, dtype=float), flux.shape).reshape(flat.shape)
-        bad |= ~np.isfinite(var)
-    in_edges, out_edges = bin_edges(in_centres), bin_edges(out_centres)
-    weights = rebin_matrix(in_edges, out_edges)
-    good = (~bad).astype(float)
-    # (n_spec, n_in) @ (n_in, n_out): sparse matrix from the right.
-    wt = weights.T.tocsr()
-    norm = (good @ wt) if good.shape[0] else np.zeros((0, out_edges.size - 1))
-    norm = np.asarray(norm)
-    num = np.asarray(np.where(bad, 0.0, flat) @ wt)
-    coverage = norm / np.diff(out_edges)
-    missing_out = coverage < min_coverage
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(missing_out, np.nan, num / norm)
-        var_out = None
-        if var is not None:
-            wt2 = wt.multiply(wt).tocsr()
-            v = np.asarray(np.where(bad, 0.0, var) @ wt2)
-            var_out = np.where(missing_out, np.nan, v / norm**2).reshape(*lead, -1)
+    shape = flux.shape
+    flat = flux.reshape(-1, shape[-1])
+    miss = None if missing is None else _as_batch(missing, shape, bool)
+    var = None if variance is None else _as_batch(variance, shape, float)
+    out, var_out, missing_out = _resample(
+        flat,
+        bin_edges(in_centres),
+        bin_edges(out_centres),
+        variance=var,
+        missing=miss,
+        min_coverage=min_coverage,
+    )
+    lead = shape[:-1]
+    var_out = None if var_out is None else var_out.reshape(*lead, -1)
     return out.reshape(*lead, -1), var_out, missing_out.reshape(*lead, -1)
+
+
+# --------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------
+
+
+def median_normalise(flux: np.ndarray, missing: np.ndarray | None = None):
+    """Divide every spectrum by the median of its valid pixels.
+
+    Parameters
+    ----------
+    flux : ndarray, shape (..., n)
+        Spectra, last axis spectral.
+    missing : ndarray of bool, shape (..., n), optional
+        True where a pixel is missing; non-finite pixels are missing too.
+
+    Returns
+    -------
+    normalised : ndarray, shape (..., n)
+        ``flux / scale`` for every pixel (missing ones included); all NaN for a
+        spectrum whose scale is NaN.
+    scale : ndarray, shape (...)
+        The median of each spectrum's valid pixels; NaN for a spectrum with no valid
+        pixel or a median that is not positive.
+
+    See Also
+    --------
+    median_denormalise : the inverse.
+
+    Examples
+    --------
+    >>> norm, scale = median_normalise(np.array([[1.0, 2.0, 4.0], [2.0, np.nan, 6.0]]))
+    >>> scale  # doctest: +FLOAT_CMP
+    array([2., 4.])
+    >>> norm
+    array([[0.5, 1. , 2. ],
+           [0.5, nan, 1.5]])
+    """
+    flux = np.asarray(flux, dtype=float)
+    bad = ~np.isfinite(flux)
+    if missing is not None:
+        bad |= np.broadcast_to(np.asarray(missing, dtype=bool), flux.shape)
+    valid_rows = ~bad.all(axis=-1)
+    scale = np.full(flux.shape[:-1], np.nan)
+    scale[valid_rows] = np.nanmedian(np.where(bad, np.nan, flux)[valid_rows], axis=-1)
+    scale[~(scale > 0)] = np.nan
+    return flux / scale[..., None], scale
+
+
+def median_denormalise(normalised: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Inverse of `median_normalise`: multiply every spectrum by its scale.
+
+    Parameters
+    ----------
+    normalised : ndarray, shape (..., n)
+        Normalised spectra.
+    scale : ndarray, shape (...)
+        Per-spectrum scales from `median_normalise`.
+
+    Returns
+    -------
+    ndarray, shape (..., n)
+        ``normalised * scale``; equal to the original flux to within one unit in
+        the last place.
+
+    Examples
+    --------
+    >>> flux = np.array([1.0, 2.0, 4.0])
+    >>> median_denormalise(*median_normalise(flux))  # doctest: +FLOAT_CMP
+    array([1., 2., 4.])
+    """
+    return np.asarray(normalised, dtype=float) * np.asarray(scale, dtype=float)[..., None]
+
+
+# --------------------------------------------------------------------------------------
+# Model grid and the spectra on it
+# --------------------------------------------------------------------------------------
+
+
+def _parse_medium(value: Any, source: str) -> str:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "air":
+            return "air"
+        if text in ("vacuum", "vac"):
+            return "vacuum"
+    raise ValueError(f"{source} must be 'air' or 'vacuum', got {value!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class ModelGrid:
+    """The wavelength grid of a model and the medium its wavelengths are given in.
+
+    Parameters
+    ----------
+    wavelength : `~astropy.units.Quantity`
+        1-D, strictly increasing pixel centres with a length unit (stored in
+        Angstrom).
+    medium : {"air", "vacuum"}
+        The medium of the wavelengths.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> grid = ModelGrid(np.linspace(3540.5, 7409.6, 4300) * u.AA, "air")
+    >>> grid.range_str
+    '3540.5-7409.6 Angstrom (air)'
+    """
+
+    wavelength: u.Quantity
+    medium: str
+
+    def __post_init__(self):
+        wave = u.Quantity(self.wavelength)
+        if not wave.unit.is_equivalent(u.AA):
+            raise u.UnitsError(f"the model grid needs a length unit, got {wave.unit!r}")
+        wave = wave.to(u.AA).astype(float)
+        if wave.ndim != 1 or wave.size < 2:
+            raise ValueError("the model grid must be 1-D with at least two pixels")
+        if not np.all(np.diff(wave.value) > 0):
+            raise ValueError("the model grid must be strictly increasing")
+        wave.flags.writeable = False
+        object.__setattr__(self, "wavelength", wave)
+        object.__setattr__(self, "medium", _parse_medium(self.medium, "medium"))
+
+    @property
+    def wave_aa(self) -> np.ndarray:
+        """Pixel centres in Angstrom (float64, read-only)."""
+        return self.wavelength.value
+
+    @functools.cached_property
+    def edges(self) -> np.ndarray:
+        """Bin edges in Angstrom, shape ``(n_grid + 1,)``."""
+        return bin_edges(self.wave_aa)
+
+    @property
+    def range_str(self) -> str:
+        """The range of the pixel centres as text, with the medium."""
+        return _range_str(self.wave_aa[0], self.wave_aa[-1], self.medium)
+
+    def __len__(self) -> int:
+        return self.wave_aa.size
+
+
+def _range_str(lo: float, hi: float, medium: str) -> str:
+    return f"{lo:.1f}-{hi:.1f} Angstrom ({medium})"
+
+
+@dataclass
+class GridSpectra:
+    """Spectra put on a model grid by `to_model_grid`, with what is needed to go back.
+
+    Missing grid pixels (masked, non-finite flux or uncertainty, or not covered by
+    enough valid input) have ``missing`` True and NaN ``flux`` and ``sigma``.
+
+    Attributes
+    ----------
+    flux : ndarray, shape (n_spec, n_grid)
+        Median-normalised flux (float64); NaN where missing.
+    sigma : ndarray, shape (n_spec, n_grid)
+        Normalised standard deviation; NaN where missing or unknown.
+    missing : ndarray of bool, shape (n_spec, n_grid)
+        True where a grid pixel is missing.
+    scale : ndarray, shape (n_spec,)
+        Per-spectrum medians in ``flux_unit``: ``flux * scale[:, None]`` is the
+        physical flux.  NaN for an unusable spectrum (no valid grid pixel or a median
+        that is not positive), whose pixels are all missing.
+    has_uncertainty : bool
+        Whether the input carried a usable uncertainty.
+    grid : ModelGrid
+        The model grid.
+    spectrum : `~specutils.Spectrum`
+        The input spectrum (a reference; never modified).
+    medium : str
+        The medium of the input's wavelengths.
+    input_edges : ndarray, shape (n_in + 1,)
+        The input's bin edges in Angstrom in the model's medium, increasing.
+    descending : bool
+        Whether the input axis runs towards shorter wavelengths (its pixels are
+        reversed internally).
+    spectral_axis_index : int
+        The input's spectral axis.
+    shape : tuple of int
+        The input's flux shape.
+    flux_unit : `~astropy.units.Unit`
+        The input's flux unit.
+    uncertainty_type : type
+        The uncertainty class returned by `from_model_grid`.
+    min_coverage : float
+        The coverage threshold used for resampling onto the grid.
+    """
+
+    flux: np.ndarray
+    sigma: np.ndarray
+    missing: np.ndarray
+    scale: np.ndarray
+    has_uncertainty: bool
+    grid: ModelGrid
+    spectrum: Spectrum
+    medium: str
+    input_edges: np.ndarray
+    descending: bool
+    spectral_axis_index: int
+    shape: tuple
+    flux_unit: u.UnitBase
+    uncertainty_type: type
+    min_coverage: float
+
+    @property
+    def n_spec(self) -> int:
+        """Number of spectra."""
+        return self.flux.shape[0]
+
+    @property
+    def usable(self) -> np.ndarray:
+        """True for each spectrum with a valid normalisation (finite ``scale``)."""
+        return np.isfinite(self.scale)
+
+    def tensors(self, device=None, dtype=None, *, fill: float | None = None):
+        """The arrays as torch tensors ``(flux, sigma, missing)``.
+
+        Parameters
+        ----------
+        device : str or torch.device, optional
+            Where to put the tensors (default: CPU).
+        dtype : torch.dtype, optional
+            Floating dtype of ``flux`` and ``sigma`` (default ``torch.float32``).
+        fill : float, optional
+            Value for missing ``flux`` and ``sigma`` pixels; by default they stay
+            NaN, so that a model must use ``missing`` rather than the values.
+
+        Returns
+        -------
+        flux, sigma : torch.Tensor, shape (n_spec, n_grid)
+        missing : torch.Tensor of bool, shape (n_spec, n_grid)
+        """
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
+        flux, sigma = self.flux, self.sigma
+        if fill is not None:
+            flux = np.where(self.missing, fill, flux)
+            sigma = np.where(self.missing, fill, sigma)
+        return (
+            torch.as_tensor(flux, dtype=dtype, device=device),
+            torch.as_tensor(sigma, dtype=dtype, device=device),
+            torch.as_tensor(self.missing, dtype=torch.bool, device=device),
+        )
+
+
+def _check_spectrum(spectrum, name="spectrum"):
+    if not isinstance(spectrum, Spectrum):
+        raise TypeError(f"{name} must be a specutils Spectrum, got {type(spectrum).__name__}")
+
+
+def _header_value(header, key):
+    for k in (key, key.lower()):
+        try:
+            if k in header:
+                return header[k]
+        except TypeError:
+            return None
+    return None
+
+
+def _stated_medium(meta) -> str | None:
+    """The medium stated in a spectrum's meta, or None."""
+    if not meta:
+        return None
+    if meta.get("medium") is not None:
+        return _parse_medium(meta["medium"], "meta['medium']")
+    header = meta.get("header")
+    if header is None:
+        return None
+    for key in ("WAVEMED", "AIRORVAC"):
+        value = _header_value(header, key)
+        if value is not None:
+            return _parse_medium(value, f"header keyword {key}")
+    vacuum = _header_value(header, "VACUUM")
+    if vacuum is not None:
+        if isinstance(vacuum, str):
+            vacuum = vacuum.strip().upper() in ("T", "TRUE", "1")
+        return "vacuum" if vacuum else "air"
+    return None
+
+
+def _input_medium(spectrum: Spectrum, medium: str | None, grid: ModelGrid) -> str:
+    """The medium of the spectrum's wavelengths (see `to_model_grid`)."""
+    if not spectrum.spectral_axis.unit.is_equivalent(u.AA):
+        if medium is not None and _parse_medium(medium, "medium") == "air":
+            raise ValueError(
+                f"a spectral axis in {spectrum.spectral_axis.unit} converts to vacuum "
+                "wavelengths; medium='air' does not apply to it"
+            )
+        return "vacuum"
+    if medium is not None:
+        return _parse_medium(medium, "medium")
+    stated = _stated_medium(spectrum.meta)
+    if stated is not None:
+        return stated
+    warnings.warn(
+        "the medium (air or vacuum) of the spectrum's wavelengths is unknown; assuming "
+        f"the model's medium ({grid.medium}). State it with medium='air' or "
+        "medium='vacuum', or set spectrum.meta['medium']",
+        AstropyUserWarning,
+        stacklevel=3,
+    )
+    return grid.medium
+
+
+def _axis_edges(spectrum: Spectrum) -> np.ndarray:
+    """The spectrum's bin edges in Angstrom (as given: vacuum for non-length units)."""
+    unit = spectrum.spectral_axis.unit
+    if not unit.is_equivalent(u.AA, equivalencies=u.spectral()):
+        raise u.UnitsError(f"the spectral axis unit {unit} cannot be converted to a wavelength")
+    edges = u.Quantity(spectrum.spectral_axis.bin_edges).to_value(u.AA, u.spectral())
+    step = np.diff(edges)
+    if not (np.all(step > 0) or np.all(step < 0)) or not np.all(np.isfinite(edges)):
+        raise ValueError("the spectral axis must be finite and strictly monotonic")
+    return edges
+
+
+def _convert_medium(edges: np.ndarray, source: str, target: str) -> np.ndarray:
+    if source == target:
+        return edges
+    convert = air_to_vac if source == "air" else vac_to_air
+    return convert(edges * u.AA).to_value(u.AA)
+
+
+def _to_last(values: np.ndarray, axis: int, descending: bool) -> np.ndarray:
+    """Move the spectral axis last, flatten the batch and sort by wavelength."""
+    values = np.moveaxis(values, axis, -1)
+    values = values.reshape(-1, values.shape[-1])
+    return values[:, ::-1] if descending else values
+
+
+def _from_last(values: np.ndarray, axis: int, descending: bool, shape: tuple) -> np.ndarray:
+    """Inverse of `_to_last`."""
+    if descending:
+        values = values[:, ::-1]
+    moved = tuple(np.moveaxis(np.empty(shape, dtype=bool), axis, -1).shape)
+    return np.ascontiguousarray(np.moveaxis(values.reshape(moved), -1, axis))
+
+
+def _input_variance(spectrum: Spectrum):
+    """Variance in flux_unit**2 (NaN where unusable) and the class to return, or None."""
+    unc = spectrum.uncertainty
+    if unc is None:
+        return None, StdDevUncertainty
+    if not isinstance(unc, _UNCERTAINTY_TYPES):
+        warnings.warn(
+            f"uncertainty of type {type(unc).__name__} is not supported (use "
+            "StdDevUncertainty, VarianceUncertainty or InverseVariance); it is ignored",
+            AstropyUserWarning,
+            stacklevel=3,
+        )
+        return None, StdDevUncertainty
+    flux_unit = spectrum.flux.unit
+    values = np.asarray(unc.array, dtype=float)
+    if isinstance(unc, StdDevUncertainty):
+        unit = unc.unit if unc.unit is not None else flux_unit
+        values = (values * unit).to_value(flux_unit)
+        values = np.where(values > 0, values, np.nan) ** 2
+    elif isinstance(unc, VarianceUncertainty):
+        unit = unc.unit if unc.unit is not None else flux_unit**2
+        values = (values * unit).to_value(flux_unit**2)
+    else:
+        unit = unc.unit if unc.unit is not None else flux_unit**-2
+        with np.errstate(divide="ignore"):
+            values = 1.0 / (values * unit).to_value(flux_unit**-2)
+    return np.where(values > 0, values, np.nan), type(unc)
+
+
+def to_model_grid(
+    spectrum: Spectrum,
+    grid: ModelGrid,
+    *,
+    medium: str | None = None,
+    min_coverage: float = 0.5,
+) -> GridSpectra:
+    """Resample a spectrum (or a batch on one axis) onto a model grid and normalise it.
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum`
+        1-D or N-D flux; axes other than ``spectrum.spectral_axis_index`` are a batch.
+        Any flux unit; a spectral axis in any unit convertible to wavelength
+        (Angstrom, nm, um, Hz, eV, 1/cm), ascending or descending.
+    grid : ModelGrid
+        The model's grid.
+    medium : {"air", "vacuum"}, optional
+        The medium of the spectrum's wavelengths.  Without it, ``meta["medium"]`` is
+        used, else a FITS header in ``meta["header"]`` (``WAVEMED`` air/vacuum,
+        ``AIRORVAC`` air/vac, ``VACUUM`` T/F); if none is found, the model's medium is
+        assumed, with a warning.  Frequency, energy and wavenumber axes convert to
+        vacuum wavelengths.
+    min_coverage : float
+        Smallest valid fraction of a grid bin for that grid pixel to be valid,
+        in (0, 1].  (On the way back, `from_model_grid` needs full coverage.)
+
+    Returns
+    -------
+    GridSpectra
+        Median-normalised flux, sigma and missing pixels on the grid, and the context
+        needed by `from_model_grid`.
+
+    Raises
+    ------
+    TypeError
+        If ``spectrum`` is not a Spectrum or ``grid`` not a ModelGrid.
+    astropy.units.UnitsError
+        If the spectral axis does not convert to wavelength.
+    ValueError
+        If the axis is not strictly monotonic, the spectrum and the grid do not
+        overlap (the message names both ranges), no spectrum has a valid grid pixel
+        with a positive median, or ``medium``/``min_coverage`` are invalid.
+
+    Warns
+    -----
+    astropy.utils.exceptions.AstropyUserWarning
+        If the medium is unknown (the model's is assumed), the uncertainty type is not
+        supported (it is ignored), or some (not all) spectra of a batch are unusable.
+
+    Notes
+    -----
+    Missing pixels: ``mask`` True, non-finite flux or uncertainty, a standard
+    deviation or variance that is not positive, or an inverse variance that is not
+    positive (zero inverse variance means no information).  They carry no weight in
+    the resampling.  A grid pixel is missing when less than ``min_coverage`` of its
+    bin is covered by valid input.  Each spectrum is divided by the median of its
+    valid grid pixels; a spectrum without valid grid pixels or with a median that is
+    not positive is kept with ``scale`` NaN and all pixels missing.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from specutils import Spectrum
+    >>> grid = ModelGrid(np.arange(5000.0, 5010.0, 0.5) * u.AA, "air")
+    >>> spec = Spectrum(flux=np.full(30, 3.0) * u.Jy,
+    ...                 spectral_axis=np.arange(4995.0, 5025.0) * u.AA)
+    >>> gs = to_model_grid(spec, grid, medium="air")
+    >>> gs.flux.shape, gs.scale
+    ((1, 20), array([3.]))
+    """
+    _check_spectrum(spectrum)
+    if not isinstance(grid, ModelGrid):
+        raise TypeError(f"grid must be a ModelGrid, got {type(grid).__name__}")
+    if not 0 < min_coverage <= 1:
+        raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
+    raw_edges = _axis_edges(spectrum)
+    source = _input_medium(spectrum, medium, grid)
+    descending = raw_edges[-1] < raw_edges[0]
+    edges = _convert_medium(raw_edges[::-1] if descending else raw_edges, source, grid.medium)
+    if edges[-1] <= grid.edges[0] or edges[0] >= grid.edges[-1]:
+        lo, hi = np.sort([raw_edges[0], raw_edges[-1]])
+        raise ValueError(
+            f"spectrum covers {_range_str(lo, hi, source)}, the model covers "
+            f"{grid.range_str}: no overlap"
+        )
+    axis = spectrum.spectral_axis_index
+    flux = _to_last(spectrum.flux.value.astype(float), axis, descending)
+    missing = ~np.isfinite(flux)
+    if spectrum.mask is not None:
+        mask = np.broadcast_to(np.asarray(spectrum.mask, dtype=bool), spectrum.shape)
+        missing |= _to_last(mask, axis, descending)
+    variance, unc_type = _input_variance(spectrum)
+    if variance is not None:
+        variance = _to_last(variance, axis, descending)
+    out, var_out, miss_out = _resample(
+        flux, edges, grid.edges, variance=variance, missing=missing, min_coverage=min_coverage
+    )
+    normalised, scale = median_normalise(out, miss_out)
+    _check_usable(scale)
+    miss_out |= ~np.isfinite(scale)[:, None]
+    sigma = np.full_like(normalised, np.nan)
+    if var_out is not None:
+        sigma = np.sqrt(var_out) / scale[:, None]
+    return GridSpectra(
+        flux=np.where(miss_out, np.nan, normalised),
+        sigma=np.where(miss_out, np.nan, sigma),
+        missing=miss_out,
+        scale=scale,
+        has_uncertainty=variance is not None,
+        grid=grid,
+        spectrum=spectrum,
+        medium=source,
+        input_edges=edges,
+        descending=bool(descending),
+        spectral_axis_index=axis,
+        shape=tuple(spectrum.shape),
+        flux_unit=spectrum.flux.unit,
+        uncertainty_type=unc_type,
+        min_coverage=float(min_coverage),
+    )
+
+
+def _check_usable(scale: np.ndarray) -> None:
+    bad = int(np.sum(~np.isfinite(scale)))
+    if bad == scale.size:
+        raise ValueError(
+            "no spectrum has a valid pixel on the model grid with a positive median "
+            "flux: nothing to normalise"
+        )
+    if bad:
+        warnings.warn(
+            f"{bad} of {scale.size} spectra have no valid pixel on the model grid or a "
+            "median flux that is not positive; they are returned fully masked",
+            AstropyUserWarning,
+            stacklevel=3,
+        )
+
+
+def _as_numpy(values, name: str, shape: tuple, dtype=float) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, without importing torch
+        values = values.detach().cpu().numpy()
+    values = np.asarray(values, dtype=dtype)
+    if values.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {values.shape}")
+    return values
+
+
+def _output_uncertainty(variance: np.ndarray, unc_type: type, unit: u.UnitBase):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if unc_type is VarianceUncertainty:
+            return VarianceUncertainty(variance * unit**2)
+        if unc_type is InverseVariance:
+            return InverseVariance(1.0 / variance * unit**-2)
+        return StdDevUncertainty(np.sqrt(variance) * unit)
+
+
+def from_model_grid(
+    grid_spectra: GridSpectra,
+    flux,
+    sigma=None,
+    *,
+    missing=None,
+    meta: dict | None = None,
+) -> Spectrum:
+    """Put a model's output on the model grid back on the input's spectral axis.
+
+    Parameters
+    ----------
+    grid_spectra : GridSpectra
+        The result of `to_model_grid` for the input.
+    flux : array-like, shape (n_spec, n_grid)
+        Normalised model flux (numpy array or CPU/GPU torch tensor).
+    sigma : array-like, shape (n_spec, n_grid), optional
+        Normalised standard deviation of ``flux``; a pixel with non-finite sigma is
+        missing.
+    missing : array-like of bool, shape (n_spec, n_grid), optional
+        Grid pixels the model has no value for; non-finite values are missing too.
+    meta : dict, optional
+        Merged into ``meta["deepclean"]`` of the result.
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+        Same spectral axis object, shape, ``spectral_axis_index`` and flux unit as the
+        input; normalisation undone; uncertainty in the input's class
+        (`~astropy.nddata.StdDevUncertainty` when it had none), or None without
+        ``sigma``; ``mask`` = input mask | pixels not fully covered by valid model
+        pixels | non-finite output (uncovered pixels have NaN flux); ``meta`` a deep
+        copy of the input's plus ``meta["deepclean"]``.
+
+    Notes
+    -----
+    An input pixel only partly covered by the model grid is masked: the mean over
+    the covered part is not the pixel's value.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from specutils import Spectrum
+    >>> grid = ModelGrid(np.arange(5000.0, 5010.0, 0.5) * u.AA, "air")
+    >>> spec = Spectrum(flux=np.full(30, 3.0) * u.Jy,
+    ...                 spectral_axis=np.arange(4995.0, 5025.0) * u.AA)
+    >>> gs = to_model_grid(spec, grid, medium="air")
+    >>> back = from_model_grid(gs, gs.flux, meta={"model": "identity"})
+    >>> back.flux[5:8], back.mask[5:8]  # 5000 Angstrom is only half covered
+    (<Quantity [nan,  3.,  3.] Jy>, array([ True, False, False]))
+    >>> back.meta["deepclean"]
+    {'model': 'identity'}
+    """
+    if not isinstance(grid_spectra, GridSpectra):
+        raise TypeError(f"grid_spectra must be a GridSpectra, got {type(grid_spectra).__name__}")
+    gs = grid_spectra
+    shape = gs.flux.shape
+    flux = _as_numpy(flux, "flux", shape)
+    bad = ~np.isfinite(flux) | ~gs.usable[:, None]
+    if missing is not None:
+        bad |= _as_numpy(missing, "missing", shape, dtype=bool)
+    variance = None
+    if sigma is not None:
+        variance = (_as_numpy(sigma, "sigma", shape) * gs.scale[:, None]) ** 2
+    physical = median_denormalise(flux, gs.scale)
+    out, var_out, uncovered = _resample(
+        physical,
+        gs.grid.edges,
+        gs.input_edges,
+        variance=variance,
+        missing=bad,
+        min_coverage=1.0,
+    )
+    axis = gs.spectral_axis_index
+    out = _from_last(out, axis, gs.descending, gs.shape)
+    mask = _from_last(uncovered, axis, gs.descending, gs.shape) | ~np.isfinite(out)
+    spectrum = gs.spectrum
+    if spectrum.mask is not None:
+        mask |= np.broadcast_to(np.asarray(spectrum.mask, dtype=bool), gs.shape)
+    uncertainty = None
+    if var_out is not None:
+        var_out = _from_last(var_out, axis, gs.descending, gs.shape)
+        uncertainty = _output_uncertainty(var_out, gs.uncertainty_type, gs.flux_unit)
+    return _new_spectrum(spectrum, out * gs.flux_unit, uncertainty, mask, meta)
+
+
+def _new_spectrum(spectrum, flux, uncertainty, mask, extra_meta) -> Spectrum:
+    """A new Spectrum on the input's axis, with the input's meta plus ``deepclean``."""
+    meta = copy.deepcopy(dict(spectrum.meta)) if spectrum.meta else {}
+    deepclean = dict(meta.get("deepclean") or {})
+    deepclean.update(copy.deepcopy(extra_meta) if extra_meta else {})
+    meta["deepclean"] = deepclean
+    return Spectrum(
+        flux=flux,
+        spectral_axis=spectrum.spectral_axis,
+        spectral_axis_index=spectrum.spectral_axis_index,
+        uncertainty=uncertainty,
+        mask=mask,
+        meta=meta,
+        velocity_convention=spectrum.velocity_convention,
+        rest_value=spectrum.rest_value,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Doppler shifts
+# --------------------------------------------------------------------------------------
+
+
+def _doppler_factor(velocity_kms) -> np.ndarray:
+    """``1 - v/c``, checking ``|v| < c``."""
+    velocity_kms = np.asarray(velocity_kms, dtype=float)
+    if not np.all(np.abs(velocity_kms) < _C_KMS):
+        raise ValueError("velocities must be finite and smaller than the speed of light")
+    return 1.0 - velocity_kms / _C_KMS
+
+
+def shift_flux(
+    flux: np.ndarray,
+    wave_aa: np.ndarray,
+    velocity_kms,
+    *,
+    missing: np.ndarray | None = None,
+    min_coverage: float = 1.0,
+):
+    """Doppler-shift a batch of spectra on one grid, each by its own velocity.
+
+    The shifted spectrum is ``s'(lambda) = s(lambda (1 - v/c))`` (Sedaghat et al.
+    2023, Eqs. 3 and 7): a feature at ``lambda_0`` moves to
+    ``lambda_0 / (1 - v/c)``, i.e. by ``lambda_0 v / c`` to first order; positive
+    ``v`` moves it to the red.  The flux density is transported unchanged and
+    resampled onto the same grid with the flux-conserving scheme of `rebin`.
+
+    Parameters
+    ----------
+    flux : ndarray, shape (..., n)
+        Spectra on the grid ``wave_aa`` (last axis spectral).
+    wave_aa : ndarray, shape (n,)
+        Strictly increasing pixel centres (any wavelength unit, used as numbers).
+    velocity_kms : float or ndarray, shape (...)
+        Velocity of each spectrum in km/s (broadcast over the batch).
+    missing : ndarray of bool, shape (..., n), optional
+        Missing input pixels (non-finite flux is missing too).
+    min_coverage : float
+        Smallest valid fraction of an output bin for it to be valid (default: the
+        whole bin).
+
+    Returns
+    -------
+    shifted : ndarray, shape (..., n)
+        The shifted spectra; NaN where missing.
+    missing_out : ndarray of bool, shape (..., n)
+        Pixels without enough valid input, e.g. shifted in from outside the grid.
+
+    Examples
+    --------
+    >>> wave = np.arange(5000.0, 5010.0)
+    >>> out, miss = shift_flux(wave - 5000.0, wave, 29.9792458)  # v/c = 1e-4
+    >>> out[:4]  # doctest: +FLOAT_CMP
+    array([   nan, 0.4999, 1.4998, 2.4997])
+    >>> miss[:2]  # the first pixel is shifted in from outside the grid
+    array([ True, False])
+    """
+    flux = np.asarray(flux, dtype=float)
+    shape = flux.shape
+    flat = flux.reshape(-1, shape[-1])
+    factor = np.broadcast_to(_doppler_factor(velocity_kms), shape[:-1]).reshape(-1, 1)
+    good = np.isfinite(flat)
+    if missing is not None:
+        good &= ~_as_batch(missing, shape, bool)
+    flat = np.where(good, flat, 0.0)
+    edges = bin_edges(wave_aa)
+    # Cumulative integrals of s' at the edges are those of s at edges * (1 - v/c),
+    # divided by (1 - v/c); the factor cancels in the ratio below.
+    cum_f, cum_g = _cumulative(flat, good, edges, edges[None, :] * factor)
+    norm = np.diff(cum_g, axis=1)
+    missing_out = norm < min_coverage * np.diff(edges) * factor * _ROUNDING
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(missing_out, np.nan, np.diff(cum_f, axis=1) / norm)
+    return out.reshape(shape), missing_out.reshape(shape)
+
+
+def doppler_shift(spectrum: Spectrum, velocity: u.Quantity) -> Spectrum:
+    """Doppler-shift a spectrum by a velocity, on the same spectral axis.
+
+    Uses ``lambda -> lambda (1 - v/c)`` as in Sedaghat et al. (2023, Eqs. 3 and 7):
+    the result is ``s'(lambda) = s(lambda (1 - v/c))``, so a line at ``lambda_0``
+    moves to ``lambda_0 / (1 - v/c)`` (by ``lambda_0 v / c`` to first order; positive
+    ``v`` is a redshift).  The flux density values are transported unchanged and
+    resampled flux-conservingly onto the input's own axis (see `rebin`); uncertainty
+    is propagated in the input's class and mask pixels are missing data.
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum`
+        1-D or N-D spectrum, any spectral unit convertible to wavelength.
+    velocity : `~astropy.units.Quantity`
+        Velocity, a scalar or one per spectrum of the batch (the flux shape without
+        the spectral axis).
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+        The shifted spectrum on the input's spectral axis; ``mask`` True where a
+        pixel is not fully covered by valid shifted input (pixels shifted in from
+        outside the axis, or next to masked ones); ``meta["deepclean"]`` records the
+        velocity.
+
+    Raises
+    ------
+    TypeError
+        If ``spectrum`` is not a Spectrum.
+    astropy.units.UnitsError
+        If ``velocity`` is not a velocity or the axis does not convert to wavelength.
+    ValueError
+        If ``|v| >= c`` or the velocity shape does not fit the batch.
+
+    References
+    ----------
+    Sedaghat N., et al., 2023, MNRAS 526, 1559, "Stellar Karaoke: deep blind
+    separation of terrestrial atmospheric effects out of stellar spectra by velocity
+    whitening", arXiv:2309.07654.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from specutils import Spectrum
+    >>> spec = Spectrum(flux=np.arange(10.0) * u.Jy,
+    ...                 spectral_axis=np.arange(5000.0, 5010.0) * u.AA)
+    >>> shifted = doppler_shift(spec, 29.9792458 * u.km / u.s)  # v/c = 1e-4
+    >>> shifted.flux[:4]  # doctest: +FLOAT_CMP
+    <Quantity [   nan, 0.4999, 1.4998, 2.4997] Jy>
+    >>> shifted.mask[:2]
+    array([ True, False])
+    """
+    _check_spectrum(spectrum)
+    velocity = u.Quantity(velocity)
+    if not velocity.unit.is_equivalent(u.km / u.s):
+        raise u.UnitsError(f"velocity must be a velocity, got unit {velocity.unit}")
+    axis = spectrum.spectral_axis_index
+    raw = _axis_edges(spectrum)
+    descending = raw[-1] < raw[0]
+    edges = raw[::-1] if descending else raw
+    flux = _to_last(spectrum.flux.value.astype(float), axis, descending)
+    batch_shape = np.moveaxis(np.empty(spectrum.shape), axis, -1).shape[:-1]
+    try:
+        v = np.broadcast_to(velocity.to_value(u.km / u.s), batch_shape).reshape(-1)
+    except ValueError as err:
+        raise ValueError(
+            f"velocity of shape {velocity.shape} does not fit the batch shape {batch_shape}"
+        ) from err
+    factor = _doppler_factor(v)
+    missing = ~np.isfinite(flux)
+    if spectrum.mask is not None:
+        mask = np.broadcast_to(np.asarray(spectrum.mask, dtype=bool), spectrum.shape)
+        missing |= _to_last(mask, axis, descending)
+    variance, unc_type = _input_variance(spectrum)
+    if variance is not None:
+        variance = _to_last(variance, axis, descending)
+    out = np.empty_like(flux)
+    var_out = None if variance is None else np.empty_like(flux)
+    uncovered = np.empty(flux.shape, dtype=bool)
+    for value in np.unique(factor):
+        rows = factor == value
+        res = _resample(
+            flux[rows],
+            edges / value,
+            edges,
+            variance=None if variance is None else variance[rows],
+            missing=missing[rows],
+            min_coverage=1.0,
+        )
+        out[rows], uncovered[rows] = res[0], res[2]
+        if var_out is not None:
+            var_out[rows] = res[1]
+    out = _from_last(out, axis, descending, spectrum.shape)
+    mask = _from_last(uncovered, axis, descending, spectrum.shape) | ~np.isfinite(out)
+    uncertainty = None
+    if var_out is not None:
+        var_out = _from_last(var_out, axis, descending, spectrum.shape)
+        uncertainty = _output_uncertainty(var_out, unc_type, spectrum.flux.unit)
+    extra = {"operation": "doppler_shift", "velocity": velocity.to(u.km / u.s)}
+    return _new_spectrum(spectrum, out * spectrum.flux.unit, uncertainty, mask, extra)

@@ -1,0 +1,58 @@
+"""The demo writes a PNG and a FITS file that specutils reads back."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from specutils import Spectrum
+
+from specutils_deepclean import demo
+from specutils_deepclean.datasets import data_dir
+
+pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the sky and transmission")
+
+
+def test_demo_main(tmp_path, capsys):
+    assert demo.main(["--output", str(tmp_path), "--seed", "3", "--snr", "20"]) == 0
+    printed = capsys.readouterr().out.split()
+    png, fits = tmp_path / "demo_observation.png", tmp_path / "demo_observation.fits"
+    assert printed == [str(png), str(fits)]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    spec = Spectrum.read(fits, format="wcs1d-fits")
+    assert spec.flux.shape == (4300,)
+    assert spec.mask[1950:2350].all()  # the middle gap
+    assert spec.mask.sum() <= 402  # plus at most an edge pixel the RV shift uncovers
+    assert np.isfinite(spec.flux[~spec.mask]).all()
+    assert spec.uncertainty is not None
+
+
+def test_demo_deterministic(tmp_path):
+    a = demo.run(tmp_path / "a", seed=5)[1]
+    b = demo.run(tmp_path / "b", seed=5)[1]
+    assert np.array_equal(
+        Spectrum.read(a, format="wcs1d-fits").flux, Spectrum.read(b, format="wcs1d-fits").flux,
+        equal_nan=True,
+    )
+
+
+@pytest.mark.parametrize("argv, match", [(["--snr", "0"], "--snr must be positive")])
+def test_demo_bad_args(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        demo.main(argv)
+    assert match in capsys.readouterr().err
+
+
+def test_demo_bad_star(tmp_path):
+    with pytest.raises(ValueError, match=r"star must be in 0..7, got 8"):
+        demo.run(tmp_path, star=8)
+
+
+def test_demo_module(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "specutils_deepclean.demo", "--output", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "SPECUTILS_DEEPCLEAN_DATA": str(data_dir())},
+    )
+    assert result.stdout.split()[0].endswith("demo_observation.png")
