@@ -624,6 +624,10 @@ class GridSpectra:
         The uncertainty class returned by `from_model_grid`.
     min_coverage : float
         The coverage threshold used for resampling onto the grid.
+    density_factor : ndarray or None
+        For a flux per unit frequency (e.g. Jy), the factor ``(lambda_ref/lambda)**2``
+        per input pixel (increasing wavelength) that turned it into the shape of a flux
+        per unit wavelength before resampling; None for any other flux unit.
     """
 
     flux: np.ndarray
@@ -641,6 +645,7 @@ class GridSpectra:
     flux_unit: u.UnitBase
     uncertainty_type: type
     min_coverage: float
+    density_factor: np.ndarray | None = None
 
     @property
     def n_spec(self) -> int:
@@ -778,6 +783,20 @@ def _from_last(values: np.ndarray, axis: int, descending: bool, shape: tuple) ->
     return np.ascontiguousarray(np.moveaxis(values.reshape(moved), -1, axis))
 
 
+def _frequency_density_factor(spectrum: Spectrum, edges: np.ndarray) -> np.ndarray | None:
+    """``(lambda_ref / lambda)**2`` per pixel for a flux per unit frequency, else None.
+
+    The models learn the shape of a flux per unit *wavelength*; a flux per unit
+    frequency (F_nu, e.g. Jy or Jy/sr) differs from it by ``c / lambda**2``, so it is
+    multiplied by this factor on the way in and divided by it on the way back.
+    """
+    unit = spectrum.flux.unit
+    if not (unit.is_equivalent(u.Jy) or unit.is_equivalent(u.Jy / u.sr)):
+        return None
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    return (np.median(centres) / centres) ** 2
+
+
 def _input_variance(spectrum: Spectrum):
     """Variance in flux_unit**2 (NaN where unusable) and the class to return, or None."""
     unc = spectrum.uncertainty
@@ -867,12 +886,18 @@ def to_model_grid(
     valid grid pixels; a spectrum without valid grid pixels or with a median that is
     not positive is kept with ``scale`` NaN and all pixels missing.
 
+    A flux per unit frequency (convertible to Jy or Jy/sr) is multiplied by
+    ``(lambda_ref / lambda)**2`` first, so the model sees the shape of a flux per unit
+    wavelength, as it was trained on; `from_model_grid` undoes it.  Other units
+    (F_lambda, counts, relative flux) are used as they are: the models expect a
+    flux-calibrated or relative F_lambda spectrum.
+
     Examples
     --------
     >>> import astropy.units as u
     >>> from specutils import Spectrum
     >>> grid = ModelGrid(np.arange(5000.0, 5010.0, 0.5) * u.AA, "air")
-    >>> spec = Spectrum(flux=np.full(30, 3.0) * u.Jy,
+    >>> spec = Spectrum(flux=np.full(30, 3.0) * u.erg / u.s / u.cm**2 / u.AA,
     ...                 spectral_axis=np.arange(4995.0, 5025.0) * u.AA)
     >>> gs = to_model_grid(spec, grid, medium="air")
     >>> gs.flux.shape, gs.scale
@@ -902,6 +927,11 @@ def to_model_grid(
     variance, unc_type = _input_variance(spectrum)
     if variance is not None:
         variance = _to_last(variance, axis, descending)
+    density_factor = _frequency_density_factor(spectrum, edges)
+    if density_factor is not None:
+        flux = flux * density_factor
+        if variance is not None:
+            variance = variance * density_factor**2
     out, var_out, miss_out = _resample(
         flux, edges, grid.edges, variance=variance, missing=missing, min_coverage=min_coverage
     )
@@ -927,6 +957,7 @@ def to_model_grid(
         flux_unit=spectrum.flux.unit,
         uncertainty_type=unc_type,
         min_coverage=float(min_coverage),
+        density_factor=density_factor,
     )
 
 
@@ -1037,6 +1068,10 @@ def from_model_grid(
         missing=bad,
         min_coverage=1.0,
     )
+    if gs.density_factor is not None:
+        out = out / gs.density_factor
+        if var_out is not None:
+            var_out = var_out / gs.density_factor**2
     axis = gs.spectral_axis_index
     out = _from_last(out, axis, gs.descending, gs.shape)
     mask = _from_last(uncovered, axis, gs.descending, gs.shape) | ~np.isfinite(out)

@@ -49,11 +49,14 @@ def grid():
     return ModelGrid(np.arange(4000.0, 5000.0, 0.9) * u.AA, "air")
 
 
+FLAM = u.erg / u.s / u.cm**2 / u.AA
+
+
 def make_spectrum(wave=None, flux=None, **kwargs):
     wave = np.arange(3950.0, 5050.0, 1.0) if wave is None else wave
     flux = bin_means(wave) if flux is None else flux
     kwargs.setdefault("meta", {"medium": "air"})
-    return Spectrum(flux=flux * u.Jy, spectral_axis=wave * u.AA, **kwargs)
+    return Spectrum(flux=flux * FLAM, spectral_axis=wave * u.AA, **kwargs)
 
 
 # --- ModelGrid ---------------------------------------------------------------------
@@ -289,7 +292,7 @@ def test_uncertainty_class_survives(grid, uncertainty, cls):
     back = from_model_grid(gs, gs.flux, sigma)
     assert type(back.uncertainty) is cls
     as_std = back.uncertainty.represent_as(StdDevUncertainty)
-    assert as_std.unit == u.Jy
+    assert as_std.unit == FLAM
     ok = ~back.mask
     if uncertainty is not None:
         # One input pixel spread over ~1.1 grid pixels and back: sigma shrinks a bit.
@@ -299,7 +302,8 @@ def test_uncertainty_class_survives(grid, uncertainty, cls):
 
 
 def test_uncertainty_units_are_converted(grid):
-    spec = make_spectrum(uncertainty=StdDevUncertainty(np.full(1100, 100.0) * u.mJy))
+    spec = make_spectrum(uncertainty=StdDevUncertainty(np.full(1100, 1.0) * u.erg / u.s / u.cm**2 / u.nm)
+    )
     gs = to_model_grid(spec, grid)
     np.testing.assert_allclose(np.nanmedian(gs.sigma * gs.scale[:, None]), 0.1, rtol=0.05)
 
@@ -576,3 +580,30 @@ def test_doppler_shift_bad_velocity(velocity, error, match):
     spec = make_spectrum(flux=np.ones((2, 1100)))
     with pytest.raises(error, match=match):
         doppler_shift(spec, velocity)
+
+
+def test_flux_per_frequency_is_seen_as_flux_per_wavelength():
+    wave = np.linspace(4000.0, 6000.0, 801) * u.AA
+    f_lambda = (1.0 + 0.2 * np.sin(wave.value / 90.0)) * FLAM
+    f_nu = f_lambda.to(u.mJy, u.spectral_density(wave))
+    grid = ModelGrid(np.linspace(4100.0, 5900.0, 600) * u.AA, "air")
+    spec_lambda = Spectrum(
+        flux=f_lambda, spectral_axis=wave, uncertainty=StdDevUncertainty(0.01 * f_lambda.value)
+    )
+    spec_nu = Spectrum(
+        flux=f_nu, spectral_axis=wave, uncertainty=StdDevUncertainty(0.01 * f_nu.value)
+    )
+    gs_lambda = to_model_grid(spec_lambda, grid, medium="air")
+    gs_nu = to_model_grid(spec_nu, grid, medium="air")
+    # The same shape on the grid (the model sees F_lambda); only the scale differs.
+    np.testing.assert_allclose(gs_nu.flux, gs_lambda.flux, rtol=1e-6)
+    np.testing.assert_allclose(gs_nu.sigma, gs_lambda.sigma, rtol=1e-3)
+    back_nu = from_model_grid(gs_nu, gs_nu.flux, gs_nu.sigma)
+    back_lambda = from_model_grid(gs_lambda, gs_lambda.flux, gs_lambda.sigma)
+    assert back_nu.flux.unit == u.mJy
+    assert back_nu.uncertainty.unit == u.mJy
+    inner = ~back_nu.mask
+    np.testing.assert_allclose(back_nu.flux.value[inner], f_nu.value[inner], rtol=1e-3)
+    relative_nu = back_nu.uncertainty.array / back_nu.flux.value
+    relative_lambda = back_lambda.uncertainty.array / back_lambda.flux.value
+    np.testing.assert_allclose(relative_nu[inner], relative_lambda[inner], rtol=1e-3)
