@@ -47,6 +47,7 @@ __all__ = [
     "GridSpectra",
     "to_model_grid",
     "from_model_grid",
+    "grid_to_input",
     "median_normalise",
     "median_denormalise",
     "doppler_shift",
@@ -1083,6 +1084,57 @@ def from_model_grid(
         var_out = _from_last(var_out, axis, gs.descending, gs.shape)
         uncertainty = _output_uncertainty(var_out, gs.uncertainty_type, gs.flux_unit)
     return _new_spectrum(spectrum, out * gs.flux_unit, uncertainty, mask, meta)
+
+
+def grid_to_input(grid_spectra: GridSpectra, values, *, missing=None):
+    """Resample per-grid-pixel values onto the input's spectral axis, as they are.
+
+    Unlike `from_model_grid` nothing is de-normalised and no Spectrum is built: this
+    is for dimensionless quantities on the model grid, such as a transmission.
+
+    Parameters
+    ----------
+    grid_spectra : GridSpectra
+        The result of `to_model_grid` for the input.
+    values : array-like, shape (n_spec, n_grid)
+        Values on the model grid (numpy array or torch tensor).
+    missing : array-like of bool, shape (n_spec, n_grid), optional
+        Grid pixels without a value; non-finite values are missing too.
+
+    Returns
+    -------
+    values : ndarray
+        In the input's flux shape and axis order; NaN where not covered.
+    uncovered : ndarray of bool
+        Input pixels not fully covered by valid grid pixels.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from specutils import Spectrum
+    >>> grid = ModelGrid(np.arange(5000.0, 5010.0, 0.5) * u.AA, "air")
+    >>> spec = Spectrum(flux=np.ones(30) * u.one, spectral_axis=np.arange(4995.0, 5025.0) * u.AA)
+    >>> gs = to_model_grid(spec, grid, medium="air")
+    >>> values, uncovered = grid_to_input(gs, np.full((1, 20), 0.5))
+    >>> values[4:8]
+    array([nan, nan, 0.5, 0.5])
+    """
+    if not isinstance(grid_spectra, GridSpectra):
+        raise TypeError(f"grid_spectra must be a GridSpectra, got {type(grid_spectra).__name__}")
+    gs = grid_spectra
+    shape = gs.flux.shape
+    values = _as_numpy(values, "values", shape)
+    bad = ~np.isfinite(values) | ~gs.usable[:, None]
+    if missing is not None:
+        bad |= _as_numpy(missing, "missing", shape, dtype=bool)
+    out, _, uncovered = _resample(
+        values, gs.grid.edges, gs.input_edges, missing=bad, min_coverage=1.0
+    )
+    axis = gs.spectral_axis_index
+    return (
+        _from_last(out, axis, gs.descending, gs.shape),
+        _from_last(uncovered, axis, gs.descending, gs.shape),
+    )
 
 
 def _new_spectrum(spectrum, flux, uncertainty, mask, extra_meta) -> Spectrum:

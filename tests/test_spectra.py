@@ -22,6 +22,7 @@ from specutils_deepclean.spectra import (
     bin_edges,
     doppler_shift,
     from_model_grid,
+    grid_to_input,
     median_denormalise,
     median_normalise,
     rebin,
@@ -607,3 +608,19 @@ def test_flux_per_frequency_is_seen_as_flux_per_wavelength():
     relative_nu = back_nu.uncertainty.array / back_nu.flux.value
     relative_lambda = back_lambda.uncertainty.array / back_lambda.flux.value
     np.testing.assert_allclose(relative_nu[inner], relative_lambda[inner], rtol=1e-3)
+
+
+def test_grid_to_input_keeps_exact_values_and_marks_uncovered(grid):
+    spec = make_spectrum()
+    gs = to_model_grid(spec, grid)
+    values = np.zeros_like(gs.flux)
+    values[:, 100:120] = -0.25
+    out, uncovered = grid_to_input(gs, values)
+    assert out.shape == spec.shape and uncovered.shape == spec.shape
+    # Far from the non-zero block, zeros come back exactly zero.
+    inside = ~uncovered
+    far = inside & (np.abs(spec.spectral_axis.value - grid.wave_aa[110]) > 20)
+    assert np.all(out[far] == 0.0)
+    assert np.all(np.isnan(out[uncovered]))
+    with pytest.raises(ValueError, match="values must have shape"):
+        grid_to_input(gs, values[:, :-1])

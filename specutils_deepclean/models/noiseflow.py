@@ -1,0 +1,675 @@
+r"""NoiseFlow: the autoregressive observation model :math:`p(y \mid s)` of Kang et al.
+
+After Kang et al., *A novel stellar spectrum denoising method based on deep
+Bayesian modeling*, Section 3.4 (Eqs. 11-15, Fig. 2). The noise
+:math:`\epsilon = y - s` is modelled pixel by pixel: pixel :math:`d` is Gaussian
+with a mean and a log standard deviation computed by a small network from the
+:math:`K` strictly preceding noise pixels; the first :math:`K` pixels have learned
+scalar means and log standard deviations. Pixels that are missing, or that follow
+a missing pixel within :math:`K`, do not count (the masked likelihood, Eq. 15).
+
+Beyond the paper, a *whitened* flow models :math:`u = \epsilon / \sigma` for a known
+per-pixel uncertainty :math:`\sigma`, so one flow serves spectra of any S/N.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Distribution, constraints
+
+__all__ = ["NoiseFlow", "NoiseFlowDistribution", "counted_pixels", "fit_noiseflow"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+#: Factor applied to the default initial weights of the two output heads, so that
+#: a fresh flow is close to white noise ``N(0, scale)`` and training starts there.
+_HEAD_INIT = 0.01
+
+#: Ratio of the normal standard deviation to the median absolute deviation.
+_MAD_TO_STD = 1.482602218505602
+
+
+class NoiseFlow(nn.Module):
+    r"""Autoregressive Gaussian noise model over the :math:`K` preceding pixels.
+
+    With the unit :math:`t_d = \mathrm{scale}\,\sigma_d` (:math:`\sigma_d = 1`
+    for a flow that is not whitened) and :math:`u = \epsilon / t`, pixel
+    :math:`d` (0-based) has
+
+    .. math::
+
+        u_d \mid u_{d-K:d} \sim \mathcal N\bigl(\mu_d, e^{2\alpha_d}\bigr), \qquad
+        (\mu_d, \alpha_d) = \begin{cases}
+            (\mu^0_d, \alpha^0_d) & d < K \text{ (learned scalars)}\\
+            (f_\mu, f_\alpha)(u_{d-K}, \dots, u_{d-1}) & d \ge K
+        \end{cases}
+
+    so :math:`\xi_d = (u_d - \mu_d)\, e^{-\alpha_d}` is standard normal
+    (Eqs. 12-13). :math:`f` is a causal convolution (1 input channel,
+    ``channels`` outputs, kernel :math:`K`; the column that would see pixel
+    :math:`d` itself is dropped), then one linear layer with ReLU per entry of
+    ``hidden``, then two linear heads. Calling the flow gives the distribution
+    :math:`p(y \mid s)` (`NoiseFlowDistribution`).
+
+    ``scale`` is a buffer (saved in the state dict, not trained) set by
+    `fit_noiseflow` to the robust standard deviation of the training residuals,
+    so the network always works on numbers of order one.
+
+    Parameters
+    ----------
+    context : int, optional
+        :math:`K`, the number of preceding pixels each pixel depends on (>= 1).
+    channels : int, optional
+        :math:`C`, output channels of the causal convolution.
+    hidden : sequence of int, optional
+        Widths of the linear + ReLU layers after the convolution
+        (:math:`C \to \dots \to C'`); empty gives a linear autoregressive model.
+    whitened : bool, optional
+        Whether the flow models whitened residuals :math:`\epsilon / \sigma`
+        (then every call needs ``sigma``) or raw residuals (then no call may
+        pass ``sigma``). The caller chooses the flow that matches its data.
+
+    Raises
+    ------
+    ValueError
+        If a hyper-parameter has a bad value or type.
+
+    References
+    ----------
+    Kang et al., *A novel stellar spectrum denoising method based on deep
+    Bayesian modeling*, Section 3.4.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from specutils_deepclean.models.noiseflow import NoiseFlow
+    >>> flow = NoiseFlow(context=4, channels=8, hidden=[8])
+    >>> flow.config
+    {'context': 4, 'channels': 8, 'hidden': [8], 'whitened': False}
+    >>> eps = torch.zeros(2, 32)
+    >>> flow(torch.zeros(32)).log_prob(eps).shape
+    torch.Size([2])
+    """
+
+    def __init__(self, context: int = 8, channels: int = 16, hidden=(16,), whitened: bool = False):
+        super().__init__()
+        self._config = _check_config(context, channels, hidden, whitened)
+        self.conv = nn.Conv1d(1, channels, context)
+        layers, width = [], channels
+        for size in self._config["hidden"]:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.mlp = nn.Sequential(*layers)
+        self.head_mu = nn.Linear(width, 1)
+        self.head_alpha = nn.Linear(width, 1)
+        with torch.no_grad():
+            for head in (self.head_mu, self.head_alpha):
+                head.weight.mul_(_HEAD_INIT)
+                head.bias.zero_()
+        self.mu0 = nn.Parameter(torch.zeros(context))
+        self.alpha0 = nn.Parameter(torch.zeros(context))
+        self.register_buffer("scale", torch.ones(()))
+
+    @property
+    def config(self) -> dict:
+        """The hyper-parameters: ``NoiseFlow(**flow.config)`` rebuilds the network."""
+        return copy.deepcopy(self._config)
+
+    @property
+    def context(self) -> int:
+        """:math:`K`, the number of preceding pixels each pixel depends on."""
+        return self._config["context"]
+
+    @property
+    def whitened(self) -> bool:
+        """Whether the flow models residuals divided by their uncertainty."""
+        return self._config["whitened"]
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self._config.items())
+
+    def forward(self, signal=None, sigma=None) -> NoiseFlowDistribution:
+        r"""The observation model :math:`p(y \mid s)` for a signal and uncertainty.
+
+        Parameters
+        ----------
+        signal : tensor, shape ``(..., n_pix)``, optional
+            The noise-free spectrum :math:`s` (zero if omitted; then ``sigma``
+            gives the length). ``torch.zeros(n_pix)`` gives the noise alone, for
+            any batch.
+        sigma : tensor, shape ``(..., n_pix)``, optional
+            Per-pixel standard deviation; required by a whitened flow, refused
+            by one that is not. Non-finite values mark missing pixels.
+
+        Returns
+        -------
+        NoiseFlowDistribution
+
+        Raises
+        ------
+        ValueError
+            If neither is given, the shapes do not broadcast, or ``sigma`` does
+            not match the flow's ``whitened`` setting.
+        """
+        return NoiseFlowDistribution(self, signal, sigma)
+
+    def _conditional(self, u: torch.Tensor):
+        """``(mu, alpha)`` of pixels ``K..L-1`` of ``u`` (N, L), teacher-forced."""
+        features = self.conv(u.unsqueeze(1))[..., :-1]  # column j sees u[j:j+K] -> pixel j+K
+        features = self.mlp(features.transpose(1, 2))
+        return self.head_mu(features).squeeze(-1), self.head_alpha(features).squeeze(-1)
+
+    def _params(self, u: torch.Tensor):
+        """``(mu, alpha)`` of every pixel of ``u`` (N, D), both (N, D)."""
+        mu, alpha = self._conditional(u)
+        first = (u.shape[0], self.context)
+        return (
+            torch.cat([self.mu0.expand(first), mu], dim=1),
+            torch.cat([self.alpha0.expand(first), alpha], dim=1),
+        )
+
+
+class NoiseFlowDistribution(Distribution):
+    r"""The distribution :math:`p(y \mid s)` given by a `NoiseFlow` (``flow(signal, sigma)``).
+
+    Its log density is Eq. 15 of Kang et al. written for :math:`y`:
+
+    .. math::
+
+        \log p(y \mid s) = \sum_{d} m_d \Bigl[ -\tfrac12 \xi_d^2 - \alpha_d
+            - \tfrac12 \log 2\pi - \log t_d \Bigr],
+
+    :math:`m_d` being `counted_pixels` (a pixel counts only when it and its
+    :math:`K` predecessors are observed) and :math:`t_d` the unit of the
+    whitening. Missing pixels enter the convolution as zero; this changes only
+    the features of pixels that do not count, since a counted pixel's window
+    holds observed pixels only, so the value at a missing pixel has no effect.
+
+    Build it by calling a `NoiseFlow`; ``batch_shape`` is the broadcast leading
+    shape of ``signal`` and ``sigma``, ``event_shape`` is ``(n_pix,)``.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 1)
+    has_rsample = True
+
+    def __init__(self, flow: NoiseFlow, signal=None, sigma=None):
+        if not isinstance(flow, NoiseFlow):
+            raise TypeError(f"flow must be a NoiseFlow, got {type(flow).__name__}")
+        if flow.whitened and sigma is None:
+            raise ValueError(
+                "this flow models whitened residuals eps / sigma: pass sigma "
+                "(torch.ones(n_pix) if the residuals are already whitened)"
+            )
+        if not flow.whitened and sigma is not None:
+            raise ValueError("this flow models raw residuals (whitened=False): do not pass sigma")
+        if signal is None and sigma is None:
+            raise ValueError("give signal or sigma (torch.zeros(n_pix) for the noise alone)")
+        self.flow = flow
+        self.signal = None if signal is None else _tensor(signal, "signal", flow)
+        self.sigma = None if sigma is None else _tensor(sigma, "sigma", flow)
+        given = [x for x in (self.signal, self.sigma) if x is not None]
+        if any(x.ndim == 0 for x in given):
+            raise ValueError("signal and sigma must have a pixel axis (ndim >= 1)")
+        n_pix = given[0].shape[-1]
+        if any(x.shape[-1] != n_pix for x in given):
+            raise ValueError(
+                f"signal and sigma differ in length: {tuple(self.signal.shape)} "
+                f"and {tuple(self.sigma.shape)}"
+            )
+        if n_pix <= flow.context:
+            raise ValueError(
+                f"spectra of {n_pix} pixels are too short for a context of "
+                f"{flow.context} pixels (need at least {flow.context + 1})"
+            )
+        batch_shape = _broadcast(*(x.shape[:-1] for x in given), what="signal and sigma")
+        super().__init__(batch_shape, torch.Size([n_pix]), validate_args=False)
+
+    def log_prob(self, y, missing=None) -> torch.Tensor:
+        r"""Masked log density (Eq. 15), differentiable in ``y``, ``signal`` and ``sigma``.
+
+        Parameters
+        ----------
+        y : tensor, shape ``(..., n_pix)``
+            Observed spectra; leading axes broadcast with ``batch_shape``.
+            Non-finite values are missing.
+        missing : bool tensor, optional
+            True where a pixel is missing; broadcast to ``y``'s full shape.
+
+        Returns
+        -------
+        tensor
+            :math:`\log p(y \mid s)` per spectrum (the leading shape).
+
+        Raises
+        ------
+        TypeError
+            If ``missing`` is not boolean.
+        ValueError
+            If the shapes do not match, or ``sigma`` is not positive at an
+            observed pixel.
+        """
+        return self.log_prob_pixels(y, missing)[0].sum(-1)
+
+    def log_prob_pixels(self, y, missing=None):
+        """Per-pixel terms of `log_prob` and the mask of the pixels that count.
+
+        Parameters
+        ----------
+        y, missing
+            As in `log_prob`.
+
+        Returns
+        -------
+        log_prob : tensor, shape ``(..., n_pix)``
+            Each pixel's term (zero where it does not count).
+        counted : bool tensor, shape ``(..., n_pix)``
+            `counted_pixels` of the full missing mask.
+        """
+        u, log_unit, gone = self._whiten(y, missing)
+        shape = u.shape
+        flat = u.reshape(-1, shape[-1])
+        mu, alpha = self.flow._params(flat)
+        xi = (flat - mu) * torch.exp(-alpha)
+        terms = (-0.5 * xi.square() - alpha - _HALF_LOG_2PI).reshape(shape) - log_unit
+        counted = counted_pixels(gone, self.flow.context)
+        return torch.where(counted, terms, torch.zeros_like(terms)), counted
+
+    def standardise(self, y) -> torch.Tensor:
+        r"""The standard-normal variables :math:`\xi_d = (u_d - \mu_d)\, e^{-\alpha_d}` (Eq. 13).
+
+        Every pixel of ``y`` is taken as observed.
+
+        Parameters
+        ----------
+        y : tensor, shape ``(..., n_pix)``
+            Observed spectra.
+
+        Returns
+        -------
+        tensor
+            :math:`\xi`, the broadcast shape of ``y`` and the batch.
+        """
+        u, _, _ = self._whiten(y, None)
+        flat = u.reshape(-1, u.shape[-1])
+        mu, alpha = self.flow._params(flat)
+        return ((flat - mu) * torch.exp(-alpha)).reshape(u.shape)
+
+    def rsample(self, sample_shape=(), generator: torch.Generator | None = None):
+        r"""Draw spectra autoregressively (pixel by pixel, vectorised over the batch).
+
+        Differentiable in the flow's parameters, ``signal`` and ``sigma``
+        (reparameterised: :math:`u_d = \mu_d + e^{\alpha_d} \xi_d`). Pixels
+        with a non-finite ``sigma`` come out non-finite.
+
+        Parameters
+        ----------
+        sample_shape : tuple of int, optional
+            Leading shape of the draws (before ``batch_shape``).
+        generator : `torch.Generator`, optional
+            Source of the random numbers (draws on its device, then moved).
+
+        Returns
+        -------
+        tensor, shape ``sample_shape + batch_shape + (n_pix,)``
+        """
+        shape = torch.Size(sample_shape) + self.batch_shape
+        n_pix, k = self.event_shape[0], self.flow.context
+        ref = self.flow.mu0
+        xi = torch.randn(
+            (math.prod(shape), n_pix),
+            generator=generator,
+            dtype=ref.dtype,
+            device=ref.device if generator is None else generator.device,
+        ).to(ref.device)
+        columns = [self.flow.mu0[d] + torch.exp(self.flow.alpha0[d]) * xi[:, d] for d in range(k)]
+        pad = torch.zeros_like(xi[:, :1])
+        for d in range(k, n_pix):
+            window = torch.stack(columns[d - k :] + [pad[:, 0]], dim=1)
+            mu, alpha = self.flow._conditional(window)
+            columns.append(mu[:, 0] + torch.exp(alpha[:, 0]) * xi[:, d])
+        u = torch.stack(columns, dim=1).reshape(shape + (n_pix,))
+        y = u * self._unit()
+        return y if self.signal is None else y + self.signal
+
+    def sample(self, sample_shape=(), generator: torch.Generator | None = None):
+        """`rsample` without gradients.
+
+        Parameters
+        ----------
+        sample_shape : tuple of int, optional
+            Leading shape of the draws.
+        generator : `torch.Generator`, optional
+            Source of the random numbers.
+
+        Returns
+        -------
+        tensor, shape ``sample_shape + batch_shape + (n_pix,)``
+        """
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def _unit(self) -> torch.Tensor:
+        scale = self.flow.scale
+        return scale if self.sigma is None else self.sigma * scale
+
+    def _whiten(self, y, missing):
+        """``u`` (zero at missing pixels), ``log t`` (zero there) and the missing mask."""
+        y = _tensor(y, "y", self.flow)
+        n_pix = self.event_shape[0]
+        if y.ndim == 0 or y.shape[-1] != n_pix:
+            raise ValueError(f"y must end in {n_pix} pixels, got shape {tuple(y.shape)}")
+        shape = _broadcast(y.shape[:-1], self.batch_shape, what="y and the batch") + (n_pix,)
+        eps = (y if self.signal is None else y - self.signal).expand(shape)
+        unit = self._unit().expand(shape)
+        gone = ~(torch.isfinite(eps) & torch.isfinite(unit))
+        if missing is not None:
+            missing = torch.as_tensor(missing, device=eps.device)
+            if missing.dtype != torch.bool:
+                raise TypeError(f"missing must be a boolean array, got {missing.dtype}")
+            gone = gone | _expand(missing, shape, "missing")
+        if self.sigma is not None and bool(((unit <= 0) & ~gone).any()):
+            raise ValueError("sigma must be positive at every observed pixel")
+        unit = torch.where(gone, torch.ones_like(unit), unit)
+        eps = torch.where(gone, torch.zeros_like(eps), eps)
+        return eps / unit, torch.log(unit), gone
+
+
+def counted_pixels(missing: torch.Tensor, context: int) -> torch.Tensor:
+    """Pixels that count in the masked likelihood (Eq. 15 of Kang et al.).
+
+    Pixel ``d >= context`` counts when it and its ``context`` predecessors are all
+    observed; pixel ``d < context`` (modelled without predecessors) counts when it
+    is observed. Computed with a cumulative count of missing pixels.
+
+    Parameters
+    ----------
+    missing : bool tensor, shape ``(..., n_pix)``
+        True where a pixel is missing.
+    context : int
+        :math:`K`.
+
+    Returns
+    -------
+    bool tensor, same shape
+
+    Examples
+    --------
+    >>> import torch
+    >>> missing = torch.zeros(10, dtype=torch.bool)
+    >>> missing[5] = True
+    >>> counted_pixels(missing, 2).int().tolist()
+    [1, 1, 1, 1, 1, 0, 0, 0, 1, 1]
+    """
+    context = _check_int(context, "context")
+    missing = torch.as_tensor(missing)
+    if missing.dtype != torch.bool:
+        raise TypeError(f"missing must be a boolean array, got {missing.dtype}")
+    if missing.ndim == 0:
+        raise ValueError("missing must have a pixel axis (ndim >= 1)")
+    n_pix = missing.shape[-1]
+    total = torch.cumsum(missing.to(torch.int64), dim=-1)
+    before = nn.functional.pad(total, (context + 1, 0))[..., :n_pix]  # count up to d-K-1
+    window_clear = (total - before) == 0
+    first = torch.arange(n_pix, device=missing.device) < context
+    return torch.where(first, ~missing, window_clear)
+
+
+def fit_noiseflow(
+    residuals,
+    sigma=None,
+    missing=None,
+    *,
+    context: int = 8,
+    channels: int = 16,
+    hidden=(16,),
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device=None,
+    val=None,
+) -> NoiseFlow:
+    r"""Train a `NoiseFlow` on noise residuals by maximum likelihood.
+
+    The loss is the negative masked log-likelihood (Eq. 15) per counted pixel,
+    minimised with Adam. The flow is whitened when ``sigma`` is given. Its
+    ``scale`` is first set to the robust standard deviation (1.4826 MAD) of the
+    observed (whitened) residuals. Initial weights and batch order come from
+    ``seed`` only (the global torch random state is left untouched), so a run
+    on the CPU is reproducible exactly.
+
+    Parameters
+    ----------
+    residuals : array_like, shape ``(n, n_pix)``
+        Noise residuals :math:`y - s` (e.g. simulated observations minus truth).
+        Non-finite values are missing.
+    sigma : array_like, shape ``(n, n_pix)``, optional
+        Their per-pixel standard deviations: trains a whitened flow.
+    missing : array_like of bool, shape ``(n, n_pix)``, optional
+        True where a residual is missing.
+    context, channels, hidden
+        Architecture, as in `NoiseFlow`.
+    epochs : int, optional
+        Passes over the residuals.
+    batch_size : int, optional
+        Spectra per optimisation step.
+    lr : float, optional
+        Adam learning rate.
+    seed : int, optional
+        Seed of the initial weights and of the batch order.
+    device : str or `torch.device`, optional
+        Where to train (default: CUDA if available, else the CPU).
+    val : tuple, optional
+        Validation data ``(residuals, sigma, missing)`` (``sigma`` given exactly
+        when it is for training; ``missing`` may be None). When given, the
+        weights of the epoch with the lowest validation loss are kept.
+
+    Returns
+    -------
+    NoiseFlow
+        In eval mode on ``device``, with ``history`` (``{"train": [...],
+        "val": [...]}``, loss per counted pixel per epoch) and ``best_epoch``.
+
+    Raises
+    ------
+    TypeError
+        If ``missing`` is not boolean.
+    ValueError
+        If the data or settings are bad (shapes, non-positive sigma, no counted
+        pixel, non-positive epochs, batch size or learning rate).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> eps = rng.normal(0.0, 0.1, (64, 48))
+    >>> flow = fit_noiseflow(eps, context=3, channels=4, hidden=[4], epochs=2, device="cpu")
+    >>> len(flow.history["train"])
+    2
+    """
+    _check_settings(epochs, batch_size, lr, seed)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    train = _fit_data(residuals, sigma, missing, "residuals", device)
+    valid = None
+    if val is not None:
+        if not isinstance(val, tuple) or len(val) != 3:
+            raise ValueError("val must be a tuple (residuals, sigma, missing)")
+        if (val[1] is None) != (sigma is None):
+            raise ValueError("val must give sigma exactly when the training data do")
+        valid = _fit_data(*val, "val residuals", device)
+        if valid[0].shape[1] != train[0].shape[1]:
+            raise ValueError(
+                f"val residuals have {valid[0].shape[1]} pixels, training ones {train[0].shape[1]}"
+            )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        flow = NoiseFlow(context, channels, hidden, whitened=sigma is not None)
+    flow.to(device)
+    flow.scale.fill_(_robust_scale(*train))
+    _check_counted(flow, train, "residuals")
+    history = {"train": [], "val": []}
+    best = (math.inf, copy.deepcopy(flow.state_dict()), epochs - 1)
+    optimiser = torch.optim.Adam(flow.parameters(), lr=lr)
+    order_rng = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        flow.train()
+        history["train"].append(_train_epoch(flow, train, optimiser, batch_size, order_rng))
+        if valid is not None:
+            flow.eval()
+            with torch.no_grad():
+                loss = _mean_nll(flow, valid)
+            history["val"].append(loss)
+            if loss < best[0]:
+                best = (loss, copy.deepcopy(flow.state_dict()), epoch)
+    if valid is not None:
+        flow.load_state_dict(best[1])
+    flow.history = history
+    flow.best_epoch = best[2]
+    return flow.eval()
+
+
+def _train_epoch(flow, data, optimiser, batch_size, order_rng) -> float:
+    """One pass in random order; returns the mean loss per counted pixel."""
+    total, count = 0.0, 0
+    order = torch.randperm(data[0].shape[0], generator=order_rng).to(data[0].device)
+    for index in order.split(batch_size):
+        log_prob, counted = _batch_log_prob(flow, data, index)
+        n_counted = int(counted.sum())
+        if n_counted == 0:
+            continue
+        loss = -log_prob.sum() / n_counted
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        total += float(loss.detach()) * n_counted
+        count += n_counted
+    return total / count
+
+
+def _mean_nll(flow, data, chunk: int = 1024) -> float:
+    total, count = 0.0, 0
+    for index in torch.arange(data[0].shape[0], device=data[0].device).split(chunk):
+        log_prob, counted = _batch_log_prob(flow, data, index)
+        total -= float(log_prob.sum())
+        count += int(counted.sum())
+    return total / max(count, 1)
+
+
+def _batch_log_prob(flow, data, index):
+    eps, sigma, missing = data
+    if sigma is None:
+        dist = flow(torch.zeros(eps.shape[1], device=eps.device))
+    else:
+        dist = flow(sigma=sigma[index])
+    return dist.log_prob_pixels(eps[index], missing[index])
+
+
+def _fit_data(residuals, sigma, missing, name: str, device):
+    """Residuals, sigma (or None) and the full missing mask as tensors on ``device``."""
+    eps = torch.as_tensor(np.asarray(residuals, dtype=np.float32), device=device)
+    if eps.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_spectra, n_pix), got shape {tuple(eps.shape)}")
+    gone = ~torch.isfinite(eps)
+    if sigma is not None:
+        sigma = torch.as_tensor(np.asarray(sigma, dtype=np.float32), device=device)
+        if sigma.shape != eps.shape:
+            raise ValueError(
+                f"sigma has shape {tuple(sigma.shape)}, {name} have {tuple(eps.shape)}"
+            )
+        gone |= ~torch.isfinite(sigma)
+        if bool(((sigma <= 0) & ~gone).any()):
+            raise ValueError("sigma must be positive at every observed pixel")
+    if missing is not None:
+        missing = np.asarray(missing)
+        if missing.dtype != bool:
+            raise TypeError(f"missing must be a boolean array, got {missing.dtype}")
+        if missing.shape != tuple(eps.shape):
+            raise ValueError(f"missing has shape {missing.shape}, {name} have {tuple(eps.shape)}")
+        gone |= torch.as_tensor(missing, device=device)
+    return eps, sigma, gone
+
+
+def _robust_scale(eps, sigma, missing) -> float:
+    """1.4826 times the MAD of the observed (whitened) residuals."""
+    u = eps if sigma is None else eps / sigma
+    u = u[~missing]
+    if u.numel() == 0:
+        raise ValueError("the residuals have no observed pixel")
+    scale = _MAD_TO_STD * float((u - u.median()).abs().median())
+    if not scale > 0:
+        scale = float(u.std()) if u.numel() > 1 else 0.0
+    if not scale > 0:
+        raise ValueError("the residuals are constant: their scale is zero")
+    return scale
+
+
+def _check_counted(flow, data, name: str) -> None:
+    if data[0].shape[1] <= flow.context:
+        raise ValueError(
+            f"{name} have {data[0].shape[1]} pixels, too few for a context of {flow.context}"
+        )
+    if not bool(counted_pixels(data[2], flow.context).any()):
+        raise ValueError(f"no pixel of the {name} counts: too many are missing")
+
+
+def _check_config(context, channels, hidden, whitened) -> dict:
+    hidden = list(hidden) if isinstance(hidden, (list, tuple)) else hidden
+    if not isinstance(hidden, list):
+        raise ValueError(f"hidden must be a list of positive integers, got {hidden!r}")
+    if not isinstance(whitened, bool):
+        raise ValueError(f"whitened must be True or False, got {whitened!r}")
+    return {
+        "context": _check_int(context, "context"),
+        "channels": _check_int(channels, "channels"),
+        "hidden": [_check_int(size, "hidden width") for size in hidden],
+        "whitened": whitened,
+    }
+
+
+def _check_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_settings(epochs, batch_size, lr, seed) -> None:
+    _check_int(epochs, "epochs")
+    _check_int(batch_size, "batch_size")
+    if isinstance(lr, bool) or not isinstance(lr, Real) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _tensor(x, name: str, flow: NoiseFlow) -> torch.Tensor:
+    ref = flow.mu0
+    if isinstance(x, torch.Tensor):
+        return x.to(device=ref.device, dtype=ref.dtype)
+    try:
+        return torch.as_tensor(np.asarray(x, dtype=float), dtype=ref.dtype, device=ref.device)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a tensor or an array of numbers") from exc
+
+
+def _broadcast(*shapes, what: str) -> torch.Size:
+    try:
+        return torch.broadcast_shapes(*shapes)
+    except RuntimeError as exc:
+        listed = " and ".join(str(tuple(shape)) for shape in shapes)
+        raise ValueError(f"the leading shapes of {what} do not broadcast: {listed}") from exc
+
+
+def _expand(x: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
+    try:
+        return x.expand(shape)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{name} of shape {tuple(x.shape)} does not broadcast to {tuple(shape)}"
+        ) from exc
