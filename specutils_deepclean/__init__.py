@@ -7,18 +7,22 @@ Importing the package does exactly two global things (see
 imported when they are first used.
 """
 
-from ._accessor import DeepCleanAccessor, register_manipulation, registered_manipulations
-
 try:
     from ._version import version as __version__
 except ImportError:  # pragma: no cover - only in a source tree that was never installed
     __version__ = "0.0.0"
+
+from ._accessor import DeepCleanAccessor, register_manipulation, registered_manipulations
+from .manipulation import remove_tellurics
+
+register_manipulation(remove_tellurics)
 
 __all__ = [
     "__version__",
     "DeepCleanAccessor",
     "register_manipulation",
     "registered_manipulations",
+    "remove_tellurics",
     "save_model",
     "load_model",
 ]

@@ -48,6 +48,7 @@ __all__ = [
     "to_model_grid",
     "from_model_grid",
     "grid_to_input",
+    "spectrum_like",
     "median_normalise",
     "median_denormalise",
     "doppler_shift",
@@ -1083,7 +1084,7 @@ def from_model_grid(
     if var_out is not None:
         var_out = _from_last(var_out, axis, gs.descending, gs.shape)
         uncertainty = _output_uncertainty(var_out, gs.uncertainty_type, gs.flux_unit)
-    return _new_spectrum(spectrum, out * gs.flux_unit, uncertainty, mask, meta)
+    return spectrum_like(spectrum, out * gs.flux_unit, uncertainty, mask, meta)
 
 
 def grid_to_input(grid_spectra: GridSpectra, values, *, missing=None):
@@ -1137,8 +1138,30 @@ def grid_to_input(grid_spectra: GridSpectra, values, *, missing=None):
     )
 
 
-def _new_spectrum(spectrum, flux, uncertainty, mask, extra_meta) -> Spectrum:
-    """A new Spectrum on the input's axis, with the input's meta plus ``deepclean``."""
+def spectrum_like(spectrum: Spectrum, flux, uncertainty, mask, extra_meta: dict | None) -> Spectrum:
+    """A new Spectrum on ``spectrum``'s axis, with its meta plus ``meta["deepclean"]``.
+
+    The input's ``spectral_axis`` object, ``spectral_axis_index``, velocity
+    convention and rest value are passed through; ``meta`` is a deep copy of the
+    input's with ``extra_meta`` merged into its ``"deepclean"`` entry.
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum`
+        The input spectrum (not modified).
+    flux : `~astropy.units.Quantity`
+        The new flux, in the input's shape.
+    uncertainty : `~astropy.nddata.NDUncertainty` or None
+        The new uncertainty.
+    mask : ndarray of bool
+        The new mask (always passed explicitly).
+    extra_meta : dict or None
+        Entries for ``meta["deepclean"]``.
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+    """
     meta = copy.deepcopy(dict(spectrum.meta)) if spectrum.meta else {}
     deepclean = dict(meta.get("deepclean") or {})
     deepclean.update(copy.deepcopy(extra_meta) if extra_meta else {})
@@ -1333,4 +1356,4 @@ def doppler_shift(spectrum: Spectrum, velocity: u.Quantity) -> Spectrum:
         var_out = _from_last(var_out, axis, descending, spectrum.shape)
         uncertainty = _output_uncertainty(var_out, unc_type, spectrum.flux.unit)
     extra = {"operation": "doppler_shift", "velocity": velocity.to(u.km / u.s)}
-    return _new_spectrum(spectrum, out * spectrum.flux.unit, uncertainty, mask, extra)
+    return spectrum_like(spectrum, out * spectrum.flux.unit, uncertainty, mask, extra)

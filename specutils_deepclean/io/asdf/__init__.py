@@ -1,0 +1,1 @@
+"""The specutils-deepclean ASDF extension: tags, schemas and converters of model files."""

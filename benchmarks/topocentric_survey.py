@@ -1,0 +1,73 @@
+"""A simulated topocentric survey of library stars: the training data of the telluric model.
+
+Every star of a split is observed ``copies`` times through the observation simulator
+(``specutils_deepclean.simulate``): a random stellar radial velocity, an airmass
+uniform in [1, 2.5], a S/N log-uniform in [20, 200], sky residuals, cosmic rays and
+pixel-correlated noise, tellurics at fixed (topocentric) wavelengths.  Shared by
+``train_tellurics.py`` and ``bench_tellurics.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from specutils_deepclean.simulate import Simulator, prepare_truth
+from specutils_deepclean.tellurics import split_transmission
+
+AIRMASS_RANGE = (1.0, 2.5)
+SNR_RANGE = (20.0, 200.0)
+
+
+@dataclass
+class Survey:
+    """Observed spectra, the truth, and the telluric line transmission of each."""
+
+    flux: np.ndarray  # (n, n_pix) normalised observed flux, NaN = missing
+    sigma: np.ndarray
+    truth: np.ndarray  # star x continuum transmission: the ideal telluric-free spectrum
+    lines: np.ndarray  # line transmission applied to each spectrum
+    star_rows: np.ndarray  # library row of each spectrum
+    airmass: np.ndarray
+    snr: np.ndarray
+    stellar_rv: np.ndarray
+
+
+def observe_split(library, wave_aa, medium, *, copies, seed, snr=None, airmass=None) -> Survey:
+    """Simulate ``copies`` observations of every star in ``library`` (one split).
+
+    ``snr`` and ``airmass`` default to random draws from `SNR_RANGE` (log-uniform)
+    and `AIRMASS_RANGE` (uniform); a number fixes them for every spectrum.
+    """
+    truth, valid = prepare_truth(library, wave_aa, medium)
+    truth = np.where(valid, truth, np.nan)
+    sim = Simulator(wave_aa, medium, fwhm=library.fwhm if library.fwhm is not None else 2.5)
+    rng = np.random.default_rng(seed)
+    rows = np.tile(np.arange(len(library)), copies)
+    n = rows.size
+    if snr is None:
+        snr = np.exp(rng.uniform(*np.log(SNR_RANGE), size=n))
+    if airmass is None:
+        # Quantised to 0.05 so the transmission is computed once per value.
+        airmass = np.round(rng.uniform(*AIRMASS_RANGE, size=n) / 0.05) * 0.05
+    snr = np.broadcast_to(np.asarray(snr, dtype=float), (n,)).copy()
+    airmass = np.broadcast_to(np.asarray(airmass, dtype=float), (n,)).copy()
+    obs = sim.observe(truth[rows], snr, seed=int(rng.integers(2**31)), airmass=airmass)
+    continuum, lines = split_transmission(obs.transmission, wave_aa)
+    return Survey(
+        flux=np.where(obs.mask, np.nan, obs.flux),
+        sigma=obs.sigma,
+        truth=obs.truth * continuum,
+        lines=lines,
+        star_rows=rows,
+        airmass=airmass,
+        snr=snr,
+        stellar_rv=obs.stellar_rv,
+    )
+
+
+def reference_lines(wave_aa, medium, *, airmass=AIRMASS_RANGE[1], fwhm=2.5) -> np.ndarray:
+    """Line transmission on the grid at ``airmass`` (the largest of the survey)."""
+    sim = Simulator(wave_aa, medium, fwhm=fwhm)
+    return split_transmission(sim.transmission_at(airmass), wave_aa)[1]

@@ -1,0 +1,255 @@
+"""The specutils-facing functions: ``remove_tellurics`` (and, later, ``denoise``).
+
+This layer only checks arguments, moves spectra onto the model grid and back
+(:mod:`specutils_deepclean.spectra`) and assembles the result; the networks live in
+:mod:`specutils_deepclean.models`.  Torch is imported only when a function runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+import astropy.units as u
+import numpy as np
+from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
+from astropy.utils.exceptions import AstropyUserWarning
+from specutils import Spectrum
+
+from . import __version__
+from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
+from .tellurics import estimate_transmission, telluric_region
+
+__all__ = ["remove_tellurics", "DEFAULT_TELLURIC_MODEL", "TELLURIC_MODES"]
+
+#: Name of the shipped telluric model used when ``model`` is not given.
+DEFAULT_TELLURIC_MODEL = "karaoke-miles"
+#: Output modes of `remove_tellurics`.
+TELLURIC_MODES = ("divide", "reconstruct")
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _device(device):
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but CUDA is not available")
+    return device
+
+
+def _model(model, expected: type, default: str, device):
+    """A loaded model of class ``expected`` on ``device`` (name/path loads are cached)."""
+    from .io.models import load_model
+
+    if model is None:
+        model = default
+    if isinstance(model, str | os.PathLike):
+        key = (os.fspath(model), str(device))
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = load_model(model, device=device)
+            model = _CACHE[key]
+    elif model.device != device:
+        model = model.to(device)
+    if not isinstance(model, expected):
+        raise TypeError(f"model must be a {expected.__name__} (or its name or file), got {type(model).__name__}")
+    return model
+
+
+def _check_spectrum(spectrum) -> None:
+    if not isinstance(spectrum, Spectrum):
+        raise TypeError(f"spectrum must be a specutils Spectrum, got {type(spectrum).__name__}")
+
+
+def _check_sampling(gs, grid: ModelGrid) -> None:
+    """Warn when the input's pixels are far coarser or finer than the model's."""
+    edges = gs.input_edges
+    inside = (edges[:-1] >= grid.edges[0]) & (edges[1:] <= grid.edges[-1])
+    if not inside.any():
+        return
+    ratio = np.median(np.diff(edges)[inside]) / np.median(np.diff(grid.edges))
+    if ratio > 2 or ratio < 0.25:
+        warnings.warn(
+            f"the spectrum's pixels are {ratio:.2g} times the model's "
+            f"({np.median(np.diff(grid.edges)):.3g} Angstrom): the model was trained at its "
+            "own resolution and the telluric estimate may not match this spectrum's; "
+            "train a model on your own spectra (train_karaoke) for such data",
+            AstropyUserWarning,
+            stacklevel=3,
+        )
+
+
+def _divided_uncertainty(uncertainty, factor):
+    """The input's uncertainty divided by ``factor`` (same class), or None."""
+    if uncertainty is None or not isinstance(
+        uncertainty, StdDevUncertainty | VarianceUncertainty | InverseVariance
+    ):
+        return None
+    array = np.asarray(uncertainty.array, dtype=float)
+    if isinstance(uncertainty, StdDevUncertainty):
+        array = array / factor
+    elif isinstance(uncertainty, VarianceUncertainty):
+        array = array / factor**2
+    else:
+        array = array * factor**2
+    return type(uncertainty)(array, unit=uncertainty.unit)
+
+
+def _local_scatter(residual: np.ndarray, use: np.ndarray, half_width: int = 25) -> np.ndarray:
+    """Running robust RMS (1.4826 MAD) of ``residual`` over pixels where ``use``."""
+    from scipy.ndimage import median_filter
+
+    values = np.where(use, np.abs(residual), np.nan)
+    size = (1, 2 * half_width + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        local = median_filter(np.nan_to_num(values, nan=np.nanmedian(values)), size=size, mode="nearest")
+    return 1.4826 * local
+
+
+def remove_tellurics(
+    spectrum: Spectrum,
+    model=None,
+    *,
+    mode: str = "divide",
+    device=None,
+    medium: str | None = None,
+    smooth_pixels: float = 1.0,
+    region_threshold: float = 0.995,
+    batch_size: int = 256,
+) -> Spectrum:
+    """Remove telluric absorption from a spectrum with a Stellar Karaoke model.
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum`
+        One spectrum, or a batch (N-D flux) on one spectral axis, in the
+        topocentric frame (as observed: the telluric lines at their rest
+        wavelengths).  Masked and non-finite pixels are missing data.
+    model : str, path or `~specutils_deepclean.models.karaoke.KaraokeVAE`, optional
+        A shipped model name, a model file, or a loaded model; default
+        ``"karaoke-miles"``.
+    mode : {"divide", "reconstruct"}
+        ``"reconstruct"`` returns the network's reconstruction (the paper's output);
+        ``"divide"`` estimates the transmission ``T = observed / reconstruction``
+        only where the atmosphere can absorb, smooths it, clips it to at most 1 and
+        divides the observed spectrum by it: outside the telluric bands the
+        spectrum comes back unchanged, inside them it keeps its own detail and noise.
+    device : str, optional
+        ``"auto"``/None (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    medium : {"air", "vacuum"}, optional
+        Medium of the spectrum's wavelengths when its meta does not state it (see
+        :func:`~specutils_deepclean.spectra.to_model_grid`).
+    smooth_pixels : float
+        ``divide``: Gaussian sigma (model pixels) used to smooth ``T``.
+    region_threshold : float
+        ``divide``: the telluric region is where the model's reference line
+        transmission (airmass 2.5) is below this value.
+    batch_size : int
+        Spectra per network call.
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+        A new spectrum on the input's spectral axis, in its units.
+        ``meta["deepclean"]`` holds ``transmission`` (a Spectrum on the input's axis,
+        ``divide`` only), ``mode``, ``model``, ``model_version``, ``telluric_pixels``
+        (pixels changed per spectrum) and the package version.
+
+    Raises
+    ------
+    TypeError
+        If ``spectrum`` is not a Spectrum or ``model`` not a telluric model.
+    ValueError
+        If ``mode`` or ``device`` is unknown, the spectrum does not overlap the
+        model's wavelength range (the message names both), or it has no valid pixel.
+
+    Warns
+    -----
+    astropy.utils.exceptions.AstropyUserWarning
+        If the spectrum is sampled far more coarsely or finely than the model, or
+        its medium is unknown.
+
+    Notes
+    -----
+    ``divide``: pixels outside the telluric region are returned exactly as they came
+    in (flux, uncertainty, mask).  Inside it, flux and uncertainty are divided by
+    ``T``; where ``T`` cannot be estimated or falls below 0.05 (saturated lines) the
+    pixel is masked.  Input pixels outside the model's range are returned unchanged
+    but masked.  ``reconstruct``: the uncertainty is the local robust scatter of the
+    observation about the reconstruction (outside the telluric region, over 51
+    pixels): an upper bound on the reconstruction's error, as it contains the
+    observation's noise.
+
+    References
+    ----------
+    Sedaghat, N. et al. 2023, MNRAS 526, "Stellar Karaoke: deep blind separation of
+    terrestrial atmospheric effects out of stellar spectra by velocity whitening".
+    """
+    _check_spectrum(spectrum)
+    if mode not in TELLURIC_MODES:
+        raise ValueError(f"mode must be one of {TELLURIC_MODES}, got {mode!r}")
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    from .models.karaoke import KaraokeVAE
+
+    device = _device(device)
+    net = _model(model, KaraokeVAE, DEFAULT_TELLURIC_MODEL, device)
+    grid = ModelGrid(net.wavelength, net.medium)
+    gs = to_model_grid(spectrum, grid, medium=medium)
+    _check_sampling(gs, grid)
+    recon = net.reconstruct(gs.flux, gs.missing, batch_size=batch_size)
+    if "telluric_lines" not in net.extra:
+        raise ValueError(f"model {net.name} has no 'telluric_lines' array: it cannot locate the bands")
+    region = telluric_region(np.asarray(net.extra["telluric_lines"], dtype=float), threshold=region_threshold)
+    info = {
+        "operation": "remove_tellurics",
+        "mode": mode,
+        "model": net.name,
+        "model_version": net.version,
+        "package_version": __version__,
+        "medium": gs.medium,
+    }
+    if mode == "reconstruct":
+        return _reconstruct_result(gs, recon, region, info)
+    return _divide_result(spectrum, gs, recon, region, smooth_pixels, info)
+
+
+def _reconstruct_result(gs, recon, region, info) -> Spectrum:
+    residual = gs.flux - recon
+    use = ~gs.missing & ~region[None, :]
+    sigma = _local_scatter(residual, use)
+    info["telluric_pixels"] = int(region.sum())
+    return from_model_grid(gs, recon, sigma, meta=info)
+
+
+def _divide_result(spectrum, gs, recon, region, smooth_pixels, info) -> Spectrum:
+    t_grid, unusable = estimate_transmission(
+        gs.flux, recon, region, missing=gs.missing, smooth_pixels=smooth_pixels
+    )
+    t_grid = np.where(unusable, np.nan, t_grid)
+    # Resample T - 1: exactly zero outside the bands, so those pixels stay untouched.
+    delta, uncovered = grid_to_input(gs, t_grid - 1.0)
+    factor = np.where(uncovered, 1.0, 1.0 + delta)
+    flux = spectrum.flux / factor
+    mask = np.zeros(spectrum.shape, dtype=bool) if spectrum.mask is None else np.array(spectrum.mask, dtype=bool)
+    mask = np.broadcast_to(mask, spectrum.shape) | uncovered
+    info["telluric_pixels"] = np.count_nonzero(factor != 1.0, axis=spectrum.spectral_axis_index).tolist()
+    info["transmission"] = Spectrum(
+        flux=u.Quantity(np.where(uncovered, np.nan, factor), u.dimensionless_unscaled),
+        spectral_axis=spectrum.spectral_axis,
+        mask=uncovered,
+        spectral_axis_index=spectrum.spectral_axis_index,
+    )
+    return spectrum_like(
+        spectrum, flux, _divided_uncertainty(spectrum.uncertainty, factor), mask, info
+    )
