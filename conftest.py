@@ -16,7 +16,13 @@ def pytest_configure(config):
     for name in ("Astropy", "Matplotlib", "Pandas", "h5py", "Scipy"):
         PYTEST_HEADER_MODULES.pop(name, None)
     PYTEST_HEADER_MODULES.update(
-        {"astropy": "astropy", "specutils": "specutils", "asdf": "asdf", "scipy": "scipy", "torch": "torch"}
+        {
+            "astropy": "astropy",
+            "specutils": "specutils",
+            "asdf": "asdf",
+            "scipy": "scipy",
+            "torch": "torch",
+        }
     )
     try:
         from specutils_deepclean import __version__

@@ -148,7 +148,9 @@ def speed(model, wave, medium, survey) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--library", default=None, help="library file in the MILES layout")
     parser.add_argument("--split", default="test")
     parser.add_argument("--model", default="karaoke-miles")
@@ -168,7 +170,8 @@ def main(argv=None) -> int:
     model = load_model(args.model)
     region = telluric_region(np.asarray(model.extra["telluric_lines"], dtype=float))
     result = {
-        "command": "python benchmarks/bench_tellurics.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/bench_tellurics.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "library": str(library.path),
         "split": args.split,
         "n_spectra": len(stars),

@@ -34,7 +34,9 @@ from specutils_deepclean.training import train_karaoke  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--copies", type=int, default=4, help="observations per train star")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -56,7 +58,11 @@ def main(argv=None) -> int:
     medium = library.medium
     start = time.perf_counter()
     train = observe_split(
-        library.select(split="train", good=True), wave.value, medium, copies=args.copies, seed=args.seed
+        library.select(split="train", good=True),
+        wave.value,
+        medium,
+        copies=args.copies,
+        seed=args.seed,
     )
     val = observe_split(
         library.select(split="val", good=True), wave.value, medium, copies=1, seed=args.seed + 1
@@ -73,7 +79,8 @@ def main(argv=None) -> int:
         ),
         split="train",
         seed=args.seed,
-        script="benchmarks/train_tellurics.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        script="benchmarks/train_tellurics.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     )
     model = train_karaoke(
         train.flux,
@@ -92,7 +99,9 @@ def main(argv=None) -> int:
         provenance=provenance,
     )
     trained = time.perf_counter() - start - simulated
-    lines = reference_lines(wave.value, medium, fwhm=library.fwhm.value if library.fwhm is not None else 2.5)
+    lines = reference_lines(
+        wave.value, medium, fwhm=library.fwhm.value if library.fwhm is not None else 2.5
+    )
     model.extra = {**model.extra, "telluric_lines": lines.astype(np.float32)}
     path = save_model(model, args.output, overwrite=True)
     summary = {

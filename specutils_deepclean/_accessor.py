@@ -133,7 +133,9 @@ def _attach_accessor() -> None:
     if isinstance(current, DeepCleanAccessor):
         return
     if hasattr(Spectrum, "deepclean"):
-        raise RuntimeError("specutils.Spectrum already has a 'deepclean' attribute; not overwriting it")
+        raise RuntimeError(
+            "specutils.Spectrum already has a 'deepclean' attribute; not overwriting it"
+        )
     Spectrum.deepclean = DeepCleanAccessor()
 
 

@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
-        "command", nargs="?", choices=sorted(COMMANDS), metavar="command",
+        "command",
+        nargs="?",
+        choices=sorted(COMMANDS),
+        metavar="command",
         help="one of: " + "; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()),
     )
     return parser

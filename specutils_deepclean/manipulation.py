@@ -40,7 +40,9 @@ def _device(device):
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but CUDA is not available")
     return device
@@ -61,7 +63,9 @@ def _model(model, expected: type, default: str, device):
     elif model.device != device:
         model = model.to(device)
     if not isinstance(model, expected):
-        raise TypeError(f"model must be a {expected.__name__} (or its name or file), got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a {expected.__name__} (or its name or file), got {type(model).__name__}"
+        )
     return model
 
 
@@ -112,7 +116,9 @@ def _local_scatter(residual: np.ndarray, use: np.ndarray, half_width: int = 25) 
     size = (1, 2 * half_width + 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        local = median_filter(np.nan_to_num(values, nan=np.nanmedian(values)), size=size, mode="nearest")
+        local = median_filter(
+            np.nan_to_num(values, nan=np.nanmedian(values)), size=size, mode="nearest"
+        )
     return 1.4826 * local
 
 
@@ -209,8 +215,12 @@ def remove_tellurics(
     _check_sampling(gs, grid)
     recon = net.reconstruct(gs.flux, gs.missing, batch_size=batch_size)
     if "telluric_lines" not in net.extra:
-        raise ValueError(f"model {net.name} has no 'telluric_lines' array: it cannot locate the bands")
-    region = telluric_region(np.asarray(net.extra["telluric_lines"], dtype=float), threshold=region_threshold)
+        raise ValueError(
+            f"model {net.name} has no 'telluric_lines' array: it cannot locate the bands"
+        )
+    region = telluric_region(
+        np.asarray(net.extra["telluric_lines"], dtype=float), threshold=region_threshold
+    )
     info = {
         "operation": "remove_tellurics",
         "mode": mode,
@@ -241,9 +251,15 @@ def _divide_result(spectrum, gs, recon, region, smooth_pixels, info) -> Spectrum
     delta, uncovered = grid_to_input(gs, t_grid - 1.0)
     factor = np.where(uncovered, 1.0, 1.0 + delta)
     flux = spectrum.flux / factor
-    mask = np.zeros(spectrum.shape, dtype=bool) if spectrum.mask is None else np.array(spectrum.mask, dtype=bool)
+    mask = (
+        np.zeros(spectrum.shape, dtype=bool)
+        if spectrum.mask is None
+        else np.array(spectrum.mask, dtype=bool)
+    )
     mask = np.broadcast_to(mask, spectrum.shape) | uncovered
-    info["telluric_pixels"] = np.count_nonzero(factor != 1.0, axis=spectrum.spectral_axis_index).tolist()
+    info["telluric_pixels"] = np.count_nonzero(
+        factor != 1.0, axis=spectrum.spectral_axis_index
+    ).tolist()
     info["transmission"] = Spectrum(
         flux=u.Quantity(np.where(uncovered, np.nan, factor), u.dimensionless_unscaled),
         spectral_axis=spectrum.spectral_axis,

@@ -35,7 +35,9 @@ def scale_flux(spectrum, factor=2.0, *, offset=0.0):
 
 
 def make_spectrum():
-    return Spectrum(flux=np.arange(1.0, 5.0) * u.Jy, spectral_axis=np.arange(4) * u.AA + 5000 * u.AA)
+    return Spectrum(
+        flux=np.arange(1.0, 5.0) * u.Jy, spectral_axis=np.arange(4) * u.AA + 5000 * u.AA
+    )
 
 
 def test_register_reaches_both_namespaces(clean_registry):
@@ -91,7 +93,7 @@ def test_bad_registrations(clean_registry, func, name, error, match):
 def test_unknown_accessor_name_lists_registered(clean_registry):
     register_manipulation(scale_flux)
     with pytest.raises(AttributeError, match=r"no deepclean manipulation named 'nope'.*scale_flux"):
-        make_spectrum().deepclean.nope
+        _ = make_spectrum().deepclean.nope
 
 
 def test_accessor_on_class_and_instances(clean_registry):

@@ -7,11 +7,11 @@ torch = pytest.importorskip("torch")
 
 from specutils_deepclean.models.generator import (  # noqa: E402
     IsometricAutoencoder,
-    fill_gaps,
     fit_generator,
     isometry_loss,
     reconstruction_loss,
 )
+from specutils_deepclean.models.layers import fill_missing  # noqa: E402
 
 TINY = {"channels": 3, "bottleneck_length": 8, "hidden": 8, "block": 4}
 
@@ -107,7 +107,7 @@ def test_fill_gaps_interpolates_and_extends():
     flux = torch.tensor([[9.0, 1.0, 9.0, 9.0, 4.0, 9.0], [9.0, 9.0, 9.0, 9.0, 9.0, 9.0]])
     missing = torch.tensor([[True, False, True, True, False, True], [True] * 6])
     expected = torch.tensor([[1.0, 1.0, 2.0, 3.0, 4.0, 4.0], [1.0] * 6])
-    torch.testing.assert_close(fill_gaps(flux, missing), expected)
+    torch.testing.assert_close(fill_missing(flux, missing), expected)
 
 
 def test_encoder_never_sees_values_at_missing_pixels():
@@ -119,7 +119,7 @@ def test_encoder_never_sees_values_at_missing_pixels():
     other[:, 10:20] = torch.nan
     torch.testing.assert_close(model.encode(flux, missing), model.encode(other))
     # ... and the mask is seen: the same filled values flagged or not differ
-    filled = fill_gaps(flux, missing)
+    filled = fill_missing(flux, missing)
     assert not torch.allclose(model.encode(filled, missing), model.encode(filled))
 
 

@@ -9,10 +9,10 @@ from specutils import Spectrum
 from specutils_deepclean.models import MODEL_REGISTRY
 from specutils_deepclean.models.karaoke import (
     KaraokeVAE,
-    fill_missing,
     karaoke_loss,
     velocity_whiten,
 )
+from specutils_deepclean.models.layers import fill_missing
 from specutils_deepclean.training import train_karaoke
 
 C_KMS = 299792.458

@@ -429,7 +429,8 @@ def test_registry():
     assert model_class("PCADenoiser") is PCADenoiser
     assert registry_name(PCADenoiser) == "PCADenoiser"
     assert set(MODEL_REGISTRY) >= {"PCADenoiser"}
-    with pytest.raises(ValueError, match="unknown model class 'Evil'; known classes: .*PCADenoiser"):
+    match = "unknown model class 'Evil'; known classes: .*PCADenoiser"
+    with pytest.raises(ValueError, match=match):
         model_class("Evil")
 
 

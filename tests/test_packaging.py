@@ -53,7 +53,9 @@ def test_cli_version(capsys):
 def test_every_command_has_help(command):
     result = subprocess.run(
         [sys.executable, "-m", "specutils_deepclean.cli", command, "--help"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout

@@ -44,8 +44,14 @@ def model(tmp_path_factory):
     rng = np.random.default_rng(1)
     flux = star(rng, 64) * tellurics(0.3) + 0.01 * rng.normal(size=(64, WAVE.size))
     net = train_karaoke(
-        flux, wavelength=WAVE * u.AA, medium="air", epochs=3, batch_size=16, latent_dim=4,
-        progress=False, model_options={"base_channels": 4, "bottleneck_length": 16},
+        flux,
+        wavelength=WAVE * u.AA,
+        medium="air",
+        epochs=3,
+        batch_size=16,
+        latent_dim=4,
+        progress=False,
+        model_options={"base_channels": 4, "bottleneck_length": 16},
     )
     net.extra = {**net.extra, "telluric_lines": tellurics(0.3).astype(np.float32)}
     path = tmp_path_factory.mktemp("model") / "tiny.asdf"
@@ -65,11 +71,17 @@ def make_spectrum(rng, n=None, uncertainty=StdDevUncertainty, **kwargs):
     elif uncertainty is InverseVariance:
         unc = InverseVariance(np.full(shape, 1e4))
     kwargs.setdefault("meta", {"medium": "air", "source": "test"})
-    return Spectrum(flux=flux * u.erg / u.s / u.cm**2 / u.AA, spectral_axis=WAVE * u.AA,
-                    uncertainty=unc, **kwargs)
+    return Spectrum(
+        flux=flux * u.erg / u.s / u.cm**2 / u.AA,
+        spectral_axis=WAVE * u.AA,
+        uncertainty=unc,
+        **kwargs,
+    )
 
 
-@pytest.mark.parametrize("uncertainty", [StdDevUncertainty, VarianceUncertainty, InverseVariance, None])
+@pytest.mark.parametrize(
+    "uncertainty", [StdDevUncertainty, VarianceUncertainty, InverseVariance, None]
+)
 def test_divide_leaves_pixels_outside_the_bands_untouched(model, uncertainty):
     spec = make_spectrum(np.random.default_rng(2), uncertainty=uncertainty)
     out = remove_tellurics(spec, model, mode="divide", device="cpu")
@@ -85,14 +97,17 @@ def test_divide_leaves_pixels_outside_the_bands_untouched(model, uncertainty):
         assert out.uncertainty is None
     else:
         assert type(out.uncertainty) is uncertainty
-        np.testing.assert_array_equal(out.uncertainty.array[outside], spec.uncertainty.array[outside])
+        np.testing.assert_array_equal(
+            out.uncertainty.array[outside], spec.uncertainty.array[outside]
+        )
 
 
 def test_divide_corrects_the_band(model):
     rng = np.random.default_rng(3)
     clean = star(rng, 1)[0]
-    spec = Spectrum(flux=clean * tellurics(0.3) * u.one, spectral_axis=WAVE * u.AA,
-                    meta={"medium": "air"})
+    spec = Spectrum(
+        flux=clean * tellurics(0.3) * u.one, spectral_axis=WAVE * u.AA, meta={"medium": "air"}
+    )
     out = remove_tellurics(spec, model, device="cpu", smooth_pixels=0)
     in_band = BAND & ~out.mask
     before = np.abs(spec.flux.value - clean)[in_band].mean()
@@ -110,7 +125,9 @@ def test_contract(model, mode):
         warnings.simplefilter("error")
         out = remove_tellurics(spec, model, mode=mode, device="cpu")
     assert type(out) is Spectrum and out is not spec
-    assert out.spectral_axis is spec.spectral_axis or np.all(out.spectral_axis == spec.spectral_axis)
+    assert out.spectral_axis is spec.spectral_axis or np.all(
+        out.spectral_axis == spec.spectral_axis
+    )
     assert out.flux.unit == spec.flux.unit and out.shape == spec.shape
     assert out.mask.dtype == bool and out.mask[10:20].all()
     assert out.meta["source"] == "test"
@@ -137,9 +154,12 @@ def test_batch_equals_loop(model):
     spec = make_spectrum(np.random.default_rng(6), n=3)
     batch = remove_tellurics(spec, model, device="cpu")
     for row in range(3):
-        single = Spectrum(flux=spec.flux[row], spectral_axis=spec.spectral_axis,
-                          uncertainty=StdDevUncertainty(spec.uncertainty.array[row]),
-                          meta={"medium": "air"})
+        single = Spectrum(
+            flux=spec.flux[row],
+            spectral_axis=spec.spectral_axis,
+            uncertainty=StdDevUncertainty(spec.uncertainty.array[row]),
+            meta={"medium": "air"},
+        )
         one = remove_tellurics(single, model, device="cpu")
         np.testing.assert_allclose(batch.flux.value[row], one.flux.value, rtol=1e-5)
     assert batch.meta["deepclean"]["transmission"].shape == spec.shape
@@ -191,8 +211,11 @@ def test_bad_arguments(model, kwargs, error, match):
 def test_bad_inputs(model, tmp_path):
     with pytest.raises(TypeError, match="spectrum must be a specutils Spectrum"):
         remove_tellurics(np.ones(10), model)
-    far = Spectrum(flux=np.ones(10) * u.one, spectral_axis=np.linspace(9000, 9100, 10) * u.AA,
-                   meta={"medium": "air"})
+    far = Spectrum(
+        flux=np.ones(10) * u.one,
+        spectral_axis=np.linspace(9000, 9100, 10) * u.AA,
+        meta={"medium": "air"},
+    )
     with pytest.raises(ValueError, match="no overlap"):
         remove_tellurics(far, model, device="cpu")
     from specutils_deepclean.io.models import load_model

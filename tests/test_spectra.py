@@ -303,8 +303,8 @@ def test_uncertainty_class_survives(grid, uncertainty, cls):
 
 
 def test_uncertainty_units_are_converted(grid):
-    spec = make_spectrum(uncertainty=StdDevUncertainty(np.full(1100, 1.0) * u.erg / u.s / u.cm**2 / u.nm)
-    )
+    flam_per_nm = u.erg / u.s / u.cm**2 / u.nm
+    spec = make_spectrum(uncertainty=StdDevUncertainty(np.full(1100, 1.0) * flam_per_nm))
     gs = to_model_grid(spec, grid)
     np.testing.assert_allclose(np.nanmedian(gs.sigma * gs.scale[:, None]), 0.1, rtol=0.05)
 

@@ -51,7 +51,9 @@ def test_estimate_is_one_outside_and_ratio_inside():
     region = telluric_region(split_transmission(truth_t, WAVE)[1])
     t, bad = estimate_transmission(star * truth_t, star, region, smooth_pixels=0)
     assert np.all(t[:, ~region] == 1.0)
-    np.testing.assert_allclose(t[:, region], np.broadcast_to(truth_t[region], (3, region.sum())), rtol=1e-12)
+    np.testing.assert_allclose(
+        t[:, region], np.broadcast_to(truth_t[region], (3, region.sum())), rtol=1e-12
+    )
     assert not bad.any()
 
 

@@ -15,6 +15,8 @@ __all__ = [
     "DeepCleanModel",
     "PCADenoiser",
     "KaraokeVAE",
+    "ConvDenoisingAutoencoder",
+    "Denoiser",
 ]
 
 #: Name written in a model file's ``class`` field -> ``"module:Class"`` of the model.
@@ -22,12 +24,16 @@ __all__ = [
 MODEL_REGISTRY = {
     "PCADenoiser": "specutils_deepclean.models.baselines:PCADenoiser",
     "KaraokeVAE": "specutils_deepclean.models.karaoke:KaraokeVAE",
+    "ConvDenoisingAutoencoder": "specutils_deepclean.models.cdae:ConvDenoisingAutoencoder",
+    "Denoiser": "specutils_deepclean.models.denoiser:Denoiser",
 }
 
 _LAZY = {
     "DeepCleanModel": "specutils_deepclean.models.base",
     "PCADenoiser": "specutils_deepclean.models.baselines",
     "KaraokeVAE": "specutils_deepclean.models.karaoke",
+    "ConvDenoisingAutoencoder": "specutils_deepclean.models.cdae",
+    "Denoiser": "specutils_deepclean.models.denoiser",
 }
 
 

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import LEAKY_SLOPE, down_block, up_block
+from .layers import LEAKY_SLOPE, down_block, fill_missing, up_block
 
 __all__ = [
     "IsometricAutoencoder",
-    "fill_gaps",
+    "init_linear_paths",
+    "param_groups",
     "fit_generator",
     "isometry_loss",
     "reconstruction_loss",
@@ -64,7 +65,8 @@ class IsometricAutoencoder(nn.Module):
 
     The encoder mirrors it: :math:`E(y) = V (\tilde y - \bar s) + M(\tilde y, m)`
     where :math:`\tilde y` is the spectrum with missing pixels filled by linear
-    interpolation (`fill_gaps`), :math:`m` the missing mask (a second input
+    interpolation (`~specutils_deepclean.models.layers.fill_missing`), :math:`m` the
+    missing mask (a second input
     channel, so filled values are never taken for data), :math:`V` an
     :math:`L \times D` matrix (``encoder_linear``) and :math:`M` ``depth``
     strided convolutions (``layers.down_block``,
@@ -202,8 +204,8 @@ class IsometricAutoencoder(nn.Module):
         TypeError
             If ``missing`` is not boolean.
         """
-        flux, missing = self._inputs(flux, missing)
-        centred = fill_gaps(flux, missing) - self.mean
+        flux, missing = self.encoder_inputs(flux, missing)
+        centred = fill_missing(flux, missing) - self.mean
         pad = self.padded_length - self.n_pix
         left, right = pad // 2, pad - pad // 2
         signal = nn.functional.pad(centred.unsqueeze(1), (left, right), mode="replicate")
@@ -258,7 +260,12 @@ class IsometricAutoencoder(nn.Module):
         z = self.encode(flux, missing)
         return self.generate(z), z
 
-    def _inputs(self, flux, missing):
+    def encoder_inputs(self, flux, missing):
+        """Check ``flux`` and ``missing`` and return them as tensors of the model's dtype.
+
+        Non-finite flux counts as missing; the returned flux still holds the raw
+        values (fill them with `~specutils_deepclean.models.layers.fill_missing`).
+        """
         ref = self.mean
         flux = torch.as_tensor(flux, dtype=ref.dtype, device=ref.device)
         if flux.ndim != 2 or flux.shape[1] != self.n_pix:
@@ -274,48 +281,6 @@ class IsometricAutoencoder(nn.Module):
                 )
             gone = gone | missing
         return flux, gone
-
-
-def fill_gaps(flux: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-    """Fill missing pixels by linear interpolation between their valid neighbours.
-
-    Pixels before the first (after the last) valid pixel take its value; a
-    spectrum with no valid pixel is filled with 1, the median-normalised level.
-
-    Parameters
-    ----------
-    flux : tensor, shape ``(batch, n)``
-        Spectra; the values at missing pixels are ignored (may be NaN).
-    missing : bool tensor, shape ``(batch, n)``
-        True where a pixel is missing.
-
-    Returns
-    -------
-    tensor, shape ``(batch, n)``
-
-    Examples
-    --------
-    >>> import torch
-    >>> flux = torch.tensor([[float("nan"), 2.0, 0.0, 4.0, float("nan")]])
-    >>> fill_gaps(flux, torch.tensor([[True, False, True, False, True]]))
-    tensor([[2., 2., 3., 4., 4.]])
-    """
-    if not bool(missing.any()):
-        return flux
-    n = flux.shape[-1]
-    valid = ~missing
-    index = torch.arange(n, device=flux.device).expand_as(flux)
-    before = torch.where(valid, index, -1).cummax(dim=-1).values
-    after = torch.where(valid, index, n).flip(-1).cummin(dim=-1).values.flip(-1)
-    clean = torch.where(valid, flux, torch.zeros_like(flux))
-    lo = clean.gather(-1, before.clamp(min=0))
-    hi = clean.gather(-1, after.clamp(max=n - 1))
-    # beyond the first (last) valid pixel both ends are that pixel's value
-    lo, hi = torch.where(before < 0, hi, lo), torch.where(after >= n, lo, hi)
-    frac = (index - before).to(flux.dtype) / (after - before).clamp(min=1).to(flux.dtype)
-    filled = lo + frac * (hi - lo)
-    filled = torch.where(valid.any(dim=-1, keepdim=True), filled, torch.ones_like(flux))
-    return torch.where(valid, flux, filled)
 
 
 def reconstruction_loss(recon, flux, missing=None) -> torch.Tensor:
@@ -535,9 +500,9 @@ def fit_generator(
         torch.manual_seed(seed)
         model = IsometricAutoencoder(flux.shape[1], latent_dim, **architecture)
     model.to(device)
-    _init_linear_paths(model, fill_gaps(flux, missing))
+    init_linear_paths(model, fill_missing(flux, missing))
     rng = torch.Generator(device=device).manual_seed(seed)
-    optimiser = torch.optim.Adam(_param_groups(model, lr))
+    optimiser = torch.optim.Adam(param_groups(model, lr))
     history = {"train": [], "recon": [], "isometry": [], "val": []}
     best = (math.inf, None, 0)
     if valid is not None:
@@ -559,8 +524,16 @@ def fit_generator(
     return model.eval()
 
 
-def _init_linear_paths(model: IsometricAutoencoder, filled: torch.Tensor) -> None:
-    """Mean spectrum and top principal components into the linear paths."""
+def init_linear_paths(model: IsometricAutoencoder, filled: torch.Tensor) -> None:
+    """Put the mean spectrum and the top principal components into the linear paths.
+
+    Parameters
+    ----------
+    model : IsometricAutoencoder
+        The network to initialise (its mean buffer and linear encoder/decoder).
+    filled : torch.Tensor, shape (n, n_pix)
+        Training spectra with their gaps filled.
+    """
     mean = filled.mean(0)
     _, _, vh = torch.linalg.svd(filled - mean, full_matrices=False)
     basis = vh[: model.latent_dim]
@@ -570,7 +543,7 @@ def _init_linear_paths(model: IsometricAutoencoder, filled: torch.Tensor) -> Non
         model.encoder_linear.weight.copy_(basis)
 
 
-def _param_groups(model: IsometricAutoencoder, lr: float) -> list[dict]:
+def param_groups(model: IsometricAutoencoder, lr: float) -> list[dict]:
     r"""Adam groups: the linear paths step ``lr / sqrt(n_pix)``, the size of their entries.
 
     Adam's steps are about ``lr`` per entry whatever the entry's scale; entries of

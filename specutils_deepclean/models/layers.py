@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["LEAKY_SLOPE", "down_block", "up_block", "same_conv"]
+__all__ = ["LEAKY_SLOPE", "down_block", "up_block", "same_conv", "fill_missing"]
 
 #: Negative slope of every leaky ReLU in the package's convolutional networks.
 LEAKY_SLOPE = 0.1
@@ -99,3 +100,45 @@ def same_conv(
 def _check_odd(kernel_size: int) -> None:
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
+
+
+def fill_missing(flux: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """Replace missing pixels by linear interpolation between valid neighbours.
+
+    Pixels before the first (after the last) valid pixel take its value; a
+    spectrum with no valid pixel becomes 1, the median-normalised continuum level.
+
+    Parameters
+    ----------
+    flux : torch.Tensor, shape (batch, n)
+        Spectra; values at missing pixels are ignored (may be NaN).
+    missing : torch.Tensor of bool, shape (batch, n)
+        True at missing pixels.
+
+    Returns
+    -------
+    torch.Tensor, shape (batch, n)
+        ``flux`` at valid pixels, interpolated values elsewhere.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[float("nan"), 1.0, float("nan"), 3.0, 0.0]])
+    >>> fill_missing(x, torch.tensor([[True, False, True, False, True]]))
+    tensor([[1., 1., 2., 3., 3.]])
+    """
+    if not bool(missing.any()):
+        return flux
+    n = flux.shape[-1]
+    valid = ~missing
+    index = torch.arange(n, device=flux.device).expand_as(flux)
+    prev = torch.where(valid, index, -1).cummax(dim=-1).values
+    nxt = torch.where(valid, index, n).flip(-1).cummin(dim=-1).values.flip(-1)
+    safe = torch.where(valid, flux, torch.zeros_like(flux))
+    left = safe.gather(-1, prev.clamp(min=0))
+    right = safe.gather(-1, nxt.clamp(max=n - 1))
+    weight = (index - prev).to(flux.dtype) / (nxt - prev).clamp(min=1).to(flux.dtype)
+    inside = left + weight * (right - left)
+    filled = torch.where(prev < 0, right, torch.where(nxt >= n, left, inside))
+    filled = torch.where((prev < 0) & (nxt >= n), torch.ones_like(flux), filled)
+    return torch.where(valid, flux, filled)

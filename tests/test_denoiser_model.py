@@ -1,0 +1,326 @@
+"""Tests of the deep Bayesian Denoiser and its MAP inference (models/denoiser.py)."""
+
+import asdf
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.utils.exceptions import AstropyUserWarning
+
+torch = pytest.importorskip("torch")
+
+from specutils_deepclean import models  # noqa: E402
+from specutils_deepclean.io.models import load_model, save_model  # noqa: E402
+from specutils_deepclean.kde import fit_kde  # noqa: E402
+from specutils_deepclean.models.base import DeepCleanModel  # noqa: E402
+from specutils_deepclean.models.denoiser import Denoiser, MAPResult  # noqa: E402
+from specutils_deepclean.models.generator import IsometricAutoencoder  # noqa: E402
+from specutils_deepclean.models.noiseflow import NoiseFlow  # noqa: E402
+from specutils_deepclean.provenance import Provenance  # noqa: E402
+
+N_PIX = 64
+LATENT = 2
+CENTRES = np.array([[-1.5, 0.0], [1.5, 0.0], [0.0, 1.5]])
+CLASSES = ["A", "B", "C"]
+NOISE = 0.05
+FAST = {"steps": 60, "n_starts": 2}
+#: Every other pixel missing, and the first few: no pixel counts in the likelihood.
+ALTERNATE = (np.arange(N_PIX) % 2 == 0) | (np.arange(N_PIX) < 3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors run fastest on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_parts(seed=0, kinds=("whitened", "plain")):
+    """A near-linear isometric generator, three well separated classes and fresh flows."""
+    rng = np.random.default_rng(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = IsometricAutoencoder(
+            N_PIX, LATENT, channels=2, bottleneck_length=8, hidden=8, block=4
+        )
+        flows = {kind: NoiseFlow(3, 4, [4], whitened=kind == "whitened") for kind in kinds}
+    basis, _ = np.linalg.qr(rng.normal(size=(N_PIX, LATENT)))
+    with torch.no_grad():
+        generator.mean.copy_(torch.as_tensor(1 + 0.1 * np.sin(np.linspace(0, 6, N_PIX))))
+        generator.linear.weight.copy_(torch.as_tensor(basis))
+        generator.encoder_linear.weight.copy_(torch.as_tensor(basis.T))
+        if "plain" in flows:
+            flows["plain"].scale.fill_(NOISE)
+    points = np.concatenate([c + 0.15 * rng.normal(size=(30, LATENT)) for c in CENTRES])
+    prior = fit_kde(points, np.repeat(CLASSES, 30))
+    return generator, prior, flows
+
+
+def make_model(seed=0, kinds=("whitened", "plain")):
+    generator, prior, flows = make_parts(seed, kinds)
+    wave = np.linspace(5000.0, 5100.0, N_PIX) * u.AA
+    return Denoiser.from_parts(
+        generator,
+        prior,
+        flows,
+        wavelength=wave,
+        medium="air",
+        provenance=Provenance(data_name="synthetic", seed=seed),
+        name="tiny-denoiser",
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+def draw(model, n, seed, n_exp=1, noise=NOISE):
+    """Stars from the model itself: z near class centres, y = G(z) + Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASSES), n)
+    z = CENTRES[labels] + 0.15 * rng.normal(size=(n, LATENT))
+    with torch.no_grad():
+        signal = model.generator.generate(torch.as_tensor(z, dtype=torch.float32)).double().numpy()
+    flux = signal[:, None] + noise * rng.normal(size=(n, n_exp, N_PIX))
+    return z, labels, signal, flux, np.full(flux.shape, noise)
+
+
+def test_map_recovers_latent_and_class(model):
+    z, labels, signal, flux, sigma = draw(model, 12, seed=1)
+    result = model.map_estimate(flux[:, 0], sigma[:, 0])
+    assert isinstance(result, MAPResult)
+    assert result.z.shape == (12, LATENT) and result.flux.shape == (12, N_PIX)
+    assert result.class_posterior.shape == (12, 3) and result.hessian.shape == (12, 3, 2, 2)
+    np.testing.assert_array_equal(result.map_class, labels)
+    np.testing.assert_allclose(result.class_posterior.sum(1), 1.0, rtol=1e-6)
+    assert np.all(result.class_posterior[np.arange(12), labels] > 0.99)
+    z_sigma = np.sqrt(np.diagonal(result.covariance[np.arange(12), labels], axis1=1, axis2=2))
+    assert np.all(np.abs(result.z - z) < 5 * z_sigma)
+    assert np.all(np.abs(result.z - z) < 0.2)
+    assert np.mean((result.flux - signal) ** 2) < np.mean((flux[:, 0] - signal) ** 2) / 5
+    assert result.flow == "whitened" and not result.sigma_estimated
+    assert result.class_names == tuple(CLASSES)
+    assert not result.filled.any()
+    assert np.all((result.ood_score >= 0) & (result.ood_score <= 1))
+    assert np.all(result.steps <= FAST["steps"] * 3)
+
+
+def test_encoder_start_not_needed(model):
+    """With the encoder start alone far off, the KDE starts still find the class."""
+    z, labels, _, flux, sigma = draw(model, 6, seed=2)
+    result = model.map_estimate(flux[:, 0], sigma[:, 0], n_starts=3)
+    one = model.map_estimate(flux[:, 0], sigma[:, 0], n_starts=1)
+    np.testing.assert_array_equal(result.map_class, labels)
+    np.testing.assert_allclose(result.z, one.z, atol=0.02)
+
+
+def test_two_exposures_concentrate_posterior(model):
+    z, _, _, flux, sigma = draw(model, 16, seed=3, n_exp=2)
+    one = model.map_estimate(flux[:, 0], sigma[:, 0], **FAST)
+    two = model.map_estimate(flux, sigma, **FAST)
+    rows = np.arange(16)
+    det_one = np.linalg.det(one.covariance[rows, one.map_class])
+    det_two = np.linalg.det(two.covariance[rows, two.map_class])
+    assert np.all(det_two < det_one)
+    assert np.mean((two.z - z) ** 2) < np.mean((one.z - z) ** 2)
+    assert np.mean(two.flux_sigma) < np.mean(one.flux_sigma)
+
+
+def test_ragged_exposures_match_padded(model):
+    _, _, _, flux, sigma = draw(model, 3, seed=4, n_exp=2)
+    # star 0 has two exposures, stars 1 and 2 one each (their second is padding)
+    rows = np.stack([flux[0, 0], flux[1, 0], flux[0, 1], flux[2, 0]])
+    index = np.array([0, 1, 0, 2])
+    ragged = model.map_estimate(rows, np.full(rows.shape, NOISE), exposures=index, **FAST)
+    padded = flux.copy()
+    padded[1:, 1] = np.nan
+    dense = model.map_estimate(padded, sigma, **FAST)
+    np.testing.assert_allclose(ragged.z, dense.z, atol=1e-5)
+    np.testing.assert_allclose(ragged.class_posterior, dense.class_posterior, atol=1e-5)
+
+
+def test_masked_pixels_ignored(model):
+    z, _, _, flux, sigma = draw(model, 4, seed=5)
+    flux, sigma = flux[:, 0], sigma[:, 0]
+    missing = np.zeros(flux.shape, bool)
+    missing[0, 10:30] = True
+    missing[2, -12:] = True
+    missing[3, :5] = True
+    changed = np.where(missing, 50.0 * np.random.default_rng(6).normal(size=flux.shape), flux)
+    first = model.map_estimate(flux, sigma, missing, **FAST)
+    second = model.map_estimate(changed, sigma, missing, **FAST)
+    as_nan = model.map_estimate(np.where(missing, np.nan, flux), sigma, **FAST)
+    for other in (second, as_nan):
+        np.testing.assert_array_equal(first.z, other.z)
+        np.testing.assert_array_equal(first.flux_sigma, other.flux_sigma)
+    np.testing.assert_array_equal(first.filled, missing)
+    assert np.all(np.isfinite(first.flux)) and np.all(np.abs(first.z - z) < 0.3)
+
+
+def test_hessian_matches_finite_differences():
+    model = make_model().double()
+    z, _, _, flux, sigma = draw(model, 2, seed=7)
+    result = model.map_estimate(flux[:, 0], sigma[:, 0], **FAST)
+    step = 1e-5  # small: the leaky-ReLU generator is only piecewise smooth
+    centre = torch.as_tensor(result.class_z)
+    fd = np.zeros(result.hessian.shape)
+    for i in range(LATENT):
+        for j in range(LATENT):
+            total = 0.0
+            for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                point = centre.clone()
+                point[..., i] += si * step
+                point[..., j] += sj * step
+                with torch.no_grad():
+                    value = model.log_joint(point, flux[:, 0], sigma[:, 0]).numpy()
+                total = total + si * sj * value
+            fd[..., i, j] = -total / (4 * step**2)
+    np.testing.assert_allclose(result.hessian, fd, rtol=1e-4, atol=1e-2)
+    # at the optimum the curvature is about 1 / NOISE**2 per latent direction
+    best = result.hessian[np.arange(2), result.map_class]
+    assert np.all(np.linalg.eigvalsh(best) > 0.5 / NOISE**2)
+
+
+def test_uncertainty_shrinks_with_signal_to_noise(model):
+    widths = []
+    for noise in (0.1, 0.02):
+        _, _, _, flux, sigma = draw(model, 6, seed=8, noise=noise)
+        widths.append(model.map_estimate(flux[:, 0], sigma[:, 0], **FAST).flux_sigma.mean())
+    assert widths[1] < widths[0] / 3
+
+
+def test_batch_equals_loop(model):
+    _, _, _, flux, sigma = draw(model, 4, seed=9)
+    batch = model.map_estimate(flux[:, 0], sigma[:, 0], **FAST)
+    for i in range(4):
+        single = model.map_estimate(flux[i, 0], sigma[i, 0], **FAST)
+        np.testing.assert_allclose(single.z[0], batch.z[i], atol=1e-4)
+        np.testing.assert_allclose(single.class_posterior[0], batch.class_posterior[i], atol=1e-5)
+        np.testing.assert_allclose(single.flux_sigma[0], batch.flux_sigma[i], rtol=1e-3)
+
+
+def test_deterministic_for_a_seed(model):
+    _, _, _, flux, sigma = draw(model, 3, seed=10)
+
+    def run(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return model.map_estimate(flux[:, 0], sigma[:, 0], random_starts=2, generator=gen, **FAST)
+
+    first, second = run(0), run(0)
+    for name in ("z", "class_z", "class_posterior", "flux", "flux_sigma", "steps"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+
+
+def test_sigma_fallbacks():
+    _, labels, _, flux, sigma = draw(make_model(), 4, seed=11)
+    whitened_only = make_model(kinds=("whitened",))
+    estimated = whitened_only.map_estimate(flux[:, 0], **FAST)
+    assert estimated.flow == "whitened" and estimated.sigma_estimated
+    np.testing.assert_array_equal(estimated.map_class, labels)
+    plain_only = make_model(kinds=("plain",))
+    with pytest.warns(AstropyUserWarning, match="no whitened NoiseFlow: sigma is ignored"):
+        ignored = plain_only.map_estimate(flux[:, 0], sigma[:, 0], **FAST)
+    assert ignored.flow == "plain"
+    np.testing.assert_array_equal(ignored.map_class, labels)
+
+
+def _check_same(model, other, flux, sigma):
+    first = model.map_estimate(flux, sigma, **FAST)
+    second = other.map_estimate(flux, sigma, **FAST)
+    for name in ("z", "class_posterior", "flux", "flux_sigma", "ood_score"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+
+
+def test_tree_round_trip(model, monkeypatch, tmp_path):
+    """The model's ASDF tree, written and read back, rebuilds an identical Denoiser."""
+    monkeypatch.setitem(
+        models.MODEL_REGISTRY, "Denoiser", "specutils_deepclean.models.denoiser:Denoiser"
+    )
+    path = tmp_path / "tree.asdf"
+    asdf.AsdfFile({"tree": model._to_tree()}).write_to(path)
+    with asdf.open(path) as af:
+        loaded = DeepCleanModel._from_tree(af["tree"])
+    assert isinstance(loaded, Denoiser) and loaded.classes == tuple(CLASSES)
+    assert loaded.prior.class_names == model.prior.class_names
+    _, _, _, flux, sigma = draw(model, 3, seed=12)
+    _check_same(model, loaded.eval(), flux[:, 0], sigma[:, 0])
+
+
+@pytest.mark.skipif(
+    "Denoiser" not in models.MODEL_REGISTRY,
+    reason="Denoiser is not in specutils_deepclean.models.MODEL_REGISTRY yet",
+)
+def test_save_load(model, tmp_path):
+    loaded = load_model(save_model(model, tmp_path / "denoiser.asdf"))
+    assert isinstance(loaded, Denoiser) and loaded.name == "tiny-denoiser"
+    _, _, _, flux, sigma = draw(model, 3, seed=13)
+    _check_same(model, loaded, flux[:, 0], sigma[:, 0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"flux": np.ones((2, N_PIX + 1))}, ValueError, "has 65 pixels but the model grid has 64"),
+        ({"flux": np.ones((1, 2, 3, N_PIX))}, ValueError, "1-D, 2-D or 3-D"),
+        ({"sigma": np.ones((2, N_PIX - 1))}, ValueError, "sigma has shape"),
+        ({"sigma": -np.ones((2, N_PIX))}, ValueError, "sigma must be positive"),
+        ({"missing": np.ones((2, N_PIX), int)}, TypeError, "missing must be a boolean"),
+        ({"missing": np.zeros((2, 3), bool)}, ValueError, "missing has shape"),
+        ({"flux": np.full((2, N_PIX), np.nan)}, ValueError, "spectrum 0 has no valid pixel"),
+        ({"missing": np.tile(ALTERNATE, (2, 1))}, ValueError, "no pixel that counts"),
+        ({"exposures": [0, 2]}, ValueError, "number the stars 0 to B-1"),
+        ({"exposures": [0]}, ValueError, "exposures must be 2 integers"),
+        ({"steps": -1}, ValueError, "steps must be an integer >= 0"),
+        ({"n_starts": 0}, ValueError, "n_starts must be an integer >= 1"),
+        ({"lr": 0.0}, ValueError, "lr must be a positive finite number"),
+    ],
+)
+def test_bad_inputs(model, kwargs, error, match):
+    args = {"flux": np.ones((2, N_PIX)), "sigma": np.full((2, N_PIX), 0.1)}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        model.map_estimate(**args)
+
+
+def test_all_missing_star_in_a_batch(model):
+    flux = np.ones((3, 2, N_PIX))
+    flux[1] = np.nan
+    with pytest.raises(ValueError, match=r"spectrum 1 has no valid pixel"):
+        model.map_estimate(flux)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"flows": {}}, ValueError, "non-empty list"),
+        ({"flows": {"plain": NoiseFlow(3, 4, [4], whitened=True)}}, ValueError, "whitened=False"),
+        ({"flows": {"other": NoiseFlow(3, 4, [4])}}, ValueError, "non-empty list"),
+        ({"flows": [NoiseFlow(3, 4, [4])]}, TypeError, "dict of NoiseFlow"),
+        ({"generator": "G"}, TypeError, "generator must be an IsometricAutoencoder"),
+        ({"prior": None}, TypeError, "prior must be a KDEPrior"),
+        ({"wavelength": np.linspace(1, 2, 10) * u.AA}, ValueError, "wavelength grid has 10"),
+    ],
+)
+def test_from_parts_errors(change, error, match):
+    generator, prior, flows = make_parts()
+    parts = {"generator": generator, "prior": prior, "flows": flows}
+    parts.update({k: v for k, v in change.items() if k in parts})
+    wave = change.get("wavelength", np.linspace(5000.0, 5100.0, N_PIX) * u.AA)
+    with pytest.raises(error, match=match):
+        Denoiser.from_parts(**parts, wavelength=wave, medium="air")
+
+
+def test_from_parts_copies_and_log_joint(model):
+    generator, prior, flows = make_parts()
+    with torch.no_grad():
+        generator.mean.add_(1.0)
+    assert not torch.equal(generator.mean, model.generator.mean)
+    z, labels, _, flux, sigma = draw(model, 2, seed=14)
+    start = torch.as_tensor(np.repeat(z[:, None], 3, axis=1))
+    joint = model.log_joint(start, flux[:, 0], sigma[:, 0])
+    assert joint.shape == (2, 3)
+    assert np.all(joint.argmax(1).numpy() == labels)
+    with pytest.raises(ValueError, match="z must have shape"):
+        model.log_joint(start[:, :2], flux[:, 0], sigma[:, 0])
