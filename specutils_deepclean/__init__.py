@@ -13,8 +13,9 @@ except ImportError:  # pragma: no cover - only in a source tree that was never i
     __version__ = "0.0.0"
 
 from ._accessor import DeepCleanAccessor, register_manipulation, registered_manipulations
-from .manipulation import remove_tellurics
+from .manipulation import denoise, remove_tellurics
 
+register_manipulation(denoise)
 register_manipulation(remove_tellurics)
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DeepCleanAccessor",
     "register_manipulation",
     "registered_manipulations",
+    "denoise",
     "remove_tellurics",
     "save_model",
     "load_model",

@@ -21,10 +21,23 @@ from . import __version__
 from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
 from .tellurics import estimate_transmission, telluric_region
 
-__all__ = ["remove_tellurics", "DEFAULT_TELLURIC_MODEL", "TELLURIC_MODES"]
+__all__ = [
+    "denoise",
+    "remove_tellurics",
+    "DEFAULT_DENOISER_MODEL",
+    "DEFAULT_TELLURIC_MODEL",
+    "TELLURIC_MODES",
+    "MIN_COVERAGE",
+]
 
 #: Name of the shipped telluric model used when ``model`` is not given.
 DEFAULT_TELLURIC_MODEL = "karaoke-miles"
+#: Name of the shipped denoiser used when ``model`` is not given.
+DEFAULT_DENOISER_MODEL = "denoiser-miles"
+#: Smallest share of the model's pixels a spectrum must cover with valid data for `denoise`.
+MIN_COVERAGE = 0.2
+#: `denoise` warns when a spectrum's out-of-distribution score is below this.
+OOD_WARNING = 0.01
 #: Output modes of `remove_tellurics`.
 TELLURIC_MODES = ("divide", "reconstruct")
 
@@ -269,3 +282,177 @@ def _divide_result(spectrum, gs, recon, region, smooth_pixels, info) -> Spectrum
     return spectrum_like(
         spectrum, flux, _divided_uncertainty(spectrum.uncertainty, factor), mask, info
     )
+
+
+def _exposures(spectrum) -> list[Spectrum]:
+    """A list of exposures of one star, or [spectrum] for a single Spectrum."""
+    if isinstance(spectrum, Spectrum):
+        return [spectrum]
+    if isinstance(spectrum, list | tuple):  # SpectrumList is a list
+        if not spectrum:
+            raise ValueError("denoise needs at least one exposure, got an empty list")
+        for i, item in enumerate(spectrum):
+            if not isinstance(item, Spectrum):
+                raise TypeError(
+                    f"exposure {i} is a {type(item).__name__}, not a specutils Spectrum"
+                )
+            if item.flux.ndim != 1:
+                raise ValueError(
+                    f"exposure {i} has a {item.flux.ndim}-D flux: a list of exposures must hold "
+                    "1-D spectra of one star (pass a 2-D Spectrum for a batch of stars)"
+                )
+        units = {item.flux.unit.physical_type for item in spectrum}
+        if len(units) > 1:
+            raise ValueError(
+                f"the exposures have incompatible flux units: {sorted(map(str, units))}"
+            )
+        return list(spectrum)
+    raise TypeError(
+        "spectrum must be a specutils Spectrum or a list of Spectrum exposures, "
+        f"got {type(spectrum).__name__}"
+    )
+
+
+def _check_coverage(gs_list, n_pix: int) -> None:
+    covered = np.sum([(~gs.missing).sum(axis=1) for gs in gs_list], axis=0) / n_pix
+    low = np.flatnonzero(covered < MIN_COVERAGE)
+    if low.size:
+        raise ValueError(
+            f"spectra {low.tolist()} cover {np.round(covered[low], 3).tolist()} of the model's "
+            f"range with valid pixels; denoise needs at least {MIN_COVERAGE:.0%}"
+        )
+
+
+def denoise(
+    spectrum,
+    model=None,
+    *,
+    device=None,
+    medium: str | None = None,
+    steps: int = 150,
+    n_starts: int = 3,
+    seed: int = 0,
+) -> Spectrum:
+    """Denoise stellar spectra with the deep Bayesian model (Kang et al.).
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum` or list of `~specutils.Spectrum`
+        One spectrum, a batch (N-D flux: one star per row), or a list (e.g. a
+        `~specutils.SpectrumList`) of 1-D exposures of ONE star, which share one
+        posterior (Eq. 7 sums their likelihoods).  Masked and non-finite pixels are
+        missing data.
+    model : str, path or `~specutils_deepclean.models.denoiser.Denoiser`, optional
+        A shipped model name, a model file or a loaded model; default
+        ``"denoiser-miles"``.
+    device : str, optional
+        ``"auto"``/None (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    medium : {"air", "vacuum"}, optional
+        Medium of the wavelengths when the meta does not state it.
+    steps, n_starts : int
+        MAP optimisation budget (see
+        `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`).
+    seed : int
+        Seed of the optimisation's random starts (results are deterministic).
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+        The denoised spectrum ``G(z_MAP)`` on the input's axis (the first
+        exposure's for a list), in the input's units, with the model's per-pixel
+        uncertainty (Laplace covariance of ``z`` pushed through ``G``, mixed over
+        the class posterior) in the input's uncertainty class.
+        ``meta["deepclean"]`` holds ``map_class``, ``class_posterior`` (class ->
+        probability), ``z``, ``ood_score``, ``filled`` (input pixels that were
+        missing and now carry model values), ``converged`` and the model's name and
+        version; one entry per row for a batch.
+
+    Raises
+    ------
+    TypeError
+        If the input is not a Spectrum or a list of them, or ``model`` is not a
+        denoiser.
+    ValueError
+        If a spectrum does not overlap the model's range, has no valid pixel, or
+        covers less than `MIN_COVERAGE` of the model's pixels with valid data.
+
+    Warns
+    -----
+    astropy.utils.exceptions.AstropyUserWarning
+        If a spectrum looks unlike every training star (out-of-distribution score
+        below 0.01: a galaxy, a quasar, a wrong redshift...); its result is returned
+        but should not be trusted.
+
+    Notes
+    -----
+    Pixels the input masked keep ``mask`` True in the result (the input said they
+    were bad) but carry the model's values: ``meta["deepclean"]["filled"]`` marks
+    them.
+
+    References
+    ----------
+    Kang, X. et al., "A novel stellar spectrum denoising method based on deep
+    Bayesian modeling".
+    """
+    exposures = _exposures(spectrum)
+    from .models.denoiser import Denoiser
+
+    torch_device = _device(device)
+    net = _model(model, Denoiser, DEFAULT_DENOISER_MODEL, torch_device)
+    grid = ModelGrid(net.wavelength, net.medium)
+    gs_list = [to_model_grid(item, grid, medium=medium) for item in exposures]
+    _check_coverage(gs_list, len(grid))
+    import torch
+
+    flux = np.stack([gs.flux for gs in gs_list], axis=1)
+    sigma = np.stack([gs.sigma for gs in gs_list], axis=1)
+    missing = np.stack([gs.missing for gs in gs_list], axis=1)
+    if not all(gs.has_uncertainty for gs in gs_list):
+        sigma = None
+    result = net.map_estimate(
+        flux,
+        sigma,
+        missing,
+        steps=steps,
+        n_starts=n_starts,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    _warn_ood(result.ood_score)
+    first = gs_list[0]
+    filled, _ = grid_to_input(first, result.filled.astype(float))
+    names = list(result.class_names)
+    info = {
+        "operation": "denoise",
+        "model": net.name,
+        "model_version": net.version,
+        "package_version": __version__,
+        "medium": first.medium,
+        "exposures": len(exposures),
+        "map_class": [names[i] for i in result.map_class],
+        "class_posterior": [
+            dict(zip(names, map(float, row), strict=True)) for row in result.class_posterior
+        ],
+        "z": result.z.tolist(),
+        "ood_score": result.ood_score.tolist(),
+        "converged": result.converged.tolist(),
+        "filled": np.nan_to_num(filled) > 0,
+    }
+    if first.n_spec == 1 and exposures[0].flux.ndim == 1:
+        info = {key: (value[0] if key in _PER_ROW else value) for key, value in info.items()}
+    out = from_model_grid(first, result.flux, result.flux_sigma, meta=info)
+    return out
+
+
+_PER_ROW = ("map_class", "class_posterior", "z", "ood_score", "converged")
+
+
+def _warn_ood(scores: np.ndarray) -> None:
+    low = np.flatnonzero(np.asarray(scores) < OOD_WARNING)
+    if low.size:
+        warnings.warn(
+            f"spectra {low.tolist()} look unlike every training star (out-of-distribution "
+            f"score {np.round(np.asarray(scores)[low], 4).tolist()} < {OOD_WARNING}): a galaxy, a "
+            "quasar, a wrong redshift or a very unusual star? The result should not be trusted",
+            AstropyUserWarning,
+            stacklevel=3,
+        )
