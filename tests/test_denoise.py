@@ -12,9 +12,10 @@ from specutils import Spectrum, SpectrumList
 
 torch = pytest.importorskip("torch")
 
+from test_denoiser_model import N_PIX, NOISE, draw, make_model  # noqa: E402
+
 import specutils_deepclean  # noqa: E402, F401
 from specutils_deepclean.manipulation import denoise  # noqa: E402
-from test_denoiser_model import N_PIX, NOISE, draw, make_model  # noqa: E402
 
 WAVE = np.linspace(5000.0, 5100.0, N_PIX)
 FAST = {"steps": 60, "n_starts": 2, "device": "cpu"}
