@@ -28,6 +28,7 @@ from torch import nn
 from ..provenance import Provenance
 from .base import DeepCleanModel
 from .generator import IsometricAutoencoder
+from .layers import missing_mask
 from .noiseflow import NoiseFlow, counted_pixels
 from .prior import KDEPrior
 
@@ -661,16 +662,7 @@ class Denoiser(DeepCleanModel):
             raise ValueError(
                 f"flux has {flux.shape[-1]} pixels but the model grid has {self.n_pix}"
             )
-        gone = ~torch.isfinite(flux)
-        if missing is not None:
-            missing = torch.as_tensor(np.asarray(missing), device=flux.device)
-            if missing.dtype != torch.bool:
-                raise TypeError(f"missing must be a boolean array, got {missing.dtype}")
-            if missing.shape != flux.shape:
-                raise ValueError(
-                    f"missing has shape {tuple(missing.shape)}, flux {tuple(flux.shape)}"
-                )
-            gone = gone | missing
+        gone = missing_mask(flux, None if missing is None else np.asarray(missing))
         if sigma is not None:
             sigma = self._as_tensor(sigma, "sigma")
             if sigma.shape != flux.shape:

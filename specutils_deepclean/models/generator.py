@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import LEAKY_SLOPE, down_block, fill_missing, up_block
+from .layers import LEAKY_SLOPE, down_block, fill_missing, missing_mask, up_block
 
 __all__ = [
     "IsometricAutoencoder",
@@ -270,17 +270,7 @@ class IsometricAutoencoder(nn.Module):
         flux = torch.as_tensor(flux, dtype=ref.dtype, device=ref.device)
         if flux.ndim != 2 or flux.shape[1] != self.n_pix:
             raise ValueError(f"flux must have shape (batch, {self.n_pix}), got {tuple(flux.shape)}")
-        gone = ~torch.isfinite(flux)
-        if missing is not None:
-            missing = torch.as_tensor(missing, device=ref.device)
-            if missing.dtype != torch.bool:
-                raise TypeError(f"missing must be a boolean array, got {missing.dtype}")
-            if missing.shape != flux.shape:
-                raise ValueError(
-                    f"missing has shape {tuple(missing.shape)}, flux {tuple(flux.shape)}"
-                )
-            gone = gone | missing
-        return flux, gone
+        return flux, missing_mask(flux, missing)
 
 
 def reconstruction_loss(recon, flux, missing=None) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LEAKY_SLOPE", "down_block", "up_block", "same_conv", "fill_missing"]
+__all__ = ["LEAKY_SLOPE", "down_block", "up_block", "same_conv", "fill_missing", "missing_mask"]
 
 #: Negative slope of every leaky ReLU in the package's convolutional networks.
 LEAKY_SLOPE = 0.1
@@ -142,3 +142,40 @@ def fill_missing(flux: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     filled = torch.where(prev < 0, right, torch.where(nxt >= n, left, inside))
     filled = torch.where((prev < 0) & (nxt >= n), torch.ones_like(flux), filled)
     return torch.where(valid, flux, filled)
+
+
+def missing_mask(flux: torch.Tensor, missing=None) -> torch.Tensor:
+    """Missing pixels of ``flux``: non-finite values, or True in ``missing``.
+
+    Parameters
+    ----------
+    flux : torch.Tensor
+        Spectra.
+    missing : array_like of bool, same shape as ``flux``, optional
+        True where a pixel is missing.
+
+    Returns
+    -------
+    torch.Tensor of bool, on ``flux``'s device
+
+    Raises
+    ------
+    TypeError
+        If ``missing`` is not boolean.
+    ValueError
+        If ``missing`` and ``flux`` differ in shape.
+
+    Examples
+    --------
+    >>> missing_mask(torch.tensor([1.0, float("nan"), 2.0]), [False, False, True])
+    tensor([False,  True,  True])
+    """
+    gone = ~torch.isfinite(flux)
+    if missing is None:
+        return gone
+    missing = torch.as_tensor(missing, device=flux.device)
+    if missing.dtype != torch.bool:
+        raise TypeError(f"missing must be a boolean array, got {missing.dtype}")
+    if missing.shape != flux.shape:
+        raise ValueError(f"missing has shape {tuple(missing.shape)}, flux {tuple(flux.shape)}")
+    return gone | missing
