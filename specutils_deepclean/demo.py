@@ -1,13 +1,15 @@
-"""Demo: simulate an observation of a shipped example star and plot it.
+"""Demo: simulate an observation of a shipped example star, clean it, plot it.
 
-Run ``python -m specutils_deepclean.demo [--output DIR] [--seed N] [--snr S]``.  It
-takes a star of the example set (:func:`~specutils_deepclean.datasets.load_examples`;
-by default row 3, the G dwarf), simulates an observation (noise at the target S/N,
-a 400-pixel gap in the middle, tellurics at airmass 1.5, a random stellar radial
-velocity), writes a PNG of the truth against the noisy spectrum and a FITS file of
-the observation readable by
-``Spectrum.read(path, format="wcs1d-fits")``, and prints both paths.  It needs the
-sky and transmission files (see :func:`~specutils_deepclean.datasets.data_dir`).
+Run ``specutils-deepclean demo [--output DIR] [--seed N] [--snr S]`` (or
+``python -m specutils_deepclean.demo``).  It takes a star of the example set
+(:func:`~specutils_deepclean.datasets.load_examples`; by default row 3, the G dwarf),
+simulates an observation (noise at the target S/N, a 400-pixel gap in the middle,
+tellurics at airmass 1.5, a random stellar radial velocity), removes the tellurics
+with the shipped model (`~specutils_deepclean.manipulation.remove_tellurics`), and
+writes a PNG (truth, observation, corrected spectrum and the estimated transmission)
+and two FITS files readable by ``Spectrum.read(path, format="wcs1d-fits")``: the
+observation and the corrected spectrum.  It prints the paths.  It needs the sky and
+transmission files (see :func:`~specutils_deepclean.datasets.data_dir`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ _GAP = (400, "middle")
 _AIRMASS = 1.5
 
 
-def run(output: Path, *, seed: int = 0, snr: float = 10.0, star: int = 3) -> tuple[Path, Path]:
-    """Simulate one observation of an example star; write a PNG and a FITS file.
+def run(
+    output: Path, *, seed: int = 0, snr: float = 10.0, star: int = 3
+) -> tuple[Path, Path, Path]:
+    """Simulate one observation of an example star, remove its tellurics, write the files.
 
     Parameters
     ----------
     output : pathlib.Path
-        Folder for ``demo_observation.png`` and ``demo_observation.fits`` (created).
+        Folder for ``demo_observation.png``, ``demo_observation.fits`` and
+        ``demo_detelluric.fits`` (created).
     seed : int
         Simulation seed.
     snr : float
@@ -42,8 +47,10 @@ def run(output: Path, *, seed: int = 0, snr: float = 10.0, star: int = 3) -> tup
 
     Returns
     -------
-    png, fits : pathlib.Path
+    png, observation_fits, corrected_fits : pathlib.Path
     """
+    from .manipulation import remove_tellurics
+
     library = load_examples()
     if not 0 <= star < len(library):
         raise ValueError(f"star must be in 0..{len(library) - 1}, got {star}")
@@ -54,13 +61,17 @@ def run(output: Path, *, seed: int = 0, snr: float = 10.0, star: int = 3) -> tup
     output.mkdir(parents=True, exist_ok=True)
     png = output / "demo_observation.png"
     fits_path = output / "demo_observation.fits"
-    _plot(png, grid, obs, f"{library.star_ids[star]} ({library.labels[star]})")
-    _write_fits(fits_path, grid, obs)
-    return png, fits_path
+    cleaned_path = output / "demo_detelluric.fits"
+    observed = obs.to_spectrum()[0]
+    cleaned = remove_tellurics(observed, device="cpu")
+    _plot(png, grid, obs, cleaned, f"{library.star_ids[star]} ({library.labels[star]})")
+    _write_fits(fits_path, grid, observed, obs.medium)
+    _write_fits(cleaned_path, grid, cleaned, obs.medium)
+    return png, fits_path, cleaned_path
 
 
-def _write_fits(path: Path, grid: np.ndarray, obs) -> None:
-    """The first observation as a ``wcs1d-fits`` file (linear grid, medium in CTYPE1)."""
+def _write_fits(path: Path, grid: np.ndarray, spec, medium: str) -> None:
+    """A 1-D spectrum as a ``wcs1d-fits`` file (linear grid, medium in CTYPE1)."""
     from astropy.wcs import WCS
     from specutils import Spectrum
 
@@ -68,22 +79,21 @@ def _write_fits(path: Path, grid: np.ndarray, obs) -> None:
     if not np.allclose(step, step[0], rtol=1e-6, atol=0):
         raise ValueError("the demo writes wcs1d-fits, which needs a linear grid")
     wcs = WCS(header={
-        "CTYPE1": "AWAV" if obs.medium == "air" else "WAVE", "CUNIT1": "Angstrom",
+        "CTYPE1": "AWAV" if medium == "air" else "WAVE", "CUNIT1": "Angstrom",
         "CRPIX1": 1.0, "CRVAL1": float(grid[0]), "CDELT1": float(step[0]),
     })
-    spec = obs.to_spectrum()[0]
     out = Spectrum(flux=spec.flux, wcs=wcs, uncertainty=spec.uncertainty, mask=spec.mask)
     out.write(path, format="wcs1d-fits", overwrite=True)
 
 
-def _plot(path: Path, grid: np.ndarray, obs, title: str) -> None:
+def _plot(path: Path, grid: np.ndarray, obs, cleaned, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(10, 7.5), layout="constrained")
+    ax, zoom = fig.subplots(2, 1, height_ratios=[1.2, 1])
     ax.plot(grid, obs.flux[0], lw=0.5, color="0.6", label="simulated observation")
     ax.plot(grid, obs.truth[0] * obs.transmission[0], lw=0.8, color="C1",
             label=f"truth x tellurics (airmass {obs.airmass[0]:g})")
@@ -97,6 +107,18 @@ def _plot(path: Path, grid: np.ndarray, obs, title: str) -> None:
     finite = obs.flux[0][np.isfinite(obs.flux[0])]
     ax.set_ylim(min(0.0, np.percentile(finite, 0.5)), np.percentile(finite, 99.5) * 1.1)
     ax.legend(loc="upper right", fontsize="small")
+    near = (grid > 6840) & (grid < 7340)
+    transmission = cleaned.meta["deepclean"]["transmission"].flux.value
+    zoom.plot(grid[near], obs.flux[0][near], lw=0.6, color="0.6", label="observation")
+    zoom.plot(grid[near], obs.truth[0][near], lw=0.8, color="C0", label="truth")
+    zoom.plot(grid[near], cleaned.flux.value[near], lw=0.8, color="C3",
+              label="remove_tellurics (divide)")
+    zoom.plot(grid[near], transmission[near] * np.nanmedian(obs.truth[0][near]) * 0.6,
+              lw=0.8, color="C2", label="estimated transmission (scaled)")
+    zoom.set_xlabel(f"wavelength [Angstrom, {obs.medium}]")
+    zoom.set_ylabel("normalised flux")
+    zoom.set_title("telluric bands: O2 B band and H2O, corrected with the shipped model")
+    zoom.legend(loc="lower left", fontsize="small")
     fig.savefig(path, dpi=120)
 
 
@@ -104,7 +126,10 @@ def main(argv=None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m specutils_deepclean.demo",
-        description="Simulate an observation of an example star; write a PNG and a FITS file.",
+        description=(
+            "Simulate an observation of an example star, remove its tellurics with the "
+            "shipped model; write a PNG and two FITS files."
+        ),
     )
     parser.add_argument("--output", type=Path, default=Path.cwd(), help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed")

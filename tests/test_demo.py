@@ -1,9 +1,10 @@
-"""The demo writes a PNG and a FITS file that specutils reads back."""
+"""The demo writes a PNG and two FITS files (observation, corrected) that specutils reads."""
 
 import os
 import subprocess
 import sys
 
+import astropy.units as u
 import numpy as np
 import pytest
 from specutils import Spectrum
@@ -18,7 +19,8 @@ def test_demo_main(tmp_path, capsys):
     assert demo.main(["--output", str(tmp_path), "--seed", "3", "--snr", "20"]) == 0
     printed = capsys.readouterr().out.split()
     png, fits = tmp_path / "demo_observation.png", tmp_path / "demo_observation.fits"
-    assert printed == [str(png), str(fits)]
+    cleaned_path = tmp_path / "demo_detelluric.fits"
+    assert printed == [str(png), str(fits), str(cleaned_path)]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     spec = Spectrum.read(fits, format="wcs1d-fits")
     assert spec.flux.shape == (4300,)
@@ -26,6 +28,16 @@ def test_demo_main(tmp_path, capsys):
     assert spec.mask.sum() <= 402  # plus at most an edge pixel the RV shift uncovers
     assert np.isfinite(spec.flux[~spec.mask]).all()
     assert spec.uncertainty is not None
+    cleaned = Spectrum.read(cleaned_path, format="wcs1d-fits")
+    assert cleaned.flux.shape == (4300,) and cleaned.mask[1950:2350].all()
+    changed = cleaned.flux.value != spec.flux.value
+    wave = cleaned.spectral_axis.to_value(u.AA)
+    # Only pixels in the telluric bands change (none between 3700 and 4700 A); the O2 B
+    # band (6867-6920 A) gets flux back (divided by a transmission below 1).
+    quiet = (wave > 3700) & (wave < 4700) & ~spec.mask
+    assert changed[~spec.mask].any() and not changed[quiet].any()
+    band = (wave > 6867) & (wave < 6920) & ~spec.mask
+    assert np.mean(cleaned.flux.value[band]) > np.mean(spec.flux.value[band])
 
 
 def test_demo_deterministic(tmp_path):
