@@ -100,12 +100,14 @@ def score(pred, survey, mt):
     }
 
 
-def methods(model, survey, wave, medium, lines_1, region):
+def methods(model, survey, wave, medium, lines_1, region, smooth=1.0):
     spec = as_spectrum(survey.flux, survey.sigma, wave, medium)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rec = remove_tellurics(spec, model, mode="reconstruct", device="cpu").flux.value
-        div = remove_tellurics(spec, model, mode="divide", device="cpu").flux.value
+        div = remove_tellurics(
+            spec, model, mode="divide", device="cpu", smooth_pixels=smooth
+        ).flux.value
     return {
         "none": survey.flux,
         "reconstruct": rec,
@@ -157,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--ablation", nargs="*", default=[], metavar="LABEL=MODEL")
     parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--smooth", type=float, default=1.0, help="divide: smooth_pixels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
@@ -177,12 +180,13 @@ def main(argv=None) -> int:
         "n_spectra": len(stars),
         "model": args.model,
         "seed": args.seed,
+        "smooth_pixels": args.smooth,
         "snr": {},
     }
     for k, snr in enumerate(SNRS):
         survey = observe_split(stars, wave, medium, copies=1, seed=args.seed + k, snr=snr)
         mt = survey.lines < 0.99
-        preds = methods(model, survey, wave, medium, lines_1, region)
+        preds = methods(model, survey, wave, medium, lines_1, region, args.smooth)
         result["snr"][str(snr)] = {name: score(pred, survey, mt) for name, pred in preds.items()}
         result["snr"][str(snr)]["telluric_pixels_median"] = float(np.median(mt.sum(axis=1)))
         print(snr, json.dumps(result["snr"][str(snr)], indent=1))
@@ -193,7 +197,7 @@ def main(argv=None) -> int:
         for item in args.ablation:
             label, path = item.split("=", 1)
             other = load_model(path)
-            preds = methods(other, survey, wave, medium, lines_1, region)
+            preds = methods(other, survey, wave, medium, lines_1, region, args.smooth)
             result["ablation_snr50"][label] = {
                 "model": path,
                 "reconstruct": score(preds["reconstruct"], survey, mt),
