@@ -324,3 +324,19 @@ def test_from_parts_copies_and_log_joint(model):
     assert np.all(joint.argmax(1).numpy() == labels)
     with pytest.raises(ValueError, match="z must have shape"):
         model.log_joint(start[:, :2], flux[:, 0], sigma[:, 0])
+
+
+def test_generator_sigma_adds_in_quadrature():
+    generator, prior, flows = make_parts(0)
+    wave = np.linspace(5000.0, 5100.0, N_PIX) * u.AA
+    floor = np.full(N_PIX, 0.03, dtype=np.float32)
+    kwargs = {"wavelength": wave, "medium": "air"}
+    plain = Denoiser.from_parts(generator, prior, flows, **kwargs)
+    floored = Denoiser.from_parts(
+        generator, prior, flows, extra={"generator_sigma": floor}, **kwargs
+    )
+    _, _, _, flux, sigma = draw(plain, 3, seed=11)
+    a = plain.map_estimate(flux[:, 0], sigma[:, 0], **FAST)
+    b = floored.map_estimate(flux[:, 0], sigma[:, 0], **FAST)
+    np.testing.assert_allclose(b.flux, a.flux)
+    np.testing.assert_allclose(b.flux_sigma**2, a.flux_sigma**2 + 0.03**2, rtol=1e-4)

@@ -446,7 +446,10 @@ class Denoiser(DeepCleanModel):
         mixes the classes by their posterior around the MAP spectrum,
         :math:`\sigma^2 = \sum_C p(C \mid y)\,[\operatorname{diag}(J_C \Sigma_C
         J_C^\top) + (G(\hat z_C) - G(\hat z))^2]`, so class ambiguity widens it.
-        It covers the latent posterior only, not the generator's own error.
+        When the model file holds ``extra["generator_sigma"]`` (the per-pixel RMS
+        error of ``G(E(y))`` on clean validation spectra, written by the training
+        script), it is added in quadrature: the generator's own representation
+        error, which the latent posterior does not know about.
 
         Runs with gradients enabled even inside `torch.inference_mode` (inputs
         are copied first); the model's weights are not changed.
@@ -608,7 +611,11 @@ class Denoiser(DeepCleanModel):
         var = torch.einsum("npi,nij,npj->np", jac, cov, jac).reshape(n_star, k, -1)
         chosen = signal[torch.arange(n_star), best]
         spread = var + (signal - chosen[:, None]).square()
-        flux_sigma = (posterior[..., None] * spread).sum(1).sqrt()
+        flux_sigma = (posterior[..., None] * spread).sum(1)
+        if "generator_sigma" in self.extra:
+            floor = torch.as_tensor(self.extra["generator_sigma"], dtype=flux_sigma.dtype)
+            flux_sigma = flux_sigma + floor.to(flux_sigma.device).square()
+        flux_sigma = flux_sigma.sqrt()
         z_map = z[torch.arange(n_star), best]
         ood = self.prior.ood_score(z_map, reference=self._ood_reference)
         as_np = _numpy
