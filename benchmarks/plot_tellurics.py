@@ -43,8 +43,10 @@ def example_figure(path: Path, star_index: int) -> None:
     wave, medium = library.wavelength.value, library.medium
     survey = observe_split(stars, wave, medium, copies=1, seed=5, snr=200.0, airmass=2.5)
     spec = Spectrum(
-        flux=survey.flux[0] * u.one, spectral_axis=wave * u.AA,
-        uncertainty=StdDevUncertainty(survey.sigma[0]), meta={"medium": medium},
+        flux=survey.flux[0] * u.one,
+        spectral_axis=wave * u.AA,
+        uncertainty=StdDevUncertainty(survey.sigma[0]),
+        meta={"medium": medium},
     )
     rec = remove_tellurics(spec, mode="reconstruct", device="cpu").flux.value
     div = remove_tellurics(spec, mode="divide", device="cpu").flux.value
@@ -66,7 +68,7 @@ def example_figure(path: Path, star_index: int) -> None:
 
 
 def whitening_figure(path: Path, ablation: dict) -> None:
-    labels = [k for k in ("N0", "N15", "N30") if k in ablation]
+    labels = [k for k in ("N0", "N15", "N30", "N300") if k in ablation]
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for offset, mode, colour in ((-0.18, "reconstruct", "tab:blue"), (0.18, "divide", "tab:red")):
@@ -106,13 +108,24 @@ def table(result: dict) -> str:
                 f"     - {m['rms_in_mask_median']:.4f}",
             ]
     if "ablation_snr50" in result:
-        lines += ["", ".. list-table:: Ablation at S/N 50 (40-epoch models, 1 copy per star)",
-                  "   :header-rows: 1", "", "   * - model", "     - mode", "     - Q_t", "     - Q_s"]
+        lines += [
+            "",
+            ".. list-table:: Ablation at S/N 50 (40-epoch models, 1 copy per star)",
+            "   :header-rows: 1",
+            "",
+            "   * - model",
+            "     - mode",
+            "     - Q_t",
+            "     - Q_s",
+        ]
         for label, entry in result["ablation_snr50"].items():
             for mode in ("reconstruct", "divide"):
-                lines += [f"   * - {label}", f"     - {mode}",
-                          f"     - {entry[mode]['q_t_median']:.3f}",
-                          f"     - {entry[mode]['q_s_median']:.3f}"]
+                lines += [
+                    f"   * - {label}",
+                    f"     - {mode}",
+                    f"     - {entry[mode]['q_t_median']:.3f}",
+                    f"     - {entry[mode]['q_s_median']:.3f}",
+                ]
     if "speed" in result:
         s = result["speed"]
         lines += [
