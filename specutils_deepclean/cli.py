@@ -1,6 +1,6 @@
 """The ``specutils-deepclean`` command line.
 
-Each sub-command lives in its own module, which provides ``main(argv)``; this module
+Each sub-command is a function ``main(argv) -> int`` in its own module; this module
 only dispatches, so ``specutils-deepclean <command> --help`` is the command's own help.
 Exit codes: 0 success, 1 some inputs failed, 2 usage error.
 """
@@ -13,17 +13,27 @@ import sys
 
 __all__ = ["main"]
 
-#: sub-command -> (module providing ``main(argv) -> int | None``, one-line help)
+#: sub-command -> ("module:function" taking ``argv`` and returning the exit code, help)
 COMMANDS = {
     "demo": (
-        "specutils_deepclean.demo",
-        "simulate an observation of a shipped example star and plot it",
+        "specutils_deepclean.demo:main",
+        "clean a simulated observation of a shipped example star with both models",
+    ),
+    "denoise": (
+        "specutils_deepclean.commands.clean:denoise_main",
+        "denoise spectrum files with the deep Bayesian model",
+    ),
+    "detelluric": (
+        "specutils_deepclean.commands.clean:detelluric_main",
+        "remove telluric absorption from spectrum files",
     ),
 }
 
 EPILOG = """examples:
   specutils-deepclean demo --output demo-output
-  specutils-deepclean demo --help
+  specutils-deepclean detelluric "night1/*.fits" --output cleaned/ --workers 2
+  specutils-deepclean denoise star.fits --output cleaned/ --plot
+  specutils-deepclean <command> --help
 """
 
 
@@ -60,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
-    status = module.main(argv[split + 1 :])
+    module, function = COMMANDS[args.command][0].split(":")
+    status = getattr(importlib.import_module(module), function)(argv[split + 1 :])
     return int(status or 0)
 
 

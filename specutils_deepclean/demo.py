@@ -5,16 +5,20 @@ Run ``specutils-deepclean demo [--output DIR] [--seed N] [--snr S]`` (or
 (:func:`~specutils_deepclean.datasets.load_examples`; by default row 3, the G dwarf),
 simulates an observation (noise at the target S/N, a 400-pixel gap in the middle,
 tellurics at airmass 1.5, a random stellar radial velocity), removes the tellurics
-with the shipped model (`~specutils_deepclean.manipulation.remove_tellurics`), and
-writes a PNG (truth, observation, corrected spectrum and the estimated transmission)
-and two FITS files readable by ``Spectrum.read(path, format="wcs1d-fits")``: the
-observation and the corrected spectrum.  It prints the paths.  It needs the sky and
+with the shipped model (`~specutils_deepclean.manipulation.remove_tellurics`), denoises
+the corrected spectrum with the shipped denoiser (`~specutils_deepclean.denoise`, which
+also fills the gap), and writes a PNG (truth, observation, corrected spectrum and the
+estimated transmission), three FITS files readable by
+``Spectrum.read(path, format="wcs1d-fits")`` (the observation, the telluric-corrected
+and the denoised spectrum) and a quicklook PNG of the denoised result
+(:func:`~specutils_deepclean.plotting.quicklook`).  It prints the paths.  It needs the sky and
 transmission files (see :func:`~specutils_deepclean.datasets.data_dir`).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +34,15 @@ _AIRMASS = 1.5
 
 def run(
     output: Path, *, seed: int = 0, snr: float = 10.0, star: int = 3
-) -> tuple[Path, Path, Path]:
-    """Simulate one observation of an example star, remove its tellurics, write the files.
+) -> tuple[Path, ...]:
+    """Simulate one observation of an example star, clean it with both models, write the files.
 
     Parameters
     ----------
     output : pathlib.Path
-        Folder for ``demo_observation.png``, ``demo_observation.fits`` and
-        ``demo_detelluric.fits`` (created).
+        Folder for ``demo_observation.png``, ``demo_observation.fits``,
+        ``demo_detelluric.fits``, ``demo_denoised.fits`` and ``demo_denoised.png``
+        (created).
     seed : int
         Simulation seed.
     snr : float
@@ -47,9 +52,10 @@ def run(
 
     Returns
     -------
-    png, observation_fits, corrected_fits : pathlib.Path
+    png, observation_fits, corrected_fits, denoised_fits, denoised_png : pathlib.Path
     """
-    from .manipulation import remove_tellurics
+    from .manipulation import denoise, remove_tellurics
+    from .plotting import quicklook
 
     library = load_examples()
     if not 0 <= star < len(library):
@@ -62,12 +68,19 @@ def run(
     png = output / "demo_observation.png"
     fits_path = output / "demo_observation.fits"
     cleaned_path = output / "demo_detelluric.fits"
+    denoised_path, denoised_png = output / "demo_denoised.fits", output / "demo_denoised.png"
     observed = obs.to_spectrum()[0]
     cleaned = remove_tellurics(observed, device="cpu")
-    _plot(png, grid, obs, cleaned, f"{library.star_ids[star]} ({library.labels[star]})")
+    denoised = denoise(cleaned, device="cpu")
+    name = f"{library.star_ids[star]} ({library.labels[star]})"
+    _plot(png, grid, obs, cleaned, name)
+    quicklook(
+        denoised, cleaned, title=f"{name}: tellurics removed, then denoised", path=denoised_png
+    )
     _write_fits(fits_path, grid, observed, obs.medium)
     _write_fits(cleaned_path, grid, cleaned, obs.medium)
-    return png, fits_path, cleaned_path
+    _write_fits(denoised_path, grid, denoised, obs.medium)
+    return png, fits_path, cleaned_path, denoised_path, denoised_png
 
 
 def _write_fits(path: Path, grid: np.ndarray, spec, medium: str) -> None:
@@ -125,10 +138,13 @@ def _plot(path: Path, grid: np.ndarray, obs, cleaned, title: str) -> None:
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m specutils_deepclean.demo",
+        prog="specutils-deepclean demo",
+        epilog="examples:\n  specutils-deepclean demo --output demo-output\n"
+        "  specutils-deepclean demo --snr 30 --star 4 --output demo-k-dwarf\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Simulate an observation of an example star, remove its tellurics with the "
-            "shipped model; write a PNG and two FITS files."
+            "Simulate an observation of an example star, remove its tellurics and denoise "
+            "it with the shipped models; write PNG and FITS files."
         ),
     )
     parser.add_argument("--output", type=Path, default=Path.cwd(), help="output folder")
@@ -138,7 +154,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.snr > 0:
         parser.error(f"--snr must be positive, got {args.snr}")
-    for path in run(args.output, seed=args.seed, snr=args.snr, star=args.star):
+    try:
+        paths = run(args.output, seed=args.seed, snr=args.snr, star=args.star)
+    except FileNotFoundError as exc:  # the sky / transmission data are not found
+        print(f"specutils-deepclean demo: error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 

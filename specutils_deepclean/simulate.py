@@ -236,6 +236,58 @@ class Observation:
             meta=meta,
         )
 
+    def write_files(
+        self,
+        folder,
+        *,
+        prefix: str = "obs",
+        flux_unit: u.Quantity = 1e-17 * u.erg / (u.s * u.cm**2 * u.AA),
+    ) -> list:
+        """Write each observation to its own ``tabular-fits`` file (a mock survey).
+
+        Parameters
+        ----------
+        folder : str or path-like
+            Output folder (created).
+        prefix : str
+            File names are ``<prefix>_<row:05d>.fits``.
+        flux_unit : `~astropy.units.Quantity`
+            The flux and uncertainty are multiplied by this (a physical unit, so
+            specutils identifies the columns when reading).
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files, one per observation; each reads back with
+            ``Spectrum.read(path, format="tabular-fits")`` (medium in ``WAVEMED``).
+        """
+        from pathlib import Path
+
+        from astropy.io import fits
+        from astropy.nddata import StdDevUncertainty
+        from specutils import Spectrum
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for row in range(len(self)):
+            header = fits.Header()
+            header["WAVEMED"] = self.medium
+            header["SIMSEED"] = (self.seed, "simulation seed")
+            header["SIMROW"] = (row, "row of the simulated batch")
+            header["SNR"] = (float(self.snr_target[row]), "target median S/N")
+            spectrum = Spectrum(
+                flux=self.flux[row] * flux_unit,
+                spectral_axis=self.wavelength,
+                uncertainty=StdDevUncertainty(self.sigma[row] * flux_unit),
+                mask=self.mask[row].copy(),
+                meta={"header": header},
+            )
+            path = folder / f"{prefix}_{row:05d}.fits"
+            spectrum.write(path, format="tabular-fits", overwrite=True)
+            paths.append(path)
+        return paths
+
 
 class Simulator:
     """Simulates observations of normalised stars on one model grid.

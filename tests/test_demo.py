@@ -20,7 +20,9 @@ def test_demo_main(tmp_path, capsys):
     printed = capsys.readouterr().out.split()
     png, fits = tmp_path / "demo_observation.png", tmp_path / "demo_observation.fits"
     cleaned_path = tmp_path / "demo_detelluric.fits"
-    assert printed == [str(png), str(fits), str(cleaned_path)]
+    denoised_path, quicklook = tmp_path / "demo_denoised.fits", tmp_path / "demo_denoised.png"
+    assert printed == [str(png), str(fits), str(cleaned_path), str(denoised_path), str(quicklook)]
+    assert quicklook.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     spec = Spectrum.read(fits, format="wcs1d-fits")
     assert spec.flux.shape == (4300,)
@@ -38,15 +40,23 @@ def test_demo_main(tmp_path, capsys):
     assert changed[~spec.mask].any() and not changed[quiet].any()
     band = (wave > 6867) & (wave < 6920) & ~spec.mask
     assert np.mean(cleaned.flux.value[band]) > np.mean(spec.flux.value[band])
+    # The denoiser fills the gap (the mask still says the input had no data there)
+    # and is smoother than its input.
+    denoised = Spectrum.read(denoised_path, format="wcs1d-fits")
+    assert np.isfinite(denoised.flux.value[1950:2350]).all() and denoised.mask[1950:2350].all()
+    smooth = np.abs(np.diff(denoised.flux.value[quiet], 2)).mean()
+    assert smooth < 0.5 * np.abs(np.diff(cleaned.flux.value[quiet], 2)).mean()
 
 
 def test_demo_deterministic(tmp_path):
-    a = demo.run(tmp_path / "a", seed=5)[1]
-    b = demo.run(tmp_path / "b", seed=5)[1]
-    assert np.array_equal(
-        Spectrum.read(a, format="wcs1d-fits").flux, Spectrum.read(b, format="wcs1d-fits").flux,
-        equal_nan=True,
-    )
+    a = demo.run(tmp_path / "a", seed=5)
+    b = demo.run(tmp_path / "b", seed=5)
+    for first, second in zip(a[1:4], b[1:4], strict=True):  # observation, detelluric, denoised
+        assert np.array_equal(
+            Spectrum.read(first, format="wcs1d-fits").flux,
+            Spectrum.read(second, format="wcs1d-fits").flux,
+            equal_nan=True,
+        )
 
 
 @pytest.mark.parametrize("argv, match", [(["--snr", "0"], "--snr must be positive")])

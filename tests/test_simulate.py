@@ -285,3 +285,16 @@ def test_simulator_bad_grid():
         Simulator(GRID[::-1], "air")
     with pytest.raises(ValueError, match="the sky spectrum does not cover the grid"):
         Simulator(np.linspace(2500.0, 4000.0, 100), "air")
+
+
+def test_write_files(sim, truth, tmp_path):
+    obs = sim.observe(truth[:2], 20.0, seed=4, gap=(100, "blue"))
+    paths = obs.write_files(tmp_path / "survey", prefix="night1")
+    assert [p.name for p in paths] == ["night1_00000.fits", "night1_00001.fits"]
+    back = Spectrum.read(paths[1], format="tabular-fits")
+    unit = 1e-17 * u.erg / (u.s * u.cm**2 * u.AA)
+    assert_allclose(back.flux[~back.mask].to_value(unit), obs.flux[1][~obs.mask[1]], rtol=1e-12)
+    assert_array_equal(back.mask, obs.mask[1])
+    assert_allclose(back.uncertainty.array[~back.mask] * back.flux.unit.to(unit),
+                    obs.sigma[1][~obs.mask[1]], rtol=1e-12)
+    assert back.meta["header"]["WAVEMED"] == obs.medium and back.meta["header"]["SIMROW"] == 1

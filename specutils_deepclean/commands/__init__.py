@@ -1,0 +1,1 @@
+"""Sub-commands of the ``specutils-deepclean`` command line (:mod:`specutils_deepclean.cli`)."""

@@ -1,0 +1,131 @@
+"""``specutils-deepclean denoise`` and ``specutils-deepclean detelluric``: clean files.
+
+Both read spectra with specutils, clean them in batches
+(:func:`specutils_deepclean.parallel.clean_files`) and write one FITS result per
+input (:mod:`specutils_deepclean.files`), with a progress bar and a summary.
+Exit codes: 0 all inputs done or skipped, 1 some inputs failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["denoise_main", "detelluric_main"]
+
+_EXAMPLES = {
+    "denoise": """examples:
+  specutils-deepclean denoise star.fits --output cleaned/
+  specutils-deepclean denoise "survey/**/*.fits" --format tabular-fits --output out/ --workers 2
+  specutils-deepclean denoise @files.txt --output out/ --model my-denoiser.asdf --plot
+""",
+    "detelluric": """examples:
+  specutils-deepclean detelluric star.fits --output cleaned/
+  specutils-deepclean detelluric "night1/*.fits" --mode reconstruct --output out/ --overwrite
+  specutils-deepclean detelluric @files.txt --output out/ --scheduler tcp://head:8786
+""",
+}
+
+_DESCRIPTION = {
+    "denoise": "Denoise spectra with the deep Bayesian model; one FITS result per input "
+    "(<name>_denoised.fits), readable with Spectrum.read(path, format='tabular-fits').",
+    "detelluric": "Remove telluric absorption with the Stellar Karaoke model; one FITS result "
+    "per input (<name>_detelluric.fits, the transmission in HDU 2), readable with "
+    "Spectrum.read(path, format='tabular-fits').",
+}
+
+
+def _parser(task: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"specutils-deepclean {task}",
+        description=_DESCRIPTION[task],
+        epilog=_EXAMPLES[task],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs", nargs="+", help="files, glob patterns (quote them) or @LIST (one path per line)"
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--format", default=None, help="specutils format of the inputs")
+    parser.add_argument("--model", default=None, help="shipped model name or model file")
+    if task == "detelluric":
+        parser.add_argument(
+            "--mode", choices=("divide", "reconstruct"), default="divide", help="output mode"
+        )
+    else:
+        parser.add_argument("--steps", type=int, default=None, help="MAP optimisation steps")
+    parser.add_argument(
+        "--medium", choices=("air", "vacuum"), default=None,
+        help="medium of the wavelengths when the files do not state it",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=64, help="files per batch")
+    parser.add_argument("--overwrite", action="store_true", help="redo existing results")
+    parser.add_argument("--workers", type=int, default=0, help="local Dask worker processes")
+    parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    parser.add_argument("--plot", action="store_true", help="also write a PNG quicklook per result")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _options(task: str, args) -> dict:
+    options = {"model": args.model, "device": args.device, "medium": args.medium}
+    if task == "detelluric":
+        options["mode"] = args.mode
+    elif args.steps is not None:
+        options["steps"] = args.steps
+    return options
+
+
+def _run(task: str, argv) -> int:
+    parser = _parser(task)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        parser.error(f"--workers must be at least 0, got {args.workers}")
+    if task == "denoise" and args.steps is not None and args.steps < 0:
+        parser.error(f"--steps must be at least 0, got {args.steps}")
+    from ..parallel import clean_files
+
+    try:
+        summary = clean_files(
+            args.inputs,
+            args.output,
+            task,
+            options=_options(task, args),
+            file_format=args.format,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            progress=not args.quiet,
+        )
+    except (OSError, ValueError) as exc:  # before any work: bad folder, pattern, setting
+        print(f"specutils-deepclean {task}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.plot:
+        _plots(summary, args.output, task, args.format)
+    print(summary)
+    return 0 if summary.ok else 1
+
+
+def _plots(summary, output: Path, task: str, file_format: str | None) -> None:
+    from ..files import output_path
+    from ..parallel import TASKS
+    from ..plotting import quicklook_file
+
+    for path in summary.done:
+        result = output_path(path, output, TASKS[task])
+        quicklook_file(path, result, result.with_suffix(".png"), file_format=file_format)
+
+
+def denoise_main(argv=None) -> int:
+    """``specutils-deepclean denoise``; returns the exit code."""
+    return _run("denoise", argv)
+
+
+def detelluric_main(argv=None) -> int:
+    """``specutils-deepclean detelluric``; returns the exit code."""
+    return _run("detelluric", argv)

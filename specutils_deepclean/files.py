@@ -1,0 +1,343 @@
+"""Spectrum files in and out: the inputs of a run, reading them, writing results.
+
+Results are written as FITS files that :func:`read_result` reads back whole, and that
+specutils reads with ``Spectrum.read(path, format="tabular-fits")`` when the flux has
+a physical unit (specutils' table reader recognises the flux column by its unit, so
+normalised, dimensionless flux needs :func:`read_result`).  HDU 1 (``DATA``) holds the spectral
+axis, the flux, the uncertainty (standard deviation) and the mask as table columns
+(specutils' own ``tabular-fits`` writer); the primary header keeps the input file's
+primary header (when specutils put it in ``meta["header"]``) plus the scalar entries
+of ``meta["deepclean"]`` as ``DC*`` keywords (:data:`HEADER_KEYWORDS`); an extension
+``DEEPCLEAN`` holds the whole ``meta["deepclean"]`` as JSON text (class posterior,
+latent vector...; boolean pixel arrays such as ``filled`` as the indices where they
+are True), and for telluric results an extension ``TRANSMISSION`` holds the
+estimated transmission in the same table layout
+(``Spectrum.read(path, format="tabular-fits", hdu=3)``).  Every file is written under a
+temporary name in the output folder and renamed when complete, so an interrupted run
+never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import astropy.units as u
+from astropy.io import fits
+from specutils import Spectrum
+
+__all__ = [
+    "HEADER_KEYWORDS",
+    "expand_inputs",
+    "output_path",
+    "read_result",
+    "read_spectrum",
+    "check_output_dir",
+    "write_result",
+]
+
+#: ``meta["deepclean"]`` entries written as primary-header keywords (all of them are
+#: also in the ``DEEPCLEAN`` extension as JSON).
+HEADER_KEYWORDS = {
+    "operation": "DCOPER",
+    "model": "DCMODEL",
+    "model_version": "DCMODVER",
+    "package_version": "DCVERSIO",
+    "mode": "DCMODE",
+    "medium": "WAVEMED",
+    "map_class": "DCCLASS",
+    "ood_score": "DCOOD",
+    "converged": "DCCONV",
+    "exposures": "DCNEXP",
+    "telluric_pixels": "DCNTELL",
+}
+
+#: Free disk space (bytes) a run needs before it starts.
+MIN_FREE_BYTES = 50 * 2**20
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
+    """The input files named by paths, glob patterns and ``@list`` files.
+
+    Parameters
+    ----------
+    items : iterable of str or path-like
+        Each one a file path, a glob pattern (``"spectra/*.fits"``, ``**`` recurses)
+        or ``@FILE``: a text file with one path or pattern per line (blank lines and
+        lines starting with ``#`` are skipped; relative paths are relative to the list
+        file's folder).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files, in the order given (patterns sorted), each once.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a list file is missing, or a pattern or path matches no file.
+    """
+    found: dict[Path, None] = {}
+    for item in items:
+        text = os.fspath(item)
+        if text.startswith("@"):
+            listing = Path(text[1:])
+            if not listing.is_file():
+                raise FileNotFoundError(f"list file {listing} does not exist")
+            lines = [line.strip() for line in listing.read_text().splitlines()]
+            names = [
+                str(listing.parent / line) if not Path(line).is_absolute() else line
+                for line in lines
+                if line and not line.startswith("#")
+            ]
+            found.update(dict.fromkeys(expand_inputs(names)))
+            continue
+        if glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            matches = [p for p in matches if p.is_file()]
+            if not matches:
+                raise FileNotFoundError(f"no file matches {text!r}")
+            found.update(dict.fromkeys(matches))
+        else:
+            # A missing plain path is the run's business (reported as a failed input).
+            found[Path(text)] = None
+    return list(found)
+
+
+def read_spectrum(path: str | os.PathLike, format: str | None = None) -> Spectrum:
+    """Read one spectrum with specutils.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Any file specutils can read.
+    format : str, optional
+        A specutils format name (``Spectrum.read``'s ``format``); default: let
+        specutils identify it.
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If specutils cannot read it or it holds several spectra (the message says
+        how many and how to pick one with ``format``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        spectrum = Spectrum.read(path, format=format) if format else Spectrum.read(path)
+    except Exception as exc:  # specutils and astropy raise many kinds; report them all
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(
+            f"specutils cannot read {path}"
+            + ("" if format else " (no format given: pass one, e.g. --format tabular-fits)")
+            + f": {type(exc).__name__}: {first_line}"
+        ) from exc
+    if not isinstance(spectrum, Spectrum):
+        raise ValueError(
+            f"{path} holds {len(spectrum)} spectra; pass a format that reads one of them"
+        )
+    return spectrum
+
+
+def output_path(path: str | os.PathLike, output_dir: str | os.PathLike, suffix: str) -> Path:
+    """Where the result for input ``path`` goes: ``output_dir/<stem>_<suffix>.fits``."""
+    path = Path(path)
+    stem = path.name
+    for ext in (".gz", ".bz2", ".fz", ".fits", ".fit", ".fts", ".txt", ".dat", ".csv", ".ecsv"):
+        stem = stem.removesuffix(ext)
+    return Path(output_dir) / f"{stem}_{suffix}.fits"
+
+
+def check_output_dir(output_dir: str | os.PathLike, min_free: int = MIN_FREE_BYTES) -> Path:
+    """Create ``output_dir`` if needed and check it can take results, before any work.
+
+    Raises
+    ------
+    PermissionError
+        If the folder cannot be created or written to.
+    OSError
+        If it has less than ``min_free`` bytes free.
+    """
+    folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deepclean-probe-"):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"cannot write results to {folder}: {exc.strerror or exc}") from exc
+    free = shutil.disk_usage(folder).free
+    if free < min_free:
+        raise OSError(
+            f"only {free / 2**20:.1f} MiB free in {folder}; a run needs at least "
+            f"{min_free / 2**20:.0f} MiB"
+        )
+    return folder
+
+
+def _header(spectrum: Spectrum) -> fits.Header:
+    header = spectrum.meta.get("header")
+    header = header.copy() if isinstance(header, fits.Header) else fits.Header()
+    info = spectrum.meta.get("deepclean", {})
+    for key, keyword in HEADER_KEYWORDS.items():
+        value = info.get(key)
+        if isinstance(value, str | bool | int | float | np.integer | np.floating | np.bool_):
+            header[keyword] = (value, f"deepclean {key}")
+    for name, prob in (info.get("class_posterior") or {}).items():
+        if isinstance(info.get("class_posterior"), dict):
+            header[f"DCP_{name}"[:8]] = (float(prob), f"deepclean p(class={name})")
+    return header
+
+
+def _jsonable(value):
+    if isinstance(value, Spectrum):
+        return None  # written as its own extension
+    if isinstance(value, np.ndarray) and value.dtype == bool:
+        # Boolean pixel masks (``filled``) as the indices where True, per row.
+        return (
+            np.flatnonzero(value).tolist()
+            if value.ndim == 1
+            else [np.flatnonzero(row).tolist() for row in value]
+        )
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _table_hdus(spectrum: Spectrum, header: fits.Header | None) -> list:
+    """The ``tabular-fits`` HDUs specutils writes for ``spectrum``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "table.fits"
+        plain = Spectrum(
+            flux=spectrum.flux,
+            spectral_axis=spectrum.spectral_axis,
+            uncertainty=spectrum.uncertainty,
+            mask=None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool),
+            meta={"header": header if header is not None else fits.Header()},
+        )
+        plain.write(path, format="tabular-fits")
+        with fits.open(path) as hdul:
+            return [hdu.copy() for hdu in hdul]
+
+
+def write_result(
+    spectrum: Spectrum, path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write a cleaned spectrum and its ``meta["deepclean"]`` to FITS, atomically.
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum`
+        A result of `~specutils_deepclean.denoise` or
+        `~specutils_deepclean.remove_tellurics` (any Spectrum works).
+    path : str or path-like
+        The FITS file to write (see the module description for its layout).
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (use overwrite=True / --overwrite)")
+    info = spectrum.meta.get("deepclean", {})
+    hdus = _table_hdus(spectrum, _header(spectrum))
+    text = json.dumps(_jsonable(info))
+    hdus.append(
+        fits.BinTableHDU.from_columns(
+            [fits.Column(name="JSON", format=f"{len(text)}A", array=np.array([text]))],
+            name="DEEPCLEAN",
+        )
+    )
+    transmission = info.get("transmission")
+    if isinstance(transmission, Spectrum):
+        extra = _table_hdus(transmission, None)[1]
+        extra.header["EXTNAME"] = "TRANSMISSION"
+        hdus.append(extra)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(handle)
+    try:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _table_spectrum(hdu) -> Spectrum:
+    from astropy.nddata import StdDevUncertainty
+    from astropy.table import Table
+
+    table = Table.read(hdu)
+    axis, flux = table.columns[0], table["flux"]
+    uncertainty = None
+    if "uncertainty" in table.colnames:
+        uncertainty = StdDevUncertainty(np.asarray(table["uncertainty"]).T, unit=flux.unit)
+    mask = np.asarray(table["mask"], dtype=bool).T if "mask" in table.colnames else None
+    return Spectrum(
+        flux=np.asarray(flux).T * (flux.unit or u.dimensionless_unscaled),
+        spectral_axis=np.asarray(axis) * axis.unit,
+        uncertainty=uncertainty,
+        mask=mask,
+    )
+
+
+def read_result(path: str | os.PathLike) -> Spectrum:
+    """Read a result file written by :func:`write_result`, with its ``meta["deepclean"]``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The result file.
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+        Flux, uncertainty (standard deviation) and mask; ``meta["header"]`` is the
+        primary header; ``meta["deepclean"]`` the stored dictionary, with ``filled``
+        back as a boolean array and ``transmission`` as a Spectrum where present.
+    """
+    with fits.open(path) as hdul:
+        spectrum = _table_spectrum(hdul["DATA"])
+        info = json.loads(hdul["DEEPCLEAN"].data["JSON"][0])
+        if "TRANSMISSION" in hdul:
+            info["transmission"] = _table_spectrum(hdul["TRANSMISSION"])
+        spectrum.meta["header"] = hdul[0].header.copy()
+    filled = info.get("filled")
+    if isinstance(filled, list):
+        mask = np.zeros(spectrum.shape, dtype=bool)
+        if spectrum.flux.ndim == 1:
+            mask[np.asarray(filled, dtype=int)] = True
+        else:
+            for row, indices in enumerate(filled):
+                mask[row, np.asarray(indices, dtype=int)] = True
+        info["filled"] = mask
+    spectrum.meta["deepclean"] = info
+    return spectrum

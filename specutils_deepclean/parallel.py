@@ -1,0 +1,490 @@
+"""Cleaning many spectra: batches of files or Spectrum objects, in one process or on Dask.
+
+:func:`clean_files` runs `~specutils_deepclean.denoise` or
+`~specutils_deepclean.remove_tellurics` over a list of files and writes one result
+file per input (:func:`specutils_deepclean.files.write_result`); :func:`clean_spectra`
+does the same for Spectrum objects in memory.  Both cut the inputs into batches; in a
+batch, spectra that share one spectral axis (same values, units, flux unit and
+uncertainty class) are stacked and cleaned in one model call.  A spectrum that fails
+(unreadable file, no valid pixel, no overlap with the model...) is reported with its
+reason and skipped; the others go on.
+
+Parallel runs use ``dask.distributed`` (``pip install "dask[distributed]"``): with
+``workers=N`` a `~distributed.LocalCluster` of N single-threaded worker processes, or
+with ``scheduler="tcp://host:8786"`` any running Dask scheduler (so the same call runs
+on dask-jobqueue or Kubernetes clusters; the workers must see the input and output
+paths).  A model named by its shipped name or path is loaded once per worker process
+and reused by every batch that worker runs; a loaded model object is sent to every
+worker once.
+
+Files are written under a temporary name and renamed when complete; before a run,
+inputs whose result file exists are skipped (unless ``overwrite``), so rerunning an
+interrupted command completes only what is missing.  If Dask loses a worker, its
+batches are run again elsewhere; a result an earlier attempt already wrote is kept,
+so every input ends with exactly one result file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from specutils import Spectrum
+
+from astropy.utils.exceptions import AstropyUserWarning
+
+from .files import check_output_dir, expand_inputs, output_path, read_spectrum, write_result
+from .spectra import _stated_medium
+
+__all__ = ["TASKS", "RunSummary", "clean_files", "clean_spectra"]
+
+#: task name -> suffix of its result files
+TASKS = {"denoise": "denoised", "detelluric": "detelluric"}
+
+
+@dataclass
+class RunSummary:
+    """What a :func:`clean_files` run did.
+
+    Attributes
+    ----------
+    done : list of pathlib.Path
+        Inputs whose result was written by this run.
+    skipped : list of pathlib.Path
+        Inputs whose result file existed before the run.
+    failed : dict
+        Input -> reason, for inputs that could not be cleaned.
+    warnings : list of str
+        Warnings raised while cleaning (each naming its files).
+    seconds : float
+        Wall-clock time of the run.
+    """
+
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no input failed."""
+        return not self.failed
+
+    def __str__(self) -> str:
+        rate = len(self.done) / self.seconds if self.seconds > 0 else float("nan")
+        lines = [
+            f"done {len(self.done)}, skipped {len(self.skipped)} (result exists), "
+            f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.2f} spectra/s)"
+        ]
+        lines += [f"  failed: {path}: {reason}" for path, reason in self.failed.items()]
+        lines += [f"  warning: {text}" for text in self.warnings]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- one batch
+
+
+def _function(task: str) -> Callable:
+    from .manipulation import denoise, remove_tellurics
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    return denoise if task == "denoise" else remove_tellurics
+
+
+def _axis_key(spectrum: Spectrum) -> tuple:
+    """Spectra with equal keys can be stacked into one 2-D Spectrum."""
+    axis = spectrum.spectral_axis
+    return (
+        str(axis.unit),
+        axis.value.tobytes(),
+        str(spectrum.flux.unit),
+        type(spectrum.uncertainty).__name__,
+        spectrum.flux.ndim,
+        _medium_key(spectrum),
+    )
+
+
+def _medium_key(spectrum: Spectrum) -> str:
+    try:
+        return str(_stated_medium(spectrum.meta))
+    except ValueError:  # an unreadable statement: the cleaning call reports it
+        return f"invalid-{id(spectrum)}"
+
+
+def _stack(spectra: Sequence[Spectrum]) -> Spectrum:
+    """1-D spectra on one spectral axis as one 2-D Spectrum (row i = spectrum i)."""
+    first = spectra[0]
+    uncertainty = None
+    if first.uncertainty is not None:
+        uncertainty = type(first.uncertainty)(
+            np.stack([s.uncertainty.array for s in spectra]), unit=first.uncertainty.unit
+        )
+    masks = [
+        np.zeros(s.shape, bool) if s.mask is None else np.asarray(s.mask, bool) for s in spectra
+    ]
+    return Spectrum(
+        flux=np.stack([s.flux.value for s in spectra]) * first.flux.unit,
+        spectral_axis=first.spectral_axis,
+        uncertainty=uncertainty,
+        mask=np.stack(masks),
+        meta={key: value for key, value in first.meta.items() if key != "deepclean"},
+    )
+
+
+def _row_meta(info: dict, row: int, n_rows: int) -> dict:
+    """Row ``row`` of a batch result's ``meta["deepclean"]``."""
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, Spectrum) and value.flux.ndim == 2:
+            value = _row(value, row)
+        elif isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[0] == n_rows:
+            value = value[row]
+        elif isinstance(value, list) and len(value) == n_rows:
+            value = value[row]
+        out[key] = value
+    return out
+
+
+def _row(spectrum: Spectrum, row: int) -> Spectrum:
+    return Spectrum(
+        flux=spectrum.flux[row],
+        spectral_axis=spectrum.spectral_axis,
+        uncertainty=None if spectrum.uncertainty is None else spectrum.uncertainty[row],
+        mask=None if spectrum.mask is None else spectrum.mask[row],
+    )
+
+
+def _unstack(result: Spectrum, originals: Sequence[Spectrum]) -> list[Spectrum]:
+    info = result.meta.get("deepclean", {})
+    out = []
+    for row, original in enumerate(originals):
+        single = _row(result, row)
+        meta = {k: v for k, v in original.meta.items() if k != "deepclean"}
+        meta["deepclean"] = _row_meta(info, row, len(originals))
+        out.append(Spectrum(
+            flux=single.flux, spectral_axis=single.spectral_axis,
+            uncertainty=single.uncertainty, mask=single.mask, meta=meta,
+        ))
+    return out
+
+
+def _clean_group(function, spectra, options) -> tuple[list, list[str]]:
+    """Clean spectra sharing one axis: one stacked call, else one by one.
+
+    Returns the results (a Spectrum or the error message per input) and the warnings.
+    """
+    caught: list[str] = []
+    if len(spectra) > 1 and spectra[0].flux.ndim == 1:
+        try:
+            with warnings.catch_warnings(record=True) as record:
+                warnings.simplefilter("always")
+                result = function(_stack(spectra), **options)
+            caught += [str(w.message) for w in record]
+            return _unstack(result, spectra), caught
+        except (ValueError, TypeError):
+            pass  # one bad spectrum spoils the stacked call: find it below
+    results = []
+    for spectrum in spectra:
+        try:
+            with warnings.catch_warnings(record=True) as record:
+                warnings.simplefilter("always")
+                results.append(function(spectrum, **options))
+            caught += [str(w.message) for w in record]
+        except (ValueError, TypeError) as exc:
+            results.append(f"{type(exc).__name__}: {exc}")
+    return results, caught
+
+
+def _clean_batch(function, spectra: list, options: dict) -> tuple[list, list[str]]:
+    """Results (Spectrum or error text) for a list of spectra (or error texts), in order."""
+    results: list = list(spectra)
+    caught: list[str] = []
+    groups: dict[tuple, list[int]] = {}
+    for i, spectrum in enumerate(spectra):
+        if isinstance(spectrum, Spectrum):
+            groups.setdefault(_axis_key(spectrum), []).append(i)
+    for members in groups.values():
+        cleaned, messages = _clean_group(function, [spectra[i] for i in members], options)
+        for i, value in zip(members, cleaned, strict=True):
+            results[i] = value
+        caught += messages
+    return results, caught
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _file_batch(
+    task: str,
+    paths: list[str],
+    outputs: list[str],
+    options: dict,
+    file_format: str | None,
+    overwrite: bool,
+    threads: int | None,
+) -> list[tuple[str, str, str]]:
+    """Read, clean and write a batch of files; (path, status, message) per file."""
+    _set_threads(threads)
+    function = _function(task)
+    spectra: list = []
+    for path in paths:
+        try:
+            spectra.append(read_spectrum(path, file_format))
+        except (OSError, ValueError) as exc:
+            spectra.append(f"{type(exc).__name__}: {exc}")
+    results, caught = _clean_batch(function, spectra, options)
+    report = []
+    for path, out, result in zip(paths, outputs, results, strict=True):
+        if isinstance(result, str):
+            report.append((path, "failed", result))
+            continue
+        if os.path.exists(out) and not overwrite:
+            # Written by an earlier attempt of this batch (a lost worker): keep it.
+            report.append((path, "done", ""))
+            continue
+        try:
+            write_result(result, out, overwrite=overwrite)
+            report.append((path, "done", ""))
+        except OSError as exc:
+            report.append((path, "failed", f"cannot write {out}: {exc}"))
+    names = ", ".join(Path(p).name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    report += [("", "warning", f"{message} [batch: {names}]") for message in dict.fromkeys(caught)]
+    return report
+
+
+def _spectra_batch(task, spectra, options, threads):
+    _set_threads(threads)
+    return _clean_batch(_function(task), list(spectra), options)
+
+
+# ---------------------------------------------------------------------------- runners
+
+
+def _batches(items: Sequence, size: int) -> list:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _client(workers: int | None, scheduler: str | None):
+    """A Dask client (and the cluster it owns, or None); (None, None) for in-process runs."""
+    if not workers and scheduler is None:
+        return None, None
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ImportError(
+            "parallel runs need dask.distributed: pip install 'dask[distributed]'"
+        ) from exc
+    if scheduler is not None:
+        return Client(scheduler), None
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    return Client(cluster), cluster
+
+
+def _run(client, function, jobs: list[tuple], on_result: Callable) -> None:
+    """Run ``function(*job)`` for every job, in process or on Dask; feed results as they come."""
+    if client is None:
+        for job in jobs:
+            on_result(job, function(*job))
+        return
+    from distributed import as_completed
+
+    futures = {client.submit(function, *job, pure=False): job for job in jobs}
+    for future in as_completed(futures):
+        on_result(futures[future], future.result())
+
+
+def _model_option(client, options: dict) -> dict:
+    """Send a loaded model to the workers once (names and paths load on each worker)."""
+    model = options.get("model")
+    if client is None or model is None or isinstance(model, str | os.PathLike):
+        return options
+    return {**options, "model": client.scatter(model, broadcast=True)}
+
+
+def _check_batching(batch_size: int, workers: int | None) -> None:
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if workers is not None and not (isinstance(workers, int) and workers >= 0):
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+
+
+def clean_files(
+    inputs: Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    task: str = "detelluric",
+    *,
+    options: dict | None = None,
+    file_format: str | None = None,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> RunSummary:
+    """Clean spectrum files, writing one result file per input.
+
+    Parameters
+    ----------
+    inputs : iterable of str or path-like
+        Files, glob patterns or ``@list`` files
+        (:func:`~specutils_deepclean.files.expand_inputs`).
+    output_dir : str or path-like
+        Folder of the results, ``<input stem>_<suffix>.fits`` with the suffix of
+        :data:`TASKS` (created; checked writable before any work).
+    task : {"detelluric", "denoise"}
+        `~specutils_deepclean.remove_tellurics` or `~specutils_deepclean.denoise`.
+    options : dict, optional
+        Keyword arguments of the cleaning function (``model``, ``mode``,
+        ``device``...).
+    file_format : str, optional
+        specutils format of the inputs (default: identified per file).
+    batch_size : int
+        Files per batch (per Dask task).
+    overwrite : bool
+        Redo inputs whose result exists (default: skip them).
+    workers : int, optional
+        Start a local Dask cluster of this many worker processes (0/None: run here).
+    scheduler : str, optional
+        Address of a running Dask scheduler (overrides ``workers``).
+    threads : int, optional
+        Torch threads per batch (default: 1 on Dask workers, torch's default here).
+    progress : bool
+        Show a progress bar (tqdm) with spectra per second.
+
+    Returns
+    -------
+    RunSummary
+
+    Raises
+    ------
+    ValueError
+        If ``task`` or a setting is invalid.
+    FileNotFoundError
+        If a pattern or list file matches nothing.
+    PermissionError, OSError
+        If ``output_dir`` cannot be written or is (nearly) full: raised before any
+        work is done.
+    """
+    _function(task)
+    _check_batching(batch_size, workers)
+    start = time.perf_counter()
+    paths = expand_inputs(inputs)
+    folder = check_output_dir(output_dir)
+    summary = RunSummary()
+    todo = []
+    for path in paths:
+        out = output_path(path, folder, TASKS[task])
+        if out.exists() and not overwrite:
+            summary.skipped.append(path)
+        else:
+            todo.append((str(path), str(out)))
+    client, cluster = _client(workers, scheduler)
+    if threads is None and client is not None:
+        threads = 1
+    try:
+        opts = _model_option(client, dict(options or {}))
+        jobs = [
+            (task, [p for p, _ in batch], [o for _, o in batch], opts, file_format, overwrite)
+            + (threads,)
+            for batch in _batches(todo, batch_size)
+        ]
+        bar = _progress(len(todo), progress)
+
+        def collect(job, report):
+            for path, status, message in report:
+                if status == "done":
+                    summary.done.append(Path(path))
+                elif status == "failed":
+                    summary.failed[Path(path)] = message
+                else:
+                    summary.warnings.append(message)
+            bar.update(len(job[1]))
+
+        _run(client, _file_batch, jobs, collect)
+        bar.close()
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def clean_spectra(
+    spectra: Sequence[Spectrum],
+    task: str = "detelluric",
+    *,
+    options: dict | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    threads: int | None = None,
+) -> tuple[list, dict]:
+    """Clean Spectrum objects in batches, in this process or on Dask.
+
+    Parameters
+    ----------
+    spectra : sequence of `~specutils.Spectrum`
+        1-D spectra (each its own star); any spectral axes.
+    task, options, batch_size, workers, scheduler, threads
+        As for :func:`clean_files`.
+
+    Returns
+    -------
+    results : list
+        The cleaned Spectrum per input, in order; None where it failed.
+    failures : dict
+        Input index -> reason, for those that failed.
+    """
+    _function(task)
+    _check_batching(batch_size, workers)
+    spectra = list(spectra)
+    results: list = [None] * len(spectra)
+    failures: dict[int, str] = {}
+    client, cluster = _client(workers, scheduler)
+    if threads is None and client is not None:
+        threads = 1
+    try:
+        opts = _model_option(client, dict(options or {}))
+        index = _batches(range(len(spectra)), batch_size)
+        jobs = [(task, [spectra[i] for i in rows], opts, threads) for rows in index]
+        order = {id(job): rows for job, rows in zip(jobs, index, strict=True)}
+
+        def collect(job, output):
+            cleaned, caught = output
+            for i, value in zip(order[id(job)], cleaned, strict=True):
+                if isinstance(value, str):
+                    failures[i] = value
+                else:
+                    results[i] = value
+            for message in dict.fromkeys(caught):
+                warnings.warn(message, AstropyUserWarning, stacklevel=3)
+
+        _run(client, _spectra_batch, jobs, collect)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return results, failures
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="spectrum", disable=not enabled, smoothing=0.1)

@@ -1,0 +1,84 @@
+"""The command line: denoise and detelluric on files, exit codes, help, plots."""
+
+import subprocess
+import sys
+
+import pytest
+
+from specutils_deepclean import cli
+from specutils_deepclean.files import read_result
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_detelluric_files_exit_codes_and_resume(survey, tmp_path, capsys):
+    paths, bad = survey
+    out = tmp_path / "out"
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(p) for p in paths[:2]) + "\n")
+    args = ["detelluric", f"@{listing}", "--output", str(out), "--quiet", "--mode", "reconstruct"]
+    assert cli.main(args) == 0
+    assert "done 2, skipped 0" in capsys.readouterr().out
+    result = read_result(out / "star000_detelluric.fits")
+    assert result.meta["deepclean"]["mode"] == "reconstruct"
+    assert result.meta["header"]["DCMODE"] == "reconstruct"
+    # a glob with one corrupted file: the others are done, the bad one reported, exit 1
+    assert cli.main(["detelluric", str(tmp_path / "in" / "*.fits"), "-o", str(out), "--quiet"]) == 1
+    printed = capsys.readouterr().out
+    assert "done 2, skipped 2" in printed and f"failed: {bad}" in printed
+
+
+def test_denoise_with_plots(survey, tmp_path, capsys):
+    paths, _ = survey
+    out = tmp_path / "out"
+    argv = ["denoise", str(paths[3]), "-o", str(out), "--steps", "3", "--quiet", "--plot"]
+    assert cli.main(argv) == 0
+    result = read_result(out / "star003_denoised.fits")
+    assert result.meta["deepclean"]["operation"] == "denoise"
+    assert result.meta["header"]["DCCLASS"] == result.meta["deepclean"]["map_class"]
+    png = out / "star003_denoised.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["detelluric", "x.fits"])  # no --output
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["denoise", "x.fits", "-o", str(tmp_path), "--batch-size", "0"])
+    assert info.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    assert cli.main(["detelluric", str(tmp_path / "*.none"), "-o", str(tmp_path)]) == 2
+    assert "no file matches" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["detelluric", str(blocker), "-o", str(blocker / "out")]) == 2
+    assert "cannot write results" in capsys.readouterr().err
+    assert cli.main([]) == 2
+
+
+@pytest.mark.parametrize("command", ["denoise", "detelluric", "demo"])
+def test_help_has_examples(command):
+    run = subprocess.run(
+        [sys.executable, "-m", "specutils_deepclean.cli", command, "--help"],
+        capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 0 and f"usage: specutils-deepclean {command}" in run.stdout
+    assert "examples:" in run.stdout
+
+
+def test_entry_point_version():
+    run = subprocess.run(
+        [sys.executable, "-m", "specutils_deepclean.cli", "--version"],
+        capture_output=True, text=True, check=False,
+    )
+    from specutils_deepclean import __version__
+
+    assert run.returncode == 0 and run.stdout.strip() == __version__

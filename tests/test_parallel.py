@@ -1,0 +1,96 @@
+"""Survey runs: batches, failures reported not fatal, resume, Dask workers."""
+
+import numpy as np
+import pytest
+from specutils import Spectrum
+
+from survey_files import write_survey
+
+from specutils_deepclean.files import read_result, read_spectrum
+from specutils_deepclean.manipulation import denoise, remove_tellurics
+from specutils_deepclean.parallel import RunSummary, clean_files, clean_spectra
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_clean_files_reports_bad_input_and_resumes(survey, tmp_path):
+    paths, bad = survey
+    out = tmp_path / "out"
+    summary = clean_files([str(tmp_path / "in" / "*.fits")], out, "detelluric", batch_size=3)
+    assert sorted(summary.done) == paths and list(summary.failed) == [bad]
+    assert "cannot read" in summary.failed[bad] and not summary.ok
+    assert "failed 1" in str(summary) and str(bad) in str(summary)
+    written = sorted(out.glob("*.fits"))
+    assert [p.name for p in written] == [f"star{i:03d}_detelluric.fits" for i in range(4)]
+    # The batched (stacked) call gives what one call per spectrum gives.
+    single = remove_tellurics(read_spectrum(paths[2]))
+    back = read_result(out / "star002_detelluric.fits")
+    np.testing.assert_allclose(back.flux.value, single.flux.value, rtol=1e-6)
+    np.testing.assert_array_equal(back.mask, single.mask)
+    np.testing.assert_allclose(
+        back.meta["deepclean"]["transmission"].flux.value,
+        single.meta["deepclean"]["transmission"].flux.value,
+        rtol=1e-6,
+    )
+    assert back.meta["header"]["OBJECT"] == "star2"  # each file keeps its own header
+    # A rerun does only what is missing: the bad file again, nothing else.
+    (out / "star001_detelluric.fits").unlink()
+    again = clean_files([str(tmp_path / "in" / "*.fits")], out, "detelluric")
+    assert again.done == [paths[1]] and len(again.skipped) == 3 and list(again.failed) == [bad]
+
+
+def test_one_bad_spectrum_does_not_spoil_its_batch(tmp_path):
+    spectra = [read_spectrum(p) for p in write_survey(tmp_path, 3)]
+    spectra[1] = Spectrum(
+        flux=np.full(spectra[1].shape, np.nan) * spectra[1].flux.unit,
+        spectral_axis=spectra[1].spectral_axis,
+        meta=spectra[1].meta,
+    )
+    results, failures = clean_spectra(spectra, "denoise", options={"steps": 3, "n_starts": 1})
+    assert list(failures) == [1] and "valid" in failures[1]
+    assert results[1] is None and all(isinstance(r, Spectrum) for r in (results[0], results[2]))
+    alone = denoise(spectra[2], steps=3, n_starts=1)
+    np.testing.assert_allclose(results[2].flux.value, alone.flux.value, rtol=1e-4)
+    assert results[2].meta["deepclean"]["map_class"] == alone.meta["deepclean"]["map_class"]
+
+
+def test_settings_are_checked_before_work(tmp_path):
+    with pytest.raises(ValueError, match="task must be one of"):
+        clean_files([], tmp_path, "sharpen")
+    with pytest.raises(ValueError, match="batch_size"):
+        clean_files([], tmp_path, batch_size=0)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError):
+        clean_files([str(blocker)], blocker / "out")
+
+
+def test_run_summary_text():
+    summary = RunSummary(done=["a"], failed={"b": "broken"}, warnings=["w"], seconds=2.0)
+    text = str(summary)
+    assert "done 1" in text and "0.50 spectra/s" in text and "b: broken" in text
+    assert "warning: w" in text and not summary.ok
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_dask_workers_finish_and_report(survey, tmp_path):
+    pytest.importorskip("distributed")
+    paths, bad = survey
+    summary = clean_files(
+        [str(p) for p in [*paths, bad]], tmp_path / "out", "detelluric", batch_size=2, workers=2
+    )
+    assert sorted(summary.done) == paths and list(summary.failed) == [bad]
+    local = clean_files([str(paths[0])], tmp_path / "local", "detelluric")
+    assert local.done == [paths[0]]
+    a = read_result(tmp_path / "out" / "star000_detelluric.fits")
+    b = read_result(tmp_path / "local" / "star000_detelluric.fits")
+    # same numbers on a worker (float32 network: batch 2 there, 1 here)
+    np.testing.assert_allclose(a.flux.value, b.flux.value, rtol=1e-5)
