@@ -16,21 +16,18 @@ import json
 import sys
 from pathlib import Path
 
+import astropy.units as u
 import matplotlib
+import numpy as np
+from astropy.nddata import StdDevUncertainty
+from specutils import Spectrum
+
+from specutils_deepclean.benchmarking.survey import observe_split
+from specutils_deepclean.datasets import load_library
+from specutils_deepclean.manipulation import remove_tellurics
 
 matplotlib.use("Agg")
-import astropy.units as u  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from astropy.nddata import StdDevUncertainty  # noqa: E402
-from specutils import Spectrum  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from topocentric_survey import observe_split  # noqa: E402
-
-from specutils_deepclean.datasets import load_library  # noqa: E402
-from specutils_deepclean.manipulation import remove_tellurics  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = ((6270.0, 6330.0), (6860.0, 6960.0), (7160.0, 7330.0))

@@ -1,7 +1,8 @@
 """Train the shipped telluric model (Stellar Karaoke VAE with velocity whitening).
 
 Training data: a simulated topocentric survey of MILES ``train`` stars
-(``topocentric_survey.py``); validation: MILES ``val`` stars, observed once each.
+(:mod:`specutils_deepclean.benchmarking.survey`); validation: MILES ``val`` stars,
+observed once each.
 The test split is never touched.  Reproducible from ``--seed``.
 
     python benchmarks/train_tellurics.py --epochs 60 --seed 0 \
@@ -23,14 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from topocentric_survey import observe_split, reference_lines  # noqa: E402
-
-from specutils_deepclean.datasets import load_library  # noqa: E402
-from specutils_deepclean.io.models import save_model  # noqa: E402
-from specutils_deepclean.provenance import Provenance, file_sha256  # noqa: E402
-from specutils_deepclean.training import train_karaoke  # noqa: E402
+from specutils_deepclean.benchmarking.survey import AIRMASS_RANGE, observe_split
+from specutils_deepclean.datasets import load_library
+from specutils_deepclean.io.models import save_model
+from specutils_deepclean.provenance import Provenance, file_sha256
+from specutils_deepclean.tellurics import reference_lines
+from specutils_deepclean.training import train_karaoke
 
 
 def main(argv=None) -> int:
@@ -100,7 +99,10 @@ def main(argv=None) -> int:
     )
     trained = time.perf_counter() - start - simulated
     lines = reference_lines(
-        wave.value, medium, fwhm=library.fwhm.value if library.fwhm is not None else 2.5
+        wave.value,
+        medium,
+        airmass=AIRMASS_RANGE[1],
+        fwhm=library.fwhm.value if library.fwhm is not None else 2.5,
     )
     model.extra = {**model.extra, "telluric_lines": lines.astype(np.float32)}
     path = save_model(model, args.output, overwrite=True)

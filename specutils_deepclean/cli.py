@@ -27,6 +27,14 @@ COMMANDS = {
         "specutils_deepclean.commands.clean:detelluric_main",
         "remove telluric absorption from spectrum files",
     ),
+    "train": (
+        "specutils_deepclean.commands.train:main",
+        "train a telluric model or a denoiser; write an ASDF model file",
+    ),
+    "benchmark": (
+        "specutils_deepclean.commands.benchmark:main",
+        "run a benchmark protocol (denoise, tellurics, speed) and write JSON",
+    ),
 }
 
 EPILOG = """examples:

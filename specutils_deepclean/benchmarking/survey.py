@@ -65,9 +65,3 @@ def observe_split(library, wave_aa, medium, *, copies, seed, snr=None, airmass=N
         snr=snr,
         stellar_rv=obs.stellar_rv,
     )
-
-
-def reference_lines(wave_aa, medium, *, airmass=AIRMASS_RANGE[1], fwhm=2.5) -> np.ndarray:
-    """Line transmission on the grid at ``airmass`` (the largest of the survey)."""
-    sim = Simulator(wave_aa, medium, fwhm=fwhm)
-    return split_transmission(sim.transmission_at(airmass), wave_aa)[1]

@@ -1,0 +1,1 @@
+"""The benchmark protocols behind ``specutils-deepclean benchmark`` (see the design notes)."""

@@ -1,0 +1,169 @@
+"""``specutils-deepclean train tellurics|denoiser``: train a model, write an ASDF file.
+
+``tellurics`` trains a Stellar Karaoke model
+(:func:`~specutils_deepclean.training.train_karaoke`) on observed spectra (files,
+globs or ``@list`` files; no ground truth needed) or on the stars of one split of a
+library file; ``denoiser`` trains the deep Bayesian denoiser on a library file in the
+MILES layout (:func:`~specutils_deepclean.denoiser_training.train_denoiser`, which
+needs the stars' classes and the train/val splits).  Both show a progress bar per
+epoch and resume from ``--checkpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+__all__ = ["main"]
+
+EPILOG = """examples:
+  specutils-deepclean train tellurics "night*/*.fits" --medium air --output my-tellurics.asdf \\
+      --epochs 60 --checkpoint my-tellurics.ckpt.asdf
+  specutils-deepclean train tellurics --library my_library.fits --output t.asdf --epochs 5
+  specutils-deepclean train denoiser --library my_library.fits --output my-denoiser.asdf \\
+      --checkpoint stages/
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specutils-deepclean train",
+        description="Train a telluric model or a denoiser and write it as an ASDF model file "
+        "(load it with load_model(path) or --model PATH).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("kind", choices=("tellurics", "denoiser"), help="what to train")
+    parser.add_argument("inputs", nargs="*", help="tellurics: spectrum files, globs or @LIST")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    parser.add_argument("--library", default=None, help="library file (MILES layout)")
+    parser.add_argument("--split", default="train", help="tellurics: library split to train on")
+    parser.add_argument("--format", default=None, help="specutils format of the inputs")
+    parser.add_argument("--medium", choices=("air", "vacuum"), default=None,
+                        help="medium of the wavelengths (default: from the files or library)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs (tellurics: 50; denoiser: generator epochs, 150)")
+    parser.add_argument("--batch-size", type=int, default=32, help="tellurics: batch size")
+    parser.add_argument("--whitening", type=float, default=30.0,
+                        help="tellurics: velocity whitening half-width, km/s")
+    parser.add_argument("--latent", type=int, default=None,
+                        help="latent size (tellurics 128, denoiser 16)")
+    parser.add_argument("--autoencoder", action="store_true",
+                        help="tellurics: deterministic autoencoder instead of the VAE")
+    parser.add_argument("--fwhm", type=float, default=2.5,
+                        help="tellurics: resolution FWHM (Angstrom) for the telluric bands")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="resume file (tellurics) or stage folder (denoiser)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _spectra(args, parser):
+    from ..datasets import load_library
+    from ..files import expand_inputs, read_spectrum
+
+    if args.library is not None:
+        if args.inputs:
+            parser.error("give input files or --library, not both")
+        library = load_library(args.library).select(split=args.split, good=True)
+        if len(library) == 0:
+            parser.error(f"the library has no good stars in split {args.split!r}")
+        return library.to_spectrum(), library.medium
+    if not args.inputs:
+        parser.error("tellurics: give spectrum files (or --library)")
+    spectra = [read_spectrum(path, args.format) for path in expand_inputs(args.inputs)]
+    return spectra, args.medium
+
+
+def _medium(spectra, medium):
+    from ..spectra import _stated_medium
+
+    if medium is not None:
+        return medium
+    items = spectra if isinstance(spectra, list) else [spectra]
+    stated = {_stated_medium(item.meta) for item in items}
+    if len(stated) == 1 and None not in stated:
+        return stated.pop()
+    raise ValueError(
+        "the medium (air or vacuum) of the wavelengths is not stated in every file "
+        f"(found {sorted(map(str, stated))}); pass --medium"
+    )
+
+
+def _tellurics(args, parser):
+    import numpy as np
+
+    from ..tellurics import reference_lines
+    from ..training import train_karaoke
+
+    spectra, medium = _spectra(args, parser)
+    medium = args.medium or medium or _medium(spectra, None)
+    model = train_karaoke(
+        spectra,
+        medium=medium,
+        epochs=args.epochs or 50,
+        batch_size=args.batch_size,
+        whitening_kms=args.whitening,
+        latent_dim=args.latent or 128,
+        variational=not args.autoencoder,
+        seed=args.seed,
+        device=None if args.device == "auto" else args.device,
+        progress=not args.quiet,
+        checkpoint=args.checkpoint,
+    )
+    try:
+        lines = reference_lines(model.wavelength.to_value("Angstrom"), medium, fwhm=args.fwhm)
+        model.extra = {**model.extra, "telluric_lines": lines.astype(np.float32)}
+    except FileNotFoundError as exc:
+        warnings.warn(
+            f"the telluric bands could not be computed ({exc}); the model works with "
+            "remove_tellurics(mode='reconstruct') only",
+            stacklevel=2,
+        )
+    return model
+
+
+def _denoiser(args, parser):
+    from ..datasets import load_library
+    from ..denoiser_training import train_denoiser
+
+    if args.inputs:
+        parser.error("denoiser: train from a library file (--library), which holds the "
+                     "stars' classes and splits; input files are not used")
+    model, summary = train_denoiser(
+        load_library(args.library),
+        latent_dim=args.latent or 16,
+        generator_epochs=args.epochs or 150,
+        seed=args.seed,
+        name=args.output.stem,
+        script="specutils-deepclean train " + " ".join(sys.argv[2:]),
+        checkpoint=args.checkpoint,
+        progress=not args.quiet,
+    )
+    print(f"val scores: {summary['metrics']}")
+    return model
+
+
+def main(argv=None) -> int:
+    """``specutils-deepclean train``; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.output.exists() and not args.overwrite:
+        parser.error(f"{args.output} exists (use --overwrite)")
+    from ..io.models import save_model
+
+    try:
+        model = _tellurics(args, parser) if args.kind == "tellurics" else _denoiser(args, parser)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"specutils-deepclean train: error: {exc}", file=sys.stderr)
+        return 1
+    path = save_model(model, args.output, overwrite=args.overwrite)
+    print(path)
+    return 0

@@ -1,0 +1,46 @@
+"""``specutils-deepclean benchmark``: the protocols run end to end on tiny inputs."""
+
+import json
+
+import pytest
+
+from specutils_deepclean import cli
+from specutils_deepclean.datasets import data_dir
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the shared data")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_speed_single_process(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    argv = ["benchmark", "speed", "--files", "6", "--workers", "0", "--batch-size", "4"]
+    assert cli.main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    single = result["single_process"]
+    assert single["files_done"] == 6 and single["files_failed"] == 0
+    assert single["files_per_second"] > 0 and single["peak_rss_mib"] > 50
+    assert len(single["rss_trace"]["mib"]) >= 1 and "dask_0_workers" not in result
+
+
+def test_benchmark_denoise_smoke(tmp_path):
+    out = tmp_path / "d.json"
+    argv = ["benchmark", "denoise", "--split", "test", "--limit", "3", "--steps", "2",
+            "--starts", "1", "--threads", "1", "--json", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["n_spectra"] == 3 and set(result["snr"]) == {"2", "5", "10", "20", "50"}
+    assert 0 <= result["snr"]["10"]["win_rate"]["gaussian"] <= 1
+
+
+def test_benchmark_unknown_protocol(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["benchmark", "sharpness"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err

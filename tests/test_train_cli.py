@@ -1,0 +1,86 @@
+"""``specutils-deepclean train``: tiny telluric and denoiser trainings, resumable."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from specutils_deepclean import cli
+from specutils_deepclean.datasets import data_dir, load_examples
+from specutils_deepclean.io.models import load_model
+
+torch = pytest.importorskip("torch")
+needs_data = pytest.mark.skipif(data_dir() is None, reason="needs the sky and transmission")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_library(tmp_path):
+    """The 8 example stars, eight times over, split 48 train / 16 val (a MILES-layout file)."""
+    examples = load_examples()
+    library = examples.take(np.tile(np.arange(len(examples)), 8))
+    library.params = copy.deepcopy(library.params)
+    rng = np.random.default_rng(0)
+    library.flux = library.flux * rng.uniform(0.95, 1.05, size=(len(library), 1)).astype(
+        np.float32
+    )
+    library.params["split"] = ["train"] * 48 + ["val"] * 16
+    return library.write(tmp_path / "tiny_library.fits")
+
+
+@needs_data
+def test_train_tellurics_from_files_then_use_it(survey, tmp_path, capsys):
+    paths, _ = survey
+    model_path = tmp_path / "t.asdf"
+    argv = ["train", "tellurics", *map(str, paths), "-o", str(model_path), "--epochs", "2",
+            "--latent", "8", "--quiet", "--checkpoint", str(tmp_path / "ckpt.asdf")]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(model_path)
+    model = load_model(model_path)
+    assert len(model.history["train_loss"]) == 2 and "telluric_lines" in model.extra
+    assert cli.main(["detelluric", str(paths[0]), "-o", str(tmp_path / "out"),
+                     "--model", str(model_path), "--quiet"]) == 0
+    # the checkpoint resumes: asking for 3 epochs trains one more
+    argv[argv.index("--epochs") + 1] = "3"
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert len(load_model(model_path).history["train_loss"]) == 3
+
+
+def test_train_usage_errors(tmp_path, capsys):
+    existing = tmp_path / "m.asdf"
+    existing.write_text("x")
+    for argv, message in [
+        (["tellurics", "-o", str(existing)], "exists"),
+        (["tellurics", "-o", str(tmp_path / "n.asdf")], "give spectrum files"),
+        (["tellurics", "x.fits", "-o", str(tmp_path / "n.asdf"), "--epochs", "0"], "--epochs"),
+        (["denoiser", "x.fits", "-o", str(tmp_path / "n.asdf")], "library file"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", *argv])
+        assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@needs_data
+def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys):
+    out = tmp_path / "d.asdf"
+    stages = tmp_path / "stages"
+    argv = ["train", "denoiser", "--library", str(tiny_library), "-o", str(out),
+            "--epochs", "2", "--latent", "3", "--quiet", "--checkpoint", str(stages)]
+    assert cli.main(argv) == 0
+    assert "val scores" in capsys.readouterr().out
+    model = load_model(out)
+    assert model.latent_dim == 3 and "generator_sigma" in model.extra
+    assert model.provenance.split == "train" and "val_class_accuracy_snr10" in model.provenance.metrics
+    assert sorted(p.name for p in stages.iterdir()) == ["generator.asdf", "noiseflow.asdf"]
+    # A rerun loads the stages: same weights, same model.
+    assert cli.main([*argv, "--overwrite"]) == 0
+    again = load_model(out)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
