@@ -262,7 +262,8 @@ def _divide_result(spectrum, gs, recon, region, smooth_pixels, info) -> Spectrum
     t_grid = np.where(unusable, np.nan, t_grid)
     # Resample T - 1: exactly zero outside the bands, so those pixels stay untouched.
     delta, uncovered = grid_to_input(gs, t_grid - 1.0)
-    factor = np.where(uncovered, 1.0, 1.0 + delta)
+    # The flux-conserving resampling can overshoot T = 1 at band edges: clip again.
+    factor = np.where(uncovered, 1.0, np.minimum(1.0 + delta, 1.0))
     flux = spectrum.flux / factor
     mask = (
         np.zeros(spectrum.shape, dtype=bool)

@@ -315,7 +315,8 @@ def _matrix(in_edges, out_edges, good: np.ndarray) -> scipy.sparse.csr_matrix:
     lengths of the output bins.
     """
     i, (b_left, b_right, b_mean), gather, columns, indptr = _plan(
-        in_edges.tobytes(), out_edges.tobytes()
+        np.ascontiguousarray(in_edges, dtype=float).tobytes(),
+        np.ascontiguousarray(out_edges, dtype=float).tobytes(),
     )
     stencil = _edge_stencils(np.diff(in_edges), good[None, :])[0]
     coef = np.zeros((i.size, 5))
