@@ -42,3 +42,27 @@ else:
 plot_formats = [("png", 100)]
 plot_html_show_source_link = False
 plot_include_source = True
+
+
+def _write_cli_help() -> None:
+    """The ``--help`` text of every command, for cli.rst (made at build time)."""
+    import contextlib
+    import io
+
+    from specutils_deepclean import cli
+
+    folder = os.path.join(os.path.dirname(__file__), "_generated")
+    os.makedirs(folder, exist_ok=True)
+    commands = [[]] + [[name] for name in cli.COMMANDS] + [
+        ["benchmark", "speed"],
+    ]
+    for argv in commands:
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
+            cli.main([*argv, "--help"])
+        name = "_".join(["cli", *argv[:1]]) + ("_" + argv[1] if len(argv) > 1 else "")
+        with open(os.path.join(folder, f"{name}.txt"), "w") as fh:
+            fh.write(text.getvalue())
+
+
+_write_cli_help()

@@ -1,0 +1,56 @@
+"""Docs table and figure of the survey speed benchmark (``benchmarks/results/speed.json``).
+
+    python benchmarks/speed_figure.py
+
+writes ``docs/_generated/speed_table.rst`` and ``docs/_static/speed_memory.png``.
+"""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    result = json.loads((ROOT / "benchmarks/results/speed.json").read_text())
+    runs = {k: v for k, v in result.items() if isinstance(v, dict) and "rss_trace" in v}
+    rows = [
+        ".. list-table:: {} files, task {}, batch {}, {} CPU cores".format(
+            result["n_files"], result["task"], result["batch_size"], result["cpu_count"]
+        ),
+        "   :header-rows: 1",
+        "",
+        "   * - run",
+        "     - files/s",
+        "     - wall time (s)",
+        "     - peak memory (MiB, all processes)",
+        "     - memory trend, 2nd half (MiB per 1000 files)",
+    ]
+    for name, run in runs.items():
+        rows += [
+            f"   * - {name.replace('_', ' ')}",
+            f"     - {run['files_per_second']:.1f}",
+            f"     - {run['seconds']:.0f}",
+            f"     - {run['peak_rss_mib']:.0f}",
+            f"     - {run['rss_trend_mib_per_1000_files']:+.1f}",
+        ]
+    (ROOT / "docs/_generated/speed_table.rst").write_text("\n".join(rows) + "\n")
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.subplots()
+    for name, run in runs.items():
+        ax.plot(run["rss_trace"]["seconds"], run["rss_trace"]["mib"], label=name.replace("_", " "))
+    ax.set_xlabel("time since the run started [s]")
+    ax.set_ylabel("resident memory [MiB]")
+    ax.set_title(f"{result['n_files']} files, {result['task']}")
+    ax.legend()
+    fig.savefig(ROOT / "docs/_static/speed_memory.png", dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
