@@ -4,6 +4,25 @@ import pytest
 from survey_files import write_survey
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests run torch on one thread: tiny tensors run fastest so, and CI has 2 cores."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def seeded_torch():
+    """Seed torch's global random state (restored afterwards) for freshly built models."""
+    torch = pytest.importorskip("torch")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        yield
+
+
 @pytest.fixture
 def survey(tmp_path):
     """Four readable spectrum files and one corrupted one, in ``tmp_path / "in"``."""

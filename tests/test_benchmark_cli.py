@@ -11,14 +11,6 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the shared data")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_benchmark_speed_single_process(tmp_path, capsys):
     out = tmp_path / "speed.json"
     argv = ["benchmark", "speed", "--files", "6", "--workers", "0", "--batch-size", "4"]

@@ -11,14 +11,6 @@ from specutils_deepclean.files import read_result
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_detelluric_files_exit_codes_and_resume(survey, tmp_path, capsys):
     paths, bad = survey
     out = tmp_path / "out"

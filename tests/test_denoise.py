@@ -21,14 +21,6 @@ WAVE = np.linspace(5000.0, 5100.0, N_PIX)
 FAST = {"steps": 60, "n_starts": 2, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     return make_model()

@@ -27,15 +27,6 @@ FAST = {"steps": 60, "n_starts": 2}
 ALTERNATE = (np.arange(N_PIX) % 2 == 0) | (np.arange(N_PIX) < 3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_parts(seed=0, kinds=("whitened", "plain")):
     """A near-linear isometric generator, three well separated classes and fresh flows."""
     rng = np.random.default_rng(seed)

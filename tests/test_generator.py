@@ -16,15 +16,7 @@ from specutils_deepclean.models.layers import fill_missing  # noqa: E402
 TINY = {"channels": 3, "bottleneck_length": 8, "hidden": 8, "block": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread_seeded():
-    """Tiny tensors run fastest on one thread; seed torch's global state for fresh models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234)
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_torch")
 
 
 def toy_spectra(rng, n=48, n_pix=96):

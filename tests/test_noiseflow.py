@@ -17,15 +17,7 @@ from specutils_deepclean.models.noiseflow import (  # noqa: E402
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True)
-def one_thread_seeded():
-    """Tiny tensors train fastest on one thread; seed torch's global state for fresh models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234)
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_torch")
 
 
 def ar1_noise(rng, n, n_pix, phi, sigma):

@@ -13,14 +13,6 @@ from specutils_deepclean.parallel import RunSummary, clean_files, clean_spectra
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_clean_files_reports_bad_input_and_resumes(survey, tmp_path):
     paths, bad = survey
     out = tmp_path / "out"

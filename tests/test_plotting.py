@@ -12,7 +12,6 @@ from specutils_deepclean.plotting import quicklook  # noqa: E402
 
 
 def test_quicklook_panels_and_png(survey, tmp_path):
-    torch.set_num_threads(1)
     spectrum = read_spectrum(survey[0][1])
     spectrum.mask[1000:1200] = True
     cleaned = remove_tellurics(spectrum)
