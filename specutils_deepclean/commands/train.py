@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _spectra(args, parser):
+    """The training spectra and their medium (from --medium, the library or the files)."""
     from ..datasets import load_library
     from ..files import expand_inputs, read_spectrum
 
@@ -73,20 +74,18 @@ def _spectra(args, parser):
         library = load_library(args.library).select(split=args.split, good=True)
         if len(library) == 0:
             parser.error(f"the library has no good stars in split {args.split!r}")
-        return library.to_spectrum(), library.medium
+        return library.to_spectrum(), args.medium or library.medium
     if not args.inputs:
         parser.error("tellurics: give spectrum files (or --library)")
     spectra = [read_spectrum(path, args.format) for path in expand_inputs(args.inputs)]
-    return spectra, args.medium
+    return spectra, args.medium or _stated_medium(spectra)
 
 
-def _medium(spectra, medium):
-    from ..spectra import _stated_medium
+def _stated_medium(spectra) -> str:
+    """The one medium every file states, else a clear error."""
+    from ..spectra import _stated_medium as stated_by
 
-    if medium is not None:
-        return medium
-    items = spectra if isinstance(spectra, list) else [spectra]
-    stated = {_stated_medium(item.meta) for item in items}
+    stated = {stated_by(item.meta) for item in spectra}
     if len(stated) == 1 and None not in stated:
         return stated.pop()
     raise ValueError(
@@ -102,7 +101,6 @@ def _tellurics(args, parser):
     from ..training import train_karaoke
 
     spectra, medium = _spectra(args, parser)
-    medium = args.medium or medium or _medium(spectra, None)
     model = train_karaoke(
         spectra,
         medium=medium,
@@ -128,7 +126,7 @@ def _tellurics(args, parser):
     return model
 
 
-def _denoiser(args, parser):
+def _denoiser(args, parser, argv: list[str]):
     from ..datasets import load_library
     from ..denoiser_training import train_denoiser
 
@@ -141,7 +139,7 @@ def _denoiser(args, parser):
         generator_epochs=args.epochs or 150,
         seed=args.seed,
         name=args.output.stem,
-        script="specutils-deepclean train " + " ".join(sys.argv[2:]),
+        script="specutils-deepclean train " + " ".join(argv),
         checkpoint=args.checkpoint,
         progress=not args.quiet,
     )
@@ -151,6 +149,7 @@ def _denoiser(args, parser):
 
 def main(argv=None) -> int:
     """``specutils-deepclean train``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
@@ -160,7 +159,10 @@ def main(argv=None) -> int:
     from ..io.models import save_model
 
     try:
-        model = _tellurics(args, parser) if args.kind == "tellurics" else _denoiser(args, parser)
+        if args.kind == "tellurics":
+            model = _tellurics(args, parser)
+        else:
+            model = _denoiser(args, parser, argv)
     except (OSError, ValueError, TypeError) as exc:
         print(f"specutils-deepclean train: error: {exc}", file=sys.stderr)
         return 1
