@@ -20,6 +20,7 @@ never leaves a half-written result.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import shutil
@@ -195,8 +196,9 @@ def _header(spectrum: Spectrum) -> fits.Header:
         value = info.get(key)
         if isinstance(value, str | bool | int | float | np.integer | np.floating | np.bool_):
             header[keyword] = (value, f"deepclean {key}")
-    for name, prob in (info.get("class_posterior") or {}).items():
-        if isinstance(info.get("class_posterior"), dict):
+    posterior = info.get("class_posterior")
+    if isinstance(posterior, dict):  # one spectrum (a batch has a list of them)
+        for name, prob in posterior.items():
             header[f"DCP_{name}"[:8]] = (float(prob), f"deepclean p(class={name})")
     return header
 
@@ -223,19 +225,19 @@ def _jsonable(value):
 
 
 def _table_hdus(spectrum: Spectrum, header: fits.Header | None) -> list:
-    """The ``tabular-fits`` HDUs specutils writes for ``spectrum``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "table.fits"
-        plain = Spectrum(
-            flux=spectrum.flux,
-            spectral_axis=spectrum.spectral_axis,
-            uncertainty=spectrum.uncertainty,
-            mask=None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool),
-            meta={"header": header if header is not None else fits.Header()},
-        )
-        plain.write(path, format="tabular-fits")
-        with fits.open(path) as hdul:
-            return [hdu.copy() for hdu in hdul]
+    """The ``tabular-fits`` HDUs specutils writes for ``spectrum`` (in memory)."""
+    plain = Spectrum(
+        flux=spectrum.flux,
+        spectral_axis=spectrum.spectral_axis,
+        uncertainty=spectrum.uncertainty,
+        mask=None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool),
+        meta={"header": header if header is not None else fits.Header()},
+    )
+    buffer = io.BytesIO()
+    plain.write(buffer, format="tabular-fits")
+    buffer.seek(0)
+    with fits.open(buffer) as hdul:
+        return [hdu.copy() for hdu in hdul]
 
 
 def write_result(

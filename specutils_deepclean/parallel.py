@@ -26,6 +26,7 @@ so every input ends with exactly one result file.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -152,26 +153,24 @@ def _row_meta(info: dict, row: int, n_rows: int) -> dict:
     return out
 
 
-def _row(spectrum: Spectrum, row: int) -> Spectrum:
+def _row(spectrum: Spectrum, row: int, meta: dict | None = None) -> Spectrum:
     return Spectrum(
         flux=spectrum.flux[row],
         spectral_axis=spectrum.spectral_axis,
         uncertainty=None if spectrum.uncertainty is None else spectrum.uncertainty[row],
         mask=None if spectrum.mask is None else spectrum.mask[row],
+        meta=meta,
     )
 
 
 def _unstack(result: Spectrum, originals: Sequence[Spectrum]) -> list[Spectrum]:
+    """One result per input, each with its input's own meta (a copy) and its row's entries."""
     info = result.meta.get("deepclean", {})
     out = []
     for row, original in enumerate(originals):
-        single = _row(result, row)
-        meta = {k: v for k, v in original.meta.items() if k != "deepclean"}
+        meta = copy.deepcopy({k: v for k, v in original.meta.items() if k != "deepclean"})
         meta["deepclean"] = _row_meta(info, row, len(originals))
-        out.append(Spectrum(
-            flux=single.flux, spectral_axis=single.spectral_axis,
-            uncertainty=single.uncertainty, mask=single.mask, meta=meta,
-        ))
+        out.append(_row(result, row, meta))
     return out
 
 

@@ -157,6 +157,12 @@ def run(
     return results
 
 
+def _without_trace(value):
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "rss_trace"}
+    return value
+
+
 def main(argv=None) -> int:
     """``specutils-deepclean benchmark speed``; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -184,10 +190,7 @@ def main(argv=None) -> int:
         options=options, seed=args.seed,
     )
     results["command"] = "specutils-deepclean benchmark speed " + " ".join(argv or [])
-    brief = {k: v for k, v in results.items()}
-    for key, value in results.items():
-        if isinstance(value, dict) and "rss_trace" in value:
-            brief[key] = {k: v for k, v in value.items() if k != "rss_trace"}
+    brief = {key: _without_trace(value) for key, value in results.items()}  # traces: JSON only
     print(json.dumps(brief, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
