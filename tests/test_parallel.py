@@ -49,6 +49,9 @@ def test_one_bad_spectrum_does_not_spoil_its_batch(tmp_path):
     results, failures = clean_spectra(spectra, "denoise", options={"steps": 3, "n_starts": 1})
     assert list(failures) == [1] and "valid" in failures[1]
     assert results[1] is None and all(isinstance(r, Spectrum) for r in (results[0], results[2]))
+    # results own their meta: changing one never reaches the input
+    results[0].meta["header"]["OBJECT"] = "changed"
+    assert spectra[0].meta["header"]["OBJECT"] == "star0" and "deepclean" not in spectra[0].meta
     alone = denoise(spectra[2], steps=3, n_starts=1)
     np.testing.assert_allclose(results[2].flux.value, alone.flux.value, rtol=1e-4)
     assert results[2].meta["deepclean"]["map_class"] == alone.meta["deepclean"]["map_class"]
