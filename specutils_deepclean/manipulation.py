@@ -330,8 +330,8 @@ def denoise(
     *,
     device=None,
     medium: str | None = None,
-    steps: int = 150,
-    n_starts: int = 3,
+    steps: int = 20,
+    n_starts: int = 2,
     seed: int = 0,
 ) -> Spectrum:
     """Denoise stellar spectra with the deep Bayesian model (Kang et al.).
@@ -351,7 +351,8 @@ def denoise(
     medium : {"air", "vacuum"}, optional
         Medium of the wavelengths when the meta does not state it.
     steps, n_starts : int
-        MAP optimisation budget (see
+        MAP optimisation budget: the largest number of Newton steps per class and
+        the starts per class (see
         `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`).
     seed : int
         Seed of the optimisation's random starts (results are deterministic).

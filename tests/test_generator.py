@@ -288,3 +288,19 @@ def test_fit_rejects_bad_data():
     flux[2] = np.nan
     with pytest.raises(ValueError, match="train_flux has a spectrum with no observed pixel"):
         fit_generator(flux, latent_dim=1, progress=False)
+
+
+def test_generate_jacobian_matches_autograd():
+    model = randomise(
+        IsometricAutoencoder(100, 4, channels=2, bottleneck_length=8, hidden=8, block=4)
+    )
+    model = model.double()
+    z = torch.randn(3, 4, dtype=torch.float64)
+    signal, jacobian = model.generate_jacobian(z)
+    assert jacobian.shape == (3, 100, 4)
+    np.testing.assert_allclose(signal.numpy(), model.generate(z).detach().numpy(), rtol=1e-12)
+    for i in range(3):
+        reference = torch.autograd.functional.jacobian(model.generate, z[i])
+        np.testing.assert_allclose(jacobian[i].numpy(), reference.numpy(), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="z must have shape"):
+        model.generate_jacobian(torch.zeros(4))

@@ -456,3 +456,22 @@ def test_import_does_not_load_torch():
         "import sys, specutils_deepclean.kde; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_log_prob_derivatives_match_autograd():
+    a, b, rng = _two_classes()
+    prior, _ = _scipy_prior(a, b)
+    z = torch.as_tensor(rng.normal(2.0, 2.0, (7, 3)))
+    c = torch.as_tensor([0, 1, 0, 1, 1, 0, 1])
+    log_prob, grad, hess = prior.log_prob_derivatives(z, c)
+    query = z.clone().requires_grad_(True)
+    reference = prior.log_prob(query, c=c)
+    (ref_grad,) = torch.autograd.grad(reference.sum(), query, create_graph=True)
+    ref_hess = torch.stack(
+        [torch.autograd.grad(ref_grad[:, i].sum(), query, retain_graph=True)[0] for i in range(3)],
+        dim=1,
+    )
+    assert_allclose(log_prob.numpy(), reference.detach().numpy(), rtol=1e-12)
+    assert_allclose(grad.numpy(), ref_grad.detach().numpy(), rtol=1e-9, atol=1e-12)
+    assert_allclose(hess.numpy(), ref_hess.numpy(), rtol=1e-9, atol=1e-12)
+    assert prior.log_prob_derivatives(z, c, hessian=False)[2] is None

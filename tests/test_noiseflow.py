@@ -570,3 +570,24 @@ def test_runs_on_the_chosen_device(device):
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-4)
     generator = torch.Generator(device=device).manual_seed(0)
     assert dist.sample((2,), generator=generator).device.type == torch.device(device).type
+
+
+@pytest.mark.parametrize("hidden", [(), (5,), (5, 4)])
+def test_window_derivatives_match_autograd(hidden):
+    flow = random_flow(context=3, hidden=hidden)
+    u = torch.randn(2, 12, dtype=torch.float64)
+    params, derivatives = flow.window_derivatives(u)
+    mu, alpha = flow._params(u)
+    np.testing.assert_allclose(params[:, 0].numpy(), mu.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(params[:, 1].numpy(), alpha.detach().numpy(), rtol=1e-12)
+    full = torch.autograd.functional.jacobian(lambda x: torch.stack(flow._params(x), 1), u)
+    expected = torch.zeros_like(derivatives)
+    for n in range(2):
+        for d in range(3, 12):
+            expected[n, :, :, d] = full[n, :, d, n, d - 3 : d]
+    np.testing.assert_allclose(derivatives.numpy(), expected.numpy(), atol=1e-12)
+    # no pixel depends on anything outside its window
+    window = torch.zeros_like(full[0, :, :, 0], dtype=torch.bool)
+    for d in range(3, 12):
+        window[:, d, d - 3 : d] = True
+    assert float(full[0, :, :, 0][~window].abs().max()) == 0.0

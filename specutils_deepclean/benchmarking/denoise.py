@@ -5,7 +5,8 @@ median-normalised (the truth), and observed through the simulator at S/N 2, 5, 1
 20, 50 (heteroscedastic noise, sky residuals, cosmics, correlated noise).  Methods:
 
 * ``deepclean``: the deep Bayesian model, MAP of (z, C) (``Denoiser.map_estimate``,
-  ``--steps`` Adam steps, ``--starts`` starts per class);
+  at most ``--steps`` Newton steps per class, ``--starts`` starts per class,
+  ``--tol`` and ``--margin`` its ``tol`` and ``class_margin``);
 * ``gaussian``, ``median``, ``wavelet``: the classical baselines with the widths /
   thresholds chosen on ``val`` (``--baselines``, by default
   ``benchmarks/results/baselines_val.json`` of the repository);
@@ -69,6 +70,8 @@ def deepclean(model, flux, sigma, missing, args):
         missing,
         steps=args.steps,
         n_starts=args.starts,
+        tol=args.tol,
+        class_margin=args.margin,
         generator=torch.Generator().manual_seed(args.seed),
     )
     return result, result.flux * scale[:, None], result.flux_sigma * scale[:, None]
@@ -110,8 +113,10 @@ def main(argv=None) -> int:
     parser.add_argument("--library", default=None)
     parser.add_argument("--split", default="test")
     parser.add_argument("--model", default="denoiser-miles")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--starts", type=int, default=2)
+    parser.add_argument("--tol", type=float, default=1e-2, help="map_estimate tol (nats)")
+    parser.add_argument("--margin", type=float, default=30.0, help="map_estimate class_margin")
     parser.add_argument("--gaps", type=int, default=0, help="stars for the gap runs (0: none)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--limit", type=int, default=0, help="first N stars only (smoke tests)")
@@ -157,6 +162,8 @@ def main(argv=None) -> int:
         "model": args.model,
         "steps": args.steps,
         "starts": args.starts,
+        "tol": args.tol,
+        "margin": args.margin,
         "seed": args.seed,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -40,9 +40,20 @@ FLOW_KINDS = {"whitened": True, "plain": False}
 #: DER_SNR's noise factor: 1.482602 / sqrt(6) times the median |2 f_i - f_{i-2} - f_{i+2}|.
 _DER_SNR = 1.482602 / math.sqrt(6.0)
 _LOG_2PI = math.log(2.0 * math.pi)
-_BETAS = (0.9, 0.999)
-#: Latent points evaluated together: keeps the flow's activations in cache.
-_CHUNK = 128
+_HALF_LOG_2PI = 0.5 * _LOG_2PI
+#: Latent points per chunk of likelihood derivatives, and of plain evaluations:
+#: small enough for the flow's activations and the Jacobians to stay in cache.
+_CHUNK = 8
+_EVAL_CHUNK = 16
+#: Screening rounds, each around the star's best point so far.
+_SCREEN_ROUNDS = 2
+#: EM iterations of the screening, and the largest move (latent units) that stops them.
+_EM_ITERATIONS = 50
+_EM_TOL = 1e-4
+#: Halvings of a Newton step that does not raise the log joint before the class stops.
+_HALVINGS = 3
+#: Classes with a smaller posterior are left out of the flux uncertainty's mixture.
+_MIX_FLOOR = 1e-10
 
 
 @dataclass(frozen=True)
@@ -112,13 +123,35 @@ class MAPResult:
 
 @dataclass
 class _Data:
-    """A batch on the model's device: (B, E, P) flux, sigma (or None), missing mask."""
+    """A batch on the model's device, (B, E, P) arrays, arranged for the flow ``flow``.
+
+    ``flux`` is zero and ``inv_unit`` (1 / (flow scale * sigma)) is zero at
+    missing pixels; ``counted`` is 1 where a pixel counts in the likelihood;
+    ``constant`` (B,) is the likelihood's part that does not depend on z,
+    minus the sum of ``log(unit) + log(2 pi) / 2`` over the counted pixels.
+    """
 
     flux: torch.Tensor
-    sigma: torch.Tensor | None
     gone: torch.Tensor
+    inv_unit: torch.Tensor
+    counted: torch.Tensor
+    constant: torch.Tensor
     flow: str
     sigma_estimated: bool
+
+
+@dataclass
+class _State:
+    """The (star, class) pairs of a MAP run, flattened star-major: (B K, ...) tensors."""
+
+    z: torch.Tensor
+    obj: torch.Tensor
+    hess: torch.Tensor
+    rows: torch.Tensor
+    classes: torch.Tensor
+    active: torch.Tensor
+    steps: torch.Tensor
+    converged: torch.Tensor
 
 
 class Denoiser(DeepCleanModel):
@@ -192,10 +225,6 @@ class Denoiser(DeepCleanModel):
             raise ValueError("extra lacks 'ood_reference' (the prior's reference scores)")
         reference = np.sort(np.asarray(self.extra["ood_reference"], dtype=np.float64).ravel())
         self.register_buffer("_ood_reference", torch.from_numpy(reference), persistent=False)
-        points = self.prior.to_arrays()["kde_points"]
-        spread = points.std(axis=0) if len(points) > 1 else np.ones(points.shape[1])
-        spread = np.where(spread > 0, spread, 1.0)
-        self.register_buffer("_latent_scale", torch.from_numpy(spread), persistent=False)
 
     @classmethod
     def from_parts(
@@ -321,10 +350,7 @@ class Denoiser(DeepCleanModel):
 
     def _objective(self, z, rows, classes, data: _Data) -> torch.Tensor:
         """Log joint of latent ``z[i]`` (n, L) for star ``rows[i]`` under class ``classes[i]``."""
-        signal = self.generator.generate(z)[:, None, :]
-        sigma = None if data.sigma is None else data.sigma[rows]
-        dist = self.flows[data.flow](signal, sigma=sigma)
-        log_lik = dist.log_prob(data.flux[rows], missing=data.gone[rows]).sum(-1)
+        log_lik = self._likelihood(z, rows, data)
         return log_lik + self.prior.log_prob(z, c=classes) - math.log(self.n_classes)
 
     # ------------------------------------------------------------------ inference
@@ -336,20 +362,16 @@ class Denoiser(DeepCleanModel):
         missing=None,
         *,
         exposures=None,
-        n_starts: int = 3,
-        steps: int = 150,
-        lr: float = 0.05,
-        tol: float = 1e-3,
-        patience: int = 10,
+        n_starts: int = 2,
+        steps: int = 20,
+        tol: float = 1e-2,
         class_margin: float = 30.0,
-        prune_after: int = 10,
-        newton_steps: int = 2,
         random_starts: int = 0,
         generator: torch.Generator | None = None,
     ) -> MAPResult:
         r"""MAP estimate of :math:`(z, C)` (Eq. 7) for a batch of stars, with Laplace posteriors.
 
-        For every star, every class and several starts at once, the log joint
+        For every star and every class, the log joint
 
         .. math::
 
@@ -357,23 +379,34 @@ class Denoiser(DeepCleanModel):
 
         is maximised over :math:`z` (the sum runs over the star's exposures, each
         with its masked NoiseFlow likelihood, Eq. 15; :math:`p(C)` is uniform).
+        The generator and the flow's networks are piecewise linear (leaky ReLU,
+        ReLU), so the likelihood's gradient and Hessian in :math:`z` follow
+        exactly from one Jacobian of :math:`G` and the flow's derivatives in its
+        window of :math:`K` pixels (no second-order automatic differentiation);
+        the prior's come in closed form
+        (`~specutils_deepclean.models.prior.KDEPrior.log_prob_derivatives`).
 
-        1. Starts per class: the encoder's guess :math:`E(y)` (the mean of the
-           exposures' codes, weighted by their numbers of valid pixels), then
-           ``n_starts - 1`` high-density training latents of the class
-           (`~specutils_deepclean.models.prior.KDEPrior.starts`), then
-           ``random_starts`` draws from :math:`p(z \mid C)` (from ``generator``).
-        2. Adam ascent, all (star, class, start) triples in one tensor, in
-           coordinates scaled by the spread of the training latents (so ``lr`` is
-           in units of that spread). A triple stops when its objective has not
-           risen by ``tol`` for ``patience`` steps; after ``prune_after`` steps
-           only the best start of each (star, class) goes on, and classes more than
-           ``class_margin`` below the star's best class stop (their posterior
-           weight is below :math:`e^{-\text{margin}}`). The best point seen is kept.
-        3. ``newton_steps`` safeguarded Newton steps per (star, class) with the
-           exact Hessian (accepted only where the objective rises).
-        4. Laplace approximation at each class's optimum :math:`\hat z_C`, with
-           :math:`H_C` the Hessian of the negative log joint:
+        1. Screening. The likelihood's value, gradient and Hessian at the
+           encoder's guess :math:`z_E = E(y)` (the mean of the exposures' codes,
+           weighted by their numbers of valid pixels), once per star. For every
+           class, the quadratic expansion of the likelihood there (its Hessian's
+           eigenvalues raised to a small floor) plus the exact
+           :math:`\log p(z \mid C)` is maximised by EM iterations on the KDE
+           kernels (each one raises it). The log joint is evaluated at that
+           optimum, at ``n_starts - 1`` high-density training latents of the class
+           (`~specutils_deepclean.models.prior.KDEPrior.starts`) and at
+           ``random_starts`` draws from :math:`p(z \mid C)` (from ``generator``);
+           the best of these and :math:`z_E` starts the class. Classes more
+           than ``class_margin`` below the star's best class stop here (their
+           posterior weight is below :math:`e^{-\text{margin}}`).
+        2. Newton ascent of the other classes, all (star, class) pairs in one
+           batch: the exact Hessian :math:`H_C` of the negative log joint, its
+           eigenvalues raised to a floor, gives the step; a step is halved up to
+           three times until the log joint rises, else the class stops. A class
+           has converged when the Newton decrement
+           :math:`g^\top H_C^{-1} g / 2` (the rise a full step would bring) is
+           below ``tol``; it stops at a point where :math:`H_C` is known.
+        3. Laplace approximation at each class's point :math:`\hat z_C`:
            :math:`\log p(C \mid y) = \log p(y, \hat z_C, C) + \tfrac12 \log\det(2\pi H_C^{-1})`
            up to a constant, normalised over the classes.
 
@@ -393,21 +426,14 @@ class Denoiser(DeepCleanModel):
             Star index of each row of a 2-D ``flux``: rows with the same index are
             exposures of one star. Stars are numbered 0 to B-1, each at least once.
         n_starts : int, optional
-            Starts per class from the encoder and the KDE (>= 1).
+            Starts per class: the screened encoder guess and ``n_starts - 1`` KDE
+            modes (>= 1).
         steps : int, optional
-            Largest number of Adam steps (>= 0).
-        lr : float, optional
-            Adam learning rate, in units of the spread of the training latents.
+            Largest number of Newton steps per class (>= 0).
         tol : float, optional
-            Rise of the objective (nats) that counts as progress.
-        patience : int, optional
-            Steps without progress after which a start stops.
+            Newton decrement (nats) below which a class has converged.
         class_margin : float, optional
-            Log-joint gap (nats) beyond which a class stops being optimised.
-        prune_after : int, optional
-            Step after which only the best start of each (star, class) goes on.
-        newton_steps : int, optional
-            Newton refinements after Adam (>= 0).
+            Log-joint gap (nats) beyond which a class stops after screening.
         random_starts : int, optional
             Extra starts per class drawn from the prior (>= 0).
         generator : `torch.Generator`, optional
@@ -440,53 +466,55 @@ class Denoiser(DeepCleanModel):
         the median of :math:`|2 f_i - f_{i-2} - f_{i+2}|` over valid pixels), a
         constant over the spectrum.
 
+        Hessians: exact (almost everywhere) for the classes that reach step 2.
+        A class that stops at screening keeps the likelihood's Hessian at
+        :math:`z_E` plus the prior's exact Hessian at its point; its posterior
+        weight is below :math:`e^{-\text{margin}}` anyway.
+
         Uncertainty: per class, :math:`\Sigma_C = H_C^{-1}` pushed through the
         generator, :math:`\operatorname{diag}(J_C \Sigma_C J_C^\top)` with
         :math:`J_C = \partial G / \partial z` at :math:`\hat z_C`; ``flux_sigma``
         mixes the classes by their posterior around the MAP spectrum,
         :math:`\sigma^2 = \sum_C p(C \mid y)\,[\operatorname{diag}(J_C \Sigma_C
-        J_C^\top) + (G(\hat z_C) - G(\hat z))^2]`, so class ambiguity widens it.
+        J_C^\top) + (G(\hat z_C) - G(\hat z))^2]`, so class ambiguity widens it;
+        classes with :math:`p(C \mid y) < 10^{-10}` are left out of the sum.
         When the model file holds ``extra["generator_sigma"]`` (the per-pixel RMS
         error of ``G(E(y))`` on clean validation spectra, written by the training
         script), it is added in quadrature: the generator's own representation
         error, which the latent posterior does not know about.
 
-        Runs with gradients enabled even inside `torch.inference_mode` (inputs
-        are copied first); the model's weights are not changed.
+        Runs without recording gradients; the model's weights are not changed.
         """
         _check_settings(
             {
                 "n_starts": (n_starts, 1),
                 "steps": (steps, 0),
-                "patience": (patience, 1),
-                "prune_after": (prune_after, 1),
-                "newton_steps": (newton_steps, 0),
                 "random_starts": (random_starts, 0),
             },
-            {"lr": lr, "tol": tol, "class_margin": class_margin},
+            {"tol": tol, "class_margin": class_margin},
         )
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.no_grad():
             data = self._prepare(flux, sigma, missing, exposures)
-            z0 = self._starts(data, n_starts, random_starts, generator)
-            best_z, best_obj, used, done = self._adam(
-                data, z0, steps, lr, tol, patience, class_margin, prune_after
-            )
-            z_hat, obj, hess = self._newton(data, best_z, best_obj, newton_steps)
-            return self._summarise(data, z_hat, obj, hess, used, done)
+            z_enc = self._encoder_guess(data)
+            extra = self._extra_starts(data.flux.shape[0], n_starts, random_starts, generator)
+            state = self._screen(data, z_enc, extra, class_margin)
+            self._newton(data, state, steps, tol)
+            return self._summarise(data, state)
 
     # ------------------------------------------------------------------ steps of the MAP
 
-    def _starts(self, data: _Data, n_starts, random_starts, generator) -> torch.Tensor:
-        """Start points, shape (B, K, S, L)."""
+    def _encoder_guess(self, data: _Data) -> torch.Tensor:
+        """:math:`E(y)` of each star (B, L): exposures' codes weighted by valid pixels."""
         n_star, n_exp, n_pix = data.flux.shape
-        k = self.n_classes
         valid = (~data.gone).sum(-1).to(self._dtype)  # (B, E)
-        with torch.no_grad():
-            codes = self.generator.encode(
-                data.flux.reshape(-1, n_pix), data.gone.reshape(-1, n_pix)
-            ).reshape(n_star, n_exp, -1)
-        guess = (codes * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
-        parts = [guess[:, None, None, :].expand(n_star, k, 1, self.latent_dim)]
+        codes = self.generator.encode(
+            data.flux.reshape(-1, n_pix), data.gone.reshape(-1, n_pix)
+        ).reshape(n_star, n_exp, -1)
+        return (codes * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+
+    def _extra_starts(self, n_star, n_starts, random_starts, generator) -> torch.Tensor:
+        """KDE modes and random draws of every class, shape (B, K, S, L) (S may be 0)."""
+        k, parts = self.n_classes, []
         if n_starts > 1:
             modes = self.prior.starts(n_starts - 1).to(self._dtype)
             parts.append(modes[None].expand(n_star, -1, -1, -1))
@@ -496,127 +524,153 @@ class Denoiser(DeepCleanModel):
             ]
             draws = torch.stack(draws).to(self._dtype).reshape(k, n_star, random_starts, -1)
             parts.append(draws.transpose(0, 1))
-        return torch.cat(parts, dim=2).detach()
+        if not parts:
+            return torch.zeros((n_star, k, 0, self.latent_dim), dtype=self._dtype)
+        return torch.cat(parts, dim=2).to(self.device)
 
-    def _adam(self, data: _Data, z0, steps, lr, tol, patience, margin, prune_after):
-        """Adam ascent of all triples; the best point of each (star, class) and diagnostics."""
-        n_star, k, n_start, n_dim = z0.shape
-        scale = self._latent_scale.to(self._dtype)
-        x = (z0 / scale).reshape(-1, n_dim).clone()
-        n = x.shape[0]
-        rows = torch.arange(n_star, device=x.device).repeat_interleave(k * n_start)
-        classes = torch.arange(k, device=x.device).repeat_interleave(n_start).repeat(n_star)
-        moment1, moment2 = torch.zeros_like(x), torch.zeros_like(x)
-        best_x, best_obj = x.clone(), torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
-        used = torch.zeros(n, dtype=torch.int64, device=x.device)
-        stall = torch.zeros_like(used)
-        active = torch.ones(n, dtype=torch.bool, device=x.device)
-        done = torch.zeros_like(active)
-        for step in range(steps):
-            index = active.nonzero()[:, 0]
+    def _screen(self, data: _Data, z_enc, extra, margin) -> _State:
+        """Step 1 of `map_estimate`: a start per (star, class) and the classes that go on."""
+        n_star, k, n_dim = z_enc.shape[0], self.n_classes, self.latent_dim
+        stars = torch.arange(n_star, device=z_enc.device)
+        rows = stars.repeat_interleave(k)
+        classes = torch.arange(k, device=z_enc.device).repeat(n_star)
+        precision = self.prior.precisions[classes]
+        # the extra starts, then z_E, then the EM optimum around the star's best point
+        n_extra = extra.shape[2]
+        cand = extra.reshape(n_star * k, n_extra, n_dim)
+        obj = z_enc.new_zeros((n_star * k, 0))
+        if n_extra:
+            obj = self._objective(
+                cand.reshape(-1, n_dim),
+                rows.repeat_interleave(n_extra),
+                classes.repeat_interleave(n_extra),
+                data,
+            ).reshape(n_star * k, n_extra)
+        centre = z_enc
+        for _ in range(_SCREEN_ROUNDS):
+            lik, grad, hess = self._likelihood(centre, stars, data, derivatives=True)
+            prior = self.prior.log_prob(centre[rows], c=classes)
+            surrogate = self._surrogate_optimum(centre, grad, hess, precision, rows, classes)
+            value = self._objective(surrogate, rows, classes, data)
+            cand = torch.cat([cand, centre[rows, None], surrogate[:, None]], dim=1)
+            obj = torch.cat(
+                [obj, (lik[rows] + prior - math.log(k))[:, None], value[:, None]], dim=1
+            )
+            obj = torch.where(torch.isfinite(obj), obj, -math.inf)
+            best = obj.argmax(-1)
+            z = cand[torch.arange(n_star * k), best]
+            top = obj.max(-1).values.reshape(n_star, k).argmax(-1)
+            centre = z.reshape(n_star, k, n_dim)[stars, top]
+        obj = obj.max(-1).values
+        top = obj.reshape(n_star, k).max(-1, keepdim=True).values
+        active = (obj.reshape(n_star, k) >= top - margin).reshape(-1)
+        _, _, prior_hess = self.prior.log_prob_derivatives(z, classes)
+        return _State(
+            z=z,
+            obj=obj,
+            hess=hess[rows] - prior_hess,
+            rows=rows,
+            classes=classes,
+            active=active,
+            steps=torch.zeros(n_star * k, dtype=torch.int64, device=z.device),
+            converged=torch.zeros(n_star * k, dtype=torch.bool, device=z.device),
+        )
+
+    def _surrogate_optimum(self, centre, grad, hess, precision, rows, classes) -> torch.Tensor:
+        r"""Optimum of the quadratic likelihood at ``centre`` plus each class's log prior.
+
+        For every (star ``rows[i]``, class ``classes[i]``), the maximum of the
+        likelihood's second-order expansion at the star's ``centre`` plus
+        :math:`\log p(z \mid C)`, by EM on the KDE
+        kernels: with the responsibility-weighted mean :math:`m` of the
+        class's kernel centres at the current :math:`z`, the next one is
+        :math:`(A + P)^{-1} (A c + g + P m)`, :math:`A` the floored Hessian of
+        the negative log likelihood at the centre :math:`c`, :math:`g` its
+        gradient and :math:`P` the class's kernel precision. Each iteration
+        raises the surrogate; they stop after `_EM_ITERATIONS` or when no
+        coordinate moves by more than `_EM_TOL`. The L x L algebra runs in
+        float64: a narrow kernel's precision can be ~1e9 times the likelihood's
+        curvature, beyond float32.
+        """
+        curvature = _floored(hess.double())[rows]  # (n, L, L), positive definite
+        system = _floored(curvature + precision, power=-1)
+        fixed = (curvature @ centre[rows, :, None].double())[..., 0] + grad[rows].double()
+        z = centre[rows].double()
+        for _ in range(_EM_ITERATIONS):
+            _, prior_grad, _ = self.prior.log_prob_derivatives(
+                z.to(self._dtype), classes, hessian=False
+            )
+            # P m = P z + grad log p(z | C)
+            target = fixed + (precision @ z[..., None])[..., 0] + prior_grad.double()
+            new = (system @ target[..., None])[..., 0]
+            moved = float((new - z).abs().max())
+            z = new
+            if moved < _EM_TOL:
+                break
+        return z.to(self._dtype)
+
+    def _newton(self, data: _Data, state: _State, steps: int, tol: float) -> None:
+        """Step 2 of `map_estimate`: safeguarded Newton ascent of the active classes, in place."""
+        for step in range(steps + 1):
+            index = state.active.nonzero()[:, 0]
             if index.numel() == 0:
-                break
-            xa = x[index]
-            obj, grad = self._gradient(xa, scale, rows[index], classes[index], data)
-            finite = torch.isfinite(obj) & torch.isfinite(grad).all(-1)
-            better = finite & (obj > best_obj[index])
-            progress = finite & (obj > best_obj[index] + tol)
-            best_obj[index] = torch.where(better, obj, best_obj[index])
-            best_x[index] = torch.where(better[:, None], xa, best_x[index])
-            stall[index] = torch.where(progress, 0, stall[index] + 1)
-            grad = torch.where(finite[:, None], grad, 0.0)
-            used[index] += 1
-            t = used[index, None].to(x.dtype)
-            moment1[index] = _BETAS[0] * moment1[index] + (1 - _BETAS[0]) * grad
-            moment2[index] = _BETAS[1] * moment2[index] + (1 - _BETAS[1]) * grad.square()
-            m_hat = moment1[index] / (1 - _BETAS[0] ** t)
-            v_hat = moment2[index] / (1 - _BETAS[1] ** t)
-            x[index] = xa + lr * m_hat / (v_hat.sqrt() + 1e-8)
-            converged = stall >= patience
-            done |= converged & active
-            active &= ~converged
-            active[index] &= finite
-            if step + 1 == prune_after:
-                active &= _survivors(best_obj.reshape(n_star, k, n_start), margin).reshape(-1)
-        best_obj = best_obj.reshape(n_star, k, n_start)
-        pick = best_obj.argmax(-1, keepdim=True)  # best start of each (star, class)
-        best_x = best_x.reshape(n_star, k, n_start, n_dim)
-        z = torch.gather(best_x, 2, pick[..., None].expand(-1, -1, 1, n_dim))[:, :, 0] * scale
-        used = torch.gather(used.reshape(n_star, k, n_start), 2, pick)[..., 0]
-        done = torch.gather(done.reshape(n_star, k, n_start), 2, pick)[..., 0]
-        return z, torch.gather(best_obj, 2, pick)[..., 0], used, done
+                return
+            z, rows, classes = state.z[index], state.rows[index], state.classes[index]
+            lik, grad, hess = self._likelihood(z, rows, data, derivatives=True)
+            prior, prior_grad, prior_hess = self.prior.log_prob_derivatives(z, classes)
+            grad, hess = grad + prior_grad, hess - prior_hess
+            obj = lik + prior - math.log(self.n_classes)
+            state.obj[index] = obj
+            state.hess[index] = hess
+            step_matrix = _floored(hess.double(), power=-1)
+            delta = (step_matrix @ grad.double()[..., None])[..., 0].to(self._dtype)
+            done = 0.5 * (grad * delta).sum(-1) < tol
+            if step == steps:
+                state.converged[index] = done
+                return
+            # halve the step until the log joint rises by tol; a smaller rise is not taken
+            gain = torch.zeros_like(obj)
+            for _ in range(_HALVINGS + 1):
+                trial = (~done & ~(gain > 0)).nonzero()[:, 0]
+                if trial.numel() == 0:
+                    break
+                proposal = z[trial] + delta[trial]
+                value = self._objective(proposal, rows[trial], classes[trial], data)
+                rise = torch.where(torch.isfinite(value), value - obj[trial], -math.inf)
+                z[trial] = torch.where(rise[:, None] >= tol, proposal, z[trial])
+                gain[trial] = rise
+                delta[trial] = 0.5 * delta[trial]
+            moved = gain >= tol
+            state.z[index] = z
+            state.steps[index] += moved.to(torch.int64)
+            state.converged[index] = done | ((gain > -tol) & ~moved)
+            state.active[index] = moved
 
-    def _newton(self, data: _Data, z, obj, newton_steps):
-        """Safeguarded Newton steps; returns z, objective and Hessian of -log joint."""
-        n_star, k, n_dim = z.shape
-        rows = torch.arange(n_star, device=z.device).repeat_interleave(k)
-        classes = torch.arange(k, device=z.device).repeat(n_star)
-        flat = z.reshape(-1, n_dim)
-        obj, grad, hess = self._derivatives(flat, rows, classes, data)
-        for _ in range(newton_steps):
-            values, vectors = torch.linalg.eigh(hess)
-            values = values.clamp_min(_eig_floor(values))
-            inv = vectors @ torch.diag_embed(1 / values) @ vectors.transpose(-1, -2)
-            proposal = flat + (inv @ grad[..., None])[..., 0]
-            with torch.no_grad():
-                new = self._objective(proposal, rows, classes, data)
-            accept = torch.isfinite(new) & (new > obj)
-            if not bool(accept.any()):
-                break
-            flat = torch.where(accept[:, None], proposal, flat)
-            obj, grad, hess = self._derivatives(flat, rows, classes, data)
-        return flat.reshape(n_star, k, n_dim), obj.reshape(n_star, k), hess
-
-    def _gradient(self, x, scale, rows, classes, data: _Data):
-        """Objective and its gradient in scaled coordinates, in cache-sized chunks."""
-        parts = []
-        for part in torch.arange(x.shape[0], device=x.device).split(_CHUNK):
-            xa = x[part].detach().requires_grad_(True)
-            obj = self._objective(xa * scale, rows[part], classes[part], data)
-            (grad,) = torch.autograd.grad(obj.sum(), xa)
-            parts.append((obj.detach(), grad))
-        return tuple(torch.cat(items) for items in zip(*parts, strict=True))
-
-    def _derivatives(self, z, rows, classes, data: _Data):
-        """Objective (n,), gradient (n, L) and Hessian of its negative (n, L, L), chunked."""
-        parts = [
-            self._chunk_derivatives(z[part], rows[part], classes[part], data)
-            for part in torch.arange(z.shape[0], device=z.device).split(_CHUNK)
-        ]
-        return tuple(torch.cat(items) for items in zip(*parts, strict=True))
-
-    def _chunk_derivatives(self, z, rows, classes, data: _Data):
-        z = z.detach().requires_grad_(True)
-        obj = self._objective(z, rows, classes, data)
-        (grad,) = torch.autograd.grad(obj.sum(), z, create_graph=True)
-        columns = [
-            torch.autograd.grad(grad[:, i].sum(), z, retain_graph=i + 1 < z.shape[1])[0]
-            for i in range(z.shape[1])
-        ]
-        hess = -torch.stack(columns, dim=1)
-        hess = 0.5 * (hess + hess.transpose(-1, -2))
-        return obj.detach(), grad.detach(), hess.detach()
-
-    def _summarise(self, data: _Data, z, obj, hess, used, done) -> MAPResult:
-        n_star, k, n_dim = z.shape
-        values, vectors = torch.linalg.eigh(hess)
+    def _summarise(self, data: _Data, state: _State) -> MAPResult:
+        n_star, k, n_dim = data.flux.shape[0], self.n_classes, self.latent_dim
+        values, vectors = torch.linalg.eigh(state.hess)
         values = values.clamp_min(_eig_floor(values))
         cov = vectors @ torch.diag_embed(1 / values) @ vectors.transpose(-1, -2)
         log_det = torch.log(values).sum(-1)
-        log_post = obj.reshape(n_star, k) + 0.5 * (n_dim * _LOG_2PI - log_det.reshape(n_star, k))
+        obj = state.obj.reshape(n_star, k)
+        log_post = obj + 0.5 * (n_dim * _LOG_2PI - log_det.reshape(n_star, k))
         posterior = torch.softmax(log_post, dim=-1)
         best = posterior.argmax(-1)
-        signal, jac = self._jacobian(z.reshape(-1, n_dim))
-        signal = signal.reshape(n_star, k, -1)
-        var = torch.einsum("npi,nij,npj->np", jac, cov, jac).reshape(n_star, k, -1)
-        chosen = signal[torch.arange(n_star), best]
-        spread = var + (signal - chosen[:, None]).square()
-        flux_sigma = (posterior[..., None] * spread).sum(1)
+        z = state.z.reshape(n_star, k, n_dim)
+        stars = torch.arange(n_star, device=z.device)
+        z_map = z[stars, best]
+        chosen = self.generator.generate(z_map)
+        var = torch.zeros_like(chosen)
+        mixed = (posterior >= _MIX_FLOOR).reshape(-1).nonzero()[:, 0]
+        for part in mixed.split(_CHUNK):
+            signal, jac = self.generator.generate_jacobian(state.z[part])
+            spread = torch.einsum("npi,nij,npj->np", jac, cov[part], jac)
+            spread += (signal - chosen[state.rows[part]]).square()
+            weight = posterior.reshape(-1)[part, None]
+            var.index_add_(0, state.rows[part], weight * spread)
         if "generator_sigma" in self.extra:
-            floor = torch.as_tensor(self.extra["generator_sigma"], dtype=flux_sigma.dtype)
-            flux_sigma = flux_sigma + floor.to(flux_sigma.device).square()
-        flux_sigma = flux_sigma.sqrt()
-        z_map = z[torch.arange(n_star), best]
+            floor = torch.as_tensor(self.extra["generator_sigma"], dtype=var.dtype)
+            var = var + floor.to(var.device).square()
         ood = self.prior.ood_score(z_map, reference=self._ood_reference)
         as_np = _numpy
         return MAPResult(
@@ -624,35 +678,94 @@ class Denoiser(DeepCleanModel):
             map_class=as_np(best),
             class_names=self.prior.class_names,
             flux=as_np(chosen),
-            flux_sigma=as_np(flux_sigma),
+            flux_sigma=as_np(var.sqrt()),
             filled=as_np(data.gone.all(dim=1)),
             class_posterior=as_np(posterior),
             class_z=as_np(z),
-            class_log_joint=as_np(obj.reshape(n_star, k)),
-            hessian=as_np(hess.reshape(n_star, k, n_dim, n_dim)),
+            class_log_joint=as_np(obj),
+            hessian=as_np(state.hess.reshape(n_star, k, n_dim, n_dim)),
             covariance=as_np(cov.reshape(n_star, k, n_dim, n_dim)),
             ood_score=as_np(ood),
-            steps=as_np(used),
-            converged=as_np(done),
+            steps=as_np(state.steps.reshape(n_star, k)),
+            converged=as_np(state.converged.reshape(n_star, k)),
             flow=data.flow,
             sigma_estimated=data.sigma_estimated,
         )
 
-    def _jacobian(self, z):
-        r"""``G(z)`` (n, P) and ``dG/dz`` (n, P, L).
+    # ------------------------------------------------------------------ the likelihood
 
-        Reverse mode twice: :math:`g(w) = J^\top w` is linear in :math:`w`, so
-        :math:`\partial g_i / \partial w = J_{:, i}`: L backward passes, none of P.
+    def _likelihood(self, z, rows, data: _Data, derivatives: bool = False):
+        r""":math:`\log p(y \mid G(z))` of star ``rows[i]`` at ``z[i]``, in chunks.
+
+        With ``derivatives``, also its gradient (n, L) and the Hessian of its
+        negative (n, L, L), else those are None. Write :math:`e = u - \mu(u)`
+        and :math:`a = \alpha(u)` with :math:`u = (y - G(z)) / t`: each counted
+        pixel adds :math:`e^2 e^{-2a} / 2 + a` to the negative log likelihood,
+        and :math:`e`, :math:`a` are piecewise linear in :math:`z` (so are
+        :math:`G` and the flow's network), with Jacobians
+        :math:`J_e = (I - D_\mu) J_u` and :math:`J_a = D_\alpha J_u`, where
+        :math:`J_u = -J_G / t` and :math:`D` are the flow's banded window
+        derivatives (`~specutils_deepclean.models.noiseflow.NoiseFlow.window_derivatives`).
+        With :math:`\xi = e\, e^{-a}`, the Hessian is
+        :math:`J_e^\top e^{-2a} J_e + 2 J_a^\top \xi^2 J_a
+        - 2 (J_e^\top \xi e^{-a} J_a + \text{transpose})` (diagonal weights per
+        pixel), exact where the networks are differentiable.
         """
-        z = z.detach().requires_grad_(True)
-        signal = self.generator.generate(z)
-        probe = torch.zeros_like(signal, requires_grad=True)
-        (pulled,) = torch.autograd.grad(signal, z, grad_outputs=probe, create_graph=True)
-        columns = [
-            torch.autograd.grad(pulled[:, i].sum(), probe, retain_graph=i + 1 < z.shape[1])[0]
-            for i in range(z.shape[1])
+        chunk = _CHUNK if derivatives else _EVAL_CHUNK
+        parts = [
+            self._likelihood_chunk(z[part], rows[part], data, derivatives)
+            for part in torch.arange(z.shape[0], device=z.device).split(chunk)
         ]
-        return signal.detach(), torch.stack(columns, dim=-1)
+        if not derivatives:
+            return torch.cat(parts) if parts else z.new_zeros(0)
+        return tuple(torch.cat(items) for items in zip(*parts, strict=True))
+
+    def _likelihood_chunk(self, z, rows, data: _Data, derivatives: bool):
+        flow = self.flows[data.flow]
+        context = flow.context
+        n, n_exp, n_pix = z.shape[0], data.flux.shape[1], data.flux.shape[2]
+        if derivatives:
+            signal, jac = self.generator.generate_jacobian(z)
+        else:
+            signal = self.generator.generate(z)
+        inv_unit = data.inv_unit[rows]  # (n, E, P), zero at missing pixels
+        counted = data.counted[rows].reshape(n * n_exp, n_pix)
+        u = ((data.flux[rows] - signal[:, None]) * inv_unit).reshape(n * n_exp, n_pix)
+        if derivatives:
+            params, window = flow.window_derivatives(u)
+        else:
+            params = torch.stack(flow._params(u), dim=1)
+        scale = torch.exp(-params[:, 1])
+        xi = (u - params[:, 0]) * scale
+        terms = counted * (-0.5 * xi.square() - params[:, 1])
+        lik = terms.sum(-1).reshape(n, n_exp).sum(-1) + data.constant[rows]
+        if not derivatives:
+            return lik
+        # J_u (n E, L, P); J_e and J_a from the banded window derivatives
+        ju = (jac.transpose(1, 2)[:, None] * -inv_unit[:, :, None]).reshape(n * n_exp, -1, n_pix)
+        je, ja = ju.clone(), torch.zeros_like(ju)
+        head, tail = je[..., context:], ja[..., context:]
+        for k in range(context):
+            shifted = ju[..., k : n_pix - context + k]
+            head.addcmul_(window[:, None, 0, k, context:], shifted, value=-1.0)
+            tail.addcmul_(window[:, None, 1, k, context:], shifted)
+        grad = -(
+            je @ (counted * xi * scale)[..., None] + ja @ (counted * (1 - xi.square()))[..., None]
+        )
+        weighted = je * (counted * scale)[:, None]
+        spread = ja * (counted * xi)[:, None]
+        cross = (je * (counted * xi * scale)[:, None]) @ ja.transpose(1, 2)
+        hess = (
+            weighted @ weighted.transpose(1, 2)
+            + 2 * spread @ spread.transpose(1, 2)
+            - 2 * (cross + cross.transpose(1, 2))
+        )
+        n_dim = z.shape[1]
+        return (
+            lik,
+            grad.reshape(n, n_exp, n_dim).sum(1),
+            hess.reshape(n, n_exp, n_dim, n_dim).sum(1),
+        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -690,19 +803,29 @@ class Denoiser(DeepCleanModel):
     def _choose_flow(self, flux, sigma, gone) -> _Data:
         if sigma is not None:
             if "whitened" in self.flows:
-                return _Data(flux, sigma, gone, "whitened", False)
+                return self._data(flux, sigma, gone, "whitened", False)
             warnings.warn(
                 "this Denoiser has no whitened NoiseFlow: sigma is ignored and the plain "
                 "flow is used",
                 AstropyUserWarning,
                 stacklevel=4,
             )
-            return _Data(flux, None, gone, "plain", False)
+            return self._data(flux, None, gone, "plain", False)
         if "plain" in self.flows:
-            return _Data(flux, None, gone, "plain", False)
+            return self._data(flux, None, gone, "plain", False)
         level = _der_snr_noise(flux, gone)
         sigma = level[..., None].expand_as(flux).contiguous()
-        return _Data(flux, sigma, gone, "whitened", True)
+        return self._data(flux, sigma, gone, "whitened", True)
+
+    def _data(self, flux, sigma, gone, flow: str, estimated: bool) -> _Data:
+        scale = self.flows[flow].scale.to(flux.dtype)
+        unit = scale.expand_as(flux) if sigma is None else scale * sigma
+        unit = torch.where(gone, 1.0, unit)
+        counted = counted_pixels(gone, self.flows[flow].context).to(flux.dtype)
+        constant = -(counted * (torch.log(unit) + _HALF_LOG_2PI)).sum((-1, -2))
+        return _Data(
+            flux, gone, torch.where(gone, 0.0, 1 / unit), counted, constant, flow, estimated
+        )
 
     def _min_context(self) -> int:
         return max(flow.context for flow in self.flows.values())
@@ -810,20 +933,21 @@ def _der_snr_noise(flux: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
     return torch.where(all_gone | ~(level > 0), 1.0, level)
 
 
-def _survivors(best_obj: torch.Tensor, margin: float) -> torch.Tensor:
-    """Mask (B, K, S): the best start of each (star, class), for classes within margin."""
-    per_class = best_obj.max(-1)
-    keep_start = torch.zeros_like(best_obj, dtype=torch.bool)
-    keep_start.scatter_(-1, per_class.indices[..., None], True)
-    top = per_class.values.max(-1, keepdim=True).values
-    keep_class = per_class.values >= top - margin
-    return keep_start & keep_class[..., None]
-
-
 def _eig_floor(values: torch.Tensor) -> torch.Tensor:
     """Smallest eigenvalue kept for each Hessian: 1e-6 of its largest magnitude (or tiny)."""
     top = values.abs().amax(-1, keepdim=True)
     return torch.clamp_min(top * 1e-6, torch.finfo(values.dtype).tiny ** 0.5)
+
+
+def _floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
+    """``hess`` (..., L, L) with its eigenvalues raised to `_eig_floor`, to ``power``.
+
+    Positive definite (``power=1``), or its inverse (``power=-1``) built from
+    the eigendecomposition, which never fails on a near-singular matrix.
+    """
+    values, vectors = torch.linalg.eigh(hess)
+    values = values.clamp_min(_eig_floor(values)) ** power
+    return vectors @ torch.diag_embed(values) @ vectors.transpose(-1, -2)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -161,9 +161,81 @@ class NoiseFlow(nn.Module):
 
     def _conditional(self, u: torch.Tensor):
         """``(mu, alpha)`` of pixels ``K..L-1`` of ``u`` (N, L), teacher-forced."""
-        features = self.conv(u.unsqueeze(1))[..., :-1]  # column j sees u[j:j+K] -> pixel j+K
-        features = self.mlp(features.transpose(1, 2))
-        return self.head_mu(features).squeeze(-1), self.head_alpha(features).squeeze(-1)
+        out, _ = self._network(u)
+        return out[:, 0], out[:, 1]
+
+    def _network(self, u: torch.Tensor):
+        """Both heads (N, 2, L - K) for pixels ``K..L-1`` and where each ReLU is open.
+
+        Column ``j`` of the convolution sees ``u[j:j+K]`` and gives pixel ``j + K``.
+        The convolution and the first linear layer (no activation between them)
+        are applied as one convolution; every layer works on (N, channels, pixels)
+        so no activation is transposed.
+        """
+        weight, bias = self.conv.weight[:, 0], self.conv.bias  # (C, K), (C,)
+        linears = [layer for layer in self.mlp if isinstance(layer, nn.Linear)]
+        if linears:
+            weight = linears[0].weight @ weight
+            bias = linears[0].weight @ bias + linears[0].bias
+        h = nn.functional.conv1d(u.unsqueeze(1), weight.unsqueeze(1), bias)[..., :-1]
+        masks = []
+        for i, layer in enumerate(linears):
+            if i:
+                h = torch.matmul(layer.weight, h) + layer.bias[:, None]
+            h = torch.relu(h)
+            masks.append(h > 0)
+        heads = torch.cat([self.head_mu.weight, self.head_alpha.weight])  # (2, C')
+        head_bias = torch.cat([self.head_mu.bias, self.head_alpha.bias])
+        return torch.matmul(heads, h) + head_bias[:, None], masks
+
+    def window_derivatives(self, u: torch.Tensor):
+        r"""Conditional means and log standard deviations, and their derivatives in the window.
+
+        For every pixel :math:`d` of ``u``, :math:`(\mu_d, \alpha_d)` and
+        :math:`\partial(\mu_d, \alpha_d) / \partial u_{d-K+k}`, :math:`k = 0 \dots K-1`
+        (zero for :math:`d < K`, whose parameters are learned scalars). The
+        network is piecewise linear (a convolution, linear layers and ReLUs), so
+        these derivatives are exact wherever it is differentiable, and the
+        second derivatives vanish there.
+
+        Parameters
+        ----------
+        u : tensor, shape ``(N, n_pix)``
+            Whitened residuals :math:`\epsilon / t`, without gradients.
+
+        Returns
+        -------
+        params : tensor, shape ``(N, 2, n_pix)``
+            :math:`\mu` (row 0) and :math:`\alpha` (row 1) of every pixel.
+        derivatives : tensor, shape ``(N, 2, K, n_pix)``
+            ``derivatives[n, q, k, d]`` is the derivative of row ``q`` of
+            ``params[n, :, d]`` in ``u[n, d - K + k]``.
+        """
+        n, n_pix = u.shape
+        k = self.context
+        with torch.no_grad():
+            out, masks = self._network(u)
+            heads = torch.cat([self.head_mu.weight, self.head_alpha.weight])  # (2, C')
+            linears = [layer for layer in self.mlp if isinstance(layer, nn.Linear)]
+            weights = [layer.weight for layer in linears[1:]]
+            first = self.conv.weight[:, 0]  # (C, K)
+            if linears:
+                first = linears[0].weight @ first  # (C_1, K), the fused first layer
+            if not masks:
+                grad = (heads @ first)[None, :, :, None].expand(n, 2, k, n_pix - k)
+            else:  # back from the heads through each mask and the weight below it
+                below = [*weights[::-1], first]
+                for i, (mask, weight) in enumerate(zip(masks[::-1], below, strict=True)):
+                    mask = mask.to(u.dtype)
+                    if i == 0:  # heads (2, C) and weight (C, D) are one (2 D, C) matrix
+                        left = heads[:, :, None] * weight
+                        left = left.transpose(1, 2).reshape(-1, weight.shape[0])
+                        grad = torch.matmul(left, mask).reshape(n, 2, weight.shape[1], -1)
+                    else:
+                        grad = torch.einsum("nqcp,cd->nqdp", grad * mask[:, None], weight)
+            params = torch.cat([torch.stack([self.mu0, self.alpha0]).expand(n, 2, k), out], dim=-1)
+            derivatives = nn.functional.pad(grad, (k, 0))
+        return params, derivatives
 
     def _params(self, u: torch.Tensor):
         """``(mu, alpha)`` of every pixel of ``u`` (N, D), both (N, D)."""

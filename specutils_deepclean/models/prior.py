@@ -251,6 +251,16 @@ class KDEPrior(torch.nn.Module):
         """Bandwidth matrices :math:`H_C`, shape (K, L, L), on the prior's device."""
         return self._chol @ self._chol.transpose(-1, -2)
 
+    @property
+    def precisions(self) -> torch.Tensor:
+        """Kernel precisions :math:`H_C^{-1}`, shape (K, L, L), float64, on the prior's device.
+
+        Computed from the stored float64 bandwidths, so that a narrow kernel
+        keeps its precision when the module runs in float32.
+        """
+        precision = np.linalg.inv(self._bandwidths_np)
+        return torch.from_numpy(precision).to(self._chol.device)
+
     def points(self, class_index: int | str) -> torch.Tensor:
         """Training latents of one class, shape (n_C, L), on the prior's device."""
         k = self.class_index(class_index)
@@ -354,6 +364,61 @@ class KDEPrior(torch.nn.Module):
         terms = _kernel_terms(white_z, self._white[k], self._white_sq[k])
         out = torch.logsumexp(terms + self._log_weight[k], dim=-1) + self._log_norm[k]
         return out.to(z.dtype).reshape(z.shape[:-1])
+
+    def log_prob_derivatives(self, z: torch.Tensor, c: torch.Tensor, *, hessian: bool = True):
+        r"""Log density under given classes, with its gradient and Hessian in ``z``.
+
+        In the coordinates :math:`v = W_C (z - \bar x_C)` whitened by the
+        class's bandwidth (:math:`W_C^\top W_C = H_C^{-1}`), with kernel
+        responsibilities :math:`r_i \propto \exp(-\lVert v - w_i \rVert^2 / 2)`,
+        the gradient is :math:`W_C^\top (\bar w - v)` and the Hessian
+        :math:`W_C^\top (\operatorname{Cov}_r(w) - I)\, W_C`, in closed form.
+
+        Parameters
+        ----------
+        z : `torch.Tensor`, shape (n, L)
+            Latent vectors.
+        c : `torch.Tensor` of int, shape (n,)
+            Class index of each.
+        hessian : bool, optional
+            Whether to compute the Hessian (the costliest part).
+
+        Returns
+        -------
+        log_prob : `torch.Tensor`, shape (n,)
+        grad : `torch.Tensor`, shape (n, L)
+        hess : `torch.Tensor`, shape (n, L, L), or None
+            All in the dtype of ``z``, without gradients; ``hess`` is None
+            without ``hessian``.
+        """
+        z = self._check_z(z)
+        if z.ndim != 2:
+            raise ValueError(f"z must have shape (n, {self.n_dim}), got {tuple(z.shape)}")
+        c = torch.as_tensor(c, device=z.device).expand(z.shape[0])
+        dtype = self._inv_chol.dtype
+        log_prob = torch.zeros(z.shape[0], dtype=dtype, device=z.device)
+        grad = torch.zeros(z.shape, dtype=dtype, device=z.device)
+        hess = torch.zeros(z.shape + (self.n_dim,) * hessian, dtype=dtype, device=z.device)
+        eye = torch.eye(self.n_dim, dtype=dtype, device=z.device)
+        with torch.no_grad():
+            for k in range(self.n_classes):
+                rows = (c == k).nonzero()[:, 0]
+                if rows.numel() == 0:
+                    continue
+                inv_chol, white = self._inv_chol[k], self._white[k]
+                v = (z[rows].to(dtype) - self._centre[k]) @ inv_chol.T
+                terms = v @ white.T + self._bias[k]
+                norm = torch.logsumexp(terms, dim=-1, keepdim=True)
+                r = torch.exp(terms - norm)
+                mean = r @ white
+                log_prob[rows] = norm[:, 0] - 0.5 * (v**2).sum(-1) + self._log_norm[k]
+                grad[rows] = (mean - v) @ inv_chol
+                if hessian:
+                    second = torch.einsum("nm,mi,mj->nij", r, white, white)
+                    cov = second - mean[:, :, None] * mean[:, None, :] - eye
+                    hess[rows] = inv_chol.T @ cov @ inv_chol
+        out = log_prob.to(z.dtype), grad.to(z.dtype)
+        return out + (hess.to(z.dtype) if hessian else None,)
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
         r"""Best class log density :math:`\max_C \log p(z \mid C)`, shape (...)."""
