@@ -1,10 +1,13 @@
-"""Docs table and figure of the survey speed benchmark (``benchmarks/results/speed.json``).
+"""Docs table and figure of a survey speed benchmark JSON (``benchmark speed --json``).
 
     python benchmarks/speed_figure.py
+    python benchmarks/speed_figure.py benchmarks/results/memory_10000.json --stem memory_10000
 
-writes ``docs/_generated/speed_table.rst`` and ``docs/_static/speed_memory.png``.
+write ``docs/_generated/<stem>_table.rst`` and ``docs/_static/<stem>_memory.png``
+(default: ``benchmarks/results/speed.json``, stem ``speed``).
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -16,8 +19,13 @@ from matplotlib.figure import Figure  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> int:
-    result = json.loads((ROOT / "benchmarks/results/speed.json").read_text())
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    default = ROOT / "benchmarks/results/speed.json"
+    parser.add_argument("json", nargs="?", type=Path, default=default, help="benchmark JSON")
+    parser.add_argument("--stem", default="speed", help="name stem of the table and figure")
+    args = parser.parse_args(argv)
+    result = json.loads(args.json.read_text())
     runs = {k: v for k, v in result.items() if isinstance(v, dict) and "rss_trace" in v}
     rows = [
         ".. list-table:: {} files, task {}, batch {}, {} CPU cores".format(
@@ -39,7 +47,7 @@ def main() -> int:
             f"     - {run['peak_rss_mib']:.0f}",
             f"     - {run['rss_trend_mib_per_1000_files']:+.1f}",
         ]
-    (ROOT / "docs/_generated/speed_table.rst").write_text("\n".join(rows) + "\n")
+    (ROOT / f"docs/_generated/{args.stem}_table.rst").write_text("\n".join(rows) + "\n")
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.subplots()
     for name, run in runs.items():
@@ -48,7 +56,7 @@ def main() -> int:
     ax.set_ylabel("resident memory [MiB]")
     ax.set_title(f"{result['n_files']} files, {result['task']}")
     ax.legend()
-    fig.savefig(ROOT / "docs/_static/speed_memory.png", dpi=110)
+    fig.savefig(ROOT / f"docs/_static/{args.stem}_memory.png", dpi=110)
     return 0
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "read_result",
     "read_spectrum",
     "check_output_dir",
+    "remove_partial_writes",
     "write_result",
 ]
 
@@ -186,6 +187,27 @@ def check_output_dir(output_dir: str | os.PathLike, min_free: int = MIN_FREE_BYT
             f"{min_free / 2**20:.0f} MiB"
         )
     return folder
+
+
+def remove_partial_writes(outputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Delete the temporary files that interrupted writes of ``outputs`` left behind.
+
+    A process killed inside `write_result` leaves ``.<name>.<random>.part`` beside
+    where ``<name>`` would have been; the result file itself is never half written.
+    Call this only when no other process is writing these outputs.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    removed = []
+    for output in outputs:
+        path = Path(output)
+        for part in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+            part.unlink(missing_ok=True)
+            removed.append(part)
+    return removed
 
 
 def _header(spectrum: Spectrum) -> fits.Header:

@@ -201,13 +201,13 @@ def remove_tellurics(
     Notes
     -----
     ``divide``: pixels outside the telluric region are returned exactly as they came
-    in (flux, uncertainty, mask).  Inside it, flux and uncertainty are divided by
-    ``T``; where ``T`` cannot be estimated or falls below 0.05 (saturated lines) the
-    pixel is masked.  Input pixels outside the model's range are returned unchanged
-    but masked.  ``reconstruct``: the uncertainty is the local robust scatter of the
-    observation about the reconstruction (outside the telluric region, over 51
-    pixels): an upper bound on the reconstruction's error, as it contains the
-    observation's noise.
+    in (flux, uncertainty, mask; a non-finite flux is masked).  Inside it, flux and
+    uncertainty are divided by ``T``; where ``T`` cannot be estimated or falls below
+    0.05 (saturated lines) the pixel is masked.  Input pixels outside the model's
+    range are returned unchanged but masked.  ``reconstruct``: the uncertainty is
+    the local robust scatter of the observation about the reconstruction (outside
+    the telluric region, over 51 pixels): an upper bound on the reconstruction's
+    error, as it contains the observation's noise.
 
     References
     ----------
@@ -270,7 +270,7 @@ def _divide_result(spectrum, gs, recon, region, smooth_pixels, info) -> Spectrum
         if spectrum.mask is None
         else np.array(spectrum.mask, dtype=bool)
     )
-    mask = np.broadcast_to(mask, spectrum.shape) | uncovered
+    mask = np.broadcast_to(mask, spectrum.shape) | uncovered | ~np.isfinite(flux.value)
     info["telluric_pixels"] = np.count_nonzero(
         factor != 1.0, axis=spectrum.spectral_axis_index
     ).tolist()
@@ -314,14 +314,25 @@ def _exposures(spectrum) -> list[Spectrum]:
     )
 
 
-def _check_coverage(gs_list, n_pix: int) -> None:
+def _covered_rows(gs_list, n_pix: int) -> np.ndarray:
+    """Which stars cover at least `MIN_COVERAGE` of the grid; warn about the others.
+
+    Raises ValueError when none does (a single spectrum or a whole batch).
+    """
     covered = np.sum([(~gs.missing).sum(axis=1) for gs in gs_list], axis=0) / n_pix
-    low = np.flatnonzero(covered < MIN_COVERAGE)
+    good = covered >= MIN_COVERAGE
+    low = np.flatnonzero(~good)
+    message = (
+        f"spectra {low.tolist()} cover {np.round(covered[low], 3).tolist()} of the model's "
+        f"range with valid pixels; denoise needs at least {MIN_COVERAGE:.0%}"
+    )
+    if not good.any():
+        raise ValueError(message)
     if low.size:
-        raise ValueError(
-            f"spectra {low.tolist()} cover {np.round(covered[low], 3).tolist()} of the model's "
-            f"range with valid pixels; denoise needs at least {MIN_COVERAGE:.0%}"
+        warnings.warn(
+            f"{message}: they are returned fully masked", AstropyUserWarning, stacklevel=3
         )
+    return good
 
 
 def denoise(
@@ -376,14 +387,17 @@ def denoise(
         denoiser.
     ValueError
         If a spectrum does not overlap the model's range, has no valid pixel, or
-        covers less than `MIN_COVERAGE` of the model's pixels with valid data.
+        covers less than `MIN_COVERAGE` of the model's pixels with valid data (for
+        a batch: if no row does).
 
     Warns
     -----
     astropy.utils.exceptions.AstropyUserWarning
         If a spectrum looks unlike every training star (out-of-distribution score
         below 0.01: a galaxy, a quasar, a wrong redshift...); its result is returned
-        but should not be trusted.
+        but should not be trusted.  If some rows of a batch have no valid pixel or
+        cover less than `MIN_COVERAGE`: they are returned fully masked (NaN flux)
+        and their ``meta["deepclean"]`` entries are None.
 
     Notes
     -----
@@ -403,12 +417,12 @@ def denoise(
     net = _model(model, Denoiser, DEFAULT_DENOISER_MODEL, torch_device)
     grid = ModelGrid(net.wavelength, net.medium)
     gs_list = [to_model_grid(item, grid, medium=medium) for item in exposures]
-    _check_coverage(gs_list, len(grid))
+    good = _covered_rows(gs_list, len(grid))
     import torch
 
-    flux = np.stack([gs.flux for gs in gs_list], axis=1)
-    sigma = np.stack([gs.sigma for gs in gs_list], axis=1)
-    missing = np.stack([gs.missing for gs in gs_list], axis=1)
+    flux = np.stack([gs.flux for gs in gs_list], axis=1)[good]
+    sigma = np.stack([gs.sigma for gs in gs_list], axis=1)[good]
+    missing = np.stack([gs.missing for gs in gs_list], axis=1)[good]
     if not all(gs.has_uncertainty for gs in gs_list):
         sigma = None
     result = net.map_estimate(
@@ -419,9 +433,13 @@ def denoise(
         n_starts=n_starts,
         generator=torch.Generator().manual_seed(seed),
     )
-    _warn_ood(result.ood_score)
+    # Row of each star in `result`, None for a star without enough coverage.
+    rows = np.cumsum(good) - 1
+    index = [int(row) if ok else None for row, ok in zip(rows, good, strict=True)]
+    ood_score = _per_star(index, lambda i: float(result.ood_score[i]))
+    _warn_ood(np.array(ood_score, dtype=float))
     first = gs_list[0]
-    filled, _ = grid_to_input(first, result.filled.astype(float))
+    filled, _ = grid_to_input(first, _all_stars(result.filled, good, False).astype(float))
     names = list(result.class_names)
     info = {
         "operation": "denoise",
@@ -430,18 +448,36 @@ def denoise(
         "package_version": __version__,
         "medium": first.medium,
         "exposures": len(exposures),
-        "map_class": [names[i] for i in result.map_class],
-        "class_posterior": [
-            dict(zip(names, map(float, row), strict=True)) for row in result.class_posterior
-        ],
-        "z": result.z.tolist(),
-        "ood_score": result.ood_score.tolist(),
-        "converged": result.converged.tolist(),
+        "map_class": _per_star(index, lambda i: names[result.map_class[i]]),
+        "class_posterior": _per_star(
+            index,
+            lambda i: dict(zip(names, map(float, result.class_posterior[i]), strict=True)),
+        ),
+        "z": _per_star(index, lambda i: result.z[i].tolist()),
+        "ood_score": ood_score,
+        "converged": _per_star(index, lambda i: result.converged[i].tolist()),
         "filled": np.nan_to_num(filled) > 0,
     }
     if first.n_spec == 1 and exposures[0].flux.ndim == 1:
         info = {key: (value[0] if key in _PER_ROW else value) for key, value in info.items()}
-    out = from_model_grid(first, result.flux, result.flux_sigma, meta=info)
+    return from_model_grid(
+        first,
+        _all_stars(result.flux, good, np.nan),
+        _all_stars(result.flux_sigma, good, np.nan),
+        meta=info,
+    )
+
+
+def _per_star(index: list, value) -> list:
+    """``value(i)`` for each star's row ``i`` in the MAP result, None for skipped stars."""
+    return [None if i is None else value(i) for i in index]
+
+
+def _all_stars(values: np.ndarray, good: np.ndarray, fill) -> np.ndarray:
+    """Rows of the MAP result put back among all stars, ``fill`` for skipped stars."""
+    values = np.asarray(values)
+    out = np.full((good.size, *values.shape[1:]), fill, dtype=np.result_type(values, fill))
+    out[good] = values
     return out
 
 

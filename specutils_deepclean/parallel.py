@@ -21,7 +21,8 @@ Files are written under a temporary name and renamed when complete; before a run
 inputs whose result file exists are skipped (unless ``overwrite``), so rerunning an
 interrupted command completes only what is missing.  If Dask loses a worker, its
 batches are run again elsewhere; a result an earlier attempt already wrote is kept,
-so every input ends with exactly one result file.
+so every input ends with exactly one result file, and the temporary files of
+interrupted writes are removed at the end of the run.
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ from specutils import Spectrum
 
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .files import check_output_dir, expand_inputs, output_path, read_spectrum, write_result
+from .files import (
+    check_output_dir,
+    expand_inputs,
+    output_path,
+    read_spectrum,
+    remove_partial_writes,
+    write_result,
+)
 from .spectra import _stated_medium
 
 __all__ = ["TASKS", "RunSummary", "clean_files", "clean_spectra"]
@@ -415,6 +423,8 @@ def clean_files(
 
         _run(client, _file_batch, jobs, collect)
         bar.close()
+        # a worker killed while writing leaves a temporary file; its batch ran again
+        remove_partial_writes(out for _, out in todo)
     finally:
         if client is not None:
             client.close()

@@ -1,7 +1,14 @@
 """Shared test fixtures."""
 
 import pytest
+from hypothesis import settings
 from survey_files import write_survey
+
+# "ci" (the default): the same 15 examples on every run, so CI is reproducible.
+# "campaign" (``pytest --hypothesis-profile=campaign``): 200 fresh random examples.
+settings.register_profile("ci", max_examples=15, derandomize=True, database=None)
+settings.register_profile("campaign", max_examples=200, derandomize=False, database=None)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -336,7 +336,7 @@ def _empty(path):
         (_truncate_in_blocks, "cannot load .*model.asdf as a model file"),
         (_truncate_in_yaml, "cannot load .*model.asdf as a model file: End of YAML"),
         (_flip_block_bytes, "cannot load .*model.asdf as a model file"),
-        (_not_asdf, "cannot load .*model.asdf as a model file: Does not appear to be a ASDF"),
+        (_not_asdf, "cannot load .*model.asdf as a model file: it is not an ASDF file"),
         (_empty, "cannot load .*model.asdf as a model file"),
     ],
 )

@@ -1,8 +1,11 @@
 """`DeepCleanModel`: the base class of every model, and its (de)serialisation to ASDF trees.
 
 A model is rebuilt from its configuration (``_build``), never from code stored
-in a file; the weights read from a file are checked key by key and shape by
-shape against the freshly built network before anything is copied.
+in a file.  The network is first built on PyTorch's ``meta`` device (shapes only,
+no memory), its size is checked against `MAX_WEIGHT_ELEMENTS` and the file's
+weights key by key and shape by shape against it; only then is the real network
+built and the weights copied in.  A configuration asking for a huge network is
+thus refused before anything is allocated.
 """
 
 import math
@@ -15,10 +18,12 @@ import torch
 from ..provenance import Provenance
 from . import model_class, registry_name
 
-__all__ = ["DeepCleanModel", "MAX_EXTRA_ELEMENTS"]
+__all__ = ["DeepCleanModel", "MAX_EXTRA_ELEMENTS", "MAX_WEIGHT_ELEMENTS"]
 
 #: Largest number of elements an ``extra`` array read from a file may declare.
 MAX_EXTRA_ELEMENTS = 2**26
+#: Largest number of weight elements (all tensors together) of a model read from a file.
+MAX_WEIGHT_ELEMENTS = 2**28
 
 _MEDIA = ("air", "vacuum")
 _SCALARS = (str, bool, Integral, Real)
@@ -170,20 +175,29 @@ class DeepCleanModel(torch.nn.Module):
         model_cls = model_class(tree["class"])
         if not issubclass(model_cls, cls):
             raise ValueError(f"model class {tree['class']!r} is not a {cls.__name__}")
-        model = model_cls(
-            tree["config"],
-            wavelength=_expect(tree["wavelength"], u.Quantity, "wavelength"),
-            medium=tree["medium"],
-            classes=tree.get("classes"),
-            extra=_read_extra(tree.get("extra", {})),
-            provenance=_expect(tree["provenance"], Provenance, "provenance"),
-            name=tree.get("name"),
-        )
+        arguments = {
+            "wavelength": _expect(tree["wavelength"], u.Quantity, "wavelength"),
+            "medium": tree["medium"],
+            "classes": tree.get("classes"),
+            "extra": _check_extra(_read_extra(tree.get("extra", {}))),
+            "provenance": _expect(tree["provenance"], Provenance, "provenance"),
+            "name": tree.get("name"),
+        }
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            probe = model_cls(tree["config"], **arguments)
+        probe._check_weights(tree["weights"])
+        model = model_cls(tree["config"], **arguments)
         model._load_weights(tree["weights"])
         return model
 
-    def _load_weights(self, weights: dict) -> None:
-        """Check ``weights`` against the built network, then copy them in."""
+    def _check_weights(self, weights: dict) -> None:
+        """Check the network's size, and ``weights``' keys, shapes and kinds against it."""
+        size = sum(tensor.numel() for tensor in self.state_dict().values())
+        if size > MAX_WEIGHT_ELEMENTS:
+            raise ValueError(
+                f"the configuration builds a network of {size} weight elements, more than "
+                f"{MAX_WEIGHT_ELEMENTS}"
+            )
         if not isinstance(weights, dict):
             raise ValueError(f"weights must be a mapping, got {type(weights).__name__}")
         expected = self.state_dict()
@@ -199,6 +213,11 @@ class DeepCleanModel(torch.nn.Module):
                 raise ValueError(f"the file has an unexpected weight {key!r} (shape {shape})")
         for key, target in expected.items():
             _check_weight(key, weights[key], target)
+
+    def _load_weights(self, weights: dict) -> None:
+        """Check ``weights`` against the built network, then copy them in."""
+        self._check_weights(weights)
+        expected = self.state_dict()
         arrays = {
             key: torch.from_numpy(np.array(weights[key], dtype=_numpy_dtype(target), copy=True))
             for key, target in expected.items()

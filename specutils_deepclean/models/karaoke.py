@@ -337,21 +337,21 @@ class KaraokeVAE(DeepCleanModel):
             raise ValueError(f"missing has shape {np.shape(missing)}, flux has {flux.shape}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        device, was_training = self.device, self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                out = [
-                    self(
+        device = self.device
+        # Decode the latent mean directly: no train/eval switch, so concurrent calls
+        # on one model (threads) never see each other's mode.
+        with torch.inference_mode():
+            out = [
+                self.decode(
+                    self.encode(
                         torch.from_numpy(flux2[i : i + batch_size]).to(device),
                         torch.from_numpy(np.asarray(miss2[i : i + batch_size], bool)).to(device),
                     )[0]
-                    .cpu()
-                    .numpy()
-                    for i in range(0, flux2.shape[0], batch_size)
-                ]
-        finally:
-            self.train(was_training)
+                )
+                .cpu()
+                .numpy()
+                for i in range(0, flux2.shape[0], batch_size)
+            ]
         result = np.concatenate(out).astype(float)
         return result[0] if single else result
 

@@ -18,7 +18,10 @@ class ModelConverter(Converter):
 
     The tree is built by the model's ``_to_tree`` and read back by
     ``DeepCleanModel._from_tree``, which rebuilds the network from its
-    configuration and checks every weight before copying it.
+    configuration and checks every weight before copying it.  When the file is a
+    local one, its tree is checked first as `~specutils_deepclean.load_model`
+    does (no references to other files, no Python tags, bounded array sizes), so
+    ``asdf.open(path)["model"]`` never builds a model from such a file.
     """
 
     tags = [f"{NAMESPACE}/tags/model-1.*"]
@@ -29,7 +32,9 @@ class ModelConverter(Converter):
 
     def from_yaml_tree(self, node, tag, ctx):
         from ...models.base import DeepCleanModel
+        from ..models import _prescan_url
 
+        _prescan_url(ctx.url)
         return DeepCleanModel._from_tree(node)
 
 

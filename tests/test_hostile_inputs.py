@@ -1,0 +1,312 @@
+"""Hostile and odd inputs to `denoise` and `remove_tellurics`, with the shipped models.
+
+Every case ends in a clear `ValueError` (asserted with a key phrase), a warning plus
+a masked result, or a result checked against an independent computation; the input
+Spectrum is compared with a deep copy after every call (flux, mask, uncertainty,
+meta, spectral axis).  The table of behaviours is in ``docs/reliability.rst``.
+`denoise` runs with a cheap optimisation (``steps=5, n_starts=1``).
+"""
+
+import copy
+import re
+import time
+import warnings
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.nddata import StdDevUncertainty
+from astropy.utils.exceptions import AstropyDeprecationWarning, AstropyUserWarning
+from astropy.utils.masked import Masked
+from specutils import Spectrum
+from specutils.utils.wcs_utils import air_to_vac
+
+from specutils_deepclean.datasets import load_examples
+from specutils_deepclean.manipulation import denoise, remove_tellurics
+
+torch = pytest.importorskip("torch")
+
+FUNCTIONS = {
+    "divide": lambda spec: remove_tellurics(spec, device="cpu"),
+    "reconstruct": lambda spec: remove_tellurics(spec, mode="reconstruct", device="cpu"),
+    "denoise": lambda spec: denoise(spec, device="cpu", steps=5, n_starts=1),
+}
+TELLURIC = ("divide", "reconstruct")
+
+
+@pytest.fixture(scope="module")
+def star():
+    """The example G dwarf: flux (float64), wavelengths (air) and a 1 % sigma."""
+    library = load_examples()
+    flux = library.flux[3].astype(float)
+    return flux, library.wavelength, 0.01 * flux
+
+
+def make(star, flux=None, wave=None, *, sigma="default", mask=None, unit=u.one, meta=None):
+    """A Spectrum of the example star with some parts replaced."""
+    base_flux, base_wave, base_sigma = star
+    flux = base_flux if flux is None else flux
+    sigma = base_sigma if isinstance(sigma, str) else sigma
+    return Spectrum(
+        flux=flux if isinstance(flux, u.Quantity) else flux * unit,
+        spectral_axis=base_wave if wave is None else wave,
+        uncertainty=None if sigma is None else StdDevUncertainty(sigma),
+        mask=mask,
+        meta={"medium": "air"} if meta is None else meta,
+    )
+
+
+def _state(spec: Spectrum):
+    return copy.deepcopy(
+        (
+            spec.flux,
+            None if spec.mask is None else np.array(spec.mask),
+            None if spec.uncertainty is None else np.array(spec.uncertainty.array),
+            dict(spec.meta),
+            spec.spectral_axis,
+        )
+    )
+
+
+def _assert_same_state(before, after):
+    for old, new in zip(before, after, strict=True):
+        if isinstance(old, np.ndarray):
+            np.testing.assert_array_equal(old, new)
+        else:
+            assert old is None and new is None or type(old) is type(new)
+            if isinstance(old, u.Quantity):
+                assert old.unit == new.unit
+                np.testing.assert_array_equal(old.value, new.value)
+            elif old is not None:
+                assert old == new
+
+
+def run(name: str, spec: Spectrum, *, warns=None):
+    """Call a function, check the input survives, return the result.
+
+    With ``warns`` (a regex) the call must emit AstropyUserWarnings, one of them
+    matching it; without it, the call must not warn at all.
+    """
+    before = _state(spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = FUNCTIONS[name](spec)
+    messages = [f"{item.category.__name__}: {item.message}" for item in caught]
+    if warns is None:
+        assert not messages, messages
+    else:
+        assert all(item.category is AstropyUserWarning for item in caught), messages
+        assert any(re.search(warns, message) for message in messages), messages
+    _assert_same_state(before, _state(spec))
+    assert type(out) is Spectrum and out.shape == spec.shape
+    assert out.flux.unit == spec.flux.unit
+    np.testing.assert_array_equal(out.spectral_axis.value, spec.spectral_axis.value)
+    assert out.spectral_axis.unit == spec.spectral_axis.unit
+    # Every non-finite output pixel is masked (the contract's output mask).
+    assert np.all(out.mask[~np.isfinite(out.flux.value)])
+    return out
+
+
+def refuse(name, spec, error, match):
+    before = _state(spec)
+    with pytest.raises(error, match=match):
+        FUNCTIONS[name](spec)
+    _assert_same_state(before, _state(spec))
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"flux": np.full(4300, np.nan)},
+        {"mask": np.ones(4300, bool)},
+        {"flux": np.zeros(4300)},
+    ],
+    ids=["all-nan", "all-masked", "zero-flux"],
+)
+def test_nothing_to_normalise_is_refused(star, name, change):
+    refuse(name, make(star, **change), ValueError, "no spectrum has a valid pixel .* positive")
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_negative_flux_is_refused(star, name):
+    refuse(name, make(star, -star[0]), ValueError, "positive median flux")
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_one_valid_pixel(star, name):
+    keep = np.arange(4300) == 2000
+    spec = make(star, mask=~keep)
+    if name == "denoise":
+        refuse(name, spec, ValueError, r"cover \[0.0\] .* denoise needs at least 20%")
+        return
+    out = run(name, spec)
+    np.testing.assert_array_equal(out.mask, ~keep)
+    if name == "divide":  # 5340 Angstrom, outside the telluric bands: untouched
+        assert out.flux[2000] == spec.flux[2000]
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("bad", [np.inf, 0.0, -1.0, np.nan], ids=["inf", "zero", "negative", "nan"])
+def test_unusable_uncertainty_is_missing_data(star, name, bad):
+    """A pixel with an infinite, zero, negative or NaN sigma counts as masked."""
+    sigma = star[2].copy()
+    sigma[100:300] = bad
+    hole = np.zeros(4300, bool)
+    hole[100:300] = True
+    out = run(name, make(star, sigma=sigma))
+    masked = run(name, make(star, mask=hole))
+    np.testing.assert_array_equal(out.flux.value, masked.flux.value)
+    np.testing.assert_array_equal(out.mask, masked.mask & ~hole)
+    if name == "denoise":
+        assert out.meta["deepclean"]["filled"][100:300].all()
+
+
+def test_units_counts_and_f_lambda(star):
+    """The result scales with the flux and keeps its unit (counts, F_lambda)."""
+    base = {name: run(name, make(star)) for name in FUNCTIONS}
+    for unit, factor in ((u.ct, 1e3), (u.erg / u.s / u.cm**2 / u.AA, 1e-15)):
+        for name in FUNCTIONS:
+            spec = make(star, star[0] * factor, sigma=star[2] * factor, unit=unit)
+            out = run(name, spec)
+            assert out.flux.unit == unit
+            np.testing.assert_allclose(out.flux.value, base[name].flux.value * factor, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_flux_per_unit_frequency(star, name):
+    """Jy input gives the F_lambda result, converted to Jy (the model sees F_lambda)."""
+    flam = make(star, sigma=None, unit=u.erg / u.s / u.cm**2 / u.AA)
+    fnu = make(star, flam.flux.to(u.Jy, u.spectral_density(flam.spectral_axis)), sigma=None)
+    expected = run(name, flam).flux.to(u.Jy, u.spectral_density(flam.spectral_axis))
+    np.testing.assert_allclose(run(name, fnu).flux, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize(
+    "unit", [u.Hz, u.eV, u.cm**-1, u.AA], ids=["Hz", "eV", "per-cm", "AA-desc"]
+)
+def test_spectral_axis_units_and_direction(star, name, unit):
+    """Hz, eV, cm^-1 (vacuum) and a descending Angstrom axis give the Angstrom result."""
+    flux, wave, _ = star
+    if unit == u.AA:
+        axis, meta = wave[::-1], {"medium": "air"}
+    else:
+        axis, meta = air_to_vac(wave).to(unit, u.spectral())[::-1], {}
+    out = run(name, make(star, flux[::-1], axis, sigma=None, meta=meta))
+    expected = run(name, make(star, sigma=None))
+    if unit == u.AA:
+        np.testing.assert_array_equal(out.flux.value[::-1], expected.flux.value)
+        return
+    # Through vacuum and back the bin edges move by ~1e-6 of a pixel: the first or
+    # last pixel may lose full coverage, the others agree to float32 precision.
+    both = ~out.mask[::-1] & ~expected.mask
+    assert np.count_nonzero(out.mask[::-1] != expected.mask) <= 2
+    np.testing.assert_allclose(out.flux.value[::-1][both], expected.flux.value[both], rtol=5e-5)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_repeated_axis_value_is_refused(star, name):
+    wave = star[1].copy()
+    wave[1000] = wave[999]
+    refuse(name, make(star, wave=wave), ValueError, "repeats values .* first at index 999")
+
+
+def test_non_monotonic_axis_cannot_be_built(star):
+    """specutils itself refuses it, so no function ever sees such a spectrum."""
+    wave = star[1].copy()
+    wave[[1000, 1001]] = wave[[1001, 1000]]
+    with pytest.raises(ValueError, match="strictly increasing or decreasing"):
+        make(star, wave=wave)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_narrower_than_the_model(star, name):
+    flux, wave, sigma = star
+    spec = make(star, flux[1000:1100], wave[1000:1100], sigma=sigma[1000:1100])
+    if name == "denoise":
+        refuse(name, spec, ValueError, r"cover \[0.02[0-9]*\] .* needs at least 20%")
+        return
+    out = run(name, spec)
+    assert not out.mask.any()
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_no_overlap_names_both_ranges(star, name):
+    spec = make(star, wave=star[1] + 10000 * u.AA)
+    match = r"spectrum covers 13540.0-17410.0 Angstrom \(air\), the model covers 3[0-9.]+-7[0-9.]+"
+    refuse(name, spec, ValueError, match)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_batch_with_one_bad_row(star, name):
+    flux = np.stack([star[0], 2 * star[0], np.full(4300, np.nan)])
+    out = run(name, make(star, flux, sigma=None), warns="1 of 3 spectra have no valid pixel")
+    assert out.mask[2].all() and np.isnan(out.flux.value[2]).all()
+    single = run(name, make(star, sigma=None))
+    for row, factor in ((0, 1), (1, 2)):
+        np.testing.assert_allclose(out.flux.value[row], factor * single.flux.value, rtol=1e-5)
+    if name == "denoise":
+        assert out.meta["deepclean"]["map_class"][2] is None
+        assert out.meta["deepclean"]["map_class"][0] == single.meta["deepclean"]["map_class"]
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_redshifted_star(star, name):
+    """z = 0.5: only 5311-7410 A overlaps; denoise flags it as out of distribution."""
+    spec = make(star, wave=star[1] * 1.5, sigma=None)
+    warns = "look unlike every training star" if name == "denoise" else None
+    out = run(name, spec, warns=warns)
+    beyond = spec.spectral_axis > 7410 * u.AA
+    assert out.mask[beyond].all() and not out.mask[~beyond][50:-50].all()
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_deprecated_spectrum1d(star, name):
+    from specutils import Spectrum1D
+
+    with pytest.warns(AstropyDeprecationWarning):
+        old = Spectrum1D(flux=star[0] * u.one, spectral_axis=star[1], meta={"medium": "air"})
+    out = run(name, old)  # the call itself must not warn
+    np.testing.assert_array_equal(out.flux, run(name, make(star, sigma=None)).flux)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_float16_and_integer_flux(star, name, dtype):
+    """Same result as the same values in float64."""
+    values = (star[0] * 1000).astype(dtype)
+    out = run(name, make(star, values, sigma=None))
+    expected = run(name, make(star, values.astype(float), sigma=None))
+    assert out.flux.dtype == np.float64
+    np.testing.assert_array_equal(out.flux.value, expected.flux.value)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_numpy_masked_array_flux(star, name):
+    """A numpy masked array (through astropy's Masked): its mask is honoured.
+
+    Garbage under the mask changes nothing the function computes from the data.
+    """
+    hole = np.zeros(4300, bool)
+    hole[2000:2100] = True
+    garbage = np.where(hole, 1e30, star[0])
+    flux = Masked(np.ma.masked_array(garbage, mask=hole)) * u.one
+    out = run(name, make(star, flux, sigma=None))
+    clean = run(name, make(star, np.where(hole, np.nan, star[0]), sigma=None, mask=hole))
+    np.testing.assert_array_equal(out.mask, clean.mask)
+    keep = ~hole if name == "divide" else slice(None)  # divide returns masked input as is
+    np.testing.assert_array_equal(out.flux.value[keep], clean.flux.value[keep])
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_half_a_million_pixels(star, name):
+    flux, wave, _ = star
+    fine = np.linspace(wave[0].value, wave[-1].value, 500_000)
+    spec = make(star, np.interp(fine, wave.value, flux), fine * u.AA, sigma=None)
+    start = time.perf_counter()
+    warns = "pixels are 0.0086 times the model's" if name in TELLURIC else None
+    out = run(name, spec, warns=warns)
+    assert time.perf_counter() - start < 30
+    inside = (fine > 3610) & (fine < 7390)
+    assert not out.mask[inside].any()
