@@ -54,7 +54,7 @@ def table(result: dict) -> str:
             lines += [f"   * - {name.replace('_', ' px, ')}", f"     - {value:.2e}"]
     lines += [
         "",
-        f"MAP budget: {result['steps']} Adam steps, {result['starts']} starts per class; "
+        f"MAP budget: at most {result['steps']} Newton steps, {result['starts']} starts per class; "
         f"{result['spectra_per_second']:.2f} spectra per second on {result['cpu_count']} cores "
         f"({result['torch_threads']} torch threads).",
     ]

@@ -18,7 +18,10 @@ its ``val`` stars; the ``test`` split is never read:
    generator's per-pixel RMS error on clean val spectra
    (``extra["generator_sigma"]``, added to its uncertainty), scored on simulated val
    observations (median MSE, class accuracy, calibration) that go into its
-   provenance.
+   provenance;
+5. before that scoring, the two scales of its uncertainty
+   (``extra["sigma_scales"]``) fitted on simulated val observations at every S/N
+   level (:func:`calibrate_uncertainty`).
 
 With ``checkpoint`` (a folder), the trained generator and flow are saved there as
 ASDF files when their stage ends, and a rerun loads them instead of training again.
@@ -36,7 +39,15 @@ from .datasets import Library
 from .provenance import Provenance, file_sha256
 from .simulate import SNR_LEVELS, Simulator, prepare_truth
 
-__all__ = ["train_denoiser"]
+__all__ = ["calibrate_uncertainty", "train_denoiser"]
+
+#: Share of pixels whose truth lies within one sigma, for Gaussian errors.
+ONE_SIGMA = 0.6827
+#: Candidate scales of the latent-posterior part and of the generator's error.
+_LATENT_SCALES = np.geomspace(0.5, 8.0, 33)
+_GENERATOR_SCALES = np.linspace(0.1, 1.5, 29)
+#: Pixels per S/N level used in the grid search.
+_GRID_PIXELS = 100_000
 
 
 def _split(library: Library, wave: np.ndarray, split: str):
@@ -85,6 +96,88 @@ def _load_stage(cls, path: Path):
         module.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in af["state"].items()})
         module.history = {k: list(v) for k, v in af["history"].items()}
     return module.eval()
+
+
+def calibrate_uncertainty(
+    model,
+    library: Library,
+    *,
+    snr_levels=SNR_LEVELS,
+    seed: int = 0,
+) -> dict:
+    r"""Fit the two scales of a denoiser's uncertainty on simulated val observations.
+
+    Every good ``val`` star of ``library`` is observed through the simulator at each
+    S/N of ``snr_levels``, divided by its median as `~specutils_deepclean.denoise`
+    does, and denoised (`Denoiser.map_estimate` with its defaults).
+    The variance of the result is :math:`a^2 \sigma_z^2 + b^2 \sigma_G^2`: the latent
+    posterior's part (``latent_sigma``, which dominates at low S/N) and the
+    generator's own error (``extra["generator_sigma"]``, which dominates at high
+    S/N).  :math:`(a, b)` is chosen on a grid to bring the calibration (the share of
+    valid pixels with :math:`|s - \hat s| < \sigma`) closest to `ONE_SIGMA` at the
+    worst S/N level, and stored in ``model.extra["sigma_scales"]``.  The ``test``
+    split is never read.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        Changed in place (its ``extra``).
+    library : `~specutils_deepclean.datasets.Library`
+        The library of the model's training, in the MILES layout.
+    snr_levels : sequence of float
+        S/N of the simulated observations.
+    seed : int
+        Seed of the simulated observations.
+
+    Returns
+    -------
+    dict
+        ``sigma_scales`` [a, b], ``n_stars``, and the pooled calibration per S/N
+        ``before`` (a = b = 1) and ``after``.
+    """
+    from .simulate import Simulator
+    from .spectra import median_normalise
+
+    wave = model.wavelength.to_value(library.wavelength.unit)
+    truth, missing, _ = _split(library, wave, "val")
+    sim = Simulator(wave, model.medium)
+    floor = np.asarray(model.extra.get("generator_sigma", np.zeros(wave.size)), np.float64)
+    rng = np.random.default_rng(seed)
+    levels = []  # per S/N: squared error, latent variance, generator variance (valid pixels)
+    for i, snr in enumerate(snr_levels):
+        obs = sim.observe(np.where(missing, np.nan, truth), float(snr), seed=seed + i)
+        # normalised by the noisy median, as `denoise` does, then back on the truth's scale
+        flux, scale = median_normalise(obs.flux, obs.mask)
+        result = model.map_estimate(flux, obs.sigma / scale[:, None], obs.mask)
+        scale = np.broadcast_to(scale[:, None], truth.shape)[~missing]
+        levels.append(
+            (
+                (result.flux[~missing] * scale - truth[~missing]) ** 2,
+                (result.latent_sigma[~missing] * scale) ** 2,
+                (np.broadcast_to(floor, truth.shape)[~missing] * scale) ** 2,
+            )
+        )
+
+    def shares(a: float, b: float, parts) -> np.ndarray:
+        return np.array([np.mean(e < a * a * v + b * b * g) for e, v, g in parts])
+
+    # the grid search on a fixed random subset of pixels (the calibration to ~0.002)
+    picks = [rng.choice(len(e), min(len(e), _GRID_PIXELS), replace=False) for e, _, _ in levels]
+    subset = [tuple(x[pick] for x in level) for level, pick in zip(levels, picks, strict=True)]
+    worst = {
+        (a, b): float(np.max(np.abs(shares(a, b, subset) - ONE_SIGMA)))
+        for a in _LATENT_SCALES
+        for b in _GENERATOR_SCALES
+    }
+    a, b = min(worst, key=worst.get)
+    model.extra["sigma_scales"] = np.array([a, b], dtype=np.float64)
+    return {
+        "sigma_scales": [float(a), float(b)],
+        "n_stars": int(len(truth)),
+        "snr_levels": [float(x) for x in snr_levels],
+        "before": dict(zip(map(str, snr_levels), shares(1.0, 1.0, levels).round(4).tolist())),
+        "after": dict(zip(map(str, snr_levels), shares(a, b, levels).round(4).tolist())),
+    }
 
 
 def train_denoiser(
@@ -221,6 +314,10 @@ def train_denoiser(
     )
 
     start = time.perf_counter()
+    calibrated = calibrate_uncertainty(model, library, seed=seed + 4)
+    times["val_calibration_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     # An evenly spaced subset of val keeps the final scoring cheap.
     rows = np.linspace(0, len(val[0]) - 1, min(val_count, len(val[0]))).astype(int)
     scored = tuple(part[rows] for part in val)
@@ -240,6 +337,7 @@ def train_denoiser(
         "val_generator_floor_mse": float(min(gen.history["val"])),
         "val_noiseflow_nll": float(min(flow.history["val"])),
     }
+    metrics.update({f"val_calibration_fit_snr{k}": v for k, v in calibrated["after"].items()})
     model.provenance = Provenance(**{**provenance.to_dict(), "metrics": metrics})
     summary = {
         "seed": seed,
@@ -249,6 +347,7 @@ def train_denoiser(
         "n_train": int(len(train[0])),
         "n_val": int(len(val[0])),
         "metrics": metrics,
+        "calibration": calibrated,
         "seconds": {k: round(v, 1) for k, v in times.items()},
     }
     return model, summary

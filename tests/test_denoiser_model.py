@@ -379,6 +379,33 @@ def test_generator_sigma_adds_in_quadrature():
     b = floored.map_estimate(flux[:, 0], sigma[:, 0], **FAST)
     np.testing.assert_allclose(b.flux, a.flux)
     np.testing.assert_allclose(b.flux_sigma**2, a.flux_sigma**2 + 0.03**2, rtol=1e-4)
+    np.testing.assert_allclose(b.latent_sigma, a.flux_sigma, rtol=1e-6)
+    scaled = Denoiser.from_parts(
+        generator,
+        prior,
+        flows,
+        extra={"generator_sigma": floor, "sigma_scales": np.array([2.0, 0.5])},
+        **kwargs,
+    )
+    c = scaled.map_estimate(flux[:, 0], sigma[:, 0], **FAST)
+    np.testing.assert_allclose(c.flux_sigma**2, 4 * a.flux_sigma**2 + 0.25 * 0.03**2, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ({"sigma_scales": np.array([1.0])}, "sigma_scales"),
+        ({"sigma_scales": np.array([1.0, -1.0])}, "sigma_scales"),
+        ({"sigma_scales": np.array([np.nan, 1.0])}, "sigma_scales"),
+        ({"generator_sigma": np.ones(N_PIX - 1)}, "generator_sigma"),
+        ({"generator_sigma": np.full(N_PIX, np.inf)}, "generator_sigma"),
+    ],
+)
+def test_uncertainty_extras_are_checked(extra, match):
+    generator, prior, flows = make_parts(0)
+    wave = np.linspace(5000.0, 5100.0, N_PIX) * u.AA
+    with pytest.raises(ValueError, match=match):
+        Denoiser.from_parts(generator, prior, flows, wavelength=wave, medium="air", extra=extra)
 
 
 def test_map_with_a_near_singular_kernel():

@@ -71,6 +71,9 @@ def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys)
     assert model.latent_dim == 3 and "generator_sigma" in model.extra
     assert model.provenance.split == "train"
     assert "val_class_accuracy_snr10" in model.provenance.metrics
+    # the uncertainty scales were fitted on val: one calibration score per S/N level
+    fitted = {k: v for k, v in model.provenance.metrics.items() if "calibration_fit" in k}
+    assert len(fitted) == 5 and model.extra["sigma_scales"].shape == (2,)
     assert sorted(p.name for p in stages.iterdir()) == ["generator.asdf", "noiseflow.asdf"]
     # A rerun loads the stages: same weights, same model.
     assert cli.main([*argv, "--overwrite"]) == 0

@@ -74,6 +74,10 @@ class MAPResult:
         The denoised spectrum :math:`G(\hat z)`, in the normalised units of the input.
     flux_sigma : ndarray, shape (B, P)
         Its per-pixel standard deviation (see `Denoiser.map_estimate`, Notes).
+    latent_sigma : ndarray, shape (B, P)
+        The part of it that comes from the posterior of :math:`z` and
+        :math:`C` alone, before the calibration scales and the generator's own
+        error are applied.
     filled : ndarray of bool, shape (B, P)
         Pixels missing in every exposure: their flux comes from the model alone.
     class_posterior : ndarray, shape (B, K)
@@ -84,7 +88,7 @@ class MAPResult:
         :math:`\log p(y \mid G(\hat z_C)) + \log p(\hat z_C \mid C) + \log p(C)`.
     hessian : ndarray, shape (B, K, L, L)
         :math:`H_C`, the Hessian of the negative log joint in :math:`z` at
-        :math:`\hat z_C` (exact, by automatic differentiation).
+        :math:`\hat z_C` (exact almost everywhere, see `Denoiser.map_estimate`).
     covariance : ndarray, shape (B, K, L, L)
         :math:`H_C^{-1}`, the Laplace covariance of :math:`z` (eigenvalues of
         :math:`H_C` below a small floor are raised to it first).
@@ -93,9 +97,9 @@ class MAPResult:
         the share of training stars whose latent is less likely than
         :math:`\hat z`; near 0 for an input unlike the training stars.
     steps : ndarray of int, shape (B, K)
-        Adam steps taken by the best start of each class.
+        Newton steps taken by each class (0: it stopped after screening).
     converged : ndarray of bool, shape (B, K)
-        Whether that start stopped early because it had converged.
+        Whether the class's Newton decrement fell below ``tol``.
     flow : str
         The NoiseFlow used: ``"whitened"`` or ``"plain"``.
     sigma_estimated : bool
@@ -108,6 +112,7 @@ class MAPResult:
     class_names: tuple
     flux: np.ndarray
     flux_sigma: np.ndarray
+    latent_sigma: np.ndarray
     filled: np.ndarray
     class_posterior: np.ndarray
     class_z: np.ndarray
@@ -225,6 +230,7 @@ class Denoiser(DeepCleanModel):
             raise ValueError("extra lacks 'ood_reference' (the prior's reference scores)")
         reference = np.sort(np.asarray(self.extra["ood_reference"], dtype=np.float64).ravel())
         self.register_buffer("_ood_reference", torch.from_numpy(reference), persistent=False)
+        _check_uncertainty_extra(self.extra, self.n_pix)
 
     @classmethod
     def from_parts(
@@ -481,7 +487,11 @@ class Denoiser(DeepCleanModel):
         When the model file holds ``extra["generator_sigma"]`` (the per-pixel RMS
         error of ``G(E(y))`` on clean validation spectra, written by the training
         script), it is added in quadrature: the generator's own representation
-        error, which the latent posterior does not know about.
+        error, which the latent posterior does not know about.  When it also holds
+        ``extra["sigma_scales"]`` = :math:`(a, b)` (fitted on validation spectra by
+        `~specutils_deepclean.denoiser_training.calibrate_uncertainty`), the
+        variance is :math:`a^2 \sigma^2 + b^2 \sigma_G^2`, :math:`\sigma_G` the
+        generator's error.
 
         Runs without recording gradients; the model's weights are not changed.
         """
@@ -668,9 +678,12 @@ class Denoiser(DeepCleanModel):
             spread += (signal - chosen[state.rows[part]]).square()
             weight = posterior.reshape(-1)[part, None]
             var.index_add_(0, state.rows[part], weight * spread)
+        latent_var = var
+        scales = self.extra.get("sigma_scales", (1.0, 1.0))
+        var = float(scales[0]) ** 2 * latent_var
         if "generator_sigma" in self.extra:
             floor = torch.as_tensor(self.extra["generator_sigma"], dtype=var.dtype)
-            var = var + floor.to(var.device).square()
+            var = var + float(scales[1]) ** 2 * floor.to(var.device).square()
         ood = self.prior.ood_score(z_map, reference=self._ood_reference)
         as_np = _numpy
         return MAPResult(
@@ -679,6 +692,7 @@ class Denoiser(DeepCleanModel):
             class_names=self.prior.class_names,
             flux=as_np(chosen),
             flux_sigma=as_np(var.sqrt()),
+            latent_sigma=as_np(latent_var.sqrt()),
             filled=as_np(data.gone.all(dim=1)),
             class_posterior=as_np(posterior),
             class_z=as_np(z),
@@ -948,6 +962,24 @@ def _floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(hess)
     values = values.clamp_min(_eig_floor(values)) ** power
     return vectors @ torch.diag_embed(values) @ vectors.transpose(-1, -2)
+
+
+def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
+    """``generator_sigma`` (P,) finite >= 0 and ``sigma_scales`` (2,) finite > 0, if present."""
+    if "generator_sigma" in extra:
+        floor = np.asarray(extra["generator_sigma"], dtype=np.float64)
+        if floor.shape != (n_pix,) or not np.all(np.isfinite(floor) & (floor >= 0)):
+            raise ValueError(
+                f"extra['generator_sigma'] must hold {n_pix} finite values >= 0, "
+                f"got shape {floor.shape}"
+            )
+    if "sigma_scales" in extra:
+        scales = np.asarray(extra["sigma_scales"], dtype=np.float64)
+        if scales.shape != (2,) or not np.all(np.isfinite(scales) & (scales > 0)):
+            raise ValueError(
+                "extra['sigma_scales'] must hold two positive finite numbers (latent, "
+                f"generator), got {scales.tolist()}"
+            )
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
