@@ -1,4 +1,5 @@
-"""The tables of the denoising docs page, from ``benchmarks/results/denoise_test.json``.
+"""The tables of the denoising docs page, from ``benchmarks/results/denoise_test.json``
+and ``benchmarks/results/denoise_speed.json``.
 
     python benchmarks/denoise_table.py
 
@@ -56,14 +57,37 @@ def table(result: dict) -> str:
         "",
         f"MAP budget: at most {result['steps']} Newton steps, {result['starts']} starts per class; "
         f"{result['spectra_per_second']:.2f} spectra per second on {result['cpu_count']} cores "
-        f"({result['torch_threads']} torch threads).",
+        f"({result['torch_threads']} torch threads, the whole benchmark run).",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def speed_table(speed: dict) -> str:
+    lines = [
+        f".. list-table:: MAP speed, batch {speed['batch']}, {speed['cpu_count']} cores, "
+        f"{speed['torch_threads']} torch threads (``benchmarks/bench_denoise_speed.py``)",
+        "   :header-rows: 1",
+        "",
+        "   * - S/N",
+        "     - spectra per second",
+        "     - (star, class) pairs refined after screening",
+        "     - mean Newton steps of those",
+    ]
+    for snr, run in speed["snr"].items():
+        lines += [
+            f"   * - {snr}",
+            f"     - {run['spectra_per_second']:.1f}",
+            f"     - {run['refined_pairs_share_last_batch']:.0%}",
+            f"     - {run['mean_newton_steps_refined_last_batch']:.1f}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     result = json.loads((ROOT / "benchmarks/results/denoise_test.json").read_text())
-    (ROOT / "docs/_generated/denoise_table.rst").write_text(table(result))
+    speed = json.loads((ROOT / "benchmarks/results/denoise_speed.json").read_text())
+    text = table(result) + "\n" + speed_table(speed)
+    (ROOT / "docs/_generated/denoise_table.rst").write_text(text)
     return 0
 
 

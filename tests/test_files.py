@@ -146,3 +146,13 @@ def test_check_output_dir(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="MiB free"):
         check_output_dir(tmp_path)
     assert not any(name.startswith(".deepclean-probe") for name in os.listdir(tmp_path))
+
+
+def test_remove_partial_writes(tmp_path):
+    out = tmp_path / "star_detelluric.fits"
+    mine = tmp_path / ".star_detelluric.fits.k2j4.part"
+    other = tmp_path / ".another_detelluric.fits.k2j4.part"
+    for path in (mine, other, out):
+        path.write_bytes(b"x")
+    assert files.remove_partial_writes([out]) == [mine]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, out.name])
