@@ -13,11 +13,32 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINES = ("gaussian", "median", "wavelet", "pca")
+BASELINES = ("gaussian", "median", "wavelet", "pca", "cdae", "cdae_zero_impute")
+
+
+def class_table(result: dict, baseline: str) -> list[str]:
+    """Win rate against one baseline per stellar class (rows) and S/N (columns)."""
+    snrs = list(result["snr"])
+    classes = sorted(result["snr"][snrs[0]]["win_rate_by_class"][baseline])
+    lines = [
+        f".. list-table:: Win rate of deepclean against {baseline} per true stellar class",
+        "   :header-rows: 1",
+        "",
+        "   * - class",
+        *[f"     - S/N {snr}" for snr in snrs],
+    ]
+    for name in classes:
+        lines.append(f"   * - {name}")
+        lines += [
+            f"     - {result['snr'][snr]['win_rate_by_class'][baseline][name]:.2f}" for snr in snrs
+        ]
+    return lines
 
 
 def table(result: dict) -> str:
     title = f"MILES test ({result['n_spectra']} stars): median MSE and win rate per S/N"
+    first = next(iter(result["snr"].values()))
+    names = [name for name in BASELINES if name in first["median_mse"]]
     lines = [
         f".. list-table:: {title}",
         "   :header-rows: 1",
@@ -25,7 +46,7 @@ def table(result: dict) -> str:
         "   * - S/N",
         "     - noisy",
         "     - deepclean",
-        *[f"     - {name} (win rate)" for name in BASELINES],
+        *[f"     - {name} (win rate)" for name in names],
         "     - calibration",
         "     - class accuracy",
     ]
@@ -36,11 +57,13 @@ def table(result: dict) -> str:
             f"     - {entry['noisy_median_mse']:.2e}",
             f"     - {mse['deepclean']:.2e}",
         ]
-        lines += [f"     - {mse[name]:.2e} ({entry['win_rate'][name]:.2f})" for name in BASELINES]
+        lines += [f"     - {mse[name]:.2e} ({entry['win_rate'][name]:.2f})" for name in names]
         lines += [
             f"     - {entry['calibration_pooled']:.2f}",
             f"     - {entry['class_accuracy']:.2f}",
         ]
+    if "cdae" in names:
+        lines += ["", *class_table(result, "cdae")]
     if "gaps_snr10" in result:
         gaps = result["gaps_snr10"]
         lines += [

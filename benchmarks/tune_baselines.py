@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from specutils_deepclean import __version__
+from specutils_deepclean.benchmarking.denoise import train_cdaes
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.metrics import mse
 from specutils_deepclean.models.classical import (
@@ -129,36 +130,20 @@ def tune(observations: dict) -> dict:
 
 def train_cdae(lib, grid, medium, sim, observations, epochs, latent_dim, lr) -> dict:
     """Train both CDAE variants on ``train`` and score them on the val observations."""
-    from specutils_deepclean.models.cdae import fit_cdae
-
     train_truth, _ = prepare_truth(lib.select(split="train", good=True), grid, medium)
     mixed = [observations[snr] for snr in SNR_LEVELS]
     val = tuple(
         np.concatenate([getattr(obs, key) for obs in mixed]) for key in ("flux", "mask", "truth")
     )
+    trained = train_cdaes(
+        train_truth, sim, val, epochs=epochs, latent_dim=latent_dim, lr=lr, seed=SEED
+    )
     out = {}
-    for zero_impute in (False, True):
-        start = time.perf_counter()
-        model = fit_cdae(
-            train_truth,
-            simulator=sim,
-            latent_dim=latent_dim,
-            snr_range=(2.0, 50.0),
-            epochs=epochs,
-            batch_size=32,
-            lr=lr,
-            seed=SEED,
-            val=val,
-            zero_impute=zero_impute,
-            device="cpu",
-            progress=True,
-        )
-        seconds = time.perf_counter() - start
+    for key, (model, seconds) in trained.items():
         scores = {
             str(snr): median_mse(model.denoise(obs.flux, obs.mask), obs.truth)
             for snr, obs in observations.items()
         }
-        key = "cdae_zero_impute" if zero_impute else "cdae"
         print(f"{key}: {scores}")
         out[key] = {
             "latent_dim": latent_dim,

@@ -36,3 +36,15 @@ def test_benchmark_unknown_protocol(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["benchmark", "sharpness"])
     assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_benchmark_denoise_trains_the_cdae_baselines(tmp_path):
+    out = tmp_path / "d.json"
+    argv = ["benchmark", "denoise", "--split", "test", "--limit", "2", "--steps", "1",
+            "--starts", "1", "--threads", "1", "--cdae-epochs", "1", "--json", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    trained = result["baseline_settings"]["cdae"]
+    assert set(trained) == {"cdae", "cdae_zero_impute"}
+    assert all(len(entry["val_history"]) == 2 for entry in trained.values())
+    assert {"cdae", "cdae_zero_impute"} <= set(result["snr"]["10"]["win_rate"])

@@ -13,9 +13,13 @@ median-normalised (the truth), and observed through the simulator at S/N 2, 5, 1
 * ``pca``: projection onto the shipped ``miles-pca`` components (fit on train), the
   number of components chosen here per S/N on ``val`` observations.
 
-The paper's convolutional denoising autoencoder is not in this run: its training
-(``models/cdae.py``, ``benchmarks/tune_baselines.py``) did not yet beat its own PCA
-start on val.  Per spectrum: MSE against the truth over valid pixels; per class and
+* with ``--cdae-epochs N``: ``cdae`` and ``cdae_zero_impute``, the paper's
+  convolutional denoising autoencoder (`~specutils_deepclean.models.cdae.fit_cdae`,
+  the generator's architecture and latent size) and its zero-imputed-gap variant,
+  trained here on ``train`` for N epochs with the best epoch on simulated ``val``
+  observations kept (:func:`train_cdaes`).
+
+Per spectrum: MSE against the truth over valid pixels; per class and
 S/N the win rate of ``deepclean`` against each baseline; median MSE; DER_SNR before
 and after; calibration of the denoiser's uncertainty; MAP class accuracy.  With
 ``--gaps N``, the median MSE at S/N 10 for every gap width and place on N stars.
@@ -77,14 +81,60 @@ def deepclean(model, flux, sigma, missing, args):
     return result, result.flux * scale[:, None], result.flux_sigma * scale[:, None]
 
 
-def baselines(flux, missing, snr, chosen, pca, pca_k):
+def baselines(flux, missing, snr, chosen, pca, pca_k, cdaes=None):
     key = str(int(snr))
-    return {
+    out = {
         "gaussian": gaussian_smooth_baseline(flux, missing, float(chosen["gaussian"][key])),
         "median": median_smooth_baseline(flux, missing, int(chosen["median"][key])),
         "wavelet": wavelet_denoise(flux, missing, threshold_scale=float(chosen["wavelet"][key])),
         "pca": pca.truncate(pca_k).project(flux, missing),
     }
+    for name, cdae in (cdaes or {}).items():
+        normalised, scale = median_normalise(flux, missing)
+        out[name] = cdae.denoise(normalised, missing) * scale[:, None]
+    return out
+
+
+def train_cdaes(train_truth, sim, val, *, epochs: int, latent_dim: int, lr: float, seed: int):
+    """The paper's baseline, both variants, on ``train``; the best epoch on ``val`` kept.
+
+    Parameters
+    ----------
+    train_truth : ndarray, shape (n, P)
+        Clean median-normalised train stars (NaN where not valid).
+    sim : `~specutils_deepclean.simulate.Simulator`
+        The observation simulator (fresh noise every epoch).
+    val : tuple
+        ``(flux, missing, truth)`` of fixed val observations.
+    epochs, latent_dim, lr, seed
+        As for `~specutils_deepclean.models.cdae.fit_cdae`.
+
+    Returns
+    -------
+    dict
+        ``"cdae"`` and ``"cdae_zero_impute"`` (the Section 4.2 variant): (model, seconds).
+    """
+    from ..models.cdae import fit_cdae
+
+    out = {}
+    for zero_impute in (False, True):
+        start = time.perf_counter()
+        model = fit_cdae(
+            train_truth,
+            simulator=sim,
+            latent_dim=latent_dim,
+            snr_range=(2.0, 50.0),
+            epochs=epochs,
+            batch_size=32,
+            lr=lr,
+            seed=seed,
+            val=val,
+            zero_impute=zero_impute,
+            device="cpu",
+        )
+        name = "cdae_zero_impute" if zero_impute else "cdae"
+        out[name] = (model, time.perf_counter() - start)
+    return out
 
 
 def choose_pca_k(sim, pca, val_truth, val_valid, seed) -> dict:
@@ -118,6 +168,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tol", type=float, default=1e-2, help="map_estimate tol (nats)")
     parser.add_argument("--margin", type=float, default=10.0, help="map_estimate class_margin")
     parser.add_argument("--gaps", type=int, default=0, help="stars for the gap runs (0: none)")
+    parser.add_argument(
+        "--cdae-epochs", type=int, default=0, help="train the CDAE baselines (0: leave out)"
+    )
+    parser.add_argument("--cdae-lr", type=float, default=1e-4, help="CDAE Adam learning rate")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--limit", type=int, default=0, help="first N stars only (smoke tests)")
     parser.add_argument("--threads", type=int, default=2)
@@ -152,6 +206,38 @@ def main(argv=None) -> int:
         )
     chosen = json.loads(Path(args.baselines).read_text())["chosen"]
     pca_k = choose_pca_k(sim, pca, val_truth, val_valid, args.seed)
+    cdaes, cdae_info = {}, {}
+    if args.cdae_epochs:
+        train_truth, train_valid = prepare_truth(
+            library.select(split="train", good=True), wave, model.medium
+        )
+        observed = [
+            sim.observe(np.where(val_valid, val_truth, np.nan), snr, seed=args.seed + 200 + i)
+            for i, snr in enumerate(SNR_LEVELS)
+        ]
+        val_set = tuple(
+            np.concatenate([getattr(obs, key) for obs in observed])
+            for key in ("flux", "mask", "truth")
+        )
+        trained = train_cdaes(
+            np.where(train_valid, train_truth, np.nan),
+            sim,
+            val_set,
+            epochs=args.cdae_epochs,
+            latent_dim=model.latent_dim,
+            lr=args.cdae_lr,
+            seed=args.seed,
+        )
+        for name, (cdae, seconds) in trained.items():
+            cdaes[name] = cdae
+            cdae_info[name] = {
+                "epochs": args.cdae_epochs,
+                "lr": args.cdae_lr,
+                "latent_dim": model.latent_dim,
+                "best_epoch": cdae.best_epoch,
+                "val_history": cdae.history["val"],
+                "train_seconds": round(seconds, 1),
+            }
 
     result = {
         "command": "python benchmarks/bench_denoise.py "
@@ -167,7 +253,7 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "baseline_settings": {**chosen, "pca_components": pca_k},
+        "baseline_settings": {**chosen, "pca_components": pca_k, "cdae": cdae_info},
         "snr": {},
     }
     seconds, count = 0.0, 0
@@ -178,7 +264,9 @@ def main(argv=None) -> int:
         seconds += time.perf_counter() - start
         count += len(flux)
         errors = {"deepclean": metrics.mse(pred, truth, mask=~valid)}
-        for name, values in baselines(flux, missing, snr, chosen, pca, pca_k[str(snr)]).items():
+        for name, values in baselines(
+            flux, missing, snr, chosen, pca, pca_k[str(snr)], cdaes
+        ).items():
             errors[name] = metrics.mse(values, truth, mask=~valid)
         calib = metrics.calibration(pred, pred_sigma, truth, mask=~valid)
         predicted = np.array(fit.class_names)[fit.map_class]
