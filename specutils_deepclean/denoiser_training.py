@@ -38,6 +38,7 @@ import numpy as np
 from .datasets import Library
 from .provenance import Provenance, file_sha256
 from .simulate import SNR_LEVELS, Simulator, prepare_truth
+from .spectra import median_normalise
 
 __all__ = ["calibrate_uncertainty", "train_denoiser"]
 
@@ -135,9 +136,6 @@ def calibrate_uncertainty(
         ``sigma_scales`` [a, b], ``n_stars``, and the pooled calibration per S/N
         ``before`` (a = b = 1) and ``after``.
     """
-    from .simulate import Simulator
-    from .spectra import median_normalise
-
     wave = model.wavelength.to_value(library.wavelength.unit)
     truth, missing, _ = _split(library, wave, "val")
     sim = Simulator(wave, model.medium)

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     pca_k = choose_pca_k(sim, pca, val_truth, val_valid, args.seed)
     cdaes, cdae_info = {}, {}
     if args.cdae_epochs:
-        train_truth, train_valid = prepare_truth(
+        train_truth, _ = prepare_truth(
             library.select(split="train", good=True), wave, model.medium
         )
         observed = [
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
             for key in ("flux", "mask", "truth")
         )
         trained = train_cdaes(
-            np.where(train_valid, train_truth, np.nan),
+            train_truth,
             sim,
             val_set,
             epochs=args.cdae_epochs,
