@@ -73,9 +73,15 @@ def table(result: dict) -> str:
             "",
             "   * - gap",
             "     - median MSE",
+            "     - ratio to no gap",
         ]
+        none = gaps["median_mse"]["none"]
         for name, value in gaps["median_mse"].items():
-            lines += [f"   * - {name.replace('_', ' px, ')}", f"     - {value:.2e}"]
+            lines += [
+                f"   * - {name.replace('_', ' px, ')}",
+                f"     - {value:.2e}",
+                f"     - {value / none:.2f}",
+            ]
     lines += [
         "",
         f"MAP budget: at most {result['steps']} Newton steps, {result['starts']} starts per class; "

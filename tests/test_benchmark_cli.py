@@ -30,6 +30,9 @@ def test_benchmark_denoise_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert result["n_spectra"] == 3 and set(result["snr"]) == {"2", "5", "10", "20", "50"}
     assert 0 <= result["snr"]["10"]["win_rate"]["gaussian"] <= 1
+    entry = result["snr"]["10"]
+    assert len(result["classes"]) == 3 and len(entry["mse_per_spectrum"]["deepclean"]) == 3
+    assert len(entry["der_snr_before"]) == len(entry["der_snr_after"]) == 3
 
 
 def test_benchmark_unknown_protocol(capsys):

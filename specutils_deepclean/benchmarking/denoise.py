@@ -21,7 +21,9 @@ median-normalised (the truth), and observed through the simulator at S/N 2, 5, 1
 
 Per spectrum: MSE against the truth over valid pixels; per class and
 S/N the win rate of ``deepclean`` against each baseline; median MSE; DER_SNR before
-and after; calibration of the denoiser's uncertainty; MAP class accuracy.  With
+and after; calibration of the denoiser's uncertainty; MAP class accuracy.  The
+per-spectrum MSE of every method and DER_SNR before/after are kept in the JSON (for
+the figures of ``benchmarks/denoise_figures.py``), with each star's class.  With
 ``--gaps N``, the median MSE at S/N 10 for every gap width and place on N stars.
 
     specutils-deepclean benchmark denoise --split test --json denoise_test.json
@@ -135,6 +137,11 @@ def train_cdaes(train_truth, sim, val, *, epochs: int, latent_dim: int, lr: floa
         name = "cdae_zero_impute" if zero_impute else "cdae"
         out[name] = (model, time.perf_counter() - start)
     return out
+
+
+def _rounded(values) -> list:
+    """Per-spectrum values for the JSON: 4 significant digits, NaN as None."""
+    return [None if not np.isfinite(v) else float(f"{v:.4g}") for v in np.asarray(values)]
 
 
 def choose_pca_k(sim, pca, val_truth, val_valid, seed) -> dict:
@@ -254,6 +261,7 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "baseline_settings": {**chosen, "pca_components": pca_k, "cdae": cdae_info},
+        "classes": labels.tolist(),
         "snr": {},
     }
     seconds, count = 0.0, 0
@@ -293,6 +301,9 @@ def main(argv=None) -> int:
             "calibration_pooled": float(calib.pooled),
             "calibration_median": float(np.nanmedian(calib.per_spectrum)),
             "class_accuracy": float(np.mean(predicted == labels)),
+            "mse_per_spectrum": {k: _rounded(v) for k, v in errors.items()},
+            "der_snr_before": _rounded(metrics.der_snr_array(flux, mask=missing)),
+            "der_snr_after": _rounded(metrics.der_snr_array(pred)),
         }
         result["snr"][str(snr)] = entry
         print(
