@@ -172,18 +172,26 @@ def _row(spectrum: Spectrum, row: int, meta: dict | None = None) -> Spectrum:
 
 
 def _unstack(result: Spectrum, originals: Sequence[Spectrum]) -> list[Spectrum]:
-    """One result per input, each with its input's own meta (a copy) and its row's entries."""
+    """One result per input: a copy of its input's meta with its row's entries merged
+    into ``meta["deepclean"]``, as a call on that spectrum alone gives."""
     info = result.meta.get("deepclean", {})
     out = []
     for row, original in enumerate(originals):
-        meta = copy.deepcopy({k: v for k, v in original.meta.items() if k != "deepclean"})
-        meta["deepclean"] = _row_meta(info, row, len(originals))
+        meta = copy.deepcopy(dict(original.meta))
+        meta["deepclean"] = {
+            **(meta.get("deepclean") or {}),
+            **_row_meta(info, row, len(originals)),
+        }
         out.append(_row(result, row, meta))
     return out
 
 
 def _clean_group(function, spectra, options) -> tuple[list, list[str]]:
     """Clean spectra sharing one axis: one stacked call, else one by one.
+
+    A stacked call that raises, or that returns a row fully masked (the cleaning
+    functions mask a batch row they cannot clean), is redone one spectrum at a time,
+    so that each bad input fails with its own reason and each warning names its file.
 
     Returns the results (a Spectrum or the error message per input) and the warnings.
     """
@@ -193,8 +201,9 @@ def _clean_group(function, spectra, options) -> tuple[list, list[str]]:
             with warnings.catch_warnings(record=True) as record:
                 warnings.simplefilter("always")
                 result = function(_stack(spectra), **options)
-            caught += [str(w.message) for w in record]
-            return _unstack(result, spectra), caught
+            if result.mask is None or not np.asarray(result.mask).all(axis=-1).any():
+                caught += [str(w.message) for w in record]
+                return _unstack(result, spectra), caught
         except (ValueError, TypeError):
             pass  # one bad spectrum spoils the stacked call: find it below
     results = []

@@ -89,3 +89,34 @@ def test_dask_workers_finish_and_report(survey, tmp_path):
     b = read_result(tmp_path / "local" / "star000_detelluric.fits")
     # same numbers on a worker (float32 network: batch 2 there, 1 here)
     np.testing.assert_allclose(a.flux.value, b.flux.value, rtol=1e-5)
+
+
+def test_row_a_batch_call_masks_is_reported_as_failed(tmp_path):
+    """A spectrum that covers too little of the model fails alone; in a stacked call denoise
+    would only mask its row: the runner must still report it failed, with its own reason."""
+    spectra = [read_spectrum(p) for p in write_survey(tmp_path, 3)]
+    flux = spectra[1].flux.value.copy()
+    flux[200:] = np.nan  # a few per cent of the model's range left
+    spectra[1] = Spectrum(
+        flux=flux * spectra[1].flux.unit,
+        spectral_axis=spectra[1].spectral_axis,
+        uncertainty=spectra[1].uncertainty,
+        meta=spectra[1].meta,
+    )
+    with pytest.raises(ValueError, match="cover"):
+        denoise(spectra[1], steps=3, n_starts=1)
+    results, failures = clean_spectra(spectra, "denoise", options={"steps": 3, "n_starts": 1})
+    assert list(failures) == [1] and "cover" in failures[1] and results[1] is None
+    assert all(isinstance(results[i], Spectrum) for i in (0, 2))
+
+
+def test_batched_results_keep_earlier_deepclean_entries(tmp_path):
+    """Stacked or alone, a result keeps the input's earlier meta["deepclean"] entries."""
+    detelluric = [remove_tellurics(read_spectrum(p)) for p in write_survey(tmp_path, 2)]
+    results, failures = clean_spectra(detelluric, "denoise", options={"steps": 3, "n_starts": 1})
+    alone = denoise(detelluric[0], steps=3, n_starts=1)
+    assert not failures
+    for result in results:
+        assert set(alone.meta["deepclean"]) == set(result.meta["deepclean"])
+        assert "transmission" in result.meta["deepclean"]
+        assert result.meta["deepclean"]["operation"] == "denoise"
