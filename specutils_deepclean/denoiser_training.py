@@ -37,13 +37,12 @@ import numpy as np
 
 from .datasets import Library
 from .provenance import Provenance, file_sha256
+from .metrics import GAUSSIAN_COVERAGE
 from .simulate import SNR_LEVELS, Simulator, prepare_truth
 from .spectra import median_normalise
 
 __all__ = ["calibrate_uncertainty", "train_denoiser"]
 
-#: Share of pixels whose truth lies within one sigma, for Gaussian errors.
-ONE_SIGMA = 0.6827
 #: Candidate scales of the latent-posterior part and of the generator's error.
 _LATENT_SCALES = np.geomspace(0.5, 8.0, 33)
 _GENERATOR_SCALES = np.linspace(0.1, 1.5, 29)
@@ -74,25 +73,40 @@ def _residuals(sim, truth, missing, *, copies: int, seed: int):
     return np.concatenate(flux), np.concatenate(sigma), np.concatenate(miss)
 
 
-def _save_stage(module, path: Path) -> None:
-    """A trained torch module's configuration, weights and history as ASDF (no pickle)."""
+def _save_stage(module, path: Path, settings: dict) -> None:
+    """A trained torch module's configuration, weights, history and the training
+    ``settings`` that made it, as ASDF (no pickle)."""
     import asdf
 
     tree = {
         "config": module.config,
         "state": {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()},
         "history": {k: [float(x) for x in v] for k, v in module.history.items()},
+        "settings": settings,
     }
     tmp = path.with_suffix(".part")
-    asdf.AsdfFile(tree).write_to(tmp)
-    os.replace(tmp, path)
+    try:
+        asdf.AsdfFile(tree).write_to(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _load_stage(cls, path: Path):
+def _load_stage(cls, path: Path, settings: dict):
+    """A stage saved by `_save_stage`; ValueError if other ``settings`` made it."""
     import asdf
     import torch
 
     with asdf.open(path, memmap=False) as af:
+        stored = dict(af.tree.get("settings") or {})
+        changed = sorted(k for k in {*stored, *settings} if stored.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(
+                f"the checkpoint {path} was trained with other settings ({', '.join(changed)}: "
+                f"{ {k: stored.get(k) for k in changed} } there, "
+                f"{ {k: settings.get(k) for k in changed} } now); delete it or use another "
+                "checkpoint folder"
+            )
         module = cls(**af["config"])
         module.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in af["state"].items()})
         module.history = {k: list(v) for k, v in af["history"].items()}
@@ -115,7 +129,8 @@ def calibrate_uncertainty(
     posterior's part (``latent_sigma``, which dominates at low S/N) and the
     generator's own error (``extra["generator_sigma"]``, which dominates at high
     S/N).  :math:`(a, b)` is chosen on a grid to bring the calibration (the share of
-    valid pixels with :math:`|s - \hat s| < \sigma`) closest to `ONE_SIGMA` at the
+    valid pixels with :math:`|s - \hat s| < \sigma`) closest to
+    `~specutils_deepclean.metrics.GAUSSIAN_COVERAGE` (0.683) at the
     worst S/N level, and stored in ``model.extra["sigma_scales"]``.  The ``test``
     split is never read.
 
@@ -136,6 +151,8 @@ def calibrate_uncertainty(
         ``sigma_scales`` [a, b], ``n_stars``, and the pooled calibration per S/N
         ``before`` (a = b = 1) and ``after``.
     """
+    if len(snr_levels) == 0 or not all(float(x) > 0 for x in snr_levels):
+        raise ValueError(f"snr_levels must be positive S/N values, got {list(snr_levels)!r}")
     wave = model.wavelength.to_value(library.wavelength.unit)
     truth, missing, _ = _split(library, wave, "val")
     sim = Simulator(wave, model.medium)
@@ -163,7 +180,7 @@ def calibrate_uncertainty(
     picks = [rng.choice(len(e), min(len(e), _GRID_PIXELS), replace=False) for e, _, _ in levels]
     subset = [tuple(x[pick] for x in level) for level, pick in zip(levels, picks, strict=True)]
     worst = {
-        (a, b): float(np.max(np.abs(shares(a, b, subset) - ONE_SIGMA)))
+        (a, b): float(np.max(np.abs(shares(a, b, subset) - GAUSSIAN_COVERAGE)))
         for a in _LATENT_SCALES
         for b in _GENERATOR_SCALES
     }
@@ -249,10 +266,21 @@ def train_denoiser(
     train = _split(library, wave, "train")
     val = _split(library, wave, "val")
 
+    # what each stage depends on: a checkpoint made with other values is refused
+    data = {"library": library.name, "n_train": len(train[0]), "n_pix": int(wave.size)}
+    gen_settings = {
+        **data,
+        "latent_dim": latent_dim,
+        "generator_epochs": generator_epochs,
+        "isometry_weight": float(isometry_weight),
+        "seed": seed,
+    }
+    flow_settings = {**data, "flow_epochs": flow_epochs, "flow_copies": flow_copies, "seed": seed}
+
     start = time.perf_counter()
     stage = None if folder is None else folder / "generator.asdf"
     if stage is not None and stage.exists():
-        gen = _load_stage(IsometricAutoencoder, stage)
+        gen = _load_stage(IsometricAutoencoder, stage, gen_settings)
     else:
         gen = fit_generator(
             train[0], train[1], latent_dim=latent_dim, val=(val[0], val[1]),
@@ -260,7 +288,7 @@ def train_denoiser(
             delta=0.1, seed=seed, noise_augment=0.02, tilt_augment=0.05, progress=progress,
         )
         if stage is not None:
-            _save_stage(gen, stage)
+            _save_stage(gen, stage, gen_settings)
     times["generator_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -277,13 +305,13 @@ def train_denoiser(
     sim = Simulator(wave, library.medium)
     stage = None if folder is None else folder / "noiseflow.asdf"
     if stage is not None and stage.exists():
-        flow = _load_stage(NoiseFlow, stage)
+        flow = _load_stage(NoiseFlow, stage, flow_settings)
     else:
         res_train = _residuals(sim, *train[:2], copies=flow_copies, seed=seed + 1)
         res_val = _residuals(sim, *val[:2], copies=1, seed=seed + 2)
         flow = fit_noiseflow(*res_train, epochs=flow_epochs, seed=seed, val=res_val)
         if stage is not None:
-            _save_stage(flow, stage)
+            _save_stage(flow, stage, flow_settings)
     times["noiseflow_s"] = time.perf_counter() - start
 
     provenance = Provenance(

@@ -317,20 +317,25 @@ def _exposures(spectrum) -> list[Spectrum]:
 def _covered_rows(gs_list, n_pix: int) -> np.ndarray:
     """Which stars cover at least `MIN_COVERAGE` of the grid; warn about the others.
 
-    Raises ValueError when none does (a single spectrum or a whole batch).
+    Raises ValueError when none does (a single spectrum or a whole batch).  Rows with
+    no usable pixel at all were already reported by `to_model_grid`: the warning here
+    names only the partly covered ones.
     """
     covered = np.sum([(~gs.missing).sum(axis=1) for gs in gs_list], axis=0) / n_pix
     good = covered >= MIN_COVERAGE
-    low = np.flatnonzero(~good)
-    message = (
-        f"spectra {low.tolist()} cover {np.round(covered[low], 3).tolist()} of the model's "
-        f"range with valid pixels; denoise needs at least {MIN_COVERAGE:.0%}"
-    )
+
+    def message(rows: np.ndarray) -> str:
+        return (
+            f"spectra {rows.tolist()} cover {np.round(covered[rows], 3).tolist()} of the "
+            f"model's range with valid pixels; denoise needs at least {MIN_COVERAGE:.0%}"
+        )
+
     if not good.any():
-        raise ValueError(message)
-    if low.size:
+        raise ValueError(message(np.flatnonzero(~good)))
+    partly = np.flatnonzero(~good & (covered > 0))
+    if partly.size:
         warnings.warn(
-            f"{message}: they are returned fully masked", AstropyUserWarning, stacklevel=3
+            f"{message(partly)}: they are returned fully masked", AstropyUserWarning, stacklevel=3
         )
     return good
 

@@ -310,3 +310,13 @@ def test_half_a_million_pixels(star, name):
     assert time.perf_counter() - start < 30
     inside = (fine > 3610) & (fine < 7390)
     assert not out.mask[inside].any()
+
+
+def test_bad_batch_row_is_reported_once(star):
+    """One warning per bad row: the resampler's, not a second one from the coverage check."""
+    flux = np.stack([star[0], np.full(4300, np.nan)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FUNCTIONS["denoise"](make(star, flux, sigma=None))
+    messages = [str(item.message) for item in caught]
+    assert len(messages) == 1 and "1 of 2 spectra have no valid pixel" in messages[0], messages

@@ -475,3 +475,14 @@ def test_log_prob_derivatives_match_autograd():
     assert_allclose(grad.numpy(), ref_grad.detach().numpy(), rtol=1e-9, atol=1e-12)
     assert_allclose(hess.numpy(), ref_hess.numpy(), rtol=1e-9, atol=1e-12)
     assert prior.log_prob_derivatives(z, c, hessian=False)[2] is None
+
+
+@pytest.mark.parametrize("c", [[0, 2], [-1, 0], [0.0, 1.0], [True, False]])
+def test_class_indices_are_checked(c):
+    a, b, rng = _two_classes()
+    prior, _ = _scipy_prior(a, b)
+    z = torch.as_tensor(rng.normal(size=(2, 3)))
+    with pytest.raises(ValueError, match="class indices"):
+        prior.log_prob_derivatives(z, torch.as_tensor(c))
+    with pytest.raises(ValueError, match="class indices"):
+        prior.log_prob(z, c=torch.as_tensor(c))

@@ -80,3 +80,15 @@ def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys)
     again = load_model(out)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+    # Stages made with other settings are refused, not silently reused.
+    changed = [*argv[:argv.index("--latent")], "--latent", "4", *argv[argv.index("--latent") + 2:]]
+    assert cli.main([*changed, "--overwrite"]) == 1
+    assert "other settings (latent_dim" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("levels", [[], [10.0, -2.0]])
+def test_calibrate_uncertainty_needs_positive_snr_levels(levels):
+    from specutils_deepclean.denoiser_training import calibrate_uncertainty
+
+    with pytest.raises(ValueError, match="snr_levels"):
+        calibrate_uncertainty(load_model("denoiser-miles"), None, snr_levels=levels)

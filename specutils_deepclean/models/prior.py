@@ -315,7 +315,7 @@ class KDEPrior(torch.nn.Module):
         out = self._chunked(white_z).to(z.dtype).reshape(*z.shape[:-1], self.n_classes)
         if c is None:
             return out
-        c = torch.as_tensor(c, device=out.device)
+        c = self._class_tensor(c, out.device)
         shape = torch.broadcast_shapes(out.shape[:-1], c.shape)
         index = c.expand(shape)[..., None]
         return torch.gather(out.expand(*shape, self.n_classes), -1, index)[..., 0]
@@ -365,6 +365,18 @@ class KDEPrior(torch.nn.Module):
         out = torch.logsumexp(terms + self._log_weight[k], dim=-1) + self._log_norm[k]
         return out.to(z.dtype).reshape(z.shape[:-1])
 
+    def _class_tensor(self, c, device) -> torch.Tensor:
+        """``c`` as an integer tensor on ``device``, every index in [0, K)."""
+        c = torch.as_tensor(c, device=device)
+        if c.dtype.is_floating_point or c.dtype.is_complex or c.dtype == torch.bool:
+            raise ValueError(f"class indices must be integers, got dtype {c.dtype}")
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.n_classes):
+            raise ValueError(
+                f"class indices must lie in [0, {self.n_classes}), got {int(c.min())} to "
+                f"{int(c.max())}"
+            )
+        return c
+
     def log_prob_derivatives(self, z: torch.Tensor, c: torch.Tensor, *, hessian: bool = True):
         r"""Log density under given classes, with its gradient and Hessian in ``z``.
 
@@ -394,7 +406,7 @@ class KDEPrior(torch.nn.Module):
         z = self._check_z(z)
         if z.ndim != 2:
             raise ValueError(f"z must have shape (n, {self.n_dim}), got {tuple(z.shape)}")
-        c = torch.as_tensor(c, device=z.device).expand(z.shape[0])
+        c = self._class_tensor(c, z.device).expand(z.shape[0])
         dtype = self._inv_chol.dtype
         log_prob = torch.zeros(z.shape[0], dtype=dtype, device=z.device)
         grad = torch.zeros(z.shape, dtype=dtype, device=z.device)
