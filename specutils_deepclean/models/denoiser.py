@@ -29,7 +29,7 @@ from ..provenance import Provenance
 from .base import DeepCleanModel
 from .generator import IsometricAutoencoder
 from .layers import missing_mask
-from .noiseflow import NoiseFlow, counted_pixels
+from .noiseflow import _HALF_LOG_2PI, NoiseFlow, counted_pixels
 from .prior import KDEPrior
 
 __all__ = ["Denoiser", "MAPResult"]
@@ -39,8 +39,7 @@ ARCHITECTURE = "deep-bayesian"
 FLOW_KINDS = {"whitened": True, "plain": False}
 #: DER_SNR's noise factor: 1.482602 / sqrt(6) times the median |2 f_i - f_{i-2} - f_{i+2}|.
 _DER_SNR = 1.482602 / math.sqrt(6.0)
-_LOG_2PI = math.log(2.0 * math.pi)
-_HALF_LOG_2PI = 0.5 * _LOG_2PI
+_LOG_2PI = 2.0 * _HALF_LOG_2PI
 #: Latent points per chunk of likelihood derivatives, and of plain evaluations:
 #: the fastest of 8/16, 16/32, 32/64 and 64/128 for batches of 256 on a 2-core CPU
 #: (larger chunks leave the cache, smaller ones pay per-call overhead).
@@ -100,7 +99,9 @@ class MAPResult:
     steps : ndarray of int, shape (B, K)
         Newton steps taken by each class (0: it stopped after screening).
     converged : ndarray of bool, shape (B, K)
-        Whether the class's Newton decrement fell below ``tol``.
+        Whether the class stopped converged: its Newton decrement fell below
+        ``tol``, or no halved step raised the log joint by ``tol`` while none
+        lowered it by more (a flat optimum).
     flow : str
         The NoiseFlow used: ``"whitened"`` or ``"plain"``.
     sigma_estimated : bool
@@ -393,9 +394,10 @@ class Denoiser(DeepCleanModel):
         the prior's come in closed form
         (`~specutils_deepclean.models.prior.KDEPrior.log_prob_derivatives`).
 
-        1. Screening. The likelihood's value, gradient and Hessian at the
-           encoder's guess :math:`z_E = E(y)` (the mean of the exposures' codes,
-           weighted by their numbers of valid pixels), once per star. For every
+        1. Screening, in two rounds per star. The likelihood's value, gradient
+           and Hessian at a centre: first the encoder's guess :math:`z_E = E(y)`
+           (the mean of the exposures' codes, weighted by their numbers of valid
+           pixels), then the star's best point of the first round. For every
            class, the quadratic expansion of the likelihood there (its Hessian's
            eigenvalues raised to a small floor) plus the exact
            :math:`\log p(z \mid C)` is maximised by EM iterations on the KDE
@@ -409,7 +411,8 @@ class Denoiser(DeepCleanModel):
         2. Newton ascent of the other classes, all (star, class) pairs in one
            batch: the exact Hessian :math:`H_C` of the negative log joint, its
            eigenvalues raised to a floor, gives the step; a step is halved up to
-           three times until the log joint rises, else the class stops. A class
+           three times until the log joint rises by at least ``tol``, else the
+           class stops. A class
            has converged when the Newton decrement
            :math:`g^\top H_C^{-1} g / 2` (the rise a full step would bring) is
            below ``tol``; it stops at a point where :math:`H_C` is known.
@@ -476,8 +479,8 @@ class Denoiser(DeepCleanModel):
         constant over the spectrum.
 
         Hessians: exact (almost everywhere) for the classes that reach step 2.
-        A class that stops at screening keeps the likelihood's Hessian at
-        :math:`z_E` plus the prior's exact Hessian at its point; its posterior
+        A class that stops at screening keeps the likelihood's Hessian at the
+        last screening centre plus the prior's exact Hessian at its point; its posterior
         weight is below :math:`e^{-\text{margin}}` anyway.
 
         Uncertainty: per class, :math:`\Sigma_C = H_C^{-1}` pushed through the

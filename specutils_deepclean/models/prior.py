@@ -119,6 +119,8 @@ class KDEPrior(torch.nn.Module):
         self._counts = counts
         self._points_np = points
         self._bandwidths_np = bandwidths
+        # outside the module's buffers, so it stays float64 whatever the module's dtype
+        self._precisions64 = torch.from_numpy(np.linalg.inv(bandwidths))
         self._register(points, counts, bandwidths)
 
     # ------------------------------------------------------------------ construction
@@ -255,11 +257,10 @@ class KDEPrior(torch.nn.Module):
     def precisions(self) -> torch.Tensor:
         """Kernel precisions :math:`H_C^{-1}`, shape (K, L, L), float64, on the prior's device.
 
-        Computed from the stored float64 bandwidths, so that a narrow kernel
+        Kept from the float64 bandwidths at construction, so that a narrow kernel
         keeps its precision when the module runs in float32.
         """
-        precision = np.linalg.inv(self._bandwidths_np)
-        return torch.from_numpy(precision).to(self._chol.device)
+        return self._precisions64.to(self._chol.device)
 
     def points(self, class_index: int | str) -> torch.Tensor:
         """Training latents of one class, shape (n_C, L), on the prior's device."""
