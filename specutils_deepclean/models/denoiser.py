@@ -445,7 +445,8 @@ class Denoiser(DeepCleanModel):
         class_margin : float, optional
             Log-joint gap (nats) beyond which a class stops after screening
             (10, its posterior weight below :math:`5 \times 10^{-5}`, was as good as 30
-            on MILES val and 1.4 times faster: ``benchmarks/results/denoise_val_margin.json``).
+            on MILES val and 1.4 times faster, timed on one thread of a shared CPU:
+            ``benchmarks/results/denoise_val_margin.json``).
         random_starts : int, optional
             Extra starts per class drawn from the prior (>= 0).
         generator : `torch.Generator`, optional
