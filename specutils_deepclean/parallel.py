@@ -28,6 +28,7 @@ interrupted writes are removed at the end of the run.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import time
 import warnings
@@ -105,6 +106,31 @@ def _function(task: str) -> Callable:
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     return denoise if task == "denoise" else remove_tellurics
+
+
+def _check_options(task: str, options: dict) -> None:
+    """Refuse bad cleaning options before any work (else every file would fail alike).
+
+    Raises
+    ------
+    ValueError
+        For an option the cleaning function does not take, an unknown telluric
+        mode or an unknown shipped model name.
+    FileNotFoundError
+        For a model file that does not exist.
+    """
+    from .io.models import _resolve
+    from .manipulation import TELLURIC_MODES
+
+    function = _function(task)
+    try:
+        inspect.signature(function).bind(None, **options)
+    except TypeError as exc:
+        raise ValueError(f"invalid options for {task}: {exc}") from None
+    if task == "detelluric" and options.get("mode", "divide") not in TELLURIC_MODES:
+        raise ValueError(f"mode must be one of {TELLURIC_MODES}, got {options['mode']!r}")
+    if isinstance(options.get("model"), str | os.PathLike):
+        _resolve(options["model"])
 
 
 def _axis_key(spectrum: Spectrum) -> tuple:
@@ -388,14 +414,15 @@ def clean_files(
     Raises
     ------
     ValueError
-        If ``task`` or a setting is invalid.
+        If ``task``, a setting or an option (unknown keyword, telluric mode or
+        model name) is invalid: raised before any work is done.
     FileNotFoundError
-        If a pattern or list file matches nothing.
+        If a pattern or list file matches nothing, or the model file is missing.
     PermissionError, OSError
         If ``output_dir`` cannot be written or is (nearly) full: raised before any
         work is done.
     """
-    _function(task)
+    _check_options(task, options or {})
     _check_batching(batch_size, workers)
     start = time.perf_counter()
     paths = expand_inputs(inputs)
@@ -468,8 +495,13 @@ def clean_spectra(
         The cleaned Spectrum per input, in order; None where it failed.
     failures : dict
         Input index -> reason, for those that failed.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        For a bad task, setting or option, as :func:`clean_files`, before any work.
     """
-    _function(task)
+    _check_options(task, options or {})
     _check_batching(batch_size, workers)
     spectra = list(spectra)
     results: list = [None] * len(spectra)

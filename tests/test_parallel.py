@@ -120,3 +120,21 @@ def test_batched_results_keep_earlier_deepclean_entries(tmp_path):
         assert set(alone.meta["deepclean"]) == set(result.meta["deepclean"])
         assert "transmission" in result.meta["deepclean"]
         assert result.meta["deepclean"]["operation"] == "denoise"
+
+
+@pytest.mark.parametrize(
+    "task, options, error, match",
+    [
+        ("detelluric", {"mode": "bogus"}, ValueError, "mode must be one of"),
+        ("denoise", {"stepz": 3}, ValueError, "invalid options for denoise"),
+        ("detelluric", {"model": "nosuch"}, ValueError, "unknown model name"),
+        ("denoise", {"model": "nosuch.asdf"}, FileNotFoundError, "not found"),
+    ],
+)
+def test_bad_options_are_refused_before_work(survey, tmp_path, task, options, error, match):
+    paths, _ = survey
+    with pytest.raises(error, match=match):
+        clean_files([str(p) for p in paths], tmp_path / "out", task, options=options)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(error, match=match):
+        clean_spectra([read_spectrum(paths[0])], task, options=options)

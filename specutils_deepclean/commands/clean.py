@@ -102,7 +102,7 @@ def _run(task: str, argv) -> int:
             scheduler=args.scheduler,
             progress=not args.quiet,
         )
-    except (OSError, ValueError) as exc:  # before any work: bad folder, pattern, setting
+    except (OSError, ValueError, ImportError) as exc:  # before any work: folder, setting, dask
         print(f"specutils-deepclean {task}: error: {exc}", file=sys.stderr)
         return 2
     if args.plot:
