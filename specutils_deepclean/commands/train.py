@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="latent size (tellurics 128, denoiser 16)")
     parser.add_argument("--autoencoder", action="store_true",
                         help="tellurics: deterministic autoencoder instead of the VAE")
-    parser.add_argument("--fwhm", type=float, default=2.5,
-                        help="tellurics: resolution FWHM (Angstrom) for the telluric bands")
+    parser.add_argument("--fwhm", type=float, default=None,
+                        help="tellurics: resolution FWHM (Angstrom) for the telluric bands "
+                        "(default: the library's, else 2.5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -64,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _spectra(args, parser):
-    """The training spectra and their medium (from --medium, the library or the files)."""
+    """The training spectra, their medium (from --medium, the library or the files) and
+    their resolution FWHM in Angstrom (from --fwhm, the library, else 2.5)."""
     from ..datasets import load_library
     from ..files import expand_inputs, read_spectrum
 
@@ -74,11 +76,14 @@ def _spectra(args, parser):
         library = load_library(args.library).select(split=args.split, good=True)
         if len(library) == 0:
             parser.error(f"the library has no good stars in split {args.split!r}")
-        return library.to_spectrum(), args.medium or library.medium
+        fwhm = args.fwhm
+        if fwhm is None:
+            fwhm = 2.5 if library.fwhm is None else library.fwhm.to_value("Angstrom")
+        return library.to_spectrum(), args.medium or library.medium, fwhm
     if not args.inputs:
         parser.error("tellurics: give spectrum files (or --library)")
     spectra = [read_spectrum(path, args.format) for path in expand_inputs(args.inputs)]
-    return spectra, args.medium or _stated_medium(spectra)
+    return spectra, args.medium or _stated_medium(spectra), args.fwhm or 2.5
 
 
 def _stated_medium(spectra) -> str:
@@ -100,7 +105,7 @@ def _tellurics(args, parser):
     from ..tellurics import reference_lines
     from ..training import train_karaoke
 
-    spectra, medium = _spectra(args, parser)
+    spectra, medium, fwhm = _spectra(args, parser)
     model = train_karaoke(
         spectra,
         medium=medium,
@@ -115,7 +120,7 @@ def _tellurics(args, parser):
         checkpoint=args.checkpoint,
     )
     try:
-        lines = reference_lines(model.wavelength.to_value("Angstrom"), medium, fwhm=args.fwhm)
+        lines = reference_lines(model.wavelength.to_value("Angstrom"), medium, fwhm=fwhm)
         model.extra = {**model.extra, "telluric_lines": lines.astype(np.float32)}
     except FileNotFoundError as exc:
         warnings.warn(
