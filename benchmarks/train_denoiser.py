@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--latent", type=int, default=16)
-    parser.add_argument("--generator-epochs", type=int, default=150)
+    parser.add_argument("--generator-epochs", type=int, default=600)
     parser.add_argument("--isometry-weight", type=float, default=30.0)
     parser.add_argument("--flow-epochs", type=int, default=15)
     parser.add_argument("--flow-copies", type=int, default=3)

@@ -200,7 +200,7 @@ def train_denoiser(
     *,
     wave_range: tuple[float, float] = (3600.0, 7400.0),
     latent_dim: int = 16,
-    generator_epochs: int = 150,
+    generator_epochs: int = 600,
     isometry_weight: float = 30.0,
     flow_epochs: int = 15,
     flow_copies: int = 3,
