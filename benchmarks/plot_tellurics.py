@@ -5,7 +5,8 @@
 Writes ``docs/_static/tellurics_example.png`` (like Sedaghat et al. Fig. 5: one test
 star at S/N 200 and airmass 2.5 around three telluric bands: observation, truth,
 ``reconstruct`` and ``divide``), ``docs/_static/tellurics_whitening.png`` (like their
-Fig. 7: Q_t against the whitening level, from the ablation) and
+Fig. 7: Q_t against the whitening level, from the ablation, with and without the
+telluric layer) and
 ``docs/_generated/tellurics_table.rst`` (the numbers of the page).
 """
 
@@ -64,19 +65,43 @@ def example_figure(path: Path, star_index: int) -> None:
     plt.close(fig)
 
 
+def _ablation_groups(ablation: dict) -> dict:
+    """``{(variant, whitening): [entries of each seed]}`` from labels like ``layer-N30-s1``."""
+    groups: dict = {}
+    for label, entry in ablation.items():
+        variant, setting, _ = label.split("-")
+        if setting.startswith("N"):
+            groups.setdefault((variant, int(setting[1:])), []).append(entry)
+    return groups
+
+
 def whitening_figure(path: Path, ablation: dict) -> None:
-    labels = [k for k in ("N0", "N15", "N30", "N300") if k in ablation]
-    x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for offset, mode, colour in ((-0.18, "reconstruct", "tab:blue"), (0.18, "divide", "tab:red")):
-        values = [ablation[k][mode]["q_t_median"] for k in labels]
-        ax.bar(x + offset, values, width=0.34, color=colour, label=mode)
-    ax.set_xticks(x, [label.replace("N", "") + " km/s" for label in labels])
+    """Median Q_t against N for each training variant and mode; a dot per seed."""
+    groups = _ablation_groups(ablation)
+    levels = sorted({n for _, n in groups})
+    x = np.arange(len(levels))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    styles = (
+        ("paper", "reconstruct", "tab:blue", -0.3),
+        ("paper", "divide", "tab:cyan", -0.1),
+        ("layer", "reconstruct", "tab:red", 0.1),
+        ("layer", "divide", "tab:orange", 0.3),
+    )
+    for variant, mode, colour, offset in styles:
+        for i, level in enumerate(levels):
+            values = [e[mode]["q_t_median"] for e in groups.get((variant, level), [])]
+            if not values:
+                continue
+            ax.bar(x[i] + offset, np.mean(values), width=0.19, color=colour, alpha=0.6,
+                   label=f"{variant}, {mode}" if i == 0 else None)
+            ax.plot([x[i] + offset] * len(values), values, "k.", ms=4)
+    ax.set_xticks(x, [f"{n} km/s" for n in levels])
     ax.set_xlabel("velocity whitening N")
     ax.set_ylabel("median Q_t (lower is better)")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    ax.set_title("Whitening ablation, MILES test, S/N 50", fontsize=10)
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
+    ax.set_title("Whitening ablation, MILES test, S/N 50 (bar: seed mean, dots: seeds)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -26,6 +26,8 @@ _HISTORY_KEYS = ("train_loss", "train_l1", "train_kl", "val_loss", "val_l1", "va
 _HISTORY = "history_"  # == models.karaoke.HISTORY_PREFIX (not imported: it needs torch)
 _OPTIM = "optim_"
 _BEST = "best_"
+_LINES = "telluric_lines"  # the model's extra key read by remove_tellurics
+_LINES_FLOOR = 1e-3  # saturated telluric pixels: the log of the layer stays finite
 
 
 def train_karaoke(
@@ -40,6 +42,7 @@ def train_karaoke(
     latent_dim: int = 128,
     variational: bool = True,
     beta: float = 0.1,
+    telluric_lines=None,
     val=None,
     seed: int = 0,
     device=None,
@@ -59,6 +62,15 @@ def train_karaoke(
     The spectra must be in the topocentric frame (as observed), where the
     tellurics sit at fixed wavelengths: the whitening is what lets the network
     separate them from the star.
+
+    With ``telluric_lines`` (a reference line transmission, e.g.
+    `~specutils_deepclean.tellurics.reference_lines`), the loss compares the
+    observation with ``reconstruction * telluric_lines ** p`` instead, ``p``
+    fitted per spectrum in closed form
+    (`~specutils_deepclean.models.karaoke.telluric_layer`; the lines move with the
+    whitening velocity): the atmosphere is explained by the layer, and the
+    network's reconstruction is left with the star.  This is our addition to the
+    paper; it needs no ground truth either, only a generic transmission model.
 
     Parameters
     ----------
@@ -87,6 +99,12 @@ def train_karaoke(
         Train the VAE (True) or the deterministic autoencoder (False).
     beta : float, optional
         Weight of the KL term (0.1 in the paper); ignored when not variational.
+    telluric_lines : array_like, shape (n_pix,), optional
+        Line transmission (values in [0, 1], 1 outside the bands) on the model
+        grid for the telluric layer; stored as the model's
+        ``extra["telluric_lines"]``, which tells
+        `~specutils_deepclean.remove_tellurics` where the bands are.  Default: no
+        layer (the paper's training).
     val : same types as ``spectra``, optional
         Validation spectra. Each gets one fixed whitening velocity (drawn from the
         seed), the loss is computed from the latent mean, and the weights of the
@@ -143,6 +161,7 @@ def train_karaoke(
     _check_settings(epochs, batch_size, lr, whitening_kms, beta, seed)
     train = _training_arrays(spectra, wavelength, medium, "spectra")
     grid_wave = train[2]
+    lines = None if telluric_lines is None else _check_lines(telluric_lines, len(grid_wave))
     val_arrays = None if val is None else _training_arrays(val, grid_wave, medium, "val")[:2]
     device = torch.device(
         device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,14 +172,16 @@ def train_karaoke(
         **(model_options or {}),
     }
     model = KaraokeVAE.from_grid(grid_wave, medium=medium, seed=seed, **options)
-    state = _TrainState(model, lr)
+    state = _TrainState(model, lr, lines)
     if checkpoint is not None and Path(checkpoint).exists():
         state.resume(Path(checkpoint))
     model.to(device)
     state.optimizer_to(device)
     beta_used = beta if variational else 0.0
     val_batch = (
-        None if val_arrays is None else _whitened_val(val_arrays, grid_wave, whitening_kms, seed)
+        None
+        if val_arrays is None
+        else _whitened_val(val_arrays, grid_wave, whitening_kms, seed, lines)
     )
     bar = _epochs(state.epoch, epochs, progress)
     for epoch in bar:
@@ -171,10 +192,12 @@ def train_karaoke(
         for index in np.array_split(
             rng.permutation(len(train[0])), _n_batches(len(train[0]), batch_size)
         ):
-            flux, missing = _whiten(train[0][index], train[1][index], grid_wave, whitening_kms, rng)
+            flux, missing, log_lines = _whiten(
+                train[0][index], train[1][index], grid_wave, whitening_kms, rng, lines
+            )
             x, m = _tensors(flux, missing, device)
             recon, mu, logvar = model(x, m, generator=generator)
-            losses = _loss(recon, x, mu, logvar, m, beta_used)
+            losses = _loss(recon, x, mu, logvar, m, beta_used, log_lines)
             state.optimizer.zero_grad()
             losses[0].backward()
             state.optimizer.step()
@@ -193,17 +216,19 @@ def train_karaoke(
         seed=seed,
         settings=_settings_note(
             epochs, batch_size, lr, whitening_kms, beta_used, variational, latent_dim
-        ),
+        )
+        + f", telluric_layer={lines is not None}",
     )
 
 
 class _TrainState:
     """Optimiser, loss history and best weights of a training run."""
 
-    def __init__(self, model, lr):
+    def __init__(self, model, lr, lines):
         import torch
 
         self.model = model
+        self.lines = lines
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         self.history = {key: [] for key in _HISTORY_KEYS}
         self.best = None
@@ -232,6 +257,8 @@ class _TrainState:
         from .io.models import save_model
 
         extra = self._history_extra()
+        if self.lines is not None:
+            extra[_LINES] = self.lines
         for index, values in self.optimizer.state_dict()["state"].items():
             for key, value in values.items():
                 extra[f"{_OPTIM}{index}_{key}"] = value.detach().cpu().numpy()
@@ -258,8 +285,16 @@ class _TrainState:
             saved.wavelength.to_value(u.AA), self.model.wavelength.to_value(u.AA)
         ):
             raise ValueError(f"checkpoint {path} is on a different wavelength grid")
-        self.model.load_state_dict(saved.state_dict())
         extra = saved.extra
+        saved_lines = extra.get(_LINES)
+        if (saved_lines is None) != (self.lines is None) or (
+            saved_lines is not None and not np.array_equal(saved_lines, self.lines)
+        ):
+            raise ValueError(
+                f"checkpoint {path} was trained with other telluric_lines "
+                f"({'none' if saved_lines is None else 'different values'})"
+            )
+        self.model.load_state_dict(saved.state_dict())
         self.history = {key: list(extra.get(_HISTORY + key, [])) for key in _HISTORY_KEYS}
         best = {
             k[len(_BEST) :]: torch.from_numpy(v) for k, v in extra.items() if k.startswith(_BEST)
@@ -281,6 +316,8 @@ class _TrainState:
             device = self.model.device
             self.model.load_state_dict({k: v.to(device) for k, v in self.best.items()})
         self.model.extra = self._history_extra()
+        if self.lines is not None:
+            self.model.extra[_LINES] = self.lines.astype(np.float32)
         metrics = {}
         if np.isfinite(self.best_loss):
             best_epoch = int(np.nanargmin(self.history["val_loss"]))
@@ -306,9 +343,11 @@ class _TrainState:
         }
 
 
-def _loss(recon, x, mu, logvar, missing, beta):
-    from .models.karaoke import karaoke_loss
+def _loss(recon, x, mu, logvar, missing, beta, log_lines=None):
+    from .models.karaoke import karaoke_loss, telluric_layer
 
+    if log_lines is not None:
+        recon = telluric_layer(recon, x, log_lines.to(recon.device), missing)[0]
     return karaoke_loss(recon, x, mu, logvar, missing, beta=beta)
 
 
@@ -321,32 +360,54 @@ def _evaluate(model, val_batch, device, beta) -> dict:
     model.eval()
     sums = np.zeros(3)
     with torch.inference_mode():
-        for flux, missing in val_batch:
+        for flux, missing, log_lines in val_batch:
             x, m = _tensors(flux, missing, device)
             recon, mu, logvar = model(x, m)
             sums += len(flux) * np.array(
-                [float(value) for value in _loss(recon, x, mu, logvar, m, beta)]
+                [float(value) for value in _loss(recon, x, mu, logvar, m, beta, log_lines)]
             )
-    n = sum(len(flux) for flux, _ in val_batch)
+    n = sum(len(batch[0]) for batch in val_batch)
     return dict(zip(("val_loss", "val_l1", "val_kl"), sums / n, strict=True))
 
 
-def _whitened_val(val_arrays, wavelength, whitening_kms, seed, chunk: int = 256):
-    """Validation spectra whitened once with fixed velocities, in chunks."""
+def _whitened_val(val_arrays, wavelength, whitening_kms, seed, lines, chunk: int = 256):
+    """Validation spectra (and log lines) whitened once with fixed velocities, in chunks."""
     rng = np.random.default_rng([seed, 2**31])
-    flux, missing = _whiten(*val_arrays, wavelength, whitening_kms, rng)
-    return [(flux[i : i + chunk], missing[i : i + chunk]) for i in range(0, len(flux), chunk)]
+    flux, missing, log_lines = _whiten(*val_arrays, wavelength, whitening_kms, rng, lines)
+    return [
+        (
+            flux[i : i + chunk],
+            missing[i : i + chunk],
+            None if log_lines is None else log_lines[i : i + chunk],
+        )
+        for i in range(0, len(flux), chunk)
+    ]
 
 
-def _whiten(flux, missing, wavelength, whitening_kms, rng):
+def _whiten(flux, missing, wavelength, whitening_kms, rng, lines=None):
+    """Whitened flux and missing mask, and the log line transmission moved with them.
+
+    The log lines are a float32 tensor (one row per spectrum), None without ``lines``.
+    """
+    import torch
+
     from .models.karaoke import velocity_whiten
+    from .spectra import shift_flux
 
-    if whitening_kms == 0:
-        return flux, missing
-    shifted, shifted_missing, _ = velocity_whiten(
-        flux, wavelength, missing, max_velocity=whitening_kms, rng=rng
-    )
-    return shifted, shifted_missing
+    velocities = None
+    if whitening_kms != 0:
+        flux, missing, velocities = velocity_whiten(
+            flux, wavelength, missing, max_velocity=whitening_kms, rng=rng
+        )
+    if lines is None:
+        return flux, missing, None
+    moved = np.broadcast_to(lines, flux.shape)
+    if velocities is not None:
+        wave = np.asarray(getattr(wavelength, "value", wavelength), dtype=float)
+        # Beyond the grid ends the shifted lines are unknown: no absorption there.
+        moved = np.nan_to_num(shift_flux(moved, wave, velocities)[0], nan=1.0)
+    log_lines = np.log(np.clip(moved, _LINES_FLOOR, 1.0))
+    return flux, missing, torch.from_numpy(log_lines.astype(np.float32))
 
 
 def _tensors(flux, missing, device):
@@ -355,6 +416,18 @@ def _tensors(flux, missing, device):
     x = torch.from_numpy(np.asarray(flux, dtype=np.float32)).to(device)
     m = torch.from_numpy(np.asarray(missing, dtype=bool)).to(device)
     return x, m
+
+
+def _check_lines(lines, n_pix: int) -> np.ndarray:
+    """The reference line transmission as float64, checked."""
+    lines = np.asarray(lines, dtype=float)
+    if lines.shape != (n_pix,):
+        raise ValueError(
+            f"telluric_lines must have shape ({n_pix},) to match the grid, got {lines.shape}"
+        )
+    if not np.all(np.isfinite(lines)) or np.any(lines < 0) or np.any(lines > 1):
+        raise ValueError("telluric_lines must be finite and in [0, 1]")
+    return lines
 
 
 def _n_batches(n: int, batch_size: int) -> int:

@@ -1,6 +1,7 @@
 """``specutils-deepclean benchmark``: the protocols run end to end on tiny inputs."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,32 @@ def test_benchmark_denoise_trains_the_cdae_baselines(tmp_path):
     assert set(trained) == {"cdae", "cdae_zero_impute"}
     assert all(len(entry["val_history"]) == 2 for entry in trained.values())
     assert {"cdae", "cdae_zero_impute"} <= set(result["snr"]["10"]["win_rate"])
+
+
+def test_benchmark_tellurics_on_a_library_file(tmp_path):
+    import copy
+    import shutil
+
+    from specutils_deepclean.datasets import load_examples
+
+    library = load_examples()
+    library.params = copy.deepcopy(library.params)
+    library.params["split"] = ["test"] * len(library)
+    path = library.write(tmp_path / "lib.fits")
+    folder = tmp_path / "ablation"
+    folder.mkdir()
+    shipped = Path(cli.__file__).parent / "pretrained" / "karaoke-miles.asdf"
+    shutil.copy(shipped, folder / "layer-N30-s0.asdf")
+    out = tmp_path / "t.json"
+    argv = ["benchmark", "tellurics", "--library", str(path), "--split", "test",
+            "--threads", "1", "--ablation-dir", str(folder), "--json", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["n_spectra"] == len(library) and set(result["snr"]) == {"20", "50", "200"}
+    for entry in result["snr"]["50"].values():
+        if isinstance(entry, dict):
+            assert 0 <= entry["q_t_median"] <= 1 and 0 <= entry["q_s_median"] <= 1
+    assert result["snr"]["50"]["none"]["q_t_median"] == 1.0  # no correction: Q_t = 1
+    assert set(result["ablation_snr50"]) == {"layer-N30-s0"}
+    with pytest.raises(SystemExit):
+        cli.main([*argv[:-4], "--ablation-dir", str(tmp_path), "--json", str(out)])

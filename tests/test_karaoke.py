@@ -9,11 +9,13 @@ from specutils import Spectrum
 from specutils_deepclean.models import MODEL_REGISTRY
 from specutils_deepclean.models.karaoke import (
     KaraokeVAE,
+    MAX_TELLURIC_POWER,
     karaoke_loss,
+    telluric_layer,
     velocity_whiten,
 )
 from specutils_deepclean.models.layers import fill_missing
-from specutils_deepclean.training import train_karaoke
+from specutils_deepclean.training import _whiten, train_karaoke
 
 C_KMS = 299792.458
 TINY = {"base_channels": 4, "bottleneck_length": 8, "head_channels": 2}
@@ -357,3 +359,88 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path):
         assert torch.equal(pa, pb)
     with pytest.raises(ValueError, match="checkpoint .* holds a model with config"):
         _train(epochs=4, val=val, checkpoint=tmp_path / "ckpt.asdf", latent_dim=5)
+
+
+def _band(n_pix=64):
+    lines = np.ones(n_pix)
+    lines[28:36] = [0.9, 0.7, 0.5, 0.4, 0.4, 0.5, 0.7, 0.9]
+    return lines
+
+
+def test_telluric_layer_recovers_the_power_and_ignores_missing_pixels():
+    log_t = torch.log(torch.as_tensor(_band(), dtype=torch.float64))
+    star = torch.as_tensor(_spectra(3, 64), dtype=torch.float64)
+    powers = torch.tensor([0.4, 1.0, 2.3], dtype=torch.float64)
+    observed = star * torch.exp(powers[:, None] * log_t)
+    missing = torch.zeros(observed.shape, dtype=torch.bool)
+    missing[1, 30] = True
+    observed[1, 30] = 50.0  # a bad pixel, masked: must not move the fit
+    recon = star.clone().requires_grad_(True)
+    model_flux, power = telluric_layer(recon, observed, log_t, missing)
+    torch.testing.assert_close(power, powers)
+    assert not power.requires_grad
+    keep = ~missing
+    torch.testing.assert_close(model_flux[keep], observed[keep])
+    model_flux.sum().backward()  # the gradient reaches the reconstruction through T ** p
+    torch.testing.assert_close(recon.grad, torch.exp(powers[:, None] * log_t).expand(3, 64))
+
+
+def test_telluric_layer_power_is_clipped_and_zero_without_bands():
+    log_t = torch.log(torch.as_tensor(_band(), dtype=torch.float32))
+    star = torch.ones(3, 64)
+    observed = torch.stack(
+        [star[0] * torch.exp(-1.0 * log_t), star[1] * torch.exp(9.0 * log_t), star[2]]
+    )
+    _, power = telluric_layer(star, observed, log_t)
+    assert power.tolist()[:2] == [0.0, MAX_TELLURIC_POWER]
+    _, none = telluric_layer(star, observed, torch.zeros(64))  # no band: nothing to fit
+    assert none.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_whitening_moves_the_telluric_lines_with_the_spectrum():
+    lines = _band(256)
+    wave = _wave(256)
+    flux = np.tile(lines, (4, 1))
+    rng = np.random.default_rng(3)
+    shifted, missing, log_lines = _whiten(flux, np.zeros(flux.shape, bool), wave, 300.0, rng, lines)
+    assert log_lines.shape == flux.shape and log_lines.dtype == torch.float32
+    inside = ~missing
+    expected = np.minimum(shifted, 1.0)[inside]  # the lines never exceed 1
+    np.testing.assert_allclose(np.exp(log_lines.numpy())[inside], expected, atol=1e-6)
+    assert not np.allclose(shifted, flux)  # it did move
+    _, _, none = _whiten(flux, np.zeros(flux.shape, bool), wave, 30.0, rng)
+    assert none is None
+
+
+def test_training_with_the_telluric_layer(tmp_path):
+    lines = _band()
+    rng = np.random.default_rng(0)
+    flux = _spectra(24, 64) * lines ** rng.uniform(0.3, 1.5, size=(24, 1))
+    val = flux[:6]
+    plain = _train(flux, epochs=2, val=val)
+    layered = _train(flux, epochs=2, val=val, telluric_lines=lines)
+    np.testing.assert_array_equal(layered.extra["telluric_lines"], lines.astype(np.float32))
+    assert "telluric_layer=True" in layered.provenance.notes
+    assert "telluric_lines" not in plain.extra and "telluric_layer=False" in plain.provenance.notes
+    # the same seed and data: only the loss differs, so the training history does
+    assert layered.history["train_loss"] != plain.history["train_loss"]
+    # a checkpoint made with the layer is not resumed without it (or with other lines)
+    _train(flux, epochs=1, val=val, telluric_lines=lines, checkpoint=tmp_path / "c.asdf")
+    for other in (None, lines**2):
+        with pytest.raises(ValueError, match="other telluric_lines"):
+            _train(flux, epochs=2, val=val, telluric_lines=other, checkpoint=tmp_path / "c.asdf")
+    resumed = _train(flux, epochs=2, val=val, telluric_lines=lines, checkpoint=tmp_path / "c.asdf")
+    assert resumed.history == layered.history
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        (np.ones(63), r"shape \(64,\)"),
+        (np.full(64, 1.5), r"in \[0, 1\]"),
+        (np.full(64, np.nan), r"in \[0, 1\]"),
+    ],
+)
+def test_training_bad_telluric_lines(lines, match):
+    with pytest.raises(ValueError, match=match):
+        _train(telluric_lines=lines)

@@ -19,8 +19,10 @@ Eqs. 12-15 (``specutils_deepclean.metrics``); lower is better.
     specutils-deepclean benchmark tellurics --split test --json tellurics_test.json
     python benchmarks/bench_tellurics.py ...   (the same)
 
-``--ablation LABEL=MODEL ...`` adds Q_t / Q_s at S/N 50 for other model files
-(whitening 0/15/30 km/s, VAE vs AE).  ``--speed`` adds the timings.
+``--ablation LABEL=MODEL ...`` (or ``--ablation-dir DIR``: every model file in it,
+labelled by its name) adds Q_t / Q_s at S/N 50 for other model files (whitening
+0/15/30 km/s, VAE vs AE, with and without the telluric layer; the models of
+``benchmarks/ablate_tellurics.sh``).  ``--speed`` adds the timings.
 """
 
 from __future__ import annotations
@@ -160,6 +162,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="karaoke-miles")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--ablation", nargs="*", default=[], metavar="LABEL=MODEL")
+    parser.add_argument(
+        "--ablation-dir",
+        default=None,
+        help="add every *.asdf in this folder to --ablation, labelled by its file name",
+    )
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--smooth", type=float, default=1.0, help="divide: smooth_pixels")
     parser.add_argument("--threads", type=int, default=2)
@@ -192,6 +199,11 @@ def main(argv=None) -> int:
         result["snr"][str(snr)] = {name: score(pred, survey, mt) for name, pred in preds.items()}
         result["snr"][str(snr)]["telluric_pixels_median"] = float(np.median(mt.sum(axis=1)))
         print(snr, json.dumps(result["snr"][str(snr)], indent=1))
+    if args.ablation_dir is not None:
+        found = sorted(Path(args.ablation_dir).glob("*.asdf"))
+        if not found:
+            parser.error(f"no .asdf model file in {args.ablation_dir}")
+        args.ablation += [f"{path.stem}={path}" for path in found]
     if args.ablation:
         survey = observe_split(stars, wave, medium, copies=1, seed=args.seed + 1, snr=50)
         mt = survey.lines < 0.99

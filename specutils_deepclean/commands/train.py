@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--medium", choices=("air", "vacuum"), default=None,
                         help="medium of the wavelengths (default: from the files or library)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs (tellurics: 50; denoiser: generator epochs, 150)")
+                        help="epochs (tellurics: 50; denoiser: generator epochs, 600)")
     parser.add_argument("--batch-size", type=int, default=32, help="tellurics: batch size")
     parser.add_argument("--whitening", type=float, default=30.0,
                         help="tellurics: velocity whitening half-width, km/s")
@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="latent size (tellurics 128, denoiser 16)")
     parser.add_argument("--autoencoder", action="store_true",
                         help="tellurics: deterministic autoencoder instead of the VAE")
+    parser.add_argument("--no-telluric-layer", action="store_true",
+                        help="tellurics: the paper's training, without the telluric layer")
     parser.add_argument("--fwhm", type=float, default=None,
                         help="tellurics: resolution FWHM (Angstrom) for the telluric bands "
                         "(default: the library's, else 2.5)")
@@ -100,12 +102,10 @@ def _stated_medium(spectra) -> str:
 
 
 def _tellurics(args, parser):
-    import numpy as np
-
-    from ..tellurics import reference_lines
     from ..training import train_karaoke
 
     spectra, medium, fwhm = _spectra(args, parser)
+    lines = _reference_lines(spectra, medium, fwhm)
     model = train_karaoke(
         spectra,
         medium=medium,
@@ -114,21 +114,37 @@ def _tellurics(args, parser):
         whitening_kms=args.whitening,
         latent_dim=args.latent or 128,
         variational=not args.autoencoder,
+        telluric_lines=None if args.no_telluric_layer else lines,
         seed=args.seed,
         device=None if args.device == "auto" else args.device,
         progress=not args.quiet,
         checkpoint=args.checkpoint,
     )
+    if lines is not None:
+        model.extra = {**model.extra, "telluric_lines": lines.astype("float32")}
+    return model
+
+
+def _reference_lines(spectra, medium, fwhm):
+    """The telluric line transmission on the training grid, None (warned) without the data."""
+    import astropy.units as u
+    from specutils import Spectrum
+
+    from ..spectra import ModelGrid
+    from ..tellurics import reference_lines
+
+    first = spectra if isinstance(spectra, Spectrum) else spectra[0]
+    grid = ModelGrid(u.Quantity(first.spectral_axis), medium)
     try:
-        lines = reference_lines(model.wavelength.to_value("Angstrom"), medium, fwhm=fwhm)
-        model.extra = {**model.extra, "telluric_lines": lines.astype(np.float32)}
+        return reference_lines(grid.wavelength.to_value("Angstrom"), medium, fwhm=fwhm)
     except FileNotFoundError as exc:
         warnings.warn(
-            f"the telluric bands could not be computed ({exc}); the model works with "
-            "remove_tellurics(mode='reconstruct') only",
+            f"the telluric bands could not be computed ({exc}); the model is trained "
+            "without the telluric layer and works with remove_tellurics(mode='reconstruct') "
+            "only",
             stacklevel=2,
         )
-    return model
+        return None
 
 
 def _denoiser(args, parser, argv: list[str]):
@@ -141,7 +157,7 @@ def _denoiser(args, parser, argv: list[str]):
     model, summary = train_denoiser(
         load_library(args.library),
         latent_dim=args.latent or 16,
-        generator_epochs=args.epochs or 150,
+        generator_epochs=args.epochs or 600,
         seed=args.seed,
         name=args.output.stem,
         script="specutils-deepclean train " + " ".join(argv),

@@ -9,6 +9,9 @@ Velocity whitening (their Section 3.1) gives every training spectrum a random
 virtual radial velocity, so the telluric lines, which sit at fixed topocentric
 wavelengths, stop being correlated from spectrum to spectrum; a compressed VAE
 then learns the stellar component and rejects the tellurics as it rejects noise.
+`telluric_layer` is our addition for spectra whose resolution element is wider than
+the whitening: during training the atmosphere is put back on the reconstruction by
+a reference transmission with a fitted power, so the network need not draw it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "KaraokeVAE",
     "velocity_whiten",
     "karaoke_loss",
+    "telluric_layer",
     "ARCHITECTURE",
     "HISTORY_PREFIX",
 ]
@@ -460,6 +464,87 @@ def karaoke_loss(
         per_spectrum = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=-1)
         kl = per_spectrum.mean() / flux.shape[-1]
     return l1 + beta * kl, l1, kl
+
+
+#: Reconstruction and flux below this are left out of the power fit (log of noise).
+_POWER_FIT_FLOOR = 1e-2
+#: Largest telluric power fitted (relative to the reference's airmass).
+MAX_TELLURIC_POWER = 4.0
+
+
+def telluric_layer(
+    reconstruction: torch.Tensor,
+    flux: torch.Tensor,
+    log_lines: torch.Tensor,
+    missing: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Put the atmosphere back on a reconstruction: ``reconstruction * lines ** p``.
+
+    The training-time telluric layer of `~specutils_deepclean.training.train_karaoke`
+    (our addition to Sedaghat et al. 2023).  For each spectrum the power
+    :math:`p \ge 0` of a reference line transmission :math:`T_0` is the
+    least-squares solution of
+
+    .. math::
+
+        \log y = \log \bar S + p \log T_0
+
+    over the valid pixels where :math:`T_0 < 1` (and both fluxes exceed 0.01),
+    clipped to ``[0, MAX_TELLURIC_POWER]`` and held fixed (no gradient); the output
+    :math:`\bar S \, T_0^p` is what the loss compares with the observation.  The
+    network is then not rewarded for drawing the tellurics itself: the layer
+    explains them, so the reconstruction :math:`\bar S` stays the star's.  The
+    power plays the part of the airmass (``p = airmass / airmass_reference`` for a
+    single-species atmosphere).
+
+    Parameters
+    ----------
+    reconstruction : torch.Tensor, shape (batch, n_pix)
+        The network's output :math:`\bar S`.
+    flux : torch.Tensor, shape (batch, n_pix)
+        The observed (median-normalised) spectra; non-finite values are missing.
+    log_lines : torch.Tensor, shape (batch, n_pix) or (n_pix,)
+        :math:`\log T_0` on each spectrum's pixels (0 outside the bands; shifted
+        with the spectrum when it was whitened).
+    missing : torch.Tensor of bool, shape (batch, n_pix), optional
+        Pixels left out of the fit.
+
+    Returns
+    -------
+    model_flux : torch.Tensor, shape (batch, n_pix)
+        :math:`\bar S \, T_0^p`.
+    power : torch.Tensor, shape (batch,)
+        The fitted :math:`p` (0 where no pixel constrains it).
+
+    Examples
+    --------
+    >>> log_t = torch.log(torch.tensor([1.0, 0.8, 0.5, 1.0]))
+    >>> star = torch.ones(1, 4)
+    >>> observed = star * torch.exp(1.5 * log_t)
+    >>> model_flux, power = telluric_layer(star, observed, log_t)
+    >>> round(float(power[0]), 6)
+    1.5
+    """
+    log_lines = torch.broadcast_to(log_lines, flux.shape)
+    with torch.no_grad():
+        use = (
+            torch.isfinite(flux)
+            & (log_lines < 0)
+            & (flux > _POWER_FIT_FLOOR)
+            & (reconstruction > _POWER_FIT_FLOOR)
+        )
+        if missing is not None:
+            use = use & ~missing.to(torch.bool)
+        floor = torch.full_like(reconstruction, _POWER_FIT_FLOOR)
+        ratio = torch.log(torch.maximum(torch.nan_to_num(flux), floor)) - torch.log(
+            torch.maximum(reconstruction, floor)
+        )
+        g = torch.where(use, log_lines, torch.zeros_like(log_lines))
+        num = (torch.where(use, ratio, torch.zeros_like(ratio)) * g).sum(dim=-1)
+        den = (g * g).sum(dim=-1)
+        power = torch.where(den > 0, num / den.clamp(min=1e-12), torch.zeros_like(num))
+        power = power.clamp(0.0, MAX_TELLURIC_POWER)
+    return reconstruction * torch.exp(power[:, None] * log_lines), power
 
 
 def velocity_whiten(
