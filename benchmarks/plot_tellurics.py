@@ -53,7 +53,7 @@ def example_figure(path: Path, star_index: int) -> None:
         sel = (wave > lo) & (wave < hi)
         ax.plot(wave[sel], survey.flux[0][sel], color="0.6", lw=1, label="observed")
         ax.plot(wave[sel], survey.truth[0][sel], color="k", lw=1.2, label="truth")
-        ax.plot(wave[sel], rec[sel], color="tab:blue", lw=1, label="reconstruct (paper)")
+        ax.plot(wave[sel], rec[sel], color="tab:blue", lw=1, label="reconstruct")
         ax.plot(wave[sel], div[sel], color="tab:red", lw=1, ls="--", label="divide")
         ax.set_xlabel("wavelength [Angstrom, air]")
     axes[0].set_ylabel("normalised flux")
@@ -79,29 +79,28 @@ def whitening_figure(path: Path, ablation: dict) -> None:
     """Median Q_t against N for each training variant and mode; a dot per seed."""
     groups = _ablation_groups(ablation)
     levels = sorted({n for _, n in groups})
+    variants = sorted({v for v, _ in groups}, key=lambda v: (v.rstrip("0123456789"), len(v)))
+    bars = [(variant, mode) for variant in variants for mode in ("reconstruct", "divide")]
+    width = 0.84 / len(bars)
+    colours = plt.get_cmap("tab20").colors
     x = np.arange(len(levels))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    styles = (
-        ("paper", "reconstruct", "tab:blue", -0.3),
-        ("paper", "divide", "tab:cyan", -0.1),
-        ("layer", "reconstruct", "tab:red", 0.1),
-        ("layer", "divide", "tab:orange", 0.3),
-    )
-    for variant, mode, colour, offset in styles:
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for k, (variant, mode) in enumerate(bars):
+        offset = (k - (len(bars) - 1) / 2) * width
         for i, level in enumerate(levels):
             values = [e[mode]["q_t_median"] for e in groups.get((variant, level), [])]
             if not values:
                 continue
-            ax.bar(x[i] + offset, np.mean(values), width=0.19, color=colour, alpha=0.6,
+            ax.bar(x[i] + offset, np.mean(values), width=width * 0.95, color=colours[k],
                    label=f"{variant}, {mode}" if i == 0 else None)
             ax.plot([x[i] + offset] * len(values), values, "k.", ms=4)
     ax.set_xticks(x, [f"{n} km/s" for n in levels])
     ax.set_xlabel("velocity whitening N")
     ax.set_ylabel("median Q_t (lower is better)")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, ncol=2, loc="upper center")
-    ax.set_title("Whitening ablation, MILES test, S/N 50 (bar: seed mean, dots: seeds)",
-                 fontsize=9)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    ax.set_title("Whitening ablation, MILES test, S/N 50\n(bar: seed mean, dots: seeds; "
+                 "paper / layer: 40 epochs, paper120 / layer120: 120)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -132,7 +131,8 @@ def table(result: dict) -> str:
     if "ablation_snr50" in result:
         lines += [
             "",
-            ".. list-table:: Ablation at S/N 50 (40-epoch models, 1 copy per star)",
+            ".. list-table:: Ablation at S/N 50 (40-epoch models, 120 for paper120 / layer120; "
+            "1 copy per star)",
             "   :header-rows: 1",
             "",
             "   * - model",
