@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--snr", type=float, nargs="+", default=[2.0, 10.0, 50.0])
     parser.add_argument("--steps", type=int, default=20, help="map_estimate steps")
     parser.add_argument("--starts", type=int, default=2, help="map_estimate n_starts")
-    parser.add_argument("--tol", type=float, default=1e-2, help="map_estimate tol (nats)")
+    parser.add_argument("--tol", type=float, default=5e-2, help="map_estimate tol (nats)")
     parser.add_argument("--margin", type=float, default=10.0, help="map_estimate class_margin")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2026)

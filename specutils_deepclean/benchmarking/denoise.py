@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="denoiser-miles")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--starts", type=int, default=2)
-    parser.add_argument("--tol", type=float, default=1e-2, help="map_estimate tol (nats)")
+    parser.add_argument("--tol", type=float, default=5e-2, help="map_estimate tol (nats)")
     parser.add_argument("--margin", type=float, default=10.0, help="map_estimate class_margin")
     parser.add_argument("--gaps", type=int, default=0, help="stars for the gap runs (0: none)")
     parser.add_argument(
