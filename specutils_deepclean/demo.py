@@ -3,8 +3,8 @@
 Run ``specutils-deepclean demo [--output DIR] [--seed N] [--snr S]`` (or
 ``python -m specutils_deepclean.demo``).  It takes a star of the example set
 (:func:`~specutils_deepclean.datasets.load_examples`; by default row 1, an A star: for
-the G and K stars the shipped denoiser rates the telluric-corrected spectrum as out of
-distribution and warns, see "Denoising after telluric removal" in the telluric docs),
+the F, G and K stars the shipped denoiser rates the telluric-corrected spectrum as out
+of distribution and warns, see "Denoising after telluric removal" in the telluric docs),
 simulates an observation (noise at the target S/N, a 400-pixel gap in the middle,
 tellurics at airmass 1.5, a random stellar radial velocity), removes the tellurics
 with the shipped model (`~specutils_deepclean.manipulation.remove_tellurics`), denoises
