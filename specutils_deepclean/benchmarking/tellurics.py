@@ -101,7 +101,8 @@ def score(pred, survey, mt):
     }
 
 
-def methods(model, survey, wave, medium, lines_1, region, smooth=1.0):
+def methods(model, survey, wave, medium, smooth=1.0):
+    """The observation and the two modes of ``remove_tellurics`` with ``model``."""
     spec = as_spectrum(survey.flux, survey.sigma, wave, medium)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -113,7 +114,6 @@ def methods(model, survey, wave, medium, lines_1, region, smooth=1.0):
         "none": survey.flux,
         "reconstruct": rec,
         "divide": div,
-        "template_fit": template_fit(survey.flux, survey.sigma, rec, lines_1, region, wave),
     }
 
 
@@ -195,7 +195,10 @@ def main(argv=None) -> int:
     for k, snr in enumerate(SNRS):
         survey = observe_split(stars, wave, medium, copies=1, seed=args.seed + k, snr=snr)
         mt = survey.lines < 0.99
-        preds = methods(model, survey, wave, medium, lines_1, region, args.smooth)
+        preds = methods(model, survey, wave, medium, args.smooth)
+        preds["template_fit"] = template_fit(
+            survey.flux, survey.sigma, preds["reconstruct"], lines_1, region, wave
+        )
         result["snr"][str(snr)] = {name: score(pred, survey, mt) for name, pred in preds.items()}
         result["snr"][str(snr)]["telluric_pixels_median"] = float(np.median(mt.sum(axis=1)))
         print(snr, json.dumps(result["snr"][str(snr)], indent=1))
@@ -211,7 +214,7 @@ def main(argv=None) -> int:
         for item in args.ablation:
             label, path = item.split("=", 1)
             other = load_model(path)
-            preds = methods(other, survey, wave, medium, lines_1, region, args.smooth)
+            preds = methods(other, survey, wave, medium, args.smooth)
             result["ablation_snr50"][label] = {
                 "model": path,
                 "reconstruct": score(preds["reconstruct"], survey, mt),

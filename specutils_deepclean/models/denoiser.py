@@ -444,8 +444,7 @@ class Denoiser(DeepCleanModel):
             Newton decrement (nats) below which a class has converged (0.05 gave the
             same median MSE as 0.01 on MILES val within 1.7 % at every S/N:
             ``benchmarks/results/denoise_val_tol0.01.json`` and
-            ``denoise_val_tol0.05.json``; it saves about one Newton step per
-            refined class at S/N 2).
+            ``denoise_val_tol0.05.json``).
         class_margin : float, optional
             Log-joint gap (nats) beyond which a class stops after screening
             (10, its posterior weight below :math:`5 \times 10^{-5}`, was as good as 30
