@@ -215,8 +215,7 @@ class DeepCleanModel(torch.nn.Module):
             _check_weight(key, weights[key], target)
 
     def _load_weights(self, weights: dict) -> None:
-        """Check ``weights`` against the built network, then copy them in."""
-        self._check_weights(weights)
+        """Copy ``weights`` in; `from_tree` checked them on a meta-device twin first."""
         expected = self.state_dict()
         arrays = {
             key: torch.from_numpy(np.array(weights[key], dtype=_numpy_dtype(target), copy=True))
