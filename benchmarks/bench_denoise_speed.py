@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     parser.add_argument("--starts", type=int, default=2, help="map_estimate n_starts")
     parser.add_argument("--tol", type=float, default=5e-2, help="map_estimate tol (nats)")
     parser.add_argument("--margin", type=float, default=10.0, help="map_estimate class_margin")
+    parser.add_argument(
+        "--clip", type=float, default=5.0, help="map_estimate clip (0: keep every pixel)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=1)
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
         "starts": args.starts,
         "tol": args.tol,
         "margin": args.margin,
+        "clip": args.clip or None,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "snr": per_snr,

@@ -19,7 +19,9 @@ its ``val`` stars; the ``test`` split is never read:
    (``extra["generator_sigma"]``, added to its uncertainty), scored on simulated val
    observations (median MSE, class accuracy, calibration) that go into its
    provenance;
-5. before that scoring, the two scales of its uncertainty
+5. before that scoring, the residual term (:func:`fit_residual_basis`: the principal
+   directions of the generator's error on the clean train spectra, their number
+   chosen on simulated val observations) and then the two scales of its uncertainty
    (``extra["sigma_scales"]``) fitted on simulated val observations at every S/N
    level (:func:`calibrate_uncertainty`).
 
@@ -37,17 +39,19 @@ import numpy as np
 
 from .datasets import Library
 from .provenance import Provenance, file_sha256
-from .metrics import GAUSSIAN_COVERAGE
+from .metrics import GAUSSIAN_COVERAGE, mse
 from .simulate import SNR_LEVELS, Simulator, prepare_truth
 from .spectra import median_normalise
 
-__all__ = ["calibrate_uncertainty", "train_denoiser"]
+__all__ = ["calibrate_uncertainty", "fit_residual_basis", "train_denoiser"]
 
 #: Candidate scales of the latent-posterior part and of the generator's error.
 _LATENT_SCALES = np.geomspace(0.5, 8.0, 33)
 _GENERATOR_SCALES = np.linspace(0.1, 1.5, 29)
 #: Pixels per S/N level used in the grid search.
 _GRID_PIXELS = 100_000
+#: Candidate sizes of the residual basis (the largest sets its cost at inference).
+RESIDUAL_COMPONENTS = (0, 40, 80, 160)
 
 
 def _split(library: Library, wave: np.ndarray, split: str):
@@ -195,6 +199,103 @@ def calibrate_uncertainty(
     }
 
 
+def fit_residual_basis(
+    model,
+    library: Library,
+    *,
+    components=RESIDUAL_COMPONENTS,
+    snr_levels=SNR_LEVELS,
+    seed: int = 0,
+) -> dict:
+    r"""Give a denoiser the residual term :math:`B a`, its size chosen on simulated val.
+
+    The rows of :math:`B` are the principal directions of the generator's error
+    :math:`s - G(E(s))` on the clean, median-normalised ``train`` stars of
+    ``library`` (missing pixels count as zero error), :math:`\Lambda` their
+    variances over those stars (the prior of :math:`a`; see
+    `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`, Notes).  Each
+    size in ``components`` (0: no term) is tried on the good ``val`` stars observed
+    at each S/N of ``snr_levels``; the one with the smallest sum over the S/N of the
+    log median MSE is kept in ``model.extra`` (``residual_basis``,
+    ``residual_variance``; both removed for 0).  The ``test`` split is never read.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        Changed in place (its ``extra``).
+    library : `~specutils_deepclean.datasets.Library`
+        The library of the model's training, in the MILES layout.
+    components : sequence of int
+        Candidate numbers of directions (>= 0, at most the number of train stars).
+    snr_levels : sequence of float
+        S/N of the simulated val observations.
+    seed : int
+        Seed of the simulated observations.
+
+    Returns
+    -------
+    dict
+        ``components`` (the size kept), ``n_train``, ``n_val`` and ``val_median_mse``:
+        size -> S/N -> median MSE.
+    """
+    import torch
+
+    wave = model.wavelength.to_value(library.wavelength.unit)
+    truth, missing, _ = _split(library, wave, "train")
+    if not all(0 <= int(k) <= len(truth) for k in components) or len(components) == 0:
+        raise ValueError(
+            f"components must be sizes from 0 to {len(truth)} (the train stars), "
+            f"got {list(components)!r}"
+        )
+    with torch.no_grad():
+        clean = torch.as_tensor(np.where(missing, 0.0, truth), dtype=model._dtype)
+        gone = torch.as_tensor(missing)
+        recon = model.generator.generate(model.generator.encode(clean, gone)).double().numpy()
+    error = np.where(missing, 0.0, truth - recon)
+    _, values, directions = np.linalg.svd(error, full_matrices=False)
+    variances = values**2 / len(error)
+    val_truth, val_missing, _ = _split(library, wave, "val")
+    sim = Simulator(wave, model.medium)
+    observed = []
+    for i, snr in enumerate(snr_levels):
+        obs = sim.observe(np.where(val_missing, np.nan, val_truth), float(snr), seed=seed + i)
+        flux, scale = median_normalise(obs.flux, obs.mask)
+        observed.append((flux, obs.sigma / scale[:, None], obs.mask, scale))
+    scores = {}
+    for k in sorted({int(k) for k in components}):
+        _set_residual_basis(model, directions[:k], variances[:k])
+        scores[k] = {
+            f"{snr:g}": float(
+                np.median(
+                    mse(
+                        model.map_estimate(flux, sigma, mask).flux * scale[:, None],
+                        val_truth,
+                        mask=val_missing,
+                    )
+                )
+            )
+            for snr, (flux, sigma, mask, scale) in zip(snr_levels, observed, strict=True)
+        }
+    best = min(scores, key=lambda k: float(np.sum(np.log(list(scores[k].values())))))
+    _set_residual_basis(model, directions[:best], variances[:best])
+    return {
+        "components": best,
+        "n_train": int(len(truth)),
+        "n_val": int(len(val_truth)),
+        "val_median_mse": {str(k): v for k, v in scores.items()},
+    }
+
+
+def _set_residual_basis(model, basis: np.ndarray, variance: np.ndarray) -> None:
+    """Store a residual basis in ``model.extra`` (or remove it when empty)."""
+    if len(basis) == 0:
+        model.extra.pop("residual_basis", None)
+        model.extra.pop("residual_variance", None)
+        return
+    model.extra["residual_basis"] = basis.astype(np.float32)
+    model.extra["residual_variance"] = variance.astype(np.float64)
+
+
 def train_denoiser(
     library: Library,
     *,
@@ -250,7 +351,7 @@ def train_denoiser(
     import torch
 
     from .kde import fit_kde
-    from .metrics import calibration, mse
+    from .metrics import calibration
     from .models.denoiser import Denoiser
     from .models.generator import IsometricAutoencoder, fit_generator
     from .models.noiseflow import NoiseFlow, fit_noiseflow
@@ -340,6 +441,15 @@ def train_denoiser(
     )
 
     start = time.perf_counter()
+    residual_fit = fit_residual_basis(
+        model,
+        library,
+        components=[k for k in RESIDUAL_COMPONENTS if k <= len(train[0])],
+        seed=seed + 5,
+    )
+    times["val_residual_basis_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     calibrated = calibrate_uncertainty(model, library, seed=seed + 4)
     times["val_calibration_s"] = time.perf_counter() - start
 
@@ -362,6 +472,7 @@ def train_denoiser(
         ),
         "val_generator_floor_mse": float(min(gen.history["val"])),
         "val_noiseflow_nll": float(min(flow.history["val"])),
+        "val_residual_components": float(residual_fit["components"]),
     }
     metrics.update({f"val_calibration_fit_snr{k}": v for k, v in calibrated["after"].items()})
     model.provenance = Provenance(**{**provenance.to_dict(), "metrics": metrics})
@@ -373,6 +484,7 @@ def train_denoiser(
         "n_train": int(len(train[0])),
         "n_val": int(len(val[0])),
         "metrics": metrics,
+        "residual_basis": residual_fit,
         "calibration": calibrated,
         "seconds": {k: round(v, 1) for k, v in times.items()},
     }

@@ -9,8 +9,8 @@ axis, the flux, the uncertainty (standard deviation) and the mask as table colum
 primary header (when specutils put it in ``meta["header"]``) plus the scalar entries
 of ``meta["deepclean"]`` as ``DC*`` keywords (:data:`HEADER_KEYWORDS`); an extension
 ``DEEPCLEAN`` holds the whole ``meta["deepclean"]`` as JSON text (class posterior,
-latent vector...; boolean pixel arrays such as ``filled`` as the indices where they
-are True), and for telluric results an extension ``TRANSMISSION`` holds the
+latent vector...; the boolean pixel arrays ``filled`` and ``rejected`` as the indices
+where they are True), and for telluric results an extension ``TRANSMISSION`` holds the
 estimated transmission in the same table layout
 (``Spectrum.read(path, format="tabular-fits", hdu=3)``).  Every file is written under a
 temporary name in the output folder and renamed when complete, so an interrupted run
@@ -229,7 +229,7 @@ def _jsonable(value):
     if isinstance(value, Spectrum):
         return None  # written as its own extension
     if isinstance(value, np.ndarray) and value.dtype == bool:
-        # Boolean pixel masks (``filled``) as the indices where True, per row.
+        # Boolean pixel masks (``filled``, ``rejected``) as the indices where True, per row.
         return (
             np.flatnonzero(value).tolist()
             if value.ndim == 1
@@ -346,7 +346,8 @@ def read_result(path: str | os.PathLike) -> Spectrum:
     `~specutils.Spectrum`
         Flux, uncertainty (standard deviation) and mask; ``meta["header"]`` is the
         primary header; ``meta["deepclean"]`` the stored dictionary, with ``filled``
-        back as a boolean array and ``transmission`` as a Spectrum where present.
+        and ``rejected`` back as boolean arrays and ``transmission`` as a Spectrum
+        where present.
     """
     with fits.open(path) as hdul:
         spectrum = _table_spectrum(hdul["DATA"])
@@ -354,14 +355,19 @@ def read_result(path: str | os.PathLike) -> Spectrum:
         if "TRANSMISSION" in hdul:
             info["transmission"] = _table_spectrum(hdul["TRANSMISSION"])
         spectrum.meta["header"] = hdul[0].header.copy()
-    filled = info.get("filled")
-    if isinstance(filled, list):
-        mask = np.zeros(spectrum.shape, dtype=bool)
-        if spectrum.flux.ndim == 1:
-            mask[np.asarray(filled, dtype=int)] = True
-        else:
-            for row, indices in enumerate(filled):
-                mask[row, np.asarray(indices, dtype=int)] = True
-        info["filled"] = mask
+    for key in ("filled", "rejected"):
+        if isinstance(info.get(key), list):
+            info[key] = _pixel_mask(info[key], spectrum.shape)
     spectrum.meta["deepclean"] = info
     return spectrum
+
+
+def _pixel_mask(indices: list, shape: tuple) -> np.ndarray:
+    """The boolean array of ``shape`` that is True at ``indices`` (a list per row for 2-D)."""
+    mask = np.zeros(shape, dtype=bool)
+    if len(shape) == 1:
+        mask[np.asarray(indices, dtype=int)] = True
+    else:
+        for row, where in enumerate(indices):
+            mask[row, np.asarray(where, dtype=int)] = True
+    return mask

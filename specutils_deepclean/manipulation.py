@@ -348,6 +348,7 @@ def denoise(
     medium: str | None = None,
     steps: int = 20,
     n_starts: int = 2,
+    clip: float | None = 5.0,
     seed: int = 0,
 ) -> Spectrum:
     """Denoise stellar spectra with the deep Bayesian model (Kang et al.).
@@ -370,6 +371,10 @@ def denoise(
         MAP optimisation budget: the largest number of Newton steps per class and
         the starts per class (see
         `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`).
+    clip : float or None
+        Outlier rejection: pixels more than ``clip`` times their noise above the
+        model's first guess (cosmic-ray hits, sky-line residuals) are left out of
+        the fit; None keeps every pixel.
     seed : int
         Seed of the optimisation's random starts (results are deterministic).
 
@@ -382,7 +387,8 @@ def denoise(
         the class posterior) in the input's uncertainty class.
         ``meta["deepclean"]`` holds ``map_class``, ``class_posterior`` (class ->
         probability), ``z``, ``ood_score``, ``filled`` (input pixels that were
-        missing and now carry model values), ``converged`` and the model's name and
+        missing and now carry model values), ``rejected`` (input pixels left out
+        as outliers, in any exposure), ``converged`` and the model's name and
         version; one entry per row for a batch.
 
     Raises
@@ -436,6 +442,7 @@ def denoise(
         missing,
         steps=steps,
         n_starts=n_starts,
+        clip=clip,
         generator=torch.Generator().manual_seed(seed),
     )
     # Row of each star in `result`, None for a star without enough coverage.
@@ -444,7 +451,10 @@ def denoise(
     ood_score = _per_star(index, lambda i: float(result.ood_score[i]))
     _warn_ood(np.array(ood_score, dtype=float))
     first = gs_list[0]
-    filled, _ = grid_to_input(first, _all_stars(result.filled, good, False).astype(float))
+    filled, rejected = (
+        np.nan_to_num(grid_to_input(first, _all_stars(mask, good, False).astype(float))[0]) > 0
+        for mask in (result.filled, result.rejected)
+    )
     names = list(result.class_names)
     info = {
         "operation": "denoise",
@@ -461,7 +471,8 @@ def denoise(
         "z": _per_star(index, lambda i: result.z[i].tolist()),
         "ood_score": ood_score,
         "converged": _per_star(index, lambda i: result.converged[i].tolist()),
-        "filled": np.nan_to_num(filled) > 0,
+        "filled": filled,
+        "rejected": rejected,
     }
     if first.n_spec == 1 and exposures[0].flux.ndim == 1:
         info = {key: (value[0] if key in _PER_ROW else value) for key, value in info.items()}

@@ -32,8 +32,12 @@ def test_denoise_with_plots(survey, tmp_path, capsys):
     paths, _ = survey
     out = tmp_path / "out"
     argv = ["denoise", str(paths[3]), "-o", str(out), "--steps", "3", "--quiet", "--plot"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--clip", "1e-9"]) == 0  # a silly threshold, to see it arrive
     result = read_result(out / "star003_denoised.fits")
+    assert result.meta["deepclean"]["rejected"].sum() > 100
+    assert cli.main([*argv, "--no-clip", "--overwrite"]) == 0
+    result = read_result(out / "star003_denoised.fits")
+    assert not result.meta["deepclean"]["rejected"].any()
     assert result.meta["deepclean"]["operation"] == "denoise"
     assert result.meta["header"]["DCCLASS"] == result.meta["deepclean"]["map_class"]
     png = out / "star003_denoised.png"
@@ -47,6 +51,10 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["denoise", "x.fits", "-o", str(tmp_path), "--batch-size", "0"])
     assert info.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    for bad in (["--clip", "0"], ["--clip", "3", "--no-clip"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["denoise", "x.fits", "-o", str(tmp_path), *bad])
+        assert info.value.code == 2 and "--clip must be" in capsys.readouterr().err
     assert cli.main(["detelluric", str(tmp_path / "*.none"), "-o", str(tmp_path)]) == 2
     assert "no file matches" in capsys.readouterr().err
     blocker = tmp_path / "file"

@@ -88,6 +88,25 @@ def test_masked_pixels_are_filled_and_reported(model):
     np.testing.assert_allclose(out.flux.value[21:29], signal[21:29], atol=6 * NOISE * 3)
 
 
+def test_cosmic_ray_hits_are_rejected_and_reported(model, tmp_path):
+    from specutils_deepclean.files import read_result, write_result
+
+    spec, signal, _ = observed(model)
+    hit = spec.flux.value.copy()
+    hit[[12, 40, 41]] += 40 * NOISE * 3
+    spiked = Spectrum(flux=hit * spec.flux.unit, spectral_axis=spec.spectral_axis,
+                      uncertainty=spec.uncertainty, meta=spec.meta)
+    out = denoise(spiked, model, **FAST)
+    rejected = out.meta["deepclean"]["rejected"]
+    assert rejected.shape == spec.shape and set(np.flatnonzero(rejected)) >= {12, 40, 41}
+    assert not out.meta["deepclean"]["filled"].any() and not out.mask[[12, 40, 41]].any()
+    kept = denoise(spiked, model, clip=None, **FAST)
+    assert not kept.meta["deepclean"]["rejected"].any()
+    assert np.mean((out.flux.value - signal) ** 2) < np.mean((kept.flux.value - signal) ** 2)
+    path = write_result(out, tmp_path / "r.fits")
+    np.testing.assert_array_equal(read_result(path).meta["deepclean"]["rejected"], rejected)
+
+
 def test_scaling_the_input_scales_the_output(model):
     spec, _, _ = observed(model)
     double = Spectrum(

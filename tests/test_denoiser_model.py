@@ -150,6 +150,40 @@ def test_masked_pixels_ignored(model):
     assert np.all(np.isfinite(first.flux)) and np.all(np.abs(first.z - z) < 0.3)
 
 
+def test_outliers_rejected(model):
+    """Upward spikes (cosmic-ray hits) are left out; a deep dip is not (one-sided)."""
+    z, _, _, flux, sigma = draw(model, 4, seed=9)
+    flux, sigma = flux[:, 0], sigma[:, 0]
+    spiked = flux.copy()
+    hits = np.zeros(flux.shape, bool)
+    hits[0, 20:23] = hits[1, 40] = hits[3, [10, 50]] = True
+    spiked[hits] += 30 * NOISE
+    spiked[2, 30] -= 30 * NOISE  # a dip the guess misses: kept
+    clean = model.map_estimate(flux, sigma, **FAST)
+    clipped = model.map_estimate(spiked, sigma, **FAST)
+    kept = model.map_estimate(spiked, sigma, clip=None, **FAST)
+    masked = model.map_estimate(spiked, sigma, hits, clip=None, **FAST)
+    np.testing.assert_array_equal(clipped.rejected, hits)
+    assert not clean.rejected.any() and not kept.rejected.any()
+    assert not clipped.filled.any()
+    # the same fit as with the hits masked by hand; keeping them pulls it away
+    np.testing.assert_allclose(clipped.z, masked.z, atol=1e-6)
+    for star in (0, 1, 3):
+        error = np.abs(clipped.z[star] - clean.z[star]).max()
+        assert error < 0.05 and np.abs(kept.z[star] - clean.z[star]).max() > 2 * error
+    np.testing.assert_allclose(clipped.z[2], kept.z[2], atol=1e-4)  # batch-wide EM stop
+
+
+def test_outliers_per_exposure(model):
+    _, _, _, flux, sigma = draw(model, 2, seed=10, n_exp=2)
+    flux[0, 1, 25] += 30 * NOISE
+    result = model.map_estimate(flux, sigma, **FAST)
+    expected = np.zeros((2, N_PIX), bool)
+    expected[0, 25] = True
+    np.testing.assert_array_equal(result.rejected, expected)
+    assert not result.filled.any()  # exposure 0 still has the pixel
+
+
 def test_hessian_matches_finite_differences():
     model = make_model().double()
     z, _, _, flux, sigma = draw(model, 2, seed=7)
@@ -314,6 +348,8 @@ def test_save_load(model, tmp_path):
         ({"steps": -1}, ValueError, "steps must be an integer >= 0"),
         ({"n_starts": 0}, ValueError, "n_starts must be an integer >= 1"),
         ({"tol": 0.0}, ValueError, "tol must be a positive finite number"),
+        ({"clip": 0.0}, ValueError, "clip must be a positive finite number"),
+        ({"clip": np.nan}, ValueError, "clip must be a positive finite number"),
     ],
 )
 def test_bad_inputs(model, kwargs, error, match):
@@ -399,6 +435,13 @@ def test_generator_sigma_adds_in_quadrature():
         ({"sigma_scales": np.array([np.nan, 1.0])}, "sigma_scales"),
         ({"generator_sigma": np.ones(N_PIX - 1)}, "generator_sigma"),
         ({"generator_sigma": np.full(N_PIX, np.inf)}, "generator_sigma"),
+        ({"residual_basis": np.ones((2, N_PIX))}, "both 'residual_basis'"),
+        ({"residual_basis": np.ones((2, N_PIX - 1)), "residual_variance": np.ones(2)},
+         "residual_basis"),
+        ({"residual_basis": np.ones((2, N_PIX)), "residual_variance": np.ones(3)},
+         "residual_basis"),
+        ({"residual_basis": np.ones((2, N_PIX)), "residual_variance": np.array([1.0, 0.0])},
+         "residual_basis"),
     ],
 )
 def test_uncertainty_extras_are_checked(extra, match):
@@ -406,6 +449,40 @@ def test_uncertainty_extras_are_checked(extra, match):
     wave = np.linspace(5000.0, 5100.0, N_PIX) * u.AA
     with pytest.raises(ValueError, match=match):
         Denoiser.from_parts(generator, prior, flows, wavelength=wave, medium="air", extra=extra)
+
+
+def with_residual_basis(model, basis, variance):
+    generator, prior, flows = make_parts(0)
+    extra = {"residual_basis": basis.astype(np.float32), "residual_variance": variance}
+    return Denoiser.from_parts(
+        generator, prior, flows, wavelength=model.wavelength, medium="air", extra=extra
+    )
+
+
+def test_residual_term_fits_what_the_generator_cannot(model, tmp_path):
+    """Spectra G(z) + B a: the term recovers B a; the MAP of z does not change."""
+    rng = np.random.default_rng(12)
+    pixels = np.arange(N_PIX)
+    basis = np.stack([np.sin(pixels / 3.0), np.cos(pixels / 5.0)])
+    basis /= np.linalg.norm(basis, axis=1, keepdims=True)
+    extended = with_residual_basis(model, basis, np.array([0.04, 0.01]))
+    _, _, signal, flux, sigma = draw(model, 8, seed=13, noise=0.01)
+    coef = rng.normal(size=(8, 2)) * np.sqrt([0.04, 0.01])
+    truth = signal + coef @ basis
+    flux = flux[:, 0] + coef @ basis
+    plain = model.map_estimate(flux, sigma[:, 0], **FAST)
+    fitted = extended.map_estimate(flux, sigma[:, 0], **FAST)
+    np.testing.assert_allclose(fitted.z, plain.z, atol=0.05)  # the MAP's business is z
+    assert np.mean((fitted.flux - truth) ** 2) < np.mean((plain.flux - truth) ** 2) / 5
+    # the ridge solve with a missing stretch: the term fills it too
+    missing = np.zeros(flux.shape, bool)
+    missing[:, 20:40] = True
+    gapped = extended.map_estimate(flux, sigma[:, 0], missing, **FAST)
+    inside = np.mean((gapped.flux[:, 20:40] - truth[:, 20:40]) ** 2)
+    assert inside < np.mean((plain.flux[:, 20:40] - truth[:, 20:40]) ** 2) / 3
+    path = save_model(extended, tmp_path / "r.asdf")
+    again = load_model(path).map_estimate(flux, sigma[:, 0], **FAST)
+    np.testing.assert_array_equal(again.flux, fitted.flux)
 
 
 def test_map_with_a_near_singular_kernel():

@@ -74,6 +74,10 @@ def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys)
     # the uncertainty scales were fitted on val: one calibration score per S/N level
     fitted = {k: v for k, v in model.provenance.metrics.items() if "calibration_fit" in k}
     assert len(fitted) == 5 and model.extra["sigma_scales"].shape == (2,)
+    # the residual term's size was chosen on val among those the 48 train stars allow
+    kept = model.provenance.metrics.get("val_residual_components")
+    basis = model.extra.get("residual_basis", np.zeros((0, model.n_pix)))
+    assert kept == basis.shape[0] and kept in (0, 40)
     assert sorted(p.name for p in stages.iterdir()) == ["generator.asdf", "noiseflow.asdf"]
     # A rerun loads the stages: same weights, same model.
     assert cli.main([*argv, "--overwrite"]) == 0
@@ -92,3 +96,14 @@ def test_calibrate_uncertainty_needs_positive_snr_levels(levels):
 
     with pytest.raises(ValueError, match="snr_levels"):
         calibrate_uncertainty(load_model("denoiser-miles"), None, snr_levels=levels)
+
+
+@needs_data
+@pytest.mark.parametrize("components", [[], [49], [-1]])
+def test_fit_residual_basis_sizes_are_checked(tiny_library, components):
+    from specutils_deepclean.datasets import load_library
+    from specutils_deepclean.denoiser_training import fit_residual_basis
+
+    model = load_model("denoiser-miles")
+    with pytest.raises(ValueError, match="components must be sizes from 0 to 48"):
+        fit_residual_basis(model, load_library(tiny_library), components=components)

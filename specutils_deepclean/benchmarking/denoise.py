@@ -6,7 +6,7 @@ median-normalised (the truth), and observed through the simulator at S/N 2, 5, 1
 
 * ``deepclean``: the deep Bayesian model, MAP of (z, C) (``Denoiser.map_estimate``,
   at most ``--steps`` Newton steps per class, ``--starts`` starts per class,
-  ``--tol`` and ``--margin`` its ``tol`` and ``class_margin``);
+  ``--tol``, ``--margin`` and ``--clip`` its ``tol``, ``class_margin`` and ``clip``);
 * ``gaussian``, ``median``, ``wavelet``: the classical baselines with the widths /
   thresholds chosen on ``val`` (``--baselines``, by default
   ``benchmarks/results/baselines_val.json`` of the repository);
@@ -78,6 +78,7 @@ def deepclean(model, flux, sigma, missing, args):
         n_starts=args.starts,
         tol=args.tol,
         class_margin=args.margin,
+        clip=args.clip or None,
         generator=torch.Generator().manual_seed(args.seed),
     )
     return result, result.flux * scale[:, None], result.flux_sigma * scale[:, None]
@@ -174,6 +175,9 @@ def main(argv=None) -> int:
     parser.add_argument("--starts", type=int, default=2)
     parser.add_argument("--tol", type=float, default=5e-2, help="map_estimate tol (nats)")
     parser.add_argument("--margin", type=float, default=10.0, help="map_estimate class_margin")
+    parser.add_argument(
+        "--clip", type=float, default=5.0, help="map_estimate clip (0: keep every pixel)"
+    )
     parser.add_argument("--gaps", type=int, default=0, help="stars for the gap runs (0: none)")
     parser.add_argument(
         "--cdae-epochs", type=int, default=0, help="train the CDAE baselines (0: leave out)"
@@ -257,6 +261,7 @@ def main(argv=None) -> int:
         "starts": args.starts,
         "tol": args.tol,
         "margin": args.margin,
+        "clip": args.clip or None,
         "seed": args.seed,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

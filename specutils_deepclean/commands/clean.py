@@ -55,6 +55,11 @@ def _parser(task: str) -> argparse.ArgumentParser:
         )
     else:
         parser.add_argument("--steps", type=int, default=None, help="MAP optimisation steps")
+        parser.add_argument(
+            "--clip", type=float, default=None,
+            help="outlier threshold in noise units (default 5; cosmic-ray hits)",
+        )
+        parser.add_argument("--no-clip", action="store_true", help="keep every pixel")
     parser.add_argument(
         "--medium", choices=("air", "vacuum"), default=None,
         help="medium of the wavelengths when the files do not state it",
@@ -73,8 +78,13 @@ def _options(task: str, args) -> dict:
     options = {"model": args.model, "device": args.device, "medium": args.medium}
     if task == "detelluric":
         options["mode"] = args.mode
-    elif args.steps is not None:
-        options["steps"] = args.steps
+    else:
+        if args.steps is not None:
+            options["steps"] = args.steps
+        if args.no_clip:
+            options["clip"] = None
+        elif args.clip is not None:
+            options["clip"] = args.clip
     return options
 
 
@@ -87,6 +97,8 @@ def _run(task: str, argv) -> int:
         parser.error(f"--workers must be at least 0, got {args.workers}")
     if task == "denoise" and args.steps is not None and args.steps < 0:
         parser.error(f"--steps must be at least 0, got {args.steps}")
+    if task == "denoise" and args.clip is not None and (args.no_clip or not args.clip > 0):
+        parser.error(f"--clip must be a positive number without --no-clip, got {args.clip}")
     from ..parallel import clean_files
 
     try:
