@@ -128,6 +128,25 @@ def table(result: dict) -> str:
                 f"     - {m['q_s_median']:.3f}",
                 f"     - {m['rms_in_mask_median']:.4f}",
             ]
+    if "gaps_snr50" in result:
+        lines += [
+            "",
+            ".. list-table:: S/N 50, one gap of 100, 400 or 800 pixels at the blue end, middle "
+            "or red end in every spectrum (gap pixels not scored)",
+            "   :header-rows: 1",
+            "",
+            "   * - method",
+            "     - Q_t",
+            "     - Q_s",
+            "     - RMS in M_t",
+        ]
+        for method, m in result["gaps_snr50"].items():
+            lines += [
+                f"   * - {method}",
+                f"     - {m['q_t_median']:.3f}",
+                f"     - {m['q_s_median']:.3f}",
+                f"     - {m['rms_in_mask_median']:.4f}",
+            ]
     if "ablation_snr50" in result:
         lines += [
             "",

@@ -2,13 +2,16 @@
 
 Training data: a simulated topocentric survey of MILES ``train`` stars
 (:mod:`specutils_deepclean.benchmarking.survey`); validation: MILES ``val`` stars,
-observed once each.  The loss sees the reconstruction through the telluric layer
-(the ESO line transmission at airmass 2.5 raised to a fitted power; see
-``train_karaoke(telluric_lines=...)``) unless ``--no-telluric-layer`` (the paper's
-training).  The test split is never touched.  Reproducible from ``--seed``.
+observed once each.  A share ``--gap-fraction`` of both lose one gap of the benchmark
+protocol (100, 400 or 800 pixels at the blue end, middle or red end), so that the
+network learns to reconstruct spectra with missing stretches.  The loss sees the
+reconstruction through the telluric layer (the ESO line transmission at airmass 2.5
+raised to a fitted power; see ``train_karaoke(telluric_lines=...)``) unless
+``--no-telluric-layer`` (the paper's training).  The test split is never touched.
+Reproducible from ``--seed``.
 
     python benchmarks/train_tellurics.py --epochs 220 --copies 4 --lr 2e-3 --seed 0 \
-        --threads 1 --output specutils_deepclean/pretrained/karaoke-miles.asdf \
+        --gap-fraction 0.5 --threads 1 --output specutils_deepclean/pretrained/karaoke-miles.asdf \
         --json benchmarks/results/train_tellurics.json
 
 The ablations (whitening 0 / 15 / 30 km/s, VAE vs AE, with and without the layer;
@@ -51,6 +54,9 @@ def main(argv=None) -> int:
         action="store_true",
         help="the paper's training: the loss sees the reconstruction alone",
     )
+    parser.add_argument(
+        "--gap-fraction", type=float, default=0.5, help="share of spectra with a gap"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--library", default=None, help="library file (default: MILES)")
@@ -70,9 +76,15 @@ def main(argv=None) -> int:
         medium,
         copies=args.copies,
         seed=args.seed,
+        gap_fraction=args.gap_fraction,
     )
     val = observe_split(
-        library.select(split="val", good=True), wave.value, medium, copies=1, seed=args.seed + 1
+        library.select(split="val", good=True),
+        wave.value,
+        medium,
+        copies=1,
+        seed=args.seed + 1,
+        gap_fraction=args.gap_fraction,
     )
     simulated = time.perf_counter() - start
     provenance = Provenance(
@@ -82,7 +94,9 @@ def main(argv=None) -> int:
         data_description=(
             f"simulated topocentric survey: {len(train.flux)} observations of the good "
             f"'train' stars ({args.copies} each; airmass 1-2.5, S/N 20-200, random stellar "
-            "RV, sky residuals, cosmics, correlated noise); validation: the good 'val' stars once"
+            "RV, sky residuals, cosmics, correlated noise; a gap of 100, 400 or 800 pixels at "
+            f"the blue end, middle or red end in a random {args.gap_fraction:.0%} of them); "
+            "validation: the good 'val' stars once, observed the same way"
         ),
         split="train",
         seed=args.seed,
@@ -122,6 +136,7 @@ def main(argv=None) -> int:
         "whitening_kms": args.whitening,
         "variational": not args.autoencoder,
         "telluric_layer": not args.no_telluric_layer,
+        "gap_fraction": args.gap_fraction,
         "n_train": int(len(train.flux)),
         "n_val": int(len(val.flux)),
         "seconds_simulation": round(simulated, 1),

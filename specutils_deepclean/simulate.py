@@ -52,6 +52,7 @@ __all__ = [
     "GAP_WIDTHS",
     "GAP_PLACES",
     "SNR_LEVELS",
+    "gap_slice",
     "prepare_truth",
     "Simulator",
     "Observation",
@@ -644,9 +645,21 @@ def _gaps(gap, n: int, n_pix: int, rng) -> np.ndarray:
             raise ValueError(f"gap width must be an integer in 1..{n_pix - 1}, got {width!r}")
         if place not in GAP_PLACES:
             raise ValueError(f"gap place must be one of {GAP_PLACES}, got {place!r}")
-        start = {"blue": 0, "middle": (n_pix - width) // 2, "red": n_pix - width}[place]
-        out[row] = start, start + width
+        bounds = gap_slice(width, place, n_pix)
+        out[row] = bounds.start, bounds.stop
     return out
+
+
+def gap_slice(width: int, place: str, n_pix: int) -> slice:
+    """The pixels of a ``width``-pixel gap at ``place`` ("blue", "middle", "red").
+
+    Examples
+    --------
+    >>> gap_slice(400, "middle", 4300)
+    slice(1950, 2350, None)
+    """
+    start = {"blue": 0, "middle": (n_pix - width) // 2, "red": n_pix - width}[place]
+    return slice(start, start + width)
 
 
 def _gap_mask(gaps: np.ndarray, n_pix: int) -> np.ndarray:

@@ -79,5 +79,7 @@ def test_benchmark_tellurics_on_a_library_file(tmp_path):
             assert 0 <= entry["q_t_median"] <= 1 and 0 <= entry["q_s_median"] <= 1
     assert result["snr"]["50"]["none"]["q_t_median"] == 1.0  # no correction: Q_t = 1
     assert set(result["ablation_snr50"]) == {"layer-N30-s0"}
+    assert set(result["gaps_snr50"]) == {"none", "reconstruct", "divide"}
+    assert result["gaps_snr50"]["none"]["q_t_median"] == 1.0
     with pytest.raises(SystemExit):
         cli.main([*argv[:-4], "--ablation-dir", str(tmp_path), "--json", str(out)])

@@ -10,7 +10,13 @@ from specutils import Spectrum
 
 from specutils_deepclean.datasets import data_dir, load_examples
 from specutils_deepclean.metrics import der_snr
-from specutils_deepclean.simulate import Simulator, prepare_truth
+from specutils_deepclean.simulate import (
+    GAP_PLACES,
+    GAP_WIDTHS,
+    Simulator,
+    gap_slice,
+    prepare_truth,
+)
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the sky and transmission")
 
@@ -159,6 +165,25 @@ def test_gap_random(sim, flat_batch):
     assert set(widths) == {100, 400, 800}
     assert set(obs.gap[:, 0]) >= {0}
     assert_array_equal(obs.mask.sum(axis=1), widths)
+
+
+def test_survey_gap_fraction(examples):
+    from specutils_deepclean.benchmarking.survey import observe_split
+
+    plain = observe_split(examples, GRID, "air", copies=8, seed=3)
+    gapped = observe_split(examples, GRID, "air", copies=8, seed=3, gap_fraction=0.5)
+    lost = np.isnan(gapped.flux) & ~np.isnan(plain.flux)
+    # the observations are the same; only the gaps differ
+    assert_array_equal(gapped.flux[~lost], plain.flux[~lost])
+    rows = np.flatnonzero(lost.any(axis=1))
+    assert 0 < rows.size < len(lost)
+    gaps = [gap_slice(w, p, GRID.size) for w in GAP_WIDTHS for p in GAP_PLACES]
+    for row in rows:  # each gapped spectrum lost exactly one gap of the protocol
+        missing = np.isnan(gapped.flux[row])
+        inside = [np.isin(np.arange(GRID.size), np.arange(g.start, g.stop)) for g in gaps]
+        assert any(missing[g].all() and not lost[row, ~i].any() for g, i in zip(gaps, inside))
+    with pytest.raises(ValueError, match="gap_fraction"):
+        observe_split(examples, GRID, "air", copies=1, seed=3, gap_fraction=1.5)
 
 
 def test_tellurics(sim, truth):

@@ -3,7 +3,8 @@
 Every star of a split is observed ``copies`` times through the observation simulator
 (``specutils_deepclean.simulate``): a random stellar radial velocity, an airmass
 uniform in [1, 2.5], a S/N log-uniform in [20, 200], sky residuals, cosmic rays and
-pixel-correlated noise, tellurics at fixed (topocentric) wavelengths.  Shared by
+pixel-correlated noise, tellurics at fixed (topocentric) wavelengths, and optionally
+a gap of the benchmark protocol in a share of the spectra.  Shared by
 ``train_tellurics.py`` and ``bench_tellurics.py``.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specutils_deepclean.simulate import Simulator, prepare_truth
+from specutils_deepclean.simulate import GAP_PLACES, GAP_WIDTHS, Simulator, gap_slice, prepare_truth
 from specutils_deepclean.tellurics import split_transmission
 
 AIRMASS_RANGE = (1.0, 2.5)
@@ -34,12 +35,19 @@ class Survey:
     stellar_rv: np.ndarray
 
 
-def observe_split(library, wave_aa, medium, *, copies, seed, snr=None, airmass=None) -> Survey:
+def observe_split(
+    library, wave_aa, medium, *, copies, seed, snr=None, airmass=None, gap_fraction=0.0
+) -> Survey:
     """Simulate ``copies`` observations of every star in ``library`` (one split).
 
     ``snr`` and ``airmass`` default to random draws from `SNR_RANGE` (log-uniform)
-    and `AIRMASS_RANGE` (uniform); a number fixes them for every spectrum.
+    and `AIRMASS_RANGE` (uniform); a number fixes them for every spectrum.  A random
+    share ``gap_fraction`` of the spectra lose one gap of the benchmark protocol (a
+    width from `~specutils_deepclean.simulate.GAP_WIDTHS` at a place from
+    `~specutils_deepclean.simulate.GAP_PLACES`, drawn per spectrum): NaN flux there.
     """
+    if not 0.0 <= gap_fraction <= 1.0:
+        raise ValueError(f"gap_fraction must be in [0, 1], got {gap_fraction!r}")
     truth, valid = prepare_truth(library, wave_aa, medium)
     truth = np.where(valid, truth, np.nan)
     sim = Simulator(wave_aa, medium, fwhm=library.fwhm if library.fwhm is not None else 2.5)
@@ -55,8 +63,11 @@ def observe_split(library, wave_aa, medium, *, copies, seed, snr=None, airmass=N
     airmass = np.broadcast_to(np.asarray(airmass, dtype=float), (n,)).copy()
     obs = sim.observe(truth[rows], snr, seed=int(rng.integers(2**31)), airmass=airmass)
     continuum, lines = split_transmission(obs.transmission, wave_aa)
+    missing = obs.mask.copy()
+    for row in np.flatnonzero(rng.uniform(size=n) < gap_fraction):
+        missing[row, gap_slice(rng.choice(GAP_WIDTHS), rng.choice(GAP_PLACES), wave_aa.size)] = True
     return Survey(
-        flux=np.where(obs.mask, np.nan, obs.flux),
+        flux=np.where(missing, np.nan, obs.flux),
         sigma=obs.sigma,
         truth=obs.truth * continuum,
         lines=lines,

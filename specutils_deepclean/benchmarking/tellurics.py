@@ -14,7 +14,10 @@ in [1, 2.5], sky, cosmics, correlated noise) at S/N 20, 50 and 200, then correct
 The truth is the star times the smooth (continuum) part of the transmission; the
 telluric mask M_t is where the line transmission of that spectrum is below 0.99
 (see ``specutils_deepclean.tellurics``).  Q_t and Q_s follow Sedaghat et al. 2023,
-Eqs. 12-15 (``specutils_deepclean.metrics``); lower is better.
+Eqs. 12-15 (``specutils_deepclean.metrics``); lower is better.  ``gaps_snr50``:
+the same at S/N 50 with one gap of the benchmark protocol in every spectrum (100, 400
+or 800 pixels at the blue end, middle or red end, drawn per spectrum; gap pixels are
+not scored).
 
     specutils-deepclean benchmark tellurics --split test --json tellurics_test.json
     python benchmarks/bench_tellurics.py ...   (the same)
@@ -202,6 +205,14 @@ def main(argv=None) -> int:
         result["snr"][str(snr)] = {name: score(pred, survey, mt) for name, pred in preds.items()}
         result["snr"][str(snr)]["telluric_pixels_median"] = float(np.median(mt.sum(axis=1)))
         print(snr, json.dumps(result["snr"][str(snr)], indent=1))
+    survey = observe_split(
+        stars, wave, medium, copies=1, seed=args.seed + len(SNRS), snr=50, gap_fraction=1.0
+    )
+    preds = methods(model, survey, wave, medium, args.smooth)
+    result["gaps_snr50"] = {
+        name: score(pred, survey, survey.lines < 0.99) for name, pred in preds.items()
+    }
+    print("gaps", json.dumps(result["gaps_snr50"], indent=1))
     if args.ablation_dir is not None:
         found = sorted(Path(args.ablation_dir).glob("*.asdf"))
         if not found:
