@@ -184,6 +184,12 @@ def test_outliers_per_exposure(model):
     assert not result.filled.any()  # exposure 0 still has the pixel
 
 
+def test_outliers_without_a_noise_level(model):
+    """No sigma and no noise to estimate: nothing is rejected, nothing raises."""
+    result = model.map_estimate(np.ones((2, N_PIX)), **FAST)
+    assert result.flow == "plain" and not result.rejected.any()
+
+
 def test_hessian_matches_finite_differences():
     model = make_model().double()
     z, _, _, flux, sigma = draw(model, 2, seed=7)

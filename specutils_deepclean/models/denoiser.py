@@ -906,7 +906,13 @@ class Denoiser(DeepCleanModel):
         guess = self.generator.generate(
             self.generator.encode(flux.reshape(-1, n_pix), gone.reshape(-1, n_pix))
         ).reshape(flux.shape)
-        noise = _der_snr_noise(flux, gone)[..., None] if sigma is None else sigma
+        # without sigma, DER_SNR's level; an exposure without one (no noise, too few
+        # pixels) gets NaN, so nothing in it is rejected
+        if sigma is None:
+            level = _der_snr_level(flux, gone)
+            noise = torch.where(level > 0, level, torch.nan)[..., None]
+        else:
+            noise = sigma
         var = noise.square()
         if "generator_sigma" in self.extra:
             floor = torch.as_tensor(self.extra["generator_sigma"], dtype=var.dtype)
@@ -1043,11 +1049,16 @@ def _check_usable(gone: torch.Tensor, context: int) -> None:
         )
 
 
-def _der_snr_noise(flux: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
-    """DER_SNR noise level of each exposure (B, E); exposures without any are 1."""
+def _der_snr_level(flux: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
+    """DER_SNR noise level of each exposure (B, E); NaN where no pixel triple is valid."""
     diff = 2 * flux[..., 2:-2] - flux[..., :-4] - flux[..., 4:]
     bad = gone[..., 2:-2] | gone[..., :-4] | gone[..., 4:]
-    level = _DER_SNR * torch.where(bad, torch.nan, diff.abs()).nanmedian(dim=-1).values
+    return _DER_SNR * torch.where(bad, torch.nan, diff.abs()).nanmedian(dim=-1).values
+
+
+def _der_snr_noise(flux: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
+    """DER_SNR noise level of each exposure (B, E); exposures without any are 1."""
+    level = _der_snr_level(flux, gone)
     all_gone = gone.all(-1)
     if bool((~all_gone & ~(level > 0)).any()):
         raise ValueError(
