@@ -1,7 +1,7 @@
 """Denoising benchmark on MILES: see :mod:`specutils_deepclean.benchmarking.denoise`.
 
-    python benchmarks/bench_denoise.py --split test --steps 100 --starts 2 --gaps 12 \
-        --json benchmarks/results/denoise_test.json
+    python benchmarks/bench_denoise.py --split test --steps 20 --starts 2 --tol 0.05 \
+        --gaps 141 --cdae-epochs 20 --threads 2 --json benchmarks/results/denoise_test.json
 
 is ``specutils-deepclean benchmark denoise`` with the same arguments.
 """

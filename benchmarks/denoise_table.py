@@ -74,13 +74,16 @@ def table(result: dict) -> str:
             "   * - gap",
             "     - median MSE",
             "     - ratio to no gap",
+            "     - calibration in the gap",
         ]
         none = gaps["median_mse"]["none"]
+        inside = gaps.get("calibration_in_gap", {})
         for name, value in gaps["median_mse"].items():
             lines += [
                 f"   * - {name.replace('_', ' px, ')}",
                 f"     - {value:.2e}",
                 f"     - {value / none:.2f}",
+                f"     - {inside[name]:.2f}" if name in inside else "     - ",
             ]
     lines += [
         "",

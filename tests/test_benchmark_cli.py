@@ -26,9 +26,13 @@ def test_benchmark_speed_single_process(tmp_path, capsys):
 def test_benchmark_denoise_smoke(tmp_path):
     out = tmp_path / "d.json"
     argv = ["benchmark", "denoise", "--split", "test", "--limit", "3", "--steps", "2",
-            "--starts", "1", "--threads", "1", "--json", str(out)]
+            "--starts", "1", "--threads", "1", "--gaps", "2", "--json", str(out)]
     assert cli.main(argv) == 0
     result = json.loads(out.read_text())
+    gaps = result["gaps_snr10"]
+    assert gaps["n_spectra"] == 2 and len(gaps["median_mse"]) == 10
+    assert set(gaps["calibration_in_gap"]) == set(gaps["median_mse"]) - {"none"}
+    assert all(0 <= c <= 1 for c in gaps["calibration_in_gap"].values())
     assert result["n_spectra"] == 3 and set(result["snr"]) == {"2", "5", "10", "20", "50"}
     assert 0 <= result["snr"]["10"]["win_rate"]["gaussian"] <= 1
     entry = result["snr"]["10"]

@@ -24,7 +24,8 @@ S/N the win rate of ``deepclean`` against each baseline; median MSE; DER_SNR bef
 and after; calibration of the denoiser's uncertainty; MAP class accuracy.  The
 per-spectrum MSE of every method and DER_SNR before/after are kept in the JSON (for
 the figures of ``benchmarks/denoise_figures.py``), with each star's class.  With
-``--gaps N``, the median MSE at S/N 10 for every gap width and place on N stars.
+``--gaps N``, the median MSE at S/N 10 for every gap width and place on N stars, and
+the calibration of the uncertainty over the gap's pixels (the filled ones).
 
     specutils-deepclean benchmark denoise --split test --json denoise_test.json
     python benchmarks/bench_denoise.py ...   (the same)
@@ -55,6 +56,7 @@ from ..simulate import (
     GAP_WIDTHS,
     SNR_LEVELS,
     Simulator,
+    gap_slice,
     prepare_truth,
 )
 from ..spectra import median_normalise
@@ -328,17 +330,26 @@ def main(argv=None) -> int:
         flux, sigma, missing = observe(sim, sub_truth, sub_valid, 10, args.seed + 50)
         _, pred, _ = deepclean(model, flux, sigma, missing, args)
         gaps = {"none": float(np.nanmedian(metrics.mse(pred, sub_truth, mask=~sub_valid)))}
+        inside = {}
         for width in GAP_WIDTHS:
             for place in GAP_PLACES:
                 flux, sigma, missing = observe(
                     sim, sub_truth, sub_valid, 10, args.seed + 50, gap=(width, place)
                 )
-                _, pred, _ = deepclean(model, flux, sigma, missing, args)
-                gaps[f"{width}_{place}"] = float(
-                    np.nanmedian(metrics.mse(pred, sub_truth, mask=~sub_valid))
-                )
-                print(width, place, gaps[f"{width}_{place}"], flush=True)
-        result["gaps_snr10"] = {"n_spectra": int(len(rows)), "median_mse": gaps}
+                _, pred, pred_sigma = deepclean(model, flux, sigma, missing, args)
+                key = f"{width}_{place}"
+                gaps[key] = float(np.nanmedian(metrics.mse(pred, sub_truth, mask=~sub_valid)))
+                in_gap = np.zeros(wave.size, bool)
+                in_gap[gap_slice(width, place, wave.size)] = True
+                inside[key] = metrics.calibration(
+                    pred, pred_sigma, sub_truth, mask=~sub_valid | ~in_gap
+                ).pooled
+                print(width, place, gaps[key], inside[key], flush=True)
+        result["gaps_snr10"] = {
+            "n_spectra": int(len(rows)),
+            "median_mse": gaps,
+            "calibration_in_gap": inside,
+        }
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
