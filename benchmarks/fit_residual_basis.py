@@ -4,7 +4,8 @@ Runs :func:`specutils_deepclean.denoiser_training.fit_residual_basis` (a step of
 training recipe, before the uncertainty calibration) on an existing model file: the
 principal directions of the generator's error on the clean ``train`` stars, their
 number (0, 40, 80 or 160) chosen on ``val`` observations at S/N 2-50.  The test split
-is never read.  Recalibrate the uncertainty afterwards
+is never read.  The kept size's val median MSE per S/N replaces the file's
+``val_median_mse_snr*`` metrics.  Recalibrate the uncertainty afterwards
 (``benchmarks/calibrate_denoiser.py``).  The shipped model's term was fitted with
 
     python benchmarks/fit_residual_basis.py --seed 5 \
@@ -45,11 +46,13 @@ def main(argv=None) -> int:
     command = "python benchmarks/fit_residual_basis.py " + " ".join(argv or sys.argv[1:])
     provenance = model.provenance
     notes = f"{provenance.notes}\nresidual term fitted by: {command}".strip()
-    model.provenance = dataclasses.replace(
-        provenance,
-        metrics={**provenance.metrics, "val_residual_components": float(summary["components"])},
-        notes=notes,
-    )
+    chosen = summary["val_median_mse"][str(summary["components"])]
+    metrics = {
+        **provenance.metrics,
+        "val_residual_components": float(summary["components"]),
+        **{f"val_median_mse_snr{snr}": value for snr, value in chosen.items()},
+    }
+    model.provenance = dataclasses.replace(provenance, metrics=metrics, notes=notes)
     save_model(model, args.output or args.model, overwrite=True)
     summary["command"] = command
     text = json.dumps(summary, indent=2)

@@ -486,6 +486,14 @@ def test_residual_term_fits_what_the_generator_cannot(model, tmp_path):
     gapped = extended.map_estimate(flux, sigma[:, 0], missing, **FAST)
     inside = np.mean((gapped.flux[:, 20:40] - truth[:, 20:40]) ** 2)
     assert inside < np.mean((plain.flux[:, 20:40] - truth[:, 20:40]) ** 2) / 3
+    # the term's posterior variance is added where there is no data: between zero
+    # and its prior variance there, nothing elsewhere
+    without = model.map_estimate(flux, sigma[:, 0], missing, **FAST)
+    added = gapped.flux_sigma**2 - without.flux_sigma**2
+    prior = (basis**2 * np.array([0.04, 0.01])[:, None]).sum(0)
+    assert np.all(added[:, 20:40] > 0) and np.all(added[:, 20:40] <= prior[20:40] * 1.001)
+    np.testing.assert_allclose(added[~missing], 0.0, atol=1e-6)
+    np.testing.assert_allclose(fitted.flux_sigma, plain.flux_sigma, rtol=1e-5)
     path = save_model(extended, tmp_path / "r.asdf")
     again = load_model(path).map_estimate(flux, sigma[:, 0], **FAST)
     np.testing.assert_array_equal(again.flux, fitted.flux)

@@ -541,8 +541,9 @@ class Denoiser(DeepCleanModel):
         \Lambda)`.  :math:`a` is fitted after the MAP of :math:`(z, C)`: its
         posterior mean given :math:`\hat z` under Gaussian noise of the flow's
         scale, a ridge solve per star; the class posterior and the latent
-        uncertainty do not see it, and its own uncertainty is left to the
-        generator-error part of ``flux_sigma``.
+        uncertainty do not see it.  Its posterior variance is added to
+        ``flux_sigma`` at the pixels without data (there the term is a guess
+        from the prior); elsewhere it is left to the generator-error part.
 
         Runs without recording gradients; the model's weights are not changed.
         """
@@ -721,7 +722,8 @@ class Denoiser(DeepCleanModel):
         stars = torch.arange(n_star, device=z.device)
         z_map = z[stars, best]
         chosen = self.generator.generate(z_map)
-        flux = chosen + self._residual_term(data, chosen)
+        residual, residual_var = self._residual_term(data, chosen)
+        flux = chosen + residual
         var = torch.zeros_like(chosen)
         mixed = (posterior >= _MIX_FLOOR).reshape(-1).nonzero()[:, 0]
         for part in mixed.split(_CHUNK):
@@ -736,6 +738,7 @@ class Denoiser(DeepCleanModel):
         if "generator_sigma" in self.extra:
             floor = torch.as_tensor(self.extra["generator_sigma"], dtype=var.dtype)
             var = var + float(scales[1]) ** 2 * floor.to(var.device).square()
+        var = var + residual_var
         ood = self.prior.ood_score(z_map, reference=self._ood_reference)
         as_np = _numpy
         return MAPResult(
@@ -759,17 +762,22 @@ class Denoiser(DeepCleanModel):
             sigma_estimated=data.sigma_estimated,
         )
 
-    def _residual_term(self, data: _Data, signal: torch.Tensor) -> torch.Tensor:
-        r""":math:`B \hat a` (B, P): the residual term's posterior mean given ``signal``.
+    def _residual_term(self, data: _Data, signal: torch.Tensor):
+        r""":math:`B \hat a` (B, P), the residual term's posterior mean given ``signal``,
+        and its posterior variance per pixel (B, P).
 
-        Zero when the model has no ``extra["residual_basis"]``.  Per star,
-        :math:`\hat a = (B^\top W B + \Lambda^{-1})^{-1} B^\top W r` with the
-        residual :math:`r = y - G(\hat z)` and :math:`W` the inverse noise variance
-        (flow scale included), both summed over the exposures, zero at missing
-        and rejected pixels.
+        Both zero when the model has no ``extra["residual_basis"]``.  Per star,
+        :math:`\hat a = A^{-1} B^\top W r` with :math:`A = B^\top W B + \Lambda^{-1}`,
+        the residual :math:`r = y - G(\hat z)` and :math:`W` the inverse noise
+        variance (flow scale included), both summed over the exposures, zero at
+        missing and rejected pixels; the variance is
+        :math:`\operatorname{diag}(B^\top A^{-1} B)` at the pixels without data in
+        every exposure (gaps, masked and rejected pixels: there it is close to the
+        prior's :math:`\operatorname{diag}(B^\top \Lambda B)`), zero elsewhere (where
+        the data pin :math:`a` down, the calibrated generator-error part covers it).
         """
         if "residual_basis" not in self.extra:
-            return torch.zeros_like(signal)
+            return torch.zeros_like(signal), torch.zeros_like(signal)
         basis = torch.as_tensor(self.extra["residual_basis"], dtype=signal.dtype)
         basis = basis.to(signal.device)  # (K, P)
         variance = torch.as_tensor(self.extra["residual_variance"], dtype=torch.float64)
@@ -778,13 +786,23 @@ class Denoiser(DeepCleanModel):
         rhs = (((data.flux - signal[:, None]) * weight).sum(1) @ basis.T).double()
         weight = weight.sum(1)
         coef = torch.empty_like(rhs)
+        spread = torch.empty_like(signal)
         for part in torch.arange(signal.shape[0], device=signal.device).split(_RESIDUAL_CHUNK):
             scaled = basis * weight[part, None]  # (n, K, P)
             system = (scaled @ basis.T).double() + prior  # symmetric positive definite
             # Cholesky, not linalg.solve: batched LU fails on K >= ~130 with some MKL builds
             factor = torch.linalg.cholesky(system)
             coef[part] = torch.cholesky_solve(rhs[part, :, None], factor)[..., 0]
-        return coef.to(signal.dtype) @ basis
+            # the variance where the star has no data, on those columns only (cheap)
+            empty = weight[part] == 0
+            columns = empty.any(0).nonzero()[:, 0]
+            spread[part] = 0.0
+            if columns.numel():
+                covariance = torch.cholesky_inverse(factor).to(signal.dtype)  # (n, K, K)
+                sub = basis[:, columns]
+                value = ((covariance @ sub) * sub).sum(1)
+                spread[part[:, None], columns] = torch.where(empty[:, columns], value, 0.0)
+        return coef.to(signal.dtype) @ basis, spread
 
     # ------------------------------------------------------------------ the likelihood
 
