@@ -470,7 +470,8 @@ class Denoiser(DeepCleanModel):
         clip : float or None
             Outlier threshold (> 0), in units of the noise; None keeps every
             pixel.  The default 5 was chosen on simulated MILES val spectra, where
-            it found the cosmic-ray hits as well as knowing them did.
+            it did almost as well as knowing the cosmic-ray hits (see the
+            denoising docs).
         generator : `torch.Generator`, optional
             Source of the random starts (on the model's device).
 
