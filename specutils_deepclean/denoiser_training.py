@@ -238,20 +238,14 @@ def fit_residual_basis(
         ``components`` (the size kept), ``n_train``, ``n_val`` and ``val_median_mse``:
         size -> S/N -> median MSE.
     """
-    import torch
-
     wave = model.wavelength.to_value(library.wavelength.unit)
     truth, missing, _ = _split(library, wave, "train")
-    if not all(0 <= int(k) <= len(truth) for k in components) or len(components) == 0:
+    if len(components) == 0 or not all(0 <= int(k) <= len(truth) for k in components):
         raise ValueError(
             f"components must be sizes from 0 to {len(truth)} (the train stars), "
             f"got {list(components)!r}"
         )
-    with torch.no_grad():
-        clean = torch.as_tensor(np.where(missing, 0.0, truth), dtype=model._dtype)
-        gone = torch.as_tensor(missing)
-        recon = model.generator.generate(model.generator.encode(clean, gone)).double().numpy()
-    error = np.where(missing, 0.0, truth - recon)
+    error = np.nan_to_num(_generator_error(model.generator, truth, missing))
     _, values, directions = np.linalg.svd(error, full_matrices=False)
     variances = values**2 / len(error)
     val_truth, val_missing, _ = _split(library, wave, "val")
@@ -284,6 +278,17 @@ def fit_residual_basis(
         "n_val": int(len(val_truth)),
         "val_median_mse": {str(k): v for k, v in scores.items()},
     }
+
+
+def _generator_error(generator, truth: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """``G(E(s)) - s`` of clean spectra ``s`` (float64), NaN at missing pixels."""
+    import torch
+
+    with torch.no_grad():
+        recon, _ = generator(
+            torch.as_tensor(np.where(missing, 1.0, truth)), torch.as_tensor(missing)
+        )
+    return np.where(missing, np.nan, recon.double().numpy() - truth)
 
 
 def _set_residual_basis(model, basis: np.ndarray, variance: np.ndarray) -> None:
@@ -430,9 +435,7 @@ def train_denoiser(
     )
     # The generator's own error on clean val spectra, per pixel: added in quadrature
     # to the latent-posterior uncertainty at inference (honest error bars at high S/N).
-    with torch.no_grad():
-        recon, _ = gen(torch.as_tensor(np.nan_to_num(val[0], nan=1.0)), torch.as_tensor(val[1]))
-    residual = np.where(val[1], np.nan, recon.double().numpy() - val[0])
+    residual = _generator_error(gen, val[0], val[1])
     model = Denoiser.from_parts(
         gen, prior, {"whitened": flow},
         wavelength=wave * library.wavelength.unit, medium=library.medium,

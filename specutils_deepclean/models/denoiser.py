@@ -915,16 +915,16 @@ class Denoiser(DeepCleanModel):
         if clip is not None:
             rejected = self._outliers(flux, sigma, gone, clip)
             _check_usable(gone | rejected, self._min_context())
-        data = self._choose_flow(torch.where(rejected, 0.0, flux), sigma, gone | rejected)
-        data.rejected = rejected
-        return data
+        gone = gone | rejected
+        flux = torch.where(rejected, 0.0, flux)
+        sigma, flow, estimated = self._choose_flow(flux, sigma, gone)
+        return self._data(flux, sigma, gone, rejected, flow, estimated)
 
     def _outliers(self, flux, sigma, gone, clip: float) -> torch.Tensor:
         """Pixels (B, E, P) more than ``clip`` noise units above the encoder's guess."""
         n_pix = flux.shape[-1]
-        guess = self.generator.generate(
-            self.generator.encode(flux.reshape(-1, n_pix), gone.reshape(-1, n_pix))
-        ).reshape(flux.shape)
+        guess = self.generator(flux.reshape(-1, n_pix), gone.reshape(-1, n_pix))[0]
+        guess = guess.reshape(flux.shape)
         # without sigma, DER_SNR's level; an exposure without one (no noise, too few
         # pixels) gets NaN, so nothing in it is rejected
         if sigma is None:
@@ -942,24 +942,25 @@ class Denoiser(DeepCleanModel):
         excess = torch.nan_to_num(u - centre, nan=-math.inf)
         return excess > clip * torch.nan_to_num(spread, nan=1.0).clamp_min(1.0)
 
-    def _choose_flow(self, flux, sigma, gone) -> _Data:
+    def _choose_flow(self, flux, sigma, gone) -> tuple:
+        """The sigma the likelihood uses (None for the plain flow), the flow, and
+        whether sigma was estimated."""
         if sigma is not None:
             if "whitened" in self.flows:
-                return self._data(flux, sigma, gone, "whitened", False)
+                return sigma, "whitened", False
             warnings.warn(
                 "this Denoiser has no whitened NoiseFlow: sigma is ignored and the plain "
                 "flow is used",
                 AstropyUserWarning,
                 stacklevel=4,
             )
-            return self._data(flux, None, gone, "plain", False)
+            return None, "plain", False
         if "plain" in self.flows:
-            return self._data(flux, None, gone, "plain", False)
+            return None, "plain", False
         level = _der_snr_noise(flux, gone)
-        sigma = level[..., None].expand_as(flux).contiguous()
-        return self._data(flux, sigma, gone, "whitened", True)
+        return level[..., None].expand_as(flux).contiguous(), "whitened", True
 
-    def _data(self, flux, sigma, gone, flow: str, estimated: bool) -> _Data:
+    def _data(self, flux, sigma, gone, rejected, flow: str, estimated: bool) -> _Data:
         scale = self.flows[flow].scale.to(flux.dtype)
         unit = scale.expand_as(flux) if sigma is None else scale * sigma
         unit = torch.where(gone, 1.0, unit)
@@ -968,7 +969,7 @@ class Denoiser(DeepCleanModel):
         return _Data(
             flux,
             gone,
-            torch.zeros_like(gone),
+            rejected,
             torch.where(gone, 0.0, 1 / unit),
             counted,
             constant,
