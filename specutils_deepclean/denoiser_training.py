@@ -21,7 +21,9 @@ its ``val`` stars; the ``test`` split is never read:
    provenance;
 5. before that scoring, the residual term (:func:`fit_residual_basis`: the principal
    directions of the generator's error on the clean train spectra, their number
-   chosen on simulated val observations) and then the two scales of its uncertainty
+   chosen on simulated val observations), the continuum term
+   (:func:`fit_continuum_term`: its degree and prior width chosen on simulated val
+   observations) and then the two scales of its uncertainty
    (``extra["sigma_scales"]``) fitted on simulated val observations at every S/N
    level (:func:`calibrate_uncertainty`).
 
@@ -43,7 +45,7 @@ from .metrics import GAUSSIAN_COVERAGE, mse
 from .simulate import SNR_LEVELS, Simulator, prepare_truth
 from .spectra import median_normalise
 
-__all__ = ["calibrate_uncertainty", "fit_residual_basis", "train_denoiser"]
+__all__ = ["calibrate_uncertainty", "fit_continuum_term", "fit_residual_basis", "train_denoiser"]
 
 #: Candidate scales of the latent-posterior part and of the generator's error.
 _LATENT_SCALES = np.geomspace(0.5, 8.0, 33)
@@ -52,6 +54,9 @@ _GENERATOR_SCALES = np.linspace(0.1, 1.5, 29)
 _GRID_PIXELS = 100_000
 #: Candidate sizes of the residual basis (the largest sets its cost at inference).
 RESIDUAL_COMPONENTS = (0, 40, 80, 160)
+#: Candidate degrees and prior widths of the continuum term.
+CONTINUUM_DEGREES = (0, 1, 3, 5)
+CONTINUUM_SIGMAS = (0.03, 0.1, 0.3)
 
 
 def _split(library: Library, wave: np.ndarray, split: str):
@@ -248,36 +253,126 @@ def fit_residual_basis(
     error = np.nan_to_num(_generator_error(model.generator, truth, missing))
     _, values, directions = np.linalg.svd(error, full_matrices=False)
     variances = values**2 / len(error)
-    val_truth, val_missing, _ = _split(library, wave, "val")
-    sim = Simulator(wave, model.medium)
-    observed = []
-    for i, snr in enumerate(snr_levels):
-        obs = sim.observe(np.where(val_missing, np.nan, val_truth), float(snr), seed=seed + i)
-        flux, scale = median_normalise(obs.flux, obs.mask)
-        observed.append((flux, obs.sigma / scale[:, None], obs.mask, scale))
+    score = _val_scorer(model, library, snr_levels, seed)
     scores = {}
     for k in sorted({int(k) for k in components}):
         _set_residual_basis(model, directions[:k], variances[:k])
-        scores[k] = {
-            f"{snr:g}": float(
-                np.median(
-                    mse(
-                        model.map_estimate(flux, sigma, mask).flux * scale[:, None],
-                        val_truth,
-                        mask=val_missing,
-                    )
-                )
-            )
-            for snr, (flux, sigma, mask, scale) in zip(snr_levels, observed, strict=True)
-        }
+        scores[k] = score()
     best = min(scores, key=lambda k: float(np.sum(np.log(list(scores[k].values())))))
     _set_residual_basis(model, directions[:best], variances[:best])
     return {
         "components": best,
         "n_train": int(len(truth)),
-        "n_val": int(len(val_truth)),
+        "n_val": score.n_val,
         "val_median_mse": {str(k): v for k, v in scores.items()},
     }
+
+
+def fit_continuum_term(
+    model,
+    library: Library,
+    *,
+    degrees=CONTINUUM_DEGREES,
+    sigmas=CONTINUUM_SIGMAS,
+    snr_levels=SNR_LEVELS,
+    seed: int = 0,
+) -> dict:
+    r"""Give a denoiser the continuum term, its degree and prior width chosen on val.
+
+    The term multiplies the spectrum by :math:`1 + \sum_{k \le D} c_k P_k(x)`
+    (Legendre polynomials over the model's grid, prior :math:`c_k \sim N(0,
+    \tau^2)`; see `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`,
+    Notes): the overall level, which the median normalisation of a noisy spectrum
+    gets wrong and the generator cannot change, and the continuum's shape.  Every
+    pair of ``degrees`` and ``sigmas``, and no term, is tried on the good ``val``
+    stars observed at each S/N of ``snr_levels``; the one with the smallest sum over
+    the S/N of the log median MSE is kept in ``model.extra["continuum_sigma"]``
+    (removed when no term wins).  The ``test`` split is never read.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        Changed in place (its ``extra``).
+    library : `~specutils_deepclean.datasets.Library`
+        The library of the model's training, in the MILES layout.
+    degrees : sequence of int
+        Candidate polynomial degrees D (0 to 15).
+    sigmas : sequence of float
+        Candidate prior widths :math:`\tau` (positive).
+    snr_levels : sequence of float
+        S/N of the simulated val observations.
+    seed : int
+        Seed of the simulated observations.
+
+    Returns
+    -------
+    dict
+        ``degree`` and ``sigma`` kept (None for no term), ``n_val`` and
+        ``val_median_mse``: ``"none"`` or ``"D<degree>_sigma<sigma>"`` -> S/N ->
+        median MSE.
+    """
+    if not all(0 <= int(d) < 16 for d in degrees) or not all(float(t) > 0 for t in sigmas):
+        raise ValueError(
+            f"degrees must lie in 0-15 and sigmas be positive, got {list(degrees)!r} "
+            f"and {list(sigmas)!r}"
+        )
+    score = _val_scorer(model, library, snr_levels, seed)
+    model.extra.pop("continuum_sigma", None)
+    candidates = {"none": None}
+    candidates.update(
+        {f"D{int(d)}_sigma{float(t):g}": (int(d), float(t)) for d in degrees for t in sigmas}
+    )
+    scores = {}
+    for key, setting in candidates.items():
+        _set_continuum(model, setting)
+        scores[key] = score()
+    best = min(scores, key=lambda k: float(np.sum(np.log(list(scores[k].values())))))
+    _set_continuum(model, candidates[best])
+    degree, sigma = candidates[best] or (None, None)
+    return {"degree": degree, "sigma": sigma, "n_val": score.n_val, "val_median_mse": scores}
+
+
+def _set_continuum(model, setting) -> None:
+    """Store the continuum term (degree, sigma) in ``model.extra``, or remove it (None)."""
+    if setting is None:
+        model.extra.pop("continuum_sigma", None)
+        return
+    degree, sigma = setting
+    model.extra["continuum_sigma"] = np.full(degree + 1, sigma, dtype=np.float64)
+
+
+def _val_scorer(model, library: Library, snr_levels, seed: int):
+    """A function scoring ``model`` as it is when called: S/N -> median MSE on val.
+
+    The good ``val`` stars are observed once at each S/N (seeds ``seed + i``) and
+    median-normalised as `~specutils_deepclean.denoise` does; every call denoises
+    them with `Denoiser.map_estimate`'s defaults.  ``n_val`` is set on the function.
+    """
+    wave = model.wavelength.to_value(library.wavelength.unit)
+    truth, missing, _ = _split(library, wave, "val")
+    sim = Simulator(wave, model.medium)
+    observed = []
+    for i, snr in enumerate(snr_levels):
+        obs = sim.observe(np.where(missing, np.nan, truth), float(snr), seed=seed + i)
+        flux, scale = median_normalise(obs.flux, obs.mask)
+        observed.append((f"{snr:g}", flux, obs.sigma / scale[:, None], obs.mask, scale))
+
+    def score() -> dict:
+        return {
+            key: float(
+                np.median(
+                    mse(
+                        model.map_estimate(flux, sigma, mask).flux * scale[:, None],
+                        truth,
+                        mask=missing,
+                    )
+                )
+            )
+            for key, flux, sigma, mask, scale in observed
+        }
+
+    score.n_val = int(len(truth))
+    return score
 
 
 def _generator_error(generator, truth: np.ndarray, missing: np.ndarray) -> np.ndarray:
@@ -453,6 +548,10 @@ def train_denoiser(
     times["val_residual_basis_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    continuum_fit = fit_continuum_term(model, library, seed=seed + 6)
+    times["val_continuum_term_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     calibrated = calibrate_uncertainty(model, library, seed=seed + 4)
     times["val_calibration_s"] = time.perf_counter() - start
 
@@ -476,6 +575,9 @@ def train_denoiser(
         "val_generator_floor_mse": float(min(gen.history["val"])),
         "val_noiseflow_nll": float(min(flow.history["val"])),
         "val_residual_components": float(residual_fit["components"]),
+        "val_continuum_degree": float(
+            -1 if continuum_fit["degree"] is None else continuum_fit["degree"]
+        ),
     }
     metrics.update({f"val_calibration_fit_snr{k}": v for k, v in calibrated["after"].items()})
     model.provenance = Provenance(**{**provenance.to_dict(), "metrics": metrics})
@@ -488,6 +590,7 @@ def train_denoiser(
         "n_val": int(len(val[0])),
         "metrics": metrics,
         "residual_basis": residual_fit,
+        "continuum_term": continuum_fit,
         "calibration": calibrated,
         "seconds": {k: round(v, 1) for k, v in times.items()},
     }

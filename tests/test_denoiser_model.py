@@ -442,6 +442,9 @@ def test_generator_sigma_adds_in_quadrature():
         ({"generator_sigma": np.ones(N_PIX - 1)}, "generator_sigma"),
         ({"generator_sigma": np.full(N_PIX, np.inf)}, "generator_sigma"),
         ({"residual_basis": np.ones((2, N_PIX))}, "both 'residual_basis'"),
+        ({"continuum_sigma": np.array([0.1, 0.0])}, "continuum_sigma"),
+        ({"continuum_sigma": np.ones((2, 2))}, "continuum_sigma"),
+        ({"continuum_sigma": np.ones(17)}, "continuum_sigma"),
         ({"residual_basis": np.ones((2, N_PIX - 1)), "residual_variance": np.ones(2)},
          "residual_basis"),
         ({"residual_basis": np.ones((2, N_PIX)), "residual_variance": np.ones(3)},
@@ -457,11 +460,16 @@ def test_uncertainty_extras_are_checked(extra, match):
         Denoiser.from_parts(generator, prior, flows, wavelength=wave, medium="air", extra=extra)
 
 
-def with_residual_basis(model, basis, variance):
+def with_extra(model, **extra):
     generator, prior, flows = make_parts(0)
-    extra = {"residual_basis": basis.astype(np.float32), "residual_variance": variance}
     return Denoiser.from_parts(
         generator, prior, flows, wavelength=model.wavelength, medium="air", extra=extra
+    )
+
+
+def with_residual_basis(model, basis, variance):
+    return with_extra(
+        model, residual_basis=basis.astype(np.float32), residual_variance=variance
     )
 
 
@@ -495,6 +503,40 @@ def test_residual_term_fits_what_the_generator_cannot(model, tmp_path):
     np.testing.assert_allclose(added[~missing], 0.0, atol=1e-6)
     np.testing.assert_allclose(fitted.flux_sigma, plain.flux_sigma, rtol=1e-5)
     path = save_model(extended, tmp_path / "r.asdf")
+    again = load_model(path).map_estimate(flux, sigma[:, 0], **FAST)
+    np.testing.assert_array_equal(again.flux, fitted.flux)
+
+
+def test_continuum_term_fits_level_and_slope(model, tmp_path):
+    """Spectra G(z) (1 + c0 + c1 x): the continuum term recovers the level and slope
+    the generator cannot draw, alone and with a residual term; a gap gets its variance."""
+    rng = np.random.default_rng(21)
+    _, _, signal, flux, sigma = draw(model, 8, seed=22, noise=0.01)
+    x = np.linspace(-1.0, 1.0, N_PIX)
+    coef = rng.normal(size=(8, 2)) * 0.05
+    truth = signal * (1 + coef[:, :1] + coef[:, 1:] * x)
+    flux = flux[:, 0] - signal + truth
+    plain = model.map_estimate(flux, sigma[:, 0], **FAST)
+    tilted = with_extra(model, continuum_sigma=np.array([0.1, 0.1, 0.1]))
+    fitted = tilted.map_estimate(flux, sigma[:, 0], **FAST)
+    np.testing.assert_allclose(fitted.z, plain.z)  # the MAP's business is z
+    assert np.mean((fitted.flux - truth) ** 2) < np.mean((plain.flux - truth) ** 2) / 5
+    basis = np.stack([np.sin(np.arange(N_PIX) / 3.0)]) / np.sqrt(N_PIX / 2)
+    both = with_extra(
+        model,
+        continuum_sigma=np.array([0.1, 0.1, 0.1]),
+        residual_basis=basis.astype(np.float32),
+        residual_variance=np.array([0.01]),
+    ).map_estimate(flux, sigma[:, 0], **FAST)
+    assert np.mean((both.flux - truth) ** 2) < np.mean((plain.flux - truth) ** 2) / 5
+    missing = np.zeros(flux.shape, bool)
+    missing[:, 50:] = True
+    gapped = tilted.map_estimate(flux, sigma[:, 0], missing, **FAST)
+    without = model.map_estimate(flux, sigma[:, 0], missing, **FAST)
+    added = gapped.flux_sigma**2 - without.flux_sigma**2
+    assert np.all(added[:, 50:] > 0)
+    np.testing.assert_allclose(added[:, :50], 0.0, atol=1e-6)
+    path = save_model(tilted, tmp_path / "c.asdf")
     again = load_model(path).map_estimate(flux, sigma[:, 0], **FAST)
     np.testing.assert_array_equal(again.flux, fitted.flux)
 

@@ -78,6 +78,10 @@ def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys)
     kept = model.provenance.metrics.get("val_residual_components")
     basis = model.extra.get("residual_basis", np.zeros((0, model.n_pix)))
     assert kept == basis.shape[0] and kept in (0, 40)
+    # the continuum term's degree was chosen on val too (-1: no term)
+    degree = model.provenance.metrics.get("val_continuum_degree")
+    tau = model.extra.get("continuum_sigma", np.zeros(0))
+    assert degree == tau.size - 1 and degree in (-1, 0, 1, 3, 5)
     assert sorted(p.name for p in stages.iterdir()) == ["generator.asdf", "noiseflow.asdf"]
     # A rerun loads the stages: same weights, same model.
     assert cli.main([*argv, "--overwrite"]) == 0
@@ -107,3 +111,14 @@ def test_fit_residual_basis_sizes_are_checked(tiny_library, components):
     model = load_model("denoiser-miles")
     with pytest.raises(ValueError, match="components must be sizes from 0 to 48"):
         fit_residual_basis(model, load_library(tiny_library), components=components)
+
+
+@needs_data
+@pytest.mark.parametrize("degrees, sigmas", [([16], [0.1]), ([1], [0.0]), ([-1], [0.1])])
+def test_fit_continuum_term_settings_are_checked(tiny_library, degrees, sigmas):
+    from specutils_deepclean.datasets import load_library
+    from specutils_deepclean.denoiser_training import fit_continuum_term
+
+    model = load_model("denoiser-miles")
+    with pytest.raises(ValueError, match="degrees must lie in 0-15"):
+        fit_continuum_term(model, load_library(tiny_library), degrees=degrees, sigmas=sigmas)

@@ -54,8 +54,10 @@ _EM_TOL = 1e-4
 _HALVINGS = 3
 #: Classes with a smaller posterior are left out of the flux uncertainty's mixture.
 _MIX_FLOOR = 1e-10
-#: Stars per chunk of the residual term's normal equations ((n, K, P) temporaries).
+#: Stars per chunk of the linear terms' normal equations ((n, K, P) temporaries).
 _RESIDUAL_CHUNK = 32
+#: Most Legendre orders of the continuum term a model file may declare.
+_MAX_CONTINUUM_TERMS = 16
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,8 @@ class MAPResult:
     class_names : tuple of str
         The K class names.
     flux : ndarray, shape (B, P)
-        The denoised spectrum :math:`G(\hat z)` (plus :math:`B \hat a`, the residual
-        term, when the model has one: see `Denoiser.map_estimate`, Notes), in the
+        The denoised spectrum :math:`G(\hat z)` (with the continuum and residual
+        terms when the model has them: see `Denoiser.map_estimate`, Notes), in the
         normalised units of the input.
     flux_sigma : ndarray, shape (B, P)
         Its per-pixel standard deviation (see `Denoiser.map_estimate`, Notes).
@@ -542,9 +544,21 @@ class Denoiser(DeepCleanModel):
         \Lambda)`.  :math:`a` is fitted after the MAP of :math:`(z, C)`: its
         posterior mean given :math:`\hat z` under Gaussian noise of the flow's
         scale, a ridge solve per star; the class posterior and the latent
-        uncertainty do not see it.  Its posterior variance is added to
-        ``flux_sigma`` at the pixels without data (there the term is a guess
-        from the prior); elsewhere it is left to the generator-error part.
+        uncertainty do not see it.
+
+        Continuum term: when the model file holds ``extra["continuum_sigma"]``
+        :math:`\tau` (D + 1,) (see
+        `~specutils_deepclean.denoiser_training.fit_continuum_term`), the spectrum
+        is multiplied by :math:`1 + \sum_{k \le D} c_k P_k(x)`, Legendre
+        polynomials of :math:`x` running from -1 to 1 over the model's grid, with
+        the prior :math:`c_k \sim N(0, \tau_k^2)`: the overall level (which the
+        median normalisation of a noisy spectrum gets wrong by a few per cent at low
+        S/N, and which :math:`G` cannot change) and the continuum's slope and
+        curvature (flux calibration, reddening).  Linearised at
+        :math:`G(\hat z)`, :math:`c` is fitted together with the residual term's
+        :math:`a`, in the same ridge solve.  The two terms' posterior variance is
+        added to ``flux_sigma`` at the pixels without data (there they are a
+        guess from the prior); elsewhere it is left to the generator-error part.
 
         Runs without recording gradients; the model's weights are not changed.
         """
@@ -723,8 +737,8 @@ class Denoiser(DeepCleanModel):
         stars = torch.arange(n_star, device=z.device)
         z_map = z[stars, best]
         chosen = self.generator.generate(z_map)
-        residual, residual_var = self._residual_term(data, chosen)
-        flux = chosen + residual
+        terms, terms_var = self._linear_terms(data, chosen)
+        flux = chosen + terms
         var = torch.zeros_like(chosen)
         mixed = (posterior >= _MIX_FLOOR).reshape(-1).nonzero()[:, 0]
         for part in mixed.split(_CHUNK):
@@ -739,7 +753,7 @@ class Denoiser(DeepCleanModel):
         if "generator_sigma" in self.extra:
             floor = torch.as_tensor(self.extra["generator_sigma"], dtype=var.dtype)
             var = var + float(scales[1]) ** 2 * floor.to(var.device).square()
-        var = var + residual_var
+        var = var + terms_var
         ood = self.prior.ood_score(z_map, reference=self._ood_reference)
         as_np = _numpy
         return MAPResult(
@@ -763,47 +777,68 @@ class Denoiser(DeepCleanModel):
             sigma_estimated=data.sigma_estimated,
         )
 
-    def _residual_term(self, data: _Data, signal: torch.Tensor):
-        r""":math:`B \hat a` (B, P), the residual term's posterior mean given ``signal``,
-        and its posterior variance per pixel (B, P).
+    def _linear_terms(self, data: _Data, signal: torch.Tensor):
+        r"""The linear terms' posterior mean given ``signal`` (B, P), and their posterior
+        variance per pixel (B, P).
 
-        Both zero when the model has no ``extra["residual_basis"]``.  Per star,
-        :math:`\hat a = A^{-1} B^\top W r` with :math:`A = B^\top W B + \Lambda^{-1}`,
-        the residual :math:`r = y - G(\hat z)` and :math:`W` the inverse noise
-        variance (flow scale included), both summed over the exposures, zero at
-        missing and rejected pixels; the variance is
-        :math:`\operatorname{diag}(B^\top A^{-1} B)` at the pixels without data in
-        every exposure (gaps, masked and rejected pixels: there it is close to the
-        prior's :math:`\operatorname{diag}(B^\top \Lambda B)`), zero elsewhere (where
-        the data pin :math:`a` down, the calibrated generator-error part covers it).
+        The terms are the residual term :math:`B a` (``extra["residual_basis"]``,
+        prior :math:`a \sim N(0, \Lambda)`) and the continuum term
+        :math:`G(\hat z) \sum_k c_k P_k(x)` (``extra["continuum_sigma"]``: Legendre
+        polynomials :math:`P_k` of :math:`x \in [-1, 1]` over the model's grid,
+        prior :math:`c_k \sim N(0, \tau_k^2)`); both zero when the model has
+        neither.  With the columns :math:`M` of both stacked per star, the
+        coefficients are :math:`\hat u = A^{-1} M W r`, :math:`A = M W M^\top +
+        \operatorname{diag}(\Lambda, \tau^2)^{-1}`, the residual :math:`r = y -
+        G(\hat z)` and :math:`W` the inverse noise variance (flow scale included),
+        both summed over the exposures, zero at missing and rejected pixels; the
+        variance is :math:`\operatorname{diag}(M^\top A^{-1} M)` at the pixels
+        without data in every exposure (gaps, masked and rejected pixels: there it is
+        close to the prior's), zero elsewhere (where the data pin the coefficients
+        down, the calibrated generator-error part covers it).
         """
-        if "residual_basis" not in self.extra:
+        if "residual_basis" not in self.extra and "continuum_sigma" not in self.extra:
             return torch.zeros_like(signal), torch.zeros_like(signal)
-        basis = torch.as_tensor(self.extra["residual_basis"], dtype=signal.dtype)
-        basis = basis.to(signal.device)  # (K, P)
-        variance = torch.as_tensor(self.extra["residual_variance"], dtype=torch.float64)
-        prior = torch.diag(1 / variance).to(signal.device)
         weight = data.inv_unit.square()  # (B, E, P)
-        rhs = (((data.flux - signal[:, None]) * weight).sum(1) @ basis.T).double()
+        target = ((data.flux - signal[:, None]) * weight).sum(1)  # (B, P)
         weight = weight.sum(1)
-        coef = torch.empty_like(rhs)
-        spread = torch.empty_like(signal)
+        fit = torch.empty_like(signal)
+        spread = torch.zeros_like(signal)
         for part in torch.arange(signal.shape[0], device=signal.device).split(_RESIDUAL_CHUNK):
-            scaled = basis * weight[part, None]  # (n, K, P)
-            system = (scaled @ basis.T).double() + prior  # symmetric positive definite
+            columns, variance = self._term_columns(signal[part])  # (n, K, P), (K,)
+            scaled = columns * weight[part, None]
+            system = (scaled @ columns.transpose(-1, -2)).double() + torch.diag(1 / variance)
             # Cholesky, not linalg.solve: batched LU fails on K >= ~130 with some MKL builds
             factor = torch.linalg.cholesky(system)
-            coef[part] = torch.cholesky_solve(rhs[part, :, None], factor)[..., 0]
-            # the variance where the star has no data, on those columns only (cheap)
+            rhs = (columns @ target[part, :, None]).double()
+            coef = torch.cholesky_solve(rhs, factor).to(signal.dtype)  # (n, K, 1)
+            fit[part] = (coef.transpose(-1, -2) @ columns)[:, 0]
+            # the variance where the star has no data, on those pixels only (cheap)
             empty = weight[part] == 0
-            columns = empty.any(0).nonzero()[:, 0]
-            spread[part] = 0.0
-            if columns.numel():
+            pixels = empty.any(0).nonzero()[:, 0]
+            if pixels.numel():
                 covariance = torch.cholesky_inverse(factor).to(signal.dtype)  # (n, K, K)
-                sub = basis[:, columns]
+                sub = columns[..., pixels]
                 value = ((covariance @ sub) * sub).sum(1)
-                spread[part[:, None], columns] = torch.where(empty[:, columns], value, 0.0)
-        return coef.to(signal.dtype) @ basis, spread
+                spread[part[:, None], pixels] = torch.where(empty[:, pixels], value, 0.0)
+        return fit, spread
+
+    def _term_columns(self, signal: torch.Tensor):
+        """Columns (n, K, P) of the linear terms for stars with MAP signal ``signal``
+        (n, P), and their prior variances (K,) in float64."""
+        columns, variances = [], []
+        device = signal.device
+        if "residual_basis" in self.extra:
+            basis = torch.as_tensor(self.extra["residual_basis"], dtype=signal.dtype)
+            columns.append(basis.to(device).expand(signal.shape[0], -1, -1))
+            variances.append(torch.as_tensor(self.extra["residual_variance"], dtype=torch.float64))
+        if "continuum_sigma" in self.extra:
+            tau = torch.as_tensor(self.extra["continuum_sigma"], dtype=torch.float64)
+            grid = np.linspace(-1.0, 1.0, signal.shape[-1])
+            legendre = np.polynomial.legendre.legvander(grid, tau.numel() - 1).T  # (D+1, P)
+            legendre = torch.as_tensor(legendre, dtype=signal.dtype, device=device)
+            columns.append(signal[:, None] * legendre)
+            variances.append(tau.square())
+        return torch.cat(columns, 1), torch.cat(variances).to(device)
 
     # ------------------------------------------------------------------ the likelihood
 
@@ -1107,7 +1142,8 @@ def _floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
 
 def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
     """``generator_sigma`` (P,) finite >= 0 and ``sigma_scales`` (2,) finite > 0, if present;
-    ``residual_basis`` (K, P) finite with ``residual_variance`` (K,) finite > 0."""
+    ``residual_basis`` (K, P) finite with ``residual_variance`` (K,) finite > 0;
+    ``continuum_sigma`` (D + 1,) finite > 0."""
     if ("residual_basis" in extra) != ("residual_variance" in extra):
         raise ValueError("extra needs both 'residual_basis' and 'residual_variance', or neither")
     if "residual_basis" in extra:
@@ -1124,6 +1160,16 @@ def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
                 f"extra['residual_basis'] must be (K, {n_pix}) finite and "
                 f"extra['residual_variance'] (K,) positive finite, got shapes {basis.shape} "
                 f"and {variance.shape}"
+            )
+    if "continuum_sigma" in extra:
+        tau = np.asarray(extra["continuum_sigma"], dtype=np.float64)
+        if tau.ndim != 1 or not 1 <= tau.size <= _MAX_CONTINUUM_TERMS or not np.all(
+            np.isfinite(tau) & (tau > 0)
+        ):
+            raise ValueError(
+                "extra['continuum_sigma'] must hold 1 to "
+                f"{_MAX_CONTINUUM_TERMS} positive finite numbers (one per Legendre "
+                f"order), got shape {tau.shape}"
             )
     if "generator_sigma" in extra:
         floor = np.asarray(extra["generator_sigma"], dtype=np.float64)

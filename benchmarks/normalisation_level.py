@@ -1,0 +1,65 @@
+"""How far the median normalisation of a noisy spectrum misses the true level, on MILES ``val``.
+
+Every good ``val`` star is observed through the simulator at S/N 2, 5, 10, 20 and 50
+and divided by its median as `specutils_deepclean.denoise` does; the level error is
+that median over the clean spectrum's median, minus one.  The generator cannot change
+a spectrum's level, so before the continuum term this error went straight into the
+denoised spectrum (see the denoising docs).  The test split is never read::
+
+    python benchmarks/normalisation_level.py --json benchmarks/results/normalisation_level_val.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from specutils_deepclean.datasets import load_library
+from specutils_deepclean.io.models import load_model
+from specutils_deepclean.simulate import SNR_LEVELS, Simulator, prepare_truth
+from specutils_deepclean.spectra import median_normalise
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="denoiser-miles", help="sets the grid and medium")
+    parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    model = load_model(args.model)
+    wave = model.wavelength.to_value("Angstrom")
+    truth, valid = prepare_truth(
+        load_library().select(split="val", good=True), wave, model.medium
+    )
+    sim = Simulator(wave, model.medium)
+    _, true_level = median_normalise(truth, ~valid)
+    rows = {}
+    for i, snr in enumerate(SNR_LEVELS):
+        obs = sim.observe(np.where(valid, truth, np.nan), snr, seed=args.seed + i)
+        _, level = median_normalise(obs.flux, obs.mask)
+        error = level / true_level - 1
+        rows[f"{snr:g}"] = {
+            "median_abs_error": float(np.median(np.abs(error))),
+            "mean_error": float(np.mean(error)),
+            "p90_abs_error": float(np.percentile(np.abs(error), 90)),
+        }
+        print(snr, rows[f"{snr:g}"], flush=True)
+    out = {
+        "command": "python benchmarks/normalisation_level.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "split": "val",
+        "n_spectra": int(len(truth)),
+        "snr": rows,
+    }
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
