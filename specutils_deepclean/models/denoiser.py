@@ -803,10 +803,11 @@ class Denoiser(DeepCleanModel):
         weight = weight.sum(1)
         fit = torch.empty_like(signal)
         spread = torch.zeros_like(signal)
+        basis, legendre, precision = self._term_parts(signal)
         for part in torch.arange(signal.shape[0], device=signal.device).split(_RESIDUAL_CHUNK):
-            columns, variance = self._term_columns(signal[part])  # (n, K, P), (K,)
+            columns = _term_columns(basis, legendre, signal[part])  # (n, K, P)
             scaled = columns * weight[part, None]
-            system = (scaled @ columns.transpose(-1, -2)).double() + torch.diag(1 / variance)
+            system = (scaled @ columns.transpose(-1, -2)).double() + precision
             # Cholesky, not linalg.solve: batched LU fails on K >= ~130 with some MKL builds
             factor = torch.linalg.cholesky(system)
             rhs = (columns @ target[part, :, None]).double()
@@ -822,23 +823,23 @@ class Denoiser(DeepCleanModel):
                 spread[part[:, None], pixels] = torch.where(empty[:, pixels], value, 0.0)
         return fit, spread
 
-    def _term_columns(self, signal: torch.Tensor):
-        """Columns (n, K, P) of the linear terms for stars with MAP signal ``signal``
-        (n, P), and their prior variances (K,) in float64."""
-        columns, variances = [], []
-        device = signal.device
+    def _term_parts(self, signal: torch.Tensor):
+        """The linear terms' fixed parts, built once per batch: the residual basis (K, P)
+        or None, the Legendre rows (D + 1, P) or None, and the prior precision matrix
+        (float64) of all coefficients."""
+        basis = legendre = None
+        variances = []
         if "residual_basis" in self.extra:
             basis = torch.as_tensor(self.extra["residual_basis"], dtype=signal.dtype)
-            columns.append(basis.to(device).expand(signal.shape[0], -1, -1))
+            basis = basis.to(signal.device)
             variances.append(torch.as_tensor(self.extra["residual_variance"], dtype=torch.float64))
         if "continuum_sigma" in self.extra:
             tau = torch.as_tensor(self.extra["continuum_sigma"], dtype=torch.float64)
             grid = np.linspace(-1.0, 1.0, signal.shape[-1])
-            legendre = np.polynomial.legendre.legvander(grid, tau.numel() - 1).T  # (D+1, P)
-            legendre = torch.as_tensor(legendre, dtype=signal.dtype, device=device)
-            columns.append(signal[:, None] * legendre)
+            rows = np.polynomial.legendre.legvander(grid, tau.numel() - 1).T
+            legendre = torch.as_tensor(rows, dtype=signal.dtype, device=signal.device)
             variances.append(tau.square())
-        return torch.cat(columns, 1), torch.cat(variances).to(device)
+        return basis, legendre, torch.diag(1 / torch.cat(variances)).to(signal.device)
 
     # ------------------------------------------------------------------ the likelihood
 
@@ -1026,6 +1027,14 @@ class Denoiser(DeepCleanModel):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _term_columns(basis, legendre, signal: torch.Tensor) -> torch.Tensor:
+    """Columns (n, K, P) of the linear terms for stars with MAP signal ``signal`` (n, P)."""
+    columns = [] if basis is None else [basis.expand(signal.shape[0], -1, -1)]
+    if legendre is not None:
+        columns.append(signal[:, None] * legendre)
+    return torch.cat(columns, 1)
 
 
 def _build_flows(config: dict, n_pix: int) -> dict:
