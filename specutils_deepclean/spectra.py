@@ -344,7 +344,15 @@ def _resample(flux, in_edges, out_edges, *, variance=None, missing=None, min_cov
     """Core of `rebin` on explicit edges; arrays are ``(n_spec, n_in)``.
 
     One sparse matrix is built per distinct pattern of valid pixels in the batch.
+    Everything is computed in float64 whatever the inputs' dtype and byte order: in
+    float32 the coverage test's rounding allowance (`_ROUNDING`) vanishes and fully
+    covered pixels are found uncovered.
     """
+    flux = np.asarray(flux, dtype=np.float64)
+    in_edges = np.asarray(in_edges, dtype=np.float64)
+    out_edges = np.asarray(out_edges, dtype=np.float64)
+    if variance is not None:
+        variance = np.asarray(variance, dtype=np.float64)
     bad = ~np.isfinite(flux)
     if missing is not None:
         bad |= missing
@@ -761,18 +769,37 @@ def _axis_edges(spectrum: Spectrum) -> np.ndarray:
     unit = spectrum.spectral_axis.unit
     if not unit.is_equivalent(u.AA, equivalencies=u.spectral()):
         raise u.UnitsError(f"the spectral axis unit {unit} cannot be converted to a wavelength")
-    steps = np.diff(u.Quantity(spectrum.spectral_axis).value)
+    native = np.asarray(spectrum.spectral_axis.value)
+    centres = native.astype(np.float64)
+    steps = np.diff(centres)
     repeated = np.flatnonzero(steps == 0)
     if repeated.size:
         raise ValueError(
             f"the spectral axis repeats values ({repeated.size} pixel(s) share a value with "
             f"their neighbour, first at index {repeated[0]}): it must be strictly monotonic"
         )
-    edges = u.Quantity(spectrum.spectral_axis.bin_edges).to_value(u.AA, u.spectral())
+    given = np.asarray(spectrum.spectral_axis.bin_edges.value)
+    if centres.size > 1 and np.array_equal(given, _midpoint_edges(native)):
+        # specutils derived the edges from the centres, in the axis's own precision
+        # (float32 for SDSS files): derive them again from the centres in float64.
+        given = _midpoint_edges(centres)
+    edges = (given.astype(np.float64) * unit).to_value(u.AA, u.spectral())
     step = np.diff(edges)
     if not (np.all(step > 0) or np.all(step < 0)) or not np.all(np.isfinite(edges)):
         raise ValueError("the spectral axis must be finite and strictly monotonic")
     return edges
+
+
+def _midpoint_edges(centres: np.ndarray) -> np.ndarray:
+    """Bin edges from centres as specutils derives them, in the centres' dtype.
+
+    Midpoints between neighbours and outer edges half a pixel beyond the ends, for an
+    increasing or decreasing axis (`bin_edges` computes the same in float64 for an
+    increasing one).
+    """
+    before = np.insert(centres, 0, 2 * centres[0] - centres[1])
+    after = np.append(centres, 2 * centres[-1] - centres[-2])
+    return (before + after) / 2
 
 
 def _convert_medium(edges: np.ndarray, source: str, target: str) -> np.ndarray:
