@@ -34,7 +34,8 @@ __all__ = [
 DEFAULT_TELLURIC_MODEL = "karaoke-miles"
 #: Name of the shipped denoiser used when ``model`` is not given.
 DEFAULT_DENOISER_MODEL = "denoiser-miles"
-#: Smallest share of the model's pixels a spectrum must cover with valid data for `denoise`.
+#: Smallest share of the model's pixels a spectrum must cover with valid data (`denoise`,
+#: `remove_tellurics`).
 MIN_COVERAGE = 0.2
 #: `denoise` warns when a spectrum's out-of-distribution score is below this.
 OOD_WARNING = 0.01
@@ -190,13 +191,17 @@ def remove_tellurics(
         If ``spectrum`` is not a Spectrum or ``model`` not a telluric model.
     ValueError
         If ``mode`` or ``device`` is unknown, the spectrum does not overlap the
-        model's wavelength range (the message names both), or it has no valid pixel.
+        model's wavelength range (the message names both), has no valid pixel, or
+        covers less than `MIN_COVERAGE` of the model's pixels with valid data (for a
+        batch: if no row does).
 
     Warns
     -----
     astropy.utils.exceptions.AstropyUserWarning
         If the spectrum is sampled far more coarsely or finely than the model, or
-        its medium is unknown.
+        its medium is unknown.  If some rows of a batch have no valid pixel or
+        cover less than `MIN_COVERAGE`: they are returned fully masked (``divide``:
+        with their input flux, ``T`` NaN; ``reconstruct``: NaN).
 
     Notes
     -----
@@ -225,6 +230,7 @@ def remove_tellurics(
     net = _model(model, KaraokeVAE, DEFAULT_TELLURIC_MODEL, device)
     grid = ModelGrid(net.wavelength, net.medium)
     gs = to_model_grid(spectrum, grid, medium=medium)
+    _drop_rows(gs, ~_covered_rows([gs], len(grid), "remove_tellurics"))
     _check_sampling(gs, grid)
     recon = net.reconstruct(gs.flux, gs.missing, batch_size=batch_size)
     if "telluric_lines" not in net.extra:
@@ -314,12 +320,12 @@ def _exposures(spectrum) -> list[Spectrum]:
     )
 
 
-def _covered_rows(gs_list, n_pix: int) -> np.ndarray:
+def _covered_rows(gs_list, n_pix: int, operation: str = "denoise") -> np.ndarray:
     """Which stars cover at least `MIN_COVERAGE` of the grid; warn about the others.
 
     Raises ValueError when none does (a single spectrum or a whole batch).  Rows with
     no usable pixel at all were already reported by `to_model_grid`: the warning here
-    names only the partly covered ones.
+    names only the partly covered ones.  ``operation`` names the caller in messages.
     """
     covered = np.sum([(~gs.missing).sum(axis=1) for gs in gs_list], axis=0) / n_pix
     good = covered >= MIN_COVERAGE
@@ -327,7 +333,7 @@ def _covered_rows(gs_list, n_pix: int) -> np.ndarray:
     def message(rows: np.ndarray) -> str:
         return (
             f"spectra {rows.tolist()} cover {np.round(covered[rows], 3).tolist()} of the "
-            f"model's range with valid pixels; denoise needs at least {MIN_COVERAGE:.0%}"
+            f"model's range with valid pixels; {operation} needs at least {MIN_COVERAGE:.0%}"
         )
 
     if not good.any():
@@ -338,6 +344,15 @@ def _covered_rows(gs_list, n_pix: int) -> np.ndarray:
             f"{message(partly)}: they are returned fully masked", AstropyUserWarning, stacklevel=3
         )
     return good
+
+
+def _drop_rows(gs, rows: np.ndarray) -> None:
+    """Make the rows ``rows`` (bool) of ``gs`` unusable, in place: they come back masked."""
+    if rows.any():
+        gs.scale[rows] = np.nan
+        gs.missing[rows] = True
+        gs.flux[rows] = np.nan
+        gs.sigma[rows] = np.nan
 
 
 def denoise(

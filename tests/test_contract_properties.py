@@ -114,8 +114,8 @@ def call(name: str, spec: Spectrum) -> Spectrum:
         return FUNCTIONS[name](spec)
 
 
-#: Shortest drawn spectrum: denoise needs 20 % of its grid valid (gaps included).
-MIN_PIXELS = {"divide": 50, "reconstruct": 50, "denoise": 1500}
+#: Shortest drawn spectrum: every function needs 20 % of its grid valid (gaps included).
+MIN_PIXELS = {"divide": 1500, "reconstruct": 1500, "denoise": 1500}
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)

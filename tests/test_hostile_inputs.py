@@ -137,13 +137,27 @@ def test_negative_flux_is_refused(star, name):
 def test_one_valid_pixel(star, name):
     keep = np.arange(4300) == 2000
     spec = make(star, mask=~keep)
-    if name == "denoise":
-        refuse(name, spec, ValueError, r"cover \[0.0\] .* denoise needs at least 20%")
-        return
-    out = run(name, spec)
-    np.testing.assert_array_equal(out.mask, ~keep)
-    if name == "divide":  # 5340 Angstrom, outside the telluric bands: untouched
-        assert out.flux[2000] == spec.flux[2000]
+    operation = "denoise" if name == "denoise" else "remove_tellurics"
+    refuse(name, spec, ValueError, rf"cover \[0.0\] .* {operation} needs at least 20%")
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_batch_row_with_one_valid_pixel(star, name):
+    """The coverage rule in a batch: the row comes back fully masked, with a warning."""
+    flux = np.stack([star[0], 2 * star[0], star[0]])
+    mask = np.zeros(flux.shape, dtype=bool)
+    mask[1, np.arange(4300) != 2000] = True
+    out = run(name, make(star, flux, sigma=None, mask=mask), warns=r"spectra \[1\] cover")
+    assert out.mask[1].all()
+    single = run(name, make(star, sigma=None))
+    for row in (0, 2):
+        np.testing.assert_allclose(out.flux.value[row], single.flux.value, rtol=1e-5)
+    if name == "divide":  # the row's input, untouched, no transmission
+        np.testing.assert_array_equal(out.flux.value[1], flux[1])
+        assert out.meta["deepclean"]["telluric_pixels"][1] == 0
+        assert np.isnan(out.meta["deepclean"]["transmission"].flux.value[1]).all()
+    else:
+        assert np.isnan(out.flux.value[1]).all()
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
@@ -224,11 +238,7 @@ def test_non_monotonic_axis_cannot_be_built(star):
 def test_narrower_than_the_model(star, name):
     flux, wave, sigma = star
     spec = make(star, flux[1000:1100], wave[1000:1100], sigma=sigma[1000:1100])
-    if name == "denoise":
-        refuse(name, spec, ValueError, r"cover \[0.02[0-9]*\] .* needs at least 20%")
-        return
-    out = run(name, spec)
-    assert not out.mask.any()
+    refuse(name, spec, ValueError, r"cover \[0.02[0-9]*\] .* needs at least 20%")
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
