@@ -9,9 +9,9 @@ axis, the flux, the uncertainty (standard deviation) and the mask as table colum
 primary header (when specutils put it in ``meta["header"]``) plus the scalar entries
 of ``meta["deepclean"]`` as ``DC*`` keywords (:data:`HEADER_KEYWORDS`); an extension
 ``DEEPCLEAN`` holds the whole ``meta["deepclean"]`` as JSON text (class posterior,
-latent vector...; the boolean pixel arrays ``filled`` and ``rejected`` as the indices
-where they are True), and for telluric results an extension ``TRANSMISSION`` holds the
-estimated transmission in the same table layout
+latent vector...; the boolean pixel arrays ``filled``, ``rejected`` and ``below_floor``
+as the indices where they are True), and for telluric results an extension
+``TRANSMISSION`` holds the estimated transmission in the same table layout
 (``Spectrum.read(path, format="tabular-fits", hdu=3)``).  Every file is written under a
 temporary name in the output folder and renamed when complete, so an interrupted run
 never leaves a half-written result.
@@ -229,7 +229,7 @@ def _jsonable(value):
     if isinstance(value, Spectrum):
         return None  # written as its own extension
     if isinstance(value, np.ndarray) and value.dtype == bool:
-        # Boolean pixel masks (``filled``, ``rejected``) as the indices where True, per row.
+        # Boolean pixel masks (``filled``, ``rejected``...) as the indices where True, per row.
         return (
             np.flatnonzero(value).tolist()
             if value.ndim == 1
@@ -345,8 +345,8 @@ def read_result(path: str | os.PathLike) -> Spectrum:
     -------
     `~specutils.Spectrum`
         Flux, uncertainty (standard deviation) and mask; ``meta["header"]`` is the
-        primary header; ``meta["deepclean"]`` the stored dictionary, with ``filled``
-        and ``rejected`` back as boolean arrays and ``transmission`` as a Spectrum
+        primary header; ``meta["deepclean"]`` the stored dictionary, with ``filled``,
+        ``rejected`` and ``below_floor`` back as boolean arrays and ``transmission`` as a Spectrum
         where present.
     """
     with fits.open(path) as hdul:
@@ -355,7 +355,7 @@ def read_result(path: str | os.PathLike) -> Spectrum:
         if "TRANSMISSION" in hdul:
             info["transmission"] = _table_spectrum(hdul["TRANSMISSION"])
         spectrum.meta["header"] = hdul[0].header.copy()
-    for key in ("filled", "rejected"):
+    for key in ("filled", "rejected", "below_floor"):
         if isinstance(info.get(key), list):
             info[key] = _pixel_mask(info[key], spectrum.shape)
     spectrum.meta["deepclean"] = info

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_TELLURIC_MODEL",
     "TELLURIC_MODES",
     "MIN_COVERAGE",
+    "TRANSMISSION_FLOOR",
 ]
 
 #: Name of the shipped telluric model used when ``model`` is not given.
@@ -39,6 +40,8 @@ DEFAULT_DENOISER_MODEL = "denoiser-miles"
 MIN_COVERAGE = 0.2
 #: `denoise` warns when a spectrum's out-of-distribution score is below this.
 OOD_WARNING = 0.01
+#: `remove_tellurics` (``divide``) masks the pixels whose transmission is below this.
+TRANSMISSION_FLOOR = 0.05
 #: Output modes of `remove_tellurics`.
 TELLURIC_MODES = ("divide", "reconstruct")
 
@@ -183,7 +186,9 @@ def remove_tellurics(
         A new spectrum on the input's spectral axis, in its units.
         ``meta["deepclean"]`` holds ``transmission`` (a Spectrum on the input's axis,
         ``divide`` only), ``mode``, ``model``, ``model_version``, ``telluric_pixels``
-        (pixels changed per spectrum) and the package version.
+        (pixels changed per spectrum) and the package version; ``divide`` also
+        ``transmission_floor`` and ``below_floor`` (bool, the input's shape: pixels
+        masked because their transmission is below the floor).
 
     Raises
     ------
@@ -208,8 +213,10 @@ def remove_tellurics(
     ``divide``: pixels outside the telluric region are returned exactly as they came
     in (flux, uncertainty, mask; a non-finite flux is masked).  Inside it, flux and
     uncertainty are divided by ``T``; where ``T`` cannot be estimated or falls below
-    0.05 (saturated lines) the pixel is masked.  Input pixels outside the model's
-    range are returned unchanged but masked.  ``reconstruct``: the uncertainty is
+    `TRANSMISSION_FLOOR` (0.05: saturated lines), on the model grid or on the input's
+    axis after resampling, the pixel is returned unchanged but masked, so no pixel is
+    amplified more than 20 times.  Input pixels outside the model's range are
+    returned unchanged but masked.  ``reconstruct``: the uncertainty is
     the local robust scatter of the observation about the reconstruction (outside
     the telluric region, over 51 pixels): an upper bound on the reconstruction's
     error, as it contains the observation's noise.
@@ -263,27 +270,42 @@ def _reconstruct_result(gs, recon, region, info) -> Spectrum:
 
 def _divide_result(spectrum, gs, recon, region, smooth_pixels, info) -> Spectrum:
     t_grid, unusable = estimate_transmission(
-        gs.flux, recon, region, missing=gs.missing, smooth_pixels=smooth_pixels
+        gs.flux,
+        recon,
+        region,
+        missing=gs.missing,
+        smooth_pixels=smooth_pixels,
+        floor=TRANSMISSION_FLOOR,
     )
-    t_grid = np.where(unusable, np.nan, t_grid)
     # Resample T - 1: exactly zero outside the bands, so those pixels stay untouched.
-    delta, uncovered = grid_to_input(gs, t_grid - 1.0)
-    # The flux-conserving resampling can overshoot T = 1 at band edges: clip again.
-    factor = np.where(uncovered, 1.0, np.minimum(1.0 + delta, 1.0))
+    # Input pixels overlapping a grid pixel without a usable T are uncovered.
+    delta, uncovered = grid_to_input(gs, t_grid - 1.0, missing=unusable)
+    # Of those, the ones whose grid pixels have a T below the floor (none unknown).
+    saturated = uncovered & ~grid_to_input(gs, t_grid - 1.0)[1]
+    transmission = 1.0 + delta
+    # The flux-conserving resampling can overshoot at band edges, above 1 (clipped)
+    # and below the floor, even below 0: the floor must hold on the input's axis.
+    below = ~uncovered & ~(transmission >= TRANSMISSION_FLOOR)
+    factor = np.where(uncovered | below, 1.0, np.minimum(transmission, 1.0))
     flux = spectrum.flux / factor
     mask = (
         np.zeros(spectrum.shape, dtype=bool)
         if spectrum.mask is None
         else np.array(spectrum.mask, dtype=bool)
     )
-    mask = np.broadcast_to(mask, spectrum.shape) | uncovered | ~np.isfinite(flux.value)
+    mask = np.broadcast_to(mask, spectrum.shape) | uncovered | below | ~np.isfinite(flux.value)
     info["telluric_pixels"] = np.count_nonzero(
         factor != 1.0, axis=spectrum.spectral_axis_index
     ).tolist()
+    info["transmission_floor"] = TRANSMISSION_FLOOR
+    info["below_floor"] = saturated | below
     info["transmission"] = Spectrum(
-        flux=u.Quantity(np.where(uncovered, np.nan, factor), u.dimensionless_unscaled),
+        flux=u.Quantity(
+            np.where(uncovered, np.nan, np.where(below, transmission, factor)),
+            u.dimensionless_unscaled,
+        ),
         spectral_axis=spectrum.spectral_axis,
-        mask=uncovered,
+        mask=uncovered | below,
         spectral_axis_index=spectrum.spectral_axis_index,
     )
     return spectrum_like(
