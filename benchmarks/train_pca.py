@@ -1,14 +1,14 @@
 """Fit the PCA projection baseline on MILES ``train`` and ship it as ``miles-pca``.
 
 The grid is the MILES grid clipped to 3600-7400 Angstrom (air), the range of the
-PCA floor quoted in DESIGN.md ("What to beat"). Spectra are divided by the median
+PCA floor the project set out to beat. Spectra are divided by the median
 of their valid pixels; MASK pixels are missing (imputed while fitting, never used
 when projecting). Spectra flagged ``bad`` in the library (zero or negative pixels,
-a truncated spectrum) are left out of every split, as for DESIGN.md's numbers.
+a truncated spectrum) are left out of every split, as for that floor.
 For every k in ``--k`` a model is fitted on ``train`` and scored on ``val`` by
 the median over spectra of the MSE of projecting the clean spectrum (valid
 pixels only); the k with the lowest val score is kept (ties: the smaller k).
-``test`` is scored only as a sanity check against DESIGN.md's numbers and plays no
+``test`` is scored only as a sanity check against that floor and plays no
 part in the choice.
 
 Writes ``specutils_deepclean/pretrained/miles-pca.asdf`` and
@@ -39,8 +39,8 @@ DEFAULT_LIBRARY = REPO.parent / "shared" / "data" / "miles" / "miles.fits"
 OUTPUT_MODEL = REPO / "specutils_deepclean" / "pretrained" / "miles-pca.asdf"
 OUTPUT_JSON = REPO / "benchmarks" / "results" / "pca_train.json"
 WAVE_RANGE = (3600.0, 7400.0)
-# DESIGN.md, "What to beat": median MSE of projecting clean MILES test stars.
-DESIGN_TEST_MSE = {3: 2.2e-3, 5: 6.8e-4, 10: 3.6e-4, 20: 1.5e-4, 40: 8.6e-5}
+# The PCA floor the project set out to beat: median MSE of projecting clean MILES test stars.
+TARGET_TEST_MSE = {3: 2.2e-3, 5: 6.8e-4, 10: 3.6e-4, 20: 1.5e-4, 40: 8.6e-5}
 SEED = 0
 
 
@@ -69,7 +69,7 @@ def median_projection_mse(model: PCADenoiser, flux: np.ndarray, valid: np.ndarra
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--library", type=Path, default=DEFAULT_LIBRARY)
-    parser.add_argument("--k", type=int, nargs="+", default=sorted(DESIGN_TEST_MSE))
+    parser.add_argument("--k", type=int, nargs="+", default=sorted(TARGET_TEST_MSE))
     parser.add_argument("--model-out", type=Path, default=OUTPUT_MODEL)
     parser.add_argument("--json-out", type=Path, default=OUTPUT_JSON)
     args = parser.parse_args(argv)
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
         test_mse[k] = median_projection_mse(models[k], flux[parts["test"]], valid[parts["test"]])
         print(
             f"k={k:3d}  val median MSE {val_mse[k]:.3g}  test {test_mse[k]:.3g}"
-            f"  (DESIGN.md test {DESIGN_TEST_MSE.get(k, float('nan')):.2g})"
+            f"  (target test {TARGET_TEST_MSE.get(k, float('nan')):.2g})"
         )
     fit_seconds = time.perf_counter() - start
     best = min(args.k, key=lambda k: (val_mse[k], k))
@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
         "k": list(args.k),
         "val_median_mse": {str(k): val_mse[k] for k in args.k},
         "test_median_mse_sanity_only": {str(k): test_mse[k] for k in args.k},
-        "design_test_median_mse": {str(k): v for k, v in DESIGN_TEST_MSE.items()},
+        "design_test_median_mse": {str(k): v for k, v in TARGET_TEST_MSE.items()},
         "chosen_k": best,
         "fit_seconds_all_k": round(fit_seconds, 2),
         "cpu": platform.processor() or platform.machine(),

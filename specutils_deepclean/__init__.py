@@ -7,13 +7,11 @@ Importing the package does exactly two global things (see
 imported when they are first used.
 """
 
-try:
-    from ._version import version as __version__
-except ImportError:  # pragma: no cover - only in a source tree that was never installed
-    __version__ = "0.0.0"
-
 from ._accessor import DeepCleanAccessor, register_manipulation, registered_manipulations
 from .manipulation import denoise, remove_tellurics
+from .provenance import package_version
+
+__version__ = package_version()
 
 register_manipulation(denoise)
 register_manipulation(remove_tellurics)

@@ -1,13 +1,15 @@
 """Registration of manipulation functions: ``specutils.manipulation`` and ``spec.deepclean``.
 
 specutils has no plugin API for manipulation functions, so this module does exactly
-two global things, both refusing to overwrite a name that already exists:
+two global things, neither of which overwrites a name that already exists:
 
 1. it attaches one descriptor, ``deepclean``, to `~specutils.Spectrum` (and so to the
    deprecated ``Spectrum1D`` subclass), giving ``spectrum.deepclean.<name>(...)``;
 2. `register_manipulation` adds a function to the :mod:`specutils.manipulation`
    namespace, where users look for specutils' own manipulation functions, and makes
-   it available on the accessor.
+   it available on the accessor.  When specutils already has a function of that name
+   (a later specutils could gain a ``denoise``), it warns and adds only the accessor
+   name: ``specutils.manipulation.<name>`` stays specutils' own.
 
 Examples
 --------
@@ -32,7 +34,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import warnings
+
 import specutils.manipulation
+from astropy.utils.exceptions import AstropyUserWarning
 from specutils import Spectrum
 
 __all__ = ["DeepCleanAccessor", "register_manipulation", "registered_manipulations"]
@@ -66,10 +71,16 @@ def register_manipulation(func: Callable | None = None, *, name: str | None = No
     Raises
     ------
     ValueError
-        If ``name`` already exists in :mod:`specutils.manipulation` or on the accessor
-        and is not this very function (re-registering the same function is a no-op).
+        If a different function is already registered as ``name``, or ``name`` is an
+        attribute of the accessor (re-registering the same function is a no-op).
     TypeError
         If ``func`` is not callable.
+
+    Warns
+    -----
+    astropy.utils.exceptions.AstropyUserWarning
+        If :mod:`specutils.manipulation` already has a different ``name``: it is kept,
+        and ``func`` is reachable only as ``spectrum.deepclean.<name>``.
     """
     if func is None:
         return functools.partial(register_manipulation, name=name)
@@ -78,18 +89,21 @@ def register_manipulation(func: Callable | None = None, *, name: str | None = No
     name = name or func.__name__
     if not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"{name!r} is not a public Python identifier")
-    existing = getattr(specutils.manipulation, name, None)
-    if existing is not None and existing is not func:
-        raise ValueError(
-            f"specutils.manipulation already has a {name!r} ({existing!r}); "
-            "specutils-deepclean refuses to overwrite it"
-        )
     if name in _REGISTRY and _REGISTRY[name] is not func:
         raise ValueError(f"a different function is already registered as {name!r}")
     if hasattr(DeepCleanAccessor, name):
         raise ValueError(f"{name!r} clashes with an attribute of the deepclean accessor")
+    existing = getattr(specutils.manipulation, name, None)
     _REGISTRY[name] = func
-    setattr(specutils.manipulation, name, func)
+    if existing is None:
+        setattr(specutils.manipulation, name, func)
+    elif existing is not func:
+        warnings.warn(
+            f"specutils.manipulation already has a {name!r} ({existing!r}); it is kept, "
+            f"and specutils-deepclean's {name} is available as spectrum.deepclean.{name}",
+            AstropyUserWarning,
+            stacklevel=2,
+        )
     return func
 
 

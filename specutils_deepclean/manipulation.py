@@ -17,7 +17,7 @@ from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertain
 from astropy.utils.exceptions import AstropyUserWarning
 from specutils import Spectrum
 
-from . import __version__
+from .provenance import package_version
 from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
 from .tellurics import estimate_transmission, telluric_region
 
@@ -252,7 +252,7 @@ def remove_tellurics(
         "mode": mode,
         "model": net.name,
         "model_version": net.version,
-        "package_version": __version__,
+        "package_version": package_version(),
         "medium": gs.medium,
     }
     if mode == "reconstruct":
@@ -497,7 +497,7 @@ def denoise(
         "operation": "denoise",
         "model": net.name,
         "model_version": net.version,
-        "package_version": __version__,
+        "package_version": package_version(),
         "medium": first.medium,
         "exposures": len(exposures),
         "map_class": _per_star(index, lambda i: names[result.map_class[i]]),

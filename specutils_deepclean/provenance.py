@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from numbers import Integral, Real
 
-__all__ = ["Provenance", "file_sha256"]
+__all__ = ["Provenance", "file_sha256", "package_version"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEXT_FIELDS = (
@@ -28,10 +28,19 @@ _TEXT_FIELDS = (
 )
 
 
-def _package_version() -> str:
-    from . import __version__
+def package_version() -> str:
+    """Return the installed package's version (``"0.0.0"`` in a never-installed source tree).
 
-    return __version__
+    Returns
+    -------
+    str
+        The version written by the build into ``specutils_deepclean._version``.
+    """
+    try:
+        from ._version import version
+    except ImportError:  # pragma: no cover - only in a source tree that was never installed
+        return "0.0.0"
+    return version
 
 
 def _now() -> str:
@@ -121,7 +130,7 @@ class Provenance:
     data_description: str = ""
     split: str = ""
     seed: int | None = None
-    package_version: str = dataclasses.field(default_factory=_package_version)
+    package_version: str = dataclasses.field(default_factory=package_version)
     created: str = dataclasses.field(default_factory=_now)
     script: str = ""
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)

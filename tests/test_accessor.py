@@ -8,7 +8,7 @@ import astropy.units as u
 import numpy as np
 import pytest
 import specutils.manipulation
-from astropy.utils.exceptions import AstropyDeprecationWarning
+from astropy.utils.exceptions import AstropyDeprecationWarning, AstropyUserWarning
 from specutils import Spectrum
 
 import specutils_deepclean
@@ -22,8 +22,9 @@ def clean_registry():
     before = dict(_accessor._REGISTRY)
     yield
     for name in set(_accessor._REGISTRY) - set(before):
-        del _accessor._REGISTRY[name]
-        delattr(specutils.manipulation, name)
+        func = _accessor._REGISTRY.pop(name)
+        if getattr(specutils.manipulation, name, None) is func:
+            delattr(specutils.manipulation, name)
 
 
 def scale_flux(spectrum, factor=2.0, *, offset=0.0):
@@ -67,14 +68,36 @@ def test_register_same_function_twice_is_a_no_op(clean_registry):
     assert specutils.manipulation.scale_flux is scale_flux
 
 
-def test_refuses_to_overwrite_specutils_names(clean_registry):
+def test_specutils_name_clash_warns_and_keeps_specutils_function(clean_registry):
     def gaussian_smooth(spectrum):
-        return spectrum
+        return scale_flux(spectrum, 5.0)
 
-    with pytest.raises(ValueError, match="already has a 'gaussian_smooth'"):
-        register_manipulation(gaussian_smooth)
-    assert specutils.manipulation.gaussian_smooth is not gaussian_smooth
-    assert "gaussian_smooth" not in _accessor._REGISTRY
+    original = specutils.manipulation.gaussian_smooth
+    with pytest.warns(AstropyUserWarning, match="already has a 'gaussian_smooth'.*kept"):
+        assert register_manipulation(gaussian_smooth) is gaussian_smooth
+    assert specutils.manipulation.gaussian_smooth is original
+    # The accessor still reaches ours.
+    np.testing.assert_array_equal(
+        make_spectrum().deepclean.gaussian_smooth().flux.value, [5, 10, 15, 20]
+    )
+
+
+def test_import_survives_specutils_gaining_denoise():
+    """A specutils release with its own ``denoise`` must not break ``import``."""
+    code = (
+        "import warnings, specutils.manipulation\n"
+        "def denoise(spectrum): return spectrum\n"
+        "specutils.manipulation.denoise = denoise\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import specutils_deepclean\n"
+        "from specutils import Spectrum\n"
+        "assert specutils.manipulation.denoise is denoise\n"
+        "assert Spectrum.deepclean.denoise is specutils_deepclean.denoise\n"
+        "assert specutils.manipulation.remove_tellurics is specutils_deepclean.remove_tellurics\n"
+        "assert any('already has a' in str(w.message) for w in caught), caught\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize(

@@ -59,3 +59,30 @@ def test_every_command_has_help(command):
     )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+_UNSHIPPED = re.compile(r"DESIGN\.md|CONVENTIONS\.md|design notes|\.\./shared/(?!data)", re.I)
+
+
+def test_docs_and_help_cite_no_file_outside_the_repository():
+    """Users have neither the project brief nor ``../shared``: no page or docstring cites them."""
+    files = [*ROOT.glob("specutils_deepclean/**/*.py"), *ROOT.glob("docs/*.rst"), ROOT / "README.rst"]
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1)
+        if _UNSHIPPED.search(line)
+    ]
+    assert not cited, cited
+
+
+@pytest.mark.parametrize("protocol", ["denoise", "tellurics", "speed"])
+def test_benchmark_help_cites_no_file_outside_the_repository(protocol):
+    result = subprocess.run(
+        [sys.executable, "-m", "specutils_deepclean.cli", "benchmark", protocol, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "usage:" in result.stdout
+    assert not _UNSHIPPED.search(result.stdout), result.stdout

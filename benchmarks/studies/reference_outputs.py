@@ -84,10 +84,14 @@ def benchmark(out: dict, n: int) -> None:
     _flatten("benchmark", result, out)
 
 
+# Keys of the benchmark JSON that change from run to run (timings, the command line).
+_UNSTABLE = ("time", "elapsed", "provenance", "command")
+
+
 def _flatten(prefix: str, value, out: dict) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            if "second" in key or "speed" in key or key in ("time", "elapsed", "provenance", "command"):
+            if "second" in key or "speed" in key or key in _UNSTABLE:
                 continue
             _flatten(f"{prefix}/{key}", item, out)
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):

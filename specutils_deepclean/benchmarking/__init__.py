@@ -1,1 +1,1 @@
-"""The benchmark protocols behind ``specutils-deepclean benchmark`` (see the design notes)."""
+"""The benchmark protocols behind ``specutils-deepclean benchmark`` (described in the docs, :doc:`/denoising` and :doc:`/tellurics`)."""

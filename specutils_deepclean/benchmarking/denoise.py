@@ -1,4 +1,4 @@
-"""Denoising benchmark (DESIGN.md protocol) of the shipped denoiser against the baselines.
+"""Denoising benchmark protocol: the shipped denoiser against the baselines.
 
 Stars of one split of a library file (MILES layout) are put on the denoiser's grid,
 median-normalised (the truth), and observed through the simulator at S/N 2, 5, 10,

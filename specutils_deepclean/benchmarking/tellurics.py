@@ -1,4 +1,4 @@
-"""Telluric benchmark (DESIGN.md protocol): Q_t, Q_s and RMS inside the telluric mask.
+"""Telluric benchmark protocol: Q_t, Q_s and RMS inside the telluric mask.
 
 Stars of one split of a library file are observed through the simulator
 (:mod:`specutils_deepclean.benchmarking.survey`: random stellar RV, airmass uniform

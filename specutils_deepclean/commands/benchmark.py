@@ -1,7 +1,8 @@
 """``specutils-deepclean benchmark denoise|tellurics|speed``: the benchmark protocols.
 
-``denoise`` and ``tellurics`` run the protocols of the design notes on one split of
-any library file in the MILES layout (:mod:`specutils_deepclean.benchmarking.denoise`,
+``denoise`` and ``tellurics`` run the benchmark protocols (described in the docs' pages
+on denoising and tellurics) on one split of any library file in the MILES layout
+(:mod:`specutils_deepclean.benchmarking.denoise`,
 :mod:`specutils_deepclean.benchmarking.tellurics`); ``speed`` times a whole mock
 survey of files, in one process and on Dask
 (:mod:`specutils_deepclean.benchmarking.speed`).  Each writes JSON with ``--json``;

@@ -4,7 +4,7 @@ References
 ----------
 Kang et al., *A novel stellar spectrum denoising method based on deep Bayesian
 modeling* compare against linear baselines; the PCA floor measured on MILES is
-listed in the package design ("What to beat").
+in the documentation (model files, ``miles-pca``).
 """
 
 from numbers import Integral

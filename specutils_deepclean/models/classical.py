@@ -1,6 +1,6 @@
 """Classical denoising baselines: Gaussian and median smoothing, wavelet shrinkage.
 
-Array-level functions for the benchmark protocol of DESIGN.md: each takes a
+Array-level functions for the denoising benchmark: each takes a
 batch of median-normalised spectra ``flux`` of shape ``(n, n_pix)`` and a
 boolean ``missing`` mask of the same shape, and returns the denoised batch,
 ``(n, n_pix)``, with every pixel (missing ones included) filled.

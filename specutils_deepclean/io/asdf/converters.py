@@ -8,7 +8,7 @@ process that uses an extension); the model class is resolved through the fixed
 from asdf.extension import Converter
 
 from ...models import MODEL_REGISTRY
-from .entry_points import NAMESPACE
+from .uris import NAMESPACE
 
 __all__ = ["ModelConverter", "ProvenanceConverter"]
 
@@ -32,9 +32,9 @@ class ModelConverter(Converter):
 
     def from_yaml_tree(self, node, tag, ctx):
         from ...models.base import DeepCleanModel
-        from ..models import _prescan_url
+        from ..prescan import prescan_url
 
-        _prescan_url(ctx.url)
+        prescan_url(ctx.url)
         return DeepCleanModel._from_tree(node)
 
 

@@ -10,6 +10,8 @@ import importlib.resources
 from asdf.extension import ManifestExtension
 from asdf.resource import DirectoryResourceMapping
 
+from .uris import MANIFEST_URI, MODEL_TAG, NAMESPACE, PROVENANCE_TAG
+
 __all__ = [
     "NAMESPACE",
     "MANIFEST_URI",
@@ -18,15 +20,6 @@ __all__ = [
     "get_resource_mappings",
     "get_extensions",
 ]
-
-#: Root of every URI the package defines (a host the project controls).
-NAMESPACE = "asdf://specutils-deepclean.readthedocs.io/deepclean"
-#: URI of the manifest that lists the tags of the current format.
-MANIFEST_URI = f"{NAMESPACE}/manifests/deepclean-1.0.0"
-#: Tag of a model bundle in the current format.
-MODEL_TAG = f"{NAMESPACE}/tags/model-1.0.0"
-#: Tag of a training provenance record in the current format.
-PROVENANCE_TAG = f"{NAMESPACE}/tags/provenance-1.0.0"
 
 
 def get_resource_mappings() -> list[DirectoryResourceMapping]:
