@@ -1,6 +1,6 @@
 """Fit the uncertainty scales of a trained denoiser file on MILES ``val`` and save it.
 
-Runs :func:`specutils_deepclean.denoiser_training.calibrate_uncertainty` (the last fitting
+Runs :func:`specutils_deepclean.training.denoiser.calibrate_uncertainty` (the last fitting
 step of the training recipe) on an existing model file: every good ``val`` star
 observed at S/N 2, 5, 10, 20 and 50, the two scales of the uncertainty chosen to
 bring the calibration closest to 0.683 at the worst S/N.  The scales go into the
@@ -18,7 +18,7 @@ import sys
 
 from denoiser_step import run_step
 
-from specutils_deepclean.denoiser_training import calibrate_uncertainty
+from specutils_deepclean.training.denoiser import calibrate_uncertainty
 
 
 def main(argv=None) -> int:

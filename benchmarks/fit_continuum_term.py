@@ -1,6 +1,6 @@
 """Fit the continuum term of a trained denoiser file on MILES ``val`` and save it.
 
-Runs :func:`specutils_deepclean.denoiser_training.fit_continuum_term` (a step of the
+Runs :func:`specutils_deepclean.training.denoiser.fit_continuum_term` (a step of the
 training recipe, after the residual term and before the uncertainty calibration) on
 an existing model file: the degree (0, 1, 3 or 5) and prior width (0.03, 0.1 or 0.3)
 of the multiplicative Legendre continuum, or no term, chosen on ``val``
@@ -19,7 +19,7 @@ import sys
 
 from denoiser_step import run_step
 
-from specutils_deepclean.denoiser_training import fit_continuum_term
+from specutils_deepclean.training.denoiser import fit_continuum_term
 
 
 def _metrics(summary: dict) -> dict:

@@ -1,6 +1,6 @@
 """Fit the residual term of a trained denoiser file on MILES and save it.
 
-Runs :func:`specutils_deepclean.denoiser_training.fit_residual_basis` (a step of the
+Runs :func:`specutils_deepclean.training.denoiser.fit_residual_basis` (a step of the
 training recipe, before the uncertainty calibration) on an existing model file: the
 principal directions of the generator's error on the clean ``train`` stars, their
 number (0, 40, 80 or 160) chosen on ``val`` observations at S/N 2-50.  The test split
@@ -18,7 +18,7 @@ import sys
 
 from denoiser_step import run_step
 
-from specutils_deepclean.denoiser_training import fit_residual_basis
+from specutils_deepclean.training.denoiser import fit_residual_basis
 
 
 def _metrics(summary: dict) -> dict:

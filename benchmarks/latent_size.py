@@ -1,7 +1,7 @@
 """Latent size of the isometric generator: reconstruction floor against PCA on MILES.
 
 For every latent size L in ``--latent`` an `IsometricAutoencoder` is trained with
-`fit_generator` on the clean MILES ``train`` stars (best ``val`` epoch kept) and
+`train_generator` on the clean MILES ``train`` stars (best ``val`` epoch kept) and
 scored on the clean ``val`` stars by the median over spectra of the per-pixel MSE
 of ``G(E(y))``; PCA with ``k = L`` components fit on ``train`` is scored the same
 way. The grid is the MILES grid clipped to 3600-7400 Angstrom (air), spectra are
@@ -30,8 +30,8 @@ import torch
 
 from specutils_deepclean import __version__
 from specutils_deepclean.datasets import load_library
-from specutils_deepclean.models.generator import fit_generator
 from specutils_deepclean.simulate import prepare_truth
+from specutils_deepclean.training.generator import train_generator
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_JSON = REPO / "benchmarks" / "results" / "latent_size.json"
@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     rows = []
     for latent in args.latent:
         start = time.perf_counter()
-        model = fit_generator(
+        model = train_generator(
             *data["train"],
             latent_dim=latent,
             val=data["val"],

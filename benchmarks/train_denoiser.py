@@ -1,6 +1,6 @@
 """Train the shipped deep Bayesian denoiser (Kang et al.) on MILES.
 
-The recipe is :func:`specutils_deepclean.denoiser_training.train_denoiser` (also
+The recipe is :func:`specutils_deepclean.training.denoiser.train_denoiser` (also
 ``specutils-deepclean train denoiser``): every component fitted on the good MILES
 ``train`` stars and tuned on ``val`` (the test split is never read), on the MILES grid
 clipped to 3600-7400 Angstrom (air); the val scores go into the model file.
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from specutils_deepclean.datasets import load_library
-from specutils_deepclean.denoiser_training import train_denoiser
 from specutils_deepclean.io.models import save_model
+from specutils_deepclean.training.denoiser import train_denoiser
 
 
 def main(argv=None) -> int:

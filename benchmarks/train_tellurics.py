@@ -34,8 +34,8 @@ from specutils_deepclean.benchmarking.survey import AIRMASS_RANGE, observe_split
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import save_model
 from specutils_deepclean.provenance import Provenance, file_sha256
-from specutils_deepclean.tellurics import reference_lines
 from specutils_deepclean.training import train_karaoke
+from specutils_deepclean.training.karaoke import reference_lines
 
 
 def main(argv=None) -> int:

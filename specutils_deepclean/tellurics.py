@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_dilation, percentile_filter, uniform_filter1d
 
-__all__ = ["split_transmission", "telluric_region", "estimate_transmission", "reference_lines"]
+from ._deprecated import moved
+
+__all__ = ["split_transmission", "telluric_region", "estimate_transmission"]
 
 
 def _window_pixels(wave_aa: np.ndarray, window_aa: float) -> int:
@@ -193,36 +195,4 @@ def estimate_transmission(
     return transmission, unusable
 
 
-def reference_lines(
-    wavelength_aa: np.ndarray, medium: str, *, airmass: float = 2.5, fwhm: float = 2.5
-) -> np.ndarray:
-    """The narrow-line telluric transmission on a grid, for a telluric model's bands.
-
-    The ESO transmission (:func:`~specutils_deepclean.datasets.load_transmission`)
-    at ``airmass``, convolved to ``fwhm`` and put on the grid by the simulator, then
-    split into continuum and lines (:func:`split_transmission`).  Stored as a
-    telluric model's ``extra["telluric_lines"]``, it tells
-    `~specutils_deepclean.remove_tellurics` where the atmosphere can absorb
-    (:func:`telluric_region`).
-
-    Parameters
-    ----------
-    wavelength_aa : ndarray
-        The model grid, Angstrom.
-    medium : {"air", "vacuum"}
-        Medium of the grid.
-    airmass : float
-        Airmass of the reference (the largest of the training data is a safe choice).
-    fwhm : float
-        Resolution of the spectra, FWHM in Angstrom.
-
-    Returns
-    -------
-    ndarray
-        Line transmission on the grid (1 outside the bands).
-    """
-    from .simulate import Simulator
-
-    wave = np.asarray(wavelength_aa, dtype=float)
-    simulator = Simulator(wave, medium, fwhm=fwhm)
-    return split_transmission(simulator.transmission_at(airmass), wave)[1]
+__getattr__ = moved(__name__, {"reference_lines": "specutils_deepclean.training.karaoke"})

@@ -12,13 +12,14 @@ from scipy.ndimage import gaussian_filter1d, median_filter
 from specutils_deepclean.metrics import mse
 from specutils_deepclean.models import MODEL_REGISTRY
 from specutils_deepclean.models.base import DeepCleanModel
-from specutils_deepclean.models.cdae import ConvDenoisingAutoencoder, fit_cdae
+from specutils_deepclean.models.cdae import ConvDenoisingAutoencoder
 from specutils_deepclean.models.classical import (
     gaussian_smooth_baseline,
     median_smooth_baseline,
     wavelet_denoise,
 )
 from specutils_deepclean.simulate import Simulator
+from specutils_deepclean.training.cdae import train_cdae
 
 N_PIX = 256
 CDAE_PATH = "specutils_deepclean.models.cdae:ConvDenoisingAutoencoder"
@@ -215,7 +216,7 @@ def _model(zero_impute=False, seed=0):
 def _fit(truth, simulator, **kwargs):
     settings = {"latent_dim": 3, "epochs": 3, "batch_size": 8, "lr": 3e-3, "seed": 1}
     settings.update(kwargs)
-    return fit_cdae(truth, simulator=simulator, gaps=(10,), device="cpu", **settings, **TINY)
+    return train_cdae(truth, simulator=simulator, gaps=(10,), device="cpu", **settings, **TINY)
 
 
 def _gapped(seed=0):
@@ -347,7 +348,7 @@ def test_cdae_file_roundtrip_gives_identical_output(truth, simulator, tmp_path):
 def test_fit_cdae_rejects_bad_settings(kwargs, match, truth, simulator):
     settings = {"latent_dim": 3, "epochs": 1, "simulator": simulator, **TINY, **kwargs}
     with pytest.raises(ValueError, match=match):
-        fit_cdae(truth, **settings)
+        train_cdae(truth, **settings)
 
 
 @pytest.mark.parametrize(
@@ -359,7 +360,7 @@ def test_fit_cdae_rejects_bad_settings(kwargs, match, truth, simulator):
 )
 def test_fit_cdae_rejects_bad_truth(data, match, simulator):
     with pytest.raises(ValueError, match=match):
-        fit_cdae(data, simulator=simulator, latent_dim=2, epochs=1, **TINY)
+        train_cdae(data, simulator=simulator, latent_dim=2, epochs=1, **TINY)
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ torch = pytest.importorskip("torch")
 
 from specutils_deepclean import models  # noqa: E402
 from specutils_deepclean.io.models import load_model, save_model  # noqa: E402
-from specutils_deepclean.kde import fit_kde  # noqa: E402
 from specutils_deepclean.models.base import DeepCleanModel  # noqa: E402
 from specutils_deepclean.models.denoiser import Denoiser, MAPResult  # noqa: E402
 from specutils_deepclean.models.generator import IsometricAutoencoder  # noqa: E402
 from specutils_deepclean.models.noiseflow import NoiseFlow  # noqa: E402
 from specutils_deepclean.provenance import Provenance  # noqa: E402
+from specutils_deepclean.training.kde import train_kde  # noqa: E402
 
 N_PIX = 64
 LATENT = 2
@@ -44,7 +44,7 @@ def make_parts(seed=0, kinds=("whitened", "plain")):
         if "plain" in flows:
             flows["plain"].scale.fill_(NOISE)
     points = np.concatenate([c + 0.15 * rng.normal(size=(30, LATENT)) for c in CENTRES])
-    prior = fit_kde(points, np.repeat(CLASSES, 30))
+    prior = train_kde(points, np.repeat(CLASSES, 30))
     return generator, prior, flows
 
 
@@ -548,7 +548,7 @@ def test_map_with_a_near_singular_kernel():
     rng = np.random.default_rng(3)
     line = np.linspace(-1, 1, 30)[:, None] * np.array([[1.0, 0.5]])
     points = np.concatenate([line + 1e-6 * rng.normal(size=line.shape), CENTRES[1] + line])
-    prior = fit_kde(points, np.repeat(CLASSES[:2], 30))
+    prior = train_kde(points, np.repeat(CLASSES[:2], 30))
     assert np.linalg.cond(prior.to_arrays()["kde_bandwidths"][0]) > 1e9
     model = Denoiser.from_parts(
         generator,

@@ -5,13 +5,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from specutils_deepclean.models.generator import (  # noqa: E402
-    IsometricAutoencoder,
-    fit_generator,
+from specutils_deepclean.models.generator import IsometricAutoencoder  # noqa: E402
+from specutils_deepclean.models.layers import fill_missing  # noqa: E402
+from specutils_deepclean.training.generator import (  # noqa: E402
     isometry_loss,
     reconstruction_loss,
+    train_generator,
 )
-from specutils_deepclean.models.layers import fill_missing  # noqa: E402
 
 TINY = {"channels": 3, "bottleneck_length": 8, "hidden": 8, "block": 4}
 
@@ -180,7 +180,7 @@ def fit_tiny(seed=0, **kwargs):
     val = toy_spectra(rng, n=16)
     options = {"latent_dim": 2, "epochs": 20, "batch_size": 16, "lr": 1e-2, "seed": seed}
     options.update(TINY | kwargs)
-    return fit_generator(flux, missing, val=(val, None), device="cpu", progress=False, **options)
+    return train_generator(flux, missing, val=(val, None), device="cpu", progress=False, **options)
 
 
 def test_training_lowers_loss_and_is_deterministic():
@@ -208,7 +208,7 @@ def test_training_leaves_global_random_state_alone():
 def test_untrained_model_is_pca():
     rng = np.random.default_rng(1)
     flux = toy_spectra(rng)
-    model = fit_generator(
+    model = train_generator(
         flux, latent_dim=3, epochs=1, lr=1e-12, device="cpu", progress=False, **TINY
     )
     mean = flux.mean(0)
@@ -221,7 +221,7 @@ def test_untrained_model_is_pca():
 
 def test_fit_without_val_keeps_last_epoch():
     rng = np.random.default_rng(2)
-    model = fit_generator(
+    model = train_generator(
         toy_spectra(rng, n=20), latent_dim=2, epochs=2, device="cpu", progress=False, **TINY
     )
     assert model.best_epoch == 2 and model.history["val"] == []
@@ -276,18 +276,18 @@ def test_bad_inputs():
 def test_fit_rejects_bad_settings(kwargs, message):
     options = {"latent_dim": 2, "epochs": 1, "device": "cpu", "progress": False} | kwargs
     with pytest.raises(ValueError, match=message):
-        fit_generator(np.ones((20, 24)), **options)
+        train_generator(np.ones((20, 24)), **options)
 
 
 def test_fit_rejects_bad_data():
     with pytest.raises(ValueError, match="train_flux must be 2-D"):
-        fit_generator(np.ones(24), latent_dim=1, progress=False)
+        train_generator(np.ones(24), latent_dim=1, progress=False)
     with pytest.raises(TypeError, match="missing must be a boolean array"):
-        fit_generator(np.ones((4, 24)), np.zeros((4, 24)), latent_dim=1, progress=False)
+        train_generator(np.ones((4, 24)), np.zeros((4, 24)), latent_dim=1, progress=False)
     flux = np.ones((4, 24))
     flux[2] = np.nan
     with pytest.raises(ValueError, match="train_flux has a spectrum with no observed pixel"):
-        fit_generator(flux, latent_dim=1, progress=False)
+        train_generator(flux, latent_dim=1, progress=False)
 
 
 def test_generate_jacobian_matches_autograd():

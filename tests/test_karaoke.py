@@ -8,14 +8,17 @@ from specutils import Spectrum
 
 from specutils_deepclean.models import MODEL_REGISTRY
 from specutils_deepclean.models.karaoke import (
-    KaraokeVAE,
     MAX_TELLURIC_POWER,
-    karaoke_loss,
+    KaraokeVAE,
     telluric_layer,
-    velocity_whiten,
 )
 from specutils_deepclean.models.layers import fill_missing
-from specutils_deepclean.training import _whiten, train_karaoke
+from specutils_deepclean.training.karaoke import (
+    _whiten,
+    karaoke_loss,
+    train_karaoke,
+    velocity_whiten,
+)
 
 C_KMS = 299792.458
 TINY = {"base_channels": 4, "bottleneck_length": 8, "head_channels": 2}

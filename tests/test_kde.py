@@ -3,26 +3,28 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
-from astropy.utils.exceptions import AstropyUserWarning
+from astropy.utils.exceptions import AstropyDeprecationWarning, AstropyUserWarning
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import logsumexp
 from scipy.stats import gaussian_kde, norm
 
-from specutils_deepclean.kde import (
-    class_posterior,
-    evaluate,
-    fit_kde,
+from specutils_deepclean.models.prior import KDEPrior
+from specutils_deepclean.training.kde import (
     held_out_log_likelihood,
-    ood_score,
-    sample,
     scott_factor,
     silverman_factor,
+    train_kde,
 )
-from specutils_deepclean.models.prior import KDEPrior
+
+# The NumPy conveniences of the deprecated module (the prior's own methods are the API).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", AstropyDeprecationWarning)
+    from specutils_deepclean.kde import class_posterior, evaluate, ood_score, sample
 
 
 def _two_classes(seed=0, n_a=60, n_b=40, n_dim=3):
@@ -68,7 +70,7 @@ def test_log_prob_matches_scipy():
 )
 def test_fit_kde_rules_match_scipy(rule, scipy_rule):
     a, _, rng = _two_classes()
-    prior = fit_kde(a, ["A"] * len(a), bandwidth=rule, shrinkage=0.0)
+    prior = train_kde(a, ["A"] * len(a), bandwidth=rule, shrinkage=0.0)
     kde = gaussian_kde(a.T, bw_method=scipy_rule)
     z = rng.normal(size=(10, 3))
     assert_allclose(evaluate(prior, z)[:, 0], kde.logpdf(z.T), rtol=0, atol=1e-6)
@@ -190,7 +192,7 @@ def test_cv_factor_near_scott_on_a_gaussian(use_val):
     train = rng.normal(size=(400, 2)) @ np.array([[1.0, 0.5], [0.0, 2.0]])
     val = rng.normal(size=(400, 2)) @ np.array([[1.0, 0.5], [0.0, 2.0]])
     kwargs = {"val_latents": val, "val_labels": ["G"] * 400} if use_val else {}
-    prior = fit_kde(train, ["G"] * 400, bandwidth="cv", **kwargs)
+    prior = train_kde(train, ["G"] * 400, bandwidth="cv", **kwargs)
     ratio = prior.factors[0] / scott_factor(400, 2)
     assert 0.6 < ratio < 1.6
     assert prior.bandwidth_rule == "cv"
@@ -201,8 +203,8 @@ def test_cv_uses_validation_points():
     train = rng.normal(size=(100, 1))
     # held-out stars spread wider than the training stars: wider kernels win
     wide_val = rng.normal(0, 1.5, size=(100, 1))
-    narrow = fit_kde(train, ["G"] * 100, bandwidth="cv").factors[0]
-    wide = fit_kde(
+    narrow = train_kde(train, ["G"] * 100, bandwidth="cv").factors[0]
+    wide = train_kde(
         train, ["G"] * 100, bandwidth="cv", val_latents=wide_val, val_labels=["G"] * 100
     ).factors[0]
     assert wide > 2 * narrow
@@ -211,7 +213,7 @@ def test_cv_uses_validation_points():
 def test_cv_warns_at_grid_edge():
     a, _, _ = _two_classes()
     with pytest.warns(AstropyUserWarning, match="smallest bandwidth factor of the grid.*'A'"):
-        fit_kde(a, ["A"] * len(a), bandwidth="cv", cv_grid=[5.0, 10.0, 20.0])
+        train_kde(a, ["A"] * len(a), bandwidth="cv", cv_grid=[5.0, 10.0, 20.0])
 
 
 # --------------------------------------------------------------------------- sampling and starts
@@ -220,7 +222,7 @@ def test_cv_warns_at_grid_edge():
 def test_sample_moments_and_determinism():
     rng = np.random.default_rng(2)
     points = rng.normal(size=(200, 2)) @ np.array([[1.0, 0.3], [0.0, 0.5]]) + [1.0, -2.0]
-    prior = fit_kde(points, ["F"] * 200)
+    prior = train_kde(points, ["F"] * 200)
     draws = sample(prior, 40000, "F", seed=1)
     assert draws.shape == (40000, 2)
     # the KDE is a mixture: mean of the points, covariance (biased) of the points plus H
@@ -242,7 +244,7 @@ def test_sample_bad_n(n):
 
 def test_starts_are_separated_training_points(labelled):
     z, labels = labelled
-    prior = fit_kde(z, labels)
+    prior = train_kde(z, labels)
     starts = prior.starts(3)
     assert starts.shape == (prior.n_classes, 3, 2)
     for k in range(prior.n_classes):
@@ -266,7 +268,7 @@ def test_starts_are_separated_training_points(labelled):
 
 def test_small_class_merged_into_nearest(labelled):
     z, labels = labelled
-    prior = fit_kde(z, labels, min_class_size=5)
+    prior = train_kde(z, labels, min_class_size=5)
     assert prior.class_names == ("A", "B", "K")
     assert prior.merges == {"O": "B"}
     assert prior.class_index("O") == prior.class_index("B") == 1
@@ -278,7 +280,7 @@ def test_small_class_merged_into_nearest(labelled):
 
 def test_explicit_merge_map_honoured(labelled):
     z, labels = labelled
-    prior = fit_kde(z, labels, merge_map={"O": "K"})
+    prior = train_kde(z, labels, merge_map={"O": "K"})
     assert prior.merges == {"O": "K"}
     assert_array_equal(prior.counts, [40, 30, 52])
 
@@ -291,17 +293,17 @@ def test_merge_chain_followed(labelled):
         np.concatenate([labels[keep], ["B"] * 3]),
     )
     # O -> B explicitly, B (now 3 + 2 = 5 < 6 stars) merged automatically into its nearest class
-    prior = fit_kde(z, labels, merge_map={"O": "B"}, min_class_size=6)
+    prior = train_kde(z, labels, merge_map={"O": "B"}, min_class_size=6)
     assert prior.class_names == ("A", "K")
     assert set(prior.merges) == {"O", "B"} and prior.merges["O"] == prior.merges["B"]
 
 
 def test_classes_order_kept(labelled):
     z, labels = labelled
-    prior = fit_kde(z, labels, classes=["O", "B", "A", "K"])
+    prior = train_kde(z, labels, classes=["O", "B", "A", "K"])
     assert prior.class_names == ("B", "A", "K")
     # a listed class without training stars is fine once it has a target
-    prior = fit_kde(z, labels, classes=["A", "B", "K", "M", "O"], merge_map={"M": "K"})
+    prior = train_kde(z, labels, classes=["A", "B", "K", "M", "O"], merge_map={"M": "K"})
     assert prior.merges == {"M": "K", "O": "B"}
     assert prior.class_index("M") == prior.class_index("K")
 
@@ -343,7 +345,7 @@ def test_fit_kde_bad_input(labelled, kwargs, match):
         args["latents"] = z.copy()
         args["latents"][3, 1] = np.nan
     with pytest.raises(ValueError, match=match):
-        fit_kde(args.pop("latents"), args.pop("labels"), **args)
+        train_kde(args.pop("latents"), args.pop("labels"), **args)
 
 
 @pytest.mark.parametrize(
@@ -386,7 +388,7 @@ def test_prior_bad_merges_and_classes():
 
 def test_arrays_round_trip(labelled):
     z, labels = labelled
-    prior = fit_kde(z, labels, bandwidth="cv")
+    prior = train_kde(z, labels, bandwidth="cv")
     arrays, config = prior.to_arrays(), prior.to_config()
     assert all(a.dtype.kind in "if" for a in arrays.values())
     config = json.loads(json.dumps(config))  # plain JSON survives
@@ -409,7 +411,7 @@ def test_ood_score_uniform_in_distribution_and_small_far_away():
     rng = np.random.default_rng(4)
     cov = np.array([[1.0, 0.4], [0.4, 0.5]])
     train = rng.multivariate_normal([0, 0], cov, size=500)
-    prior = fit_kde(train, ["K"] * 500)
+    prior = train_kde(train, ["K"] * 500)
     fresh = rng.multivariate_normal([0, 0], cov, size=2000)
     scores = ood_score(prior, fresh)
     assert scores.shape == (2000,)
@@ -453,7 +455,8 @@ def test_class_posterior():
 
 def test_import_does_not_load_torch():
     code = (
-        "import sys, specutils_deepclean.kde; assert 'torch' not in sys.modules, 'torch imported'"
+        "import sys, specutils_deepclean.training.kde, specutils_deepclean.training.karaoke;"
+        "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -1,7 +1,11 @@
-"""The package's layout: no import cycle between its modules."""
+"""The package's layout: no import cycle, training apart from the models, old paths kept."""
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
+from astropy.utils.exceptions import AstropyDeprecationWarning
 
 import specutils_deepclean
 
@@ -80,3 +84,47 @@ def test_no_import_cycle():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     assert _cycles(graph) == []
+
+
+def test_models_hold_no_training():
+    """``models/`` keeps networks and inference: every ``fit_*``/``train_*`` is in training/."""
+    found = [
+        f"{path.name}:{node.name}"
+        for path in (PACKAGE / "models").glob("*.py")
+        for node in ast.parse(path.read_text("utf-8")).body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith(("fit_", "train_"))
+    ]
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new", "new_name"),
+    [
+        ("specutils_deepclean.denoiser_training", "train_denoiser", "training.denoiser", None),
+        ("specutils_deepclean.denoiser_training", "fit_residual_basis", "training.denoiser", None),
+        ("specutils_deepclean.kde", "fit_kde", "training.kde", "train_kde"),
+        ("specutils_deepclean.kde", "scott_factor", "training.kde", None),
+        ("specutils_deepclean.models.generator", "fit_generator", "training.generator",
+         "train_generator"),
+        ("specutils_deepclean.models.noiseflow", "fit_noiseflow", "training.noiseflow",
+         "train_noiseflow"),
+        ("specutils_deepclean.models.cdae", "fit_cdae", "training.cdae", "train_cdae"),
+        ("specutils_deepclean.models.karaoke", "velocity_whiten", "training.karaoke", None),
+        ("specutils_deepclean.tellurics", "reference_lines", "training.karaoke", None),
+    ],
+)  # fmt: skip
+def test_old_paths_still_work_with_a_deprecation_warning(old, name, new, new_name):
+    module = importlib.import_module(old)
+    with pytest.warns(AstropyDeprecationWarning, match=f"{old}.{name} moved to"):
+        found = getattr(module, name)
+    target = importlib.import_module(f"specutils_deepclean.{new}")
+    assert found is getattr(target, new_name or name)
+
+
+def test_kde_numpy_copies_are_deprecated():
+    import specutils_deepclean.kde as kde
+
+    with pytest.warns(AstropyDeprecationWarning, match="use KDEPrior.log_prob"):
+        assert callable(kde.evaluate)
+    with pytest.raises(AttributeError):
+        _ = kde.nope

@@ -11,8 +11,8 @@ from specutils_deepclean.models.noiseflow import (  # noqa: E402
     NoiseFlow,
     NoiseFlowDistribution,
     counted_pixels,
-    fit_noiseflow,
 )
+from specutils_deepclean.training.noiseflow import train_noiseflow  # noqa: E402
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -246,7 +246,7 @@ def test_whitened_flow_serves_any_snr():
     snr = rng.choice([2.0, 10.0, 50.0], (640, 1))
     sigma = rng.uniform(0.5, 1.5, (640, 96)) / snr
     eps = sigma * rng.normal(size=sigma.shape)
-    flow = fit_noiseflow(
+    flow = train_noiseflow(
         eps[:512],
         sigma[:512],
         context=3,
@@ -270,7 +270,7 @@ def test_whitened_flow_serves_any_snr():
 def test_white_noise_learns_the_gaussian():
     rng = np.random.default_rng(9)
     sigma = 0.3
-    flow = fit_noiseflow(
+    flow = train_noiseflow(
         rng.normal(0.0, sigma, (512, 128)),
         context=4,
         channels=8,
@@ -297,7 +297,7 @@ def test_white_noise_learns_the_gaussian():
 def test_ar1_noise_beats_white_gaussian():
     rng = np.random.default_rng(10)
     phi, sigma = 0.8, 0.3
-    flow = fit_noiseflow(
+    flow = train_noiseflow(
         ar1_noise(rng, 512, 128, phi, sigma),
         context=4,
         channels=8,
@@ -326,9 +326,9 @@ def test_fit_is_deterministic_keeps_best_val_and_records_history():
     missing[1, 20] = True
     val = (ar1_noise(rng, 32, 40, 0.5, 1.0), None, None)
     kwargs = dict(context=2, channels=4, hidden=[4], epochs=4, batch_size=16, lr=1e-2, device="cpu")
-    first = fit_noiseflow(eps, None, missing, seed=3, val=val, **kwargs)
-    second = fit_noiseflow(eps, None, missing, seed=3, val=val, **kwargs)
-    other = fit_noiseflow(eps, None, missing, seed=4, val=val, **kwargs)
+    first = train_noiseflow(eps, None, missing, seed=3, val=val, **kwargs)
+    second = train_noiseflow(eps, None, missing, seed=3, val=val, **kwargs)
+    other = train_noiseflow(eps, None, missing, seed=4, val=val, **kwargs)
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key])
     assert not torch.equal(first.conv.weight, other.conv.weight)
@@ -341,7 +341,7 @@ def test_fit_is_deterministic_keeps_best_val_and_records_history():
 
 def test_fit_leaves_global_rng_alone():
     state = torch.random.get_rng_state()
-    fit_noiseflow(
+    train_noiseflow(
         np.ones((8, 10)) + np.arange(10), context=2, channels=2, hidden=[], epochs=1, device="cpu"
     )
     assert torch.equal(state, torch.random.get_rng_state())
@@ -525,7 +525,7 @@ def test_bad_counted_pixels(missing, k, error, match):
 )
 def test_bad_fit(args, kwargs, error, match):
     with pytest.raises(error, match=match):
-        fit_noiseflow(
+        train_noiseflow(
             *args,
             **{"context": 2, "channels": 2, "hidden": [], "epochs": 1, "device": "cpu", **kwargs},
         )
@@ -536,7 +536,7 @@ def test_fit_keeps_the_best_epoch_on_val():
     rng = np.random.default_rng(12)
     train = ar1_noise(rng, 128, 40, 0.95, 1.0)
     val = (rng.normal(size=(64, 40)), None, None)
-    flow = fit_noiseflow(
+    flow = train_noiseflow(
         train,
         context=2,
         channels=4,

@@ -96,7 +96,7 @@ def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys)
 
 @pytest.mark.parametrize("levels", [[], [10.0, -2.0]])
 def test_calibrate_uncertainty_needs_positive_snr_levels(levels):
-    from specutils_deepclean.denoiser_training import calibrate_uncertainty
+    from specutils_deepclean.training.denoiser import calibrate_uncertainty
 
     with pytest.raises(ValueError, match="snr_levels"):
         calibrate_uncertainty(load_model("denoiser-miles"), None, snr_levels=levels)
@@ -106,7 +106,7 @@ def test_calibrate_uncertainty_needs_positive_snr_levels(levels):
 @pytest.mark.parametrize("components", [[], [49], [-1]])
 def test_fit_residual_basis_sizes_are_checked(tiny_library, components):
     from specutils_deepclean.datasets import load_library
-    from specutils_deepclean.denoiser_training import fit_residual_basis
+    from specutils_deepclean.training.denoiser import fit_residual_basis
 
     model = load_model("denoiser-miles")
     with pytest.raises(ValueError, match="components must be sizes from 0 to 48"):
@@ -117,7 +117,7 @@ def test_fit_residual_basis_sizes_are_checked(tiny_library, components):
 @pytest.mark.parametrize("degrees, sigmas", [([16], [0.1]), ([1], [0.0]), ([-1], [0.1])])
 def test_fit_continuum_term_settings_are_checked(tiny_library, degrees, sigmas):
     from specutils_deepclean.datasets import load_library
-    from specutils_deepclean.denoiser_training import fit_continuum_term
+    from specutils_deepclean.training.denoiser import fit_continuum_term
 
     model = load_model("denoiser-miles")
     with pytest.raises(ValueError, match="degrees must lie in 0-15"):

@@ -14,7 +14,7 @@ median-normalised (the truth), and observed through the simulator at S/N 2, 5, 1
   number of components chosen here per S/N on ``val`` observations.
 
 * with ``--cdae-epochs N``: ``cdae`` and ``cdae_zero_impute``, the paper's
-  convolutional denoising autoencoder (`~specutils_deepclean.models.cdae.fit_cdae`,
+  convolutional denoising autoencoder (`~specutils_deepclean.training.cdae.train_cdae`,
   the generator's architecture and latent size) and its zero-imputed-gap variant,
   trained here on ``train`` for N epochs with the best epoch on simulated ``val``
   observations kept (:func:`train_cdaes`).
@@ -112,19 +112,19 @@ def train_cdaes(train_truth, sim, val, *, epochs: int, latent_dim: int, lr: floa
     val : tuple
         ``(flux, missing, truth)`` of fixed val observations.
     epochs, latent_dim, lr, seed
-        As for `~specutils_deepclean.models.cdae.fit_cdae`.
+        As for `~specutils_deepclean.training.cdae.train_cdae`.
 
     Returns
     -------
     dict
         ``"cdae"`` and ``"cdae_zero_impute"`` (the Section 4.2 variant): (model, seconds).
     """
-    from ..models.cdae import fit_cdae
+    from ..training.cdae import train_cdae
 
     out = {}
     for zero_impute in (False, True):
         start = time.perf_counter()
-        model = fit_cdae(
+        model = train_cdae(
             train_truth,
             simulator=sim,
             latent_dim=latent_dim,

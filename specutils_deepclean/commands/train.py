@@ -4,7 +4,7 @@
 (:func:`~specutils_deepclean.training.train_karaoke`) on observed spectra (files,
 globs or ``@list`` files; no ground truth needed) or on the stars of one split of a
 library file; ``denoiser`` trains the deep Bayesian denoiser on a library file in the
-MILES layout (:func:`~specutils_deepclean.denoiser_training.train_denoiser`, which
+MILES layout (:func:`~specutils_deepclean.training.denoiser.train_denoiser`, which
 needs the stars' classes and the train/val splits).  Both show a progress bar per
 epoch and resume from ``--checkpoint``.
 """
@@ -131,7 +131,7 @@ def _reference_lines(spectra, medium, fwhm):
     from specutils import Spectrum
 
     from ..spectra import ModelGrid
-    from ..tellurics import reference_lines
+    from ..training.karaoke import reference_lines
 
     first = spectra if isinstance(spectra, Spectrum) else spectra[0]
     grid = ModelGrid(u.Quantity(first.spectral_axis), medium)
@@ -149,7 +149,7 @@ def _reference_lines(spectra, medium, fwhm):
 
 def _denoiser(args, parser, argv: list[str]):
     from ..datasets import load_library
-    from ..denoiser_training import train_denoiser
+    from ..training.denoiser import train_denoiser
 
     if args.inputs:
         parser.error("denoiser: train from a library file (--library), which holds the "

@@ -531,7 +531,7 @@ class Denoiser(DeepCleanModel):
         script), it is added in quadrature: the generator's own representation
         error, which the latent posterior does not know about.  When it also holds
         ``extra["sigma_scales"]`` = :math:`(a, b)` (fitted on validation spectra by
-        `~specutils_deepclean.denoiser_training.calibrate_uncertainty`), the
+        `~specutils_deepclean.training.denoiser.calibrate_uncertainty`), the
         variance is :math:`a^2 \sigma^2 + b^2 \sigma_G^2`, :math:`\sigma_G` the
         generator's error.
 
@@ -539,7 +539,7 @@ class Denoiser(DeepCleanModel):
         (K, P), orthonormal rows :math:`B`, and ``extra["residual_variance"]``
         :math:`\Lambda` (K,) (the principal directions of the generator's error
         on clean training spectra and their variances, see
-        `~specutils_deepclean.denoiser_training.fit_residual_basis`), the
+        `~specutils_deepclean.training.denoiser.fit_residual_basis`), the
         spectrum is :math:`G(z) + B a` with the prior :math:`a \sim N(0,
         \Lambda)`.  :math:`a` is fitted after the MAP of :math:`(z, C)`: its
         posterior mean given :math:`\hat z` under Gaussian noise of the flow's
@@ -548,7 +548,7 @@ class Denoiser(DeepCleanModel):
 
         Continuum term: when the model file holds ``extra["continuum_sigma"]``
         :math:`\tau` (D + 1,) (see
-        `~specutils_deepclean.denoiser_training.fit_continuum_term`), the spectrum
+        `~specutils_deepclean.training.denoiser.fit_continuum_term`), the spectrum
         is multiplied by :math:`1 + \sum_{k \le D} c_k P_k(x)`, Legendre
         polynomials of :math:`x` running from -1 to 1 over the model's grid, with
         the prior :math:`c_k \sim N(0, \tau_k^2)`: the overall level (which the

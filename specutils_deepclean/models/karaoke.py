@@ -17,20 +17,18 @@ a reference transmission with a fitted power, so the network need not draw it.
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..spectra import shift_flux
+from .._deprecated import moved
 from .base import DeepCleanModel
 from .layers import LEAKY_SLOPE, down_block, fill_missing, same_conv, up_block
 
 __all__ = [
     "KaraokeVAE",
-    "velocity_whiten",
-    "karaoke_loss",
     "telluric_layer",
     "ARCHITECTURE",
     "HISTORY_PREFIX",
@@ -84,7 +82,7 @@ class KaraokeVAE(DeepCleanModel):
     nearest valid neighbours (the nearest valid value beyond the ends), never as
     zeros, and, with ``mask_channel=True``, a second input channel is 1 at
     missing pixels so the network knows the filled values are not data. The loss
-    ignores them (`karaoke_loss`).
+    ignores them (`~specutils_deepclean.training.karaoke.karaoke_loss`).
 
     Parameters
     ----------
@@ -386,86 +384,6 @@ class KaraokeVAE(DeepCleanModel):
         return torch.cat(channels, dim=1)
 
 
-def karaoke_loss(
-    reconstruction: torch.Tensor,
-    flux: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor | None,
-    missing: torch.Tensor | None = None,
-    *,
-    beta: float = 0.1,
-):
-    r"""Masked per-pixel L1 loss plus ``beta`` times the KL divergence of the code.
-
-    .. math::
-
-        \mathcal{L} = \frac{1}{B} \sum_b \left[ \frac{\sum_p m_{bp} |\hat x_{bp} - x_{bp}|}
-        {\bar m} + \beta \sum_j \tfrac12
-          \left(\mu_{bj}^2 + \sigma_{bj}^2 - 1 - \log\sigma_{bj}^2\right) \right] / P
-
-    with :math:`m_{bp} = 0` at missing pixels (and non-finite flux), 1 elsewhere,
-    :math:`\bar m` the share of valid pixels, :math:`B` spectra and :math:`P`
-    pixels.  This is the usual VAE objective, summed over pixels and latent
-    dimensions (the per-spectrum negative ELBO with a Laplace likelihood), divided
-    by the number of pixels so that the value reads as a mean absolute error: the
-    reported ``l1`` is the mean over valid pixels and ``kl`` the KL divergence per
-    pixel.  The paper uses the per-pixel L1 reconstruction loss with the weight of
-    the latent loss set to 0.1 (Sections 3.2 and 5.4, Fig. 8).  With both terms as
-    means instead (KL averaged over latent dimensions), the KL weight grows by
-    ``P / D`` (about 34 for 4,300 pixels and 128 dimensions) and the posterior
-    collapses: training on MILES gave a reconstruction no better than a constant.
-
-    Parameters
-    ----------
-    reconstruction, flux : torch.Tensor, shape (batch, n_pix)
-        Model output and (median-normalised) input.
-    mu, logvar : torch.Tensor, shape (batch, latent_dim)
-        Latent mean and log-variance; ``logvar=None`` (the deterministic
-        autoencoder) drops the KL term.
-    missing : torch.Tensor of bool, shape (batch, n_pix), optional
-        True where the pixel is excluded from the loss.
-    beta : float, optional
-        Weight of the KL term.
-
-    Returns
-    -------
-    total, l1, kl : torch.Tensor
-        Scalars; ``total = l1 + beta * kl`` (``kl`` is 0 without ``logvar``).
-
-    Raises
-    ------
-    ValueError
-        If no pixel is valid.
-
-    Examples
-    --------
-    >>> import torch
-    >>> x = torch.tensor([[1.0, 2.0, float("nan")]])
-    >>> total, l1, kl = karaoke_loss(torch.ones(1, 3), x, torch.zeros(1, 2), torch.zeros(1, 2))
-    >>> float(l1), float(kl)
-    (0.5, 0.0)
-    >>> ones = torch.ones(1, 4)
-    >>> total, l1, kl = karaoke_loss(ones, ones, torch.ones(1, 2), torch.zeros(1, 2))
-    >>> float(kl)  # (0.5 * 1 + 0.5 * 1) / 4 pixels
-    0.25
-    """
-    valid = torch.isfinite(flux)
-    if missing is not None:
-        valid = valid & ~missing.to(torch.bool)
-    count = valid.sum()
-    if int(count) == 0:
-        raise ValueError("the loss needs at least one valid pixel")
-    # Zero the target where it is missing first: |recon - NaN| would poison the gradient.
-    target = torch.where(valid, flux, torch.zeros_like(flux))
-    l1 = torch.where(valid, (reconstruction - target).abs(), torch.zeros_like(flux)).sum() / count
-    if logvar is None:
-        kl = torch.zeros((), dtype=l1.dtype, device=l1.device)
-    else:
-        per_spectrum = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=-1)
-        kl = per_spectrum.mean() / flux.shape[-1]
-    return l1 + beta * kl, l1, kl
-
-
 #: Reconstruction and flux below this are left out of the power fit (log of noise).
 _POWER_FIT_FLOOR = 1e-2
 #: Largest telluric power fitted (relative to the reference's airmass).
@@ -547,88 +465,6 @@ def telluric_layer(
     return reconstruction * torch.exp(power[:, None] * log_lines), power
 
 
-def velocity_whiten(
-    flux,
-    wavelength,
-    missing=None,
-    *,
-    max_velocity: float = 30.0,
-    rng: np.random.Generator | None = None,
-    velocities=None,
-):
-    r"""Velocity whitening: shift each spectrum by a random virtual radial velocity.
-
-    Sedaghat et al. (2023, Section 3.1) whiten the telluric component of a set of
-    topocentric spectra by giving each observation :math:`x_i` its own virtual
-    velocity :math:`v'_i \sim U(-N, N)` (Eqs. 5-7, 16):
-    :math:`x'_i(\lambda) = x_i(\lambda (1 - v'_i / c))`. Only the observed
-    spectrum exists, so the *whole* observed spectrum is shifted, stellar and
-    telluric components alike, and the noise with them (Eqs. 8-9); what matters is
-    that the tellurics, which without it sit at the same topocentric wavelengths in
-    every observation, now move by :math:`v'_i` while the star moves by
-    :math:`v_i + v'_i` (Eq. 10): the two components move independently across the
-    training set, the telluric pixels decorrelate (Fig. 4) and a compressed
-    network can no longer learn them as a fixed pattern. The spectra stay
-    topocentric (no barycentric correction is involved), and the shift is applied
-    on the fly, with new velocities every epoch. The resampling is the
-    flux-conserving `~specutils_deepclean.spectra.shift_flux`; the paper's
-    :math:`(1 - v'/c)` factor of Eq. 9 is normalised out with the median, here it
-    never arises because the flux density is transported unchanged.
-
-    Parameters
-    ----------
-    flux : array_like, shape (n, n_pix)
-        Median-normalised spectra on ``wavelength`` (topocentric frame).
-    wavelength : array_like or `~astropy.units.Quantity`, shape (n_pix,)
-        Strictly increasing pixel centres; only ratios are used, so any unit.
-    missing : array_like of bool, shape (n, n_pix), optional
-        Missing pixels (non-finite flux is missing too).
-    max_velocity : float, optional
-        :math:`N` in km/s; velocities are drawn uniformly in ``[-N, N]``.
-    rng : numpy.random.Generator, optional
-        Source of the velocities (required unless ``velocities`` is given).
-    velocities : array_like, shape (n,), optional
-        Use these velocities (km/s) instead of drawing them.
-
-    Returns
-    -------
-    shifted : ndarray, shape (n, n_pix)
-        Shifted spectra, NaN where missing.
-    missing : ndarray of bool, shape (n, n_pix)
-        Missing pixels after the shift: the input's, moved, plus the pixels
-        shifted in from beyond the ends of the grid.
-    velocities : ndarray, shape (n,)
-        The velocities applied, km/s; a line at :math:`\lambda_0` moves to
-        :math:`\lambda_0 / (1 - v/c) \approx \lambda_0 (1 + v/c)`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> wave = np.linspace(5000.0, 5010.0, 11)
-    >>> out, miss, v = velocity_whiten(np.ones((2, 11)), wave, velocities=[-60.0, 60.0])
-    >>> miss[:, [0, -1]]
-    array([[False,  True],
-           [ True, False]])
-    """
-    wave = np.asarray(getattr(wavelength, "value", wavelength), dtype=float)
-    flux = np.asarray(flux, dtype=float)
-    if flux.ndim != 2 or flux.shape[1] != wave.size:
-        raise ValueError(
-            f"flux must have shape (n, {wave.size}) to match the wavelength grid, got {flux.shape}"
-        )
-    if velocities is None:
-        if not isinstance(max_velocity, Real) or not 0 <= max_velocity < 1e5:
-            raise ValueError(f"max_velocity must be in [0, 1e5) km/s, got {max_velocity!r}")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError("velocity_whiten needs rng (a numpy.random.Generator) or velocities")
-        velocities = rng.uniform(-max_velocity, max_velocity, size=flux.shape[0])
-    velocities = np.asarray(velocities, dtype=float)
-    if velocities.shape != (flux.shape[0],):
-        raise ValueError(f"velocities must have shape ({flux.shape[0]},), got {velocities.shape}")
-    shifted, missing_out = shift_flux(flux, wave, velocities, missing=missing)
-    return shifted, missing_out, velocities
-
-
 def _depth(n_pix: int, bottleneck_length: int) -> int:
     depth = 1
     while -(-n_pix // 2**depth) > bottleneck_length:
@@ -681,3 +517,12 @@ def _check_karaoke_config(config: dict, n_pix: int) -> None:
     for key in ("variational", "mask_channel"):
         if not isinstance(config[key], bool):
             raise ValueError(f"config[{key!r}] must be True or False, got {config[key]!r}")
+
+
+__getattr__ = moved(
+    __name__,
+    {
+        "karaoke_loss": "specutils_deepclean.training.karaoke",
+        "velocity_whiten": "specutils_deepclean.training.karaoke",
+    },
+)

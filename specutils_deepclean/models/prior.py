@@ -28,7 +28,7 @@ class KDEPrior(torch.nn.Module):
     the latent prior of Kang et al. (Section 3.3, Eq. 5).  All classes of a whole
     batch are evaluated at once with a log-sum-exp over the kernels, in torch, so
     :math:`\log p(z \mid C)` is differentiable in :math:`z` (the MAP of Eq. 7).
-    `~specutils_deepclean.kde.fit_kde` builds one from training latents and states
+    `~specutils_deepclean.kde.train_kde` builds one from training latents and states
     how :math:`H_C` is chosen.
 
     Classes that had too few training stars were merged into a neighbour before

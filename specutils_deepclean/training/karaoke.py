@@ -1,6 +1,7 @@
-"""Training loops: the Stellar Karaoke telluric VAE (`train_karaoke`).
+"""Training the Stellar Karaoke telluric VAE: `train_karaoke`, its loss, velocity whitening.
 
-Everything is seeded through explicit generators (`numpy.random.default_rng` and
+Also `reference_lines`, the reference telluric line transmission of the telluric
+layer.  Everything is seeded through explicit generators (`numpy.random.default_rng` and
 `torch.Generator`), never through global random state; the per-epoch generators are
 derived from ``(seed, epoch)``, so a run resumed from a checkpoint continues exactly
 as an uninterrupted one would. Importing this module does not import torch.
@@ -8,24 +9,32 @@ as an uninterrupted one would. Importing this module does not import torch.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 from numbers import Integral, Real
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import astropy.units as u
 import numpy as np
 
-from .provenance import Provenance
-from .spectra import ModelGrid, median_normalise, to_model_grid
+from ..provenance import Provenance
+from ..spectra import ModelGrid, median_normalise, shift_flux, to_model_grid
+from .loop import (
+    KeepBest,
+    history_extra,
+    load_checkpoint,
+    optimizer_to,
+    run_epochs,
+    save_checkpoint,
+)
 
-__all__ = ["train_karaoke"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["train_karaoke", "karaoke_loss", "velocity_whiten", "reference_lines"]
 
 _HISTORY_KEYS = ("train_loss", "train_l1", "train_kl", "val_loss", "val_l1", "val_kl")
-_HISTORY = "history_"  # == models.karaoke.HISTORY_PREFIX (not imported: it needs torch)
-_OPTIM = "optim_"
-_BEST = "best_"
 _LINES = "telluric_lines"  # the model's extra key read by remove_tellurics
 _LINES_FLOOR = 1e-3  # saturated telluric pixels: the log of the layer stays finite
 
@@ -55,7 +64,7 @@ def train_karaoke(
 
     Every spectrum is median-normalised once; every epoch, each one gets a new
     random virtual radial velocity ``v ~ U(-whitening_kms, whitening_kms)`` km/s
-    (`~specutils_deepclean.models.karaoke.velocity_whiten`, Sedaghat et al. 2023,
+    (`velocity_whiten`, Sedaghat et al. 2023,
     Section 3.1) and the network learns to reconstruct the shifted spectrum with
     the masked per-pixel L1 loss plus ``beta`` times the KL term
     (`~specutils_deepclean.models.karaoke.karaoke_loss`), optimised with Adam.
@@ -156,7 +165,7 @@ def train_karaoke(
     """
     import torch
 
-    from .models.karaoke import KaraokeVAE
+    from ..models.karaoke import KaraokeVAE
 
     _check_settings(epochs, batch_size, lr, whitening_kms, beta, seed)
     train = _training_arrays(spectra, wavelength, medium, "spectra")
@@ -172,22 +181,26 @@ def train_karaoke(
         **(model_options or {}),
     }
     model = KaraokeVAE.from_grid(grid_wave, medium=medium, seed=seed, **options)
-    state = _TrainState(model, lr, lines)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = {key: [] for key in _HISTORY_KEYS}
+    keep = KeepBest(model)
     if checkpoint is not None and Path(checkpoint).exists():
-        state.resume(Path(checkpoint))
+        history, extra = load_checkpoint(
+            Path(checkpoint), model, optimizer, keep, _HISTORY_KEYS, "val_loss"
+        )
+        _check_checkpoint_lines(checkpoint, extra.get(_LINES), lines)
     model.to(device)
-    state.optimizer_to(device)
+    optimizer_to(optimizer, device)
     beta_used = beta if variational else 0.0
     val_batch = (
         None
         if val_arrays is None
         else _whitened_val(val_arrays, grid_wave, whitening_kms, seed, lines)
     )
-    bar = _epochs(state.epoch, epochs, progress)
-    for epoch in bar:
+
+    def train_epoch(epoch: int) -> dict:
         rng = np.random.default_rng([seed, epoch])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        model.train()
         sums = np.zeros(3)
         for index in np.array_split(
             rng.permutation(len(train[0])), _n_batches(len(train[0]), batch_size)
@@ -198,153 +211,74 @@ def train_karaoke(
             x, m = _tensors(flux, missing, device)
             recon, mu, logvar = model(x, m, generator=generator)
             losses = _loss(recon, x, mu, logvar, m, beta_used, log_lines)
-            state.optimizer.zero_grad()
+            optimizer.zero_grad()
             losses[0].backward()
-            state.optimizer.step()
+            optimizer.step()
             sums += len(index) * np.array([float(value.detach()) for value in losses])
-        record = dict(
-            zip(("train_loss", "train_l1", "train_kl"), sums / len(train[0]), strict=True)
-        )
-        record.update(_evaluate(model, val_batch, device, beta_used))
-        state.end_epoch(record)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix({key: f"{value:.4g}" for key, value in record.items() if "loss" in key})
+        means = sums / len(train[0])
+        return {key: float(value) for key, value in zip(_HISTORY_KEYS[:3], means, strict=True)}
+
+    def after_epoch(epoch: int) -> None:
         if checkpoint is not None:
-            state.save(Path(checkpoint))
-    return state.finish(
+            extra = {} if lines is None else {_LINES: lines}
+            save_checkpoint(Path(checkpoint), model, optimizer, history, keep, extra)
+
+    run_epochs(
+        model,
+        epochs,
+        train_epoch,
+        history=history,
+        validate=lambda: _evaluate(model, val_batch, device, beta_used),
+        keep=keep,
+        keep_key="val_loss",
+        start=len(history["train_loss"]),
+        progress=progress,
+        desc="train_karaoke",
+        after_epoch=after_epoch,
+    )
+    keep.restore()
+    model.extra = history_extra(history)
+    if lines is not None:
+        model.extra[_LINES] = lines.astype(np.float32)
+    settings = _settings_note(
+        epochs, batch_size, lr, whitening_kms, beta_used, variational, latent_dim
+    )
+    model.provenance = _provenance(
+        provenance, seed, history, keep, settings + f", telluric_layer={lines is not None}"
+    )
+    return model.eval()
+
+
+def _check_checkpoint_lines(path, saved, lines) -> None:
+    if (saved is None) != (lines is None) or (
+        saved is not None and not np.array_equal(saved, lines)
+    ):
+        raise ValueError(
+            f"checkpoint {path} was trained with other telluric_lines "
+            f"({'none' if saved is None else 'different values'})"
+        )
+
+
+def _provenance(provenance, seed: int, history: dict, keep: KeepBest, settings: str):
+    """The data description with the seed, the best epoch's val losses and the settings."""
+    metrics = {}
+    if np.isfinite(keep.score):
+        best_epoch = int(np.nanargmin(history["val_loss"]))
+        metrics = {key: history[key][best_epoch] for key in ("val_loss", "val_l1", "val_kl")}
+        metrics["best_epoch"] = float(best_epoch)
+    provenance = Provenance() if provenance is None else provenance
+    if not isinstance(provenance, Provenance):
+        raise TypeError(f"provenance must be a Provenance, got {type(provenance).__name__}")
+    return dataclasses.replace(
         provenance,
         seed=seed,
-        settings=_settings_note(
-            epochs, batch_size, lr, whitening_kms, beta_used, variational, latent_dim
-        )
-        + f", telluric_layer={lines is not None}",
+        metrics={**provenance.metrics, **metrics},
+        notes=(provenance.notes + "\n" if provenance.notes else "") + settings,
     )
 
 
-class _TrainState:
-    """Optimiser, loss history and best weights of a training run."""
-
-    def __init__(self, model, lr, lines):
-        import torch
-
-        self.model = model
-        self.lines = lines
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        self.history = {key: [] for key in _HISTORY_KEYS}
-        self.best = None
-        self.best_loss = np.inf
-
-    @property
-    def epoch(self) -> int:
-        return len(self.history["train_loss"])
-
-    def end_epoch(self, record: dict) -> None:
-        for key in _HISTORY_KEYS:
-            self.history[key].append(float(record.get(key, np.nan)))
-        if "val_loss" in record and record["val_loss"] < self.best_loss:
-            self.best_loss = record["val_loss"]
-            self.best = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-            )
-
-    def optimizer_to(self, device) -> None:
-        for values in self.optimizer.state.values():
-            for key, value in values.items():
-                if key != "step":
-                    values[key] = value.to(device)
-
-    def save(self, path: Path) -> None:
-        from .io.models import save_model
-
-        extra = self._history_extra()
-        if self.lines is not None:
-            extra[_LINES] = self.lines
-        for index, values in self.optimizer.state_dict()["state"].items():
-            for key, value in values.items():
-                extra[f"{_OPTIM}{index}_{key}"] = value.detach().cpu().numpy()
-        if self.best is not None:
-            extra.update({f"{_BEST}{k}": v.numpy() for k, v in self.best.items()})
-        self.model.extra = extra
-        try:
-            save_model(self.model, path, overwrite=True)
-        finally:
-            self.model.extra = {}
-
-    def resume(self, path: Path) -> None:
-        import torch
-
-        from .io.models import load_model
-
-        saved = load_model(path)
-        if type(saved) is not type(self.model) or saved.config != self.model.config:
-            raise ValueError(
-                f"checkpoint {path} holds a model with config {getattr(saved, 'config', None)}, "
-                f"these settings build {self.model.config}"
-            )
-        if not np.array_equal(
-            saved.wavelength.to_value(u.AA), self.model.wavelength.to_value(u.AA)
-        ):
-            raise ValueError(f"checkpoint {path} is on a different wavelength grid")
-        extra = saved.extra
-        saved_lines = extra.get(_LINES)
-        if (saved_lines is None) != (self.lines is None) or (
-            saved_lines is not None and not np.array_equal(saved_lines, self.lines)
-        ):
-            raise ValueError(
-                f"checkpoint {path} was trained with other telluric_lines "
-                f"({'none' if saved_lines is None else 'different values'})"
-            )
-        self.model.load_state_dict(saved.state_dict())
-        self.history = {key: list(extra.get(_HISTORY + key, [])) for key in _HISTORY_KEYS}
-        best = {
-            k[len(_BEST) :]: torch.from_numpy(v) for k, v in extra.items() if k.startswith(_BEST)
-        }
-        if best:
-            self.best = best
-            self.best_loss = float(np.nanmin(self.history["val_loss"]))
-        optim = self.optimizer.state_dict()
-        state = {}
-        for key, value in extra.items():
-            if key.startswith(_OPTIM):
-                index, _, name = key[len(_OPTIM) :].partition("_")
-                state.setdefault(int(index), {})[name] = torch.from_numpy(np.array(value))
-        optim["state"] = state
-        self.optimizer.load_state_dict(optim)
-
-    def finish(self, provenance, *, seed, settings):
-        if self.best is not None:
-            device = self.model.device
-            self.model.load_state_dict({k: v.to(device) for k, v in self.best.items()})
-        self.model.extra = self._history_extra()
-        if self.lines is not None:
-            self.model.extra[_LINES] = self.lines.astype(np.float32)
-        metrics = {}
-        if np.isfinite(self.best_loss):
-            best_epoch = int(np.nanargmin(self.history["val_loss"]))
-            metrics = {
-                key: self.history[key][best_epoch] for key in ("val_loss", "val_l1", "val_kl")
-            }
-            metrics["best_epoch"] = float(best_epoch)
-        provenance = Provenance() if provenance is None else provenance
-        if not isinstance(provenance, Provenance):
-            raise TypeError(f"provenance must be a Provenance, got {type(provenance).__name__}")
-        self.model.provenance = dataclasses.replace(
-            provenance,
-            seed=seed,
-            metrics={**provenance.metrics, **metrics},
-            notes=(provenance.notes + "\n" if provenance.notes else "") + settings,
-        )
-        self.model.eval()
-        return self.model
-
-    def _history_extra(self) -> dict:
-        return {
-            _HISTORY + key: np.array(values, dtype=float) for key, values in self.history.items()
-        }
-
-
 def _loss(recon, x, mu, logvar, missing, beta, log_lines=None):
-    from .models.karaoke import karaoke_loss, telluric_layer
+    from ..models.karaoke import telluric_layer
 
     if log_lines is not None:
         recon = telluric_layer(recon, x, log_lines.to(recon.device), missing)[0]
@@ -354,7 +288,7 @@ def _loss(recon, x, mu, logvar, missing, beta, log_lines=None):
 def _evaluate(model, val_batch, device, beta) -> dict:
     """Validation losses from the latent mean (no sampling)."""
     if val_batch is None:
-        return {}
+        return dict.fromkeys(_HISTORY_KEYS[3:], np.nan)
     import torch
 
     model.eval()
@@ -367,7 +301,7 @@ def _evaluate(model, val_batch, device, beta) -> dict:
                 [float(value) for value in _loss(recon, x, mu, logvar, m, beta, log_lines)]
             )
     n = sum(len(batch[0]) for batch in val_batch)
-    return dict(zip(("val_loss", "val_l1", "val_kl"), sums / n, strict=True))
+    return {key: float(value) for key, value in zip(_HISTORY_KEYS[3:], sums / n, strict=True)}
 
 
 def _whitened_val(val_arrays, wavelength, whitening_kms, seed, lines, chunk: int = 256):
@@ -390,9 +324,6 @@ def _whiten(flux, missing, wavelength, whitening_kms, rng, lines=None):
     The log lines are a float32 tensor (one row per spectrum), None without ``lines``.
     """
     import torch
-
-    from .models.karaoke import velocity_whiten
-    from .spectra import shift_flux
 
     velocities = None
     if whitening_kms != 0:
@@ -432,17 +363,6 @@ def _check_lines(lines, n_pix: int) -> np.ndarray:
 
 def _n_batches(n: int, batch_size: int) -> int:
     return max(1, -(-n // batch_size))
-
-
-def _epochs(start: int, stop: int, progress: bool):
-    epochs = range(start, stop)
-    if not progress:
-        return epochs
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return epochs
-    return tqdm(epochs, desc="train_karaoke", unit="epoch", initial=start, total=stop)
 
 
 def _settings_note(epochs, batch_size, lr, whitening_kms, beta, variational, latent_dim) -> str:
@@ -520,3 +440,203 @@ def _training_arrays(spectra, wavelength, medium, name):
         raise ValueError(f"{name}: spectra {bad} have no valid pixel or a non-positive median")
     missing = ~np.isfinite(normalised) | np.ma.getmaskarray(spectra)
     return np.where(missing, np.nan, normalised), missing, grid.wavelength
+
+
+def karaoke_loss(
+    reconstruction: torch.Tensor,
+    flux: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor | None,
+    missing: torch.Tensor | None = None,
+    *,
+    beta: float = 0.1,
+):
+    r"""Masked per-pixel L1 loss plus ``beta`` times the KL divergence of the code.
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{B} \sum_b \left[ \frac{\sum_p m_{bp} |\hat x_{bp} - x_{bp}|}
+        {\bar m} + \beta \sum_j \tfrac12
+          \left(\mu_{bj}^2 + \sigma_{bj}^2 - 1 - \log\sigma_{bj}^2\right) \right] / P
+
+    with :math:`m_{bp} = 0` at missing pixels (and non-finite flux), 1 elsewhere,
+    :math:`\bar m` the share of valid pixels, :math:`B` spectra and :math:`P`
+    pixels.  This is the usual VAE objective, summed over pixels and latent
+    dimensions (the per-spectrum negative ELBO with a Laplace likelihood), divided
+    by the number of pixels so that the value reads as a mean absolute error: the
+    reported ``l1`` is the mean over valid pixels and ``kl`` the KL divergence per
+    pixel.  The paper uses the per-pixel L1 reconstruction loss with the weight of
+    the latent loss set to 0.1 (Sections 3.2 and 5.4, Fig. 8).  With both terms as
+    means instead (KL averaged over latent dimensions), the KL weight grows by
+    ``P / D`` (about 34 for 4,300 pixels and 128 dimensions) and the posterior
+    collapses: training on MILES gave a reconstruction no better than a constant.
+
+    Parameters
+    ----------
+    reconstruction, flux : torch.Tensor, shape (batch, n_pix)
+        Model output and (median-normalised) input.
+    mu, logvar : torch.Tensor, shape (batch, latent_dim)
+        Latent mean and log-variance; ``logvar=None`` (the deterministic
+        autoencoder) drops the KL term.
+    missing : torch.Tensor of bool, shape (batch, n_pix), optional
+        True where the pixel is excluded from the loss.
+    beta : float, optional
+        Weight of the KL term.
+
+    Returns
+    -------
+    total, l1, kl : torch.Tensor
+        Scalars; ``total = l1 + beta * kl`` (``kl`` is 0 without ``logvar``).
+
+    Raises
+    ------
+    ValueError
+        If no pixel is valid.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 2.0, float("nan")]])
+    >>> total, l1, kl = karaoke_loss(torch.ones(1, 3), x, torch.zeros(1, 2), torch.zeros(1, 2))
+    >>> float(l1), float(kl)
+    (0.5, 0.0)
+    >>> ones = torch.ones(1, 4)
+    >>> total, l1, kl = karaoke_loss(ones, ones, torch.ones(1, 2), torch.zeros(1, 2))
+    >>> float(kl)  # (0.5 * 1 + 0.5 * 1) / 4 pixels
+    0.25
+    """
+    import torch
+
+    valid = torch.isfinite(flux)
+    if missing is not None:
+        valid = valid & ~missing.to(torch.bool)
+    count = valid.sum()
+    if int(count) == 0:
+        raise ValueError("the loss needs at least one valid pixel")
+    # Zero the target where it is missing first: |recon - NaN| would poison the gradient.
+    target = torch.where(valid, flux, torch.zeros_like(flux))
+    l1 = torch.where(valid, (reconstruction - target).abs(), torch.zeros_like(flux)).sum() / count
+    if logvar is None:
+        kl = torch.zeros((), dtype=l1.dtype, device=l1.device)
+    else:
+        per_spectrum = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=-1)
+        kl = per_spectrum.mean() / flux.shape[-1]
+    return l1 + beta * kl, l1, kl
+
+
+def velocity_whiten(
+    flux,
+    wavelength,
+    missing=None,
+    *,
+    max_velocity: float = 30.0,
+    rng: np.random.Generator | None = None,
+    velocities=None,
+):
+    r"""Velocity whitening: shift each spectrum by a random virtual radial velocity.
+
+    Sedaghat et al. (2023, Section 3.1) whiten the telluric component of a set of
+    topocentric spectra by giving each observation :math:`x_i` its own virtual
+    velocity :math:`v'_i \sim U(-N, N)` (Eqs. 5-7, 16):
+    :math:`x'_i(\lambda) = x_i(\lambda (1 - v'_i / c))`. Only the observed
+    spectrum exists, so the *whole* observed spectrum is shifted, stellar and
+    telluric components alike, and the noise with them (Eqs. 8-9); what matters is
+    that the tellurics, which without it sit at the same topocentric wavelengths in
+    every observation, now move by :math:`v'_i` while the star moves by
+    :math:`v_i + v'_i` (Eq. 10): the two components move independently across the
+    training set, the telluric pixels decorrelate (Fig. 4) and a compressed
+    network can no longer learn them as a fixed pattern. The spectra stay
+    topocentric (no barycentric correction is involved), and the shift is applied
+    on the fly, with new velocities every epoch. The resampling is the
+    flux-conserving `~specutils_deepclean.spectra.shift_flux`; the paper's
+    :math:`(1 - v'/c)` factor of Eq. 9 is normalised out with the median, here it
+    never arises because the flux density is transported unchanged.
+
+    Parameters
+    ----------
+    flux : array_like, shape (n, n_pix)
+        Median-normalised spectra on ``wavelength`` (topocentric frame).
+    wavelength : array_like or `~astropy.units.Quantity`, shape (n_pix,)
+        Strictly increasing pixel centres; only ratios are used, so any unit.
+    missing : array_like of bool, shape (n, n_pix), optional
+        Missing pixels (non-finite flux is missing too).
+    max_velocity : float, optional
+        :math:`N` in km/s; velocities are drawn uniformly in ``[-N, N]``.
+    rng : numpy.random.Generator, optional
+        Source of the velocities (required unless ``velocities`` is given).
+    velocities : array_like, shape (n,), optional
+        Use these velocities (km/s) instead of drawing them.
+
+    Returns
+    -------
+    shifted : ndarray, shape (n, n_pix)
+        Shifted spectra, NaN where missing.
+    missing : ndarray of bool, shape (n, n_pix)
+        Missing pixels after the shift: the input's, moved, plus the pixels
+        shifted in from beyond the ends of the grid.
+    velocities : ndarray, shape (n,)
+        The velocities applied, km/s; a line at :math:`\lambda_0` moves to
+        :math:`\lambda_0 / (1 - v/c) \approx \lambda_0 (1 + v/c)`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> wave = np.linspace(5000.0, 5010.0, 11)
+    >>> out, miss, v = velocity_whiten(np.ones((2, 11)), wave, velocities=[-60.0, 60.0])
+    >>> miss[:, [0, -1]]
+    array([[False,  True],
+           [ True, False]])
+    """
+    wave = np.asarray(getattr(wavelength, "value", wavelength), dtype=float)
+    flux = np.asarray(flux, dtype=float)
+    if flux.ndim != 2 or flux.shape[1] != wave.size:
+        raise ValueError(
+            f"flux must have shape (n, {wave.size}) to match the wavelength grid, got {flux.shape}"
+        )
+    if velocities is None:
+        if not isinstance(max_velocity, Real) or not 0 <= max_velocity < 1e5:
+            raise ValueError(f"max_velocity must be in [0, 1e5) km/s, got {max_velocity!r}")
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError("velocity_whiten needs rng (a numpy.random.Generator) or velocities")
+        velocities = rng.uniform(-max_velocity, max_velocity, size=flux.shape[0])
+    velocities = np.asarray(velocities, dtype=float)
+    if velocities.shape != (flux.shape[0],):
+        raise ValueError(f"velocities must have shape ({flux.shape[0]},), got {velocities.shape}")
+    shifted, missing_out = shift_flux(flux, wave, velocities, missing=missing)
+    return shifted, missing_out, velocities
+
+
+def reference_lines(
+    wavelength_aa: np.ndarray, medium: str, *, airmass: float = 2.5, fwhm: float = 2.5
+) -> np.ndarray:
+    """The narrow-line telluric transmission on a grid, for a telluric model's bands.
+
+    The ESO transmission (:func:`~specutils_deepclean.datasets.load_transmission`)
+    at ``airmass``, convolved to ``fwhm`` and put on the grid by the simulator, then
+    split into continuum and lines
+    (:func:`~specutils_deepclean.tellurics.split_transmission`).  Stored as a telluric model's ``extra["telluric_lines"]``, it tells
+    `~specutils_deepclean.remove_tellurics` where the atmosphere can absorb
+    (:func:`~specutils_deepclean.tellurics.telluric_region`).
+
+    Parameters
+    ----------
+    wavelength_aa : ndarray
+        The model grid, Angstrom.
+    medium : {"air", "vacuum"}
+        Medium of the grid.
+    airmass : float
+        Airmass of the reference (the largest of the training data is a safe choice).
+    fwhm : float
+        Resolution of the spectra, FWHM in Angstrom.
+
+    Returns
+    -------
+    ndarray
+        Line transmission on the grid (1 outside the bands).
+    """
+    from ..simulate import Simulator
+    from ..tellurics import split_transmission
+
+    wave = np.asarray(wavelength_aa, dtype=float)
+    simulator = Simulator(wave, medium, fwhm=fwhm)
+    return split_transmission(simulator.transmission_at(airmass), wave)[1]
