@@ -104,7 +104,7 @@ def run_epochs(
     desc: str = "training",
     after_epoch: Callable[[int], None] | None = None,
 ) -> None:
-    """Run epochs ``start .. stop - 1`` of a training.
+    """Run the epochs from ``start`` up to ``stop - 1`` of a training.
 
     Parameters
     ----------
