@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import astropy.units as u
-from astropy.io import fits
-from specutils import Spectrum
+from astropy.io import fits, registry
+from specutils import Spectrum, SpectrumList
 
 __all__ = [
     "HEADER_KEYWORDS",
@@ -39,6 +39,7 @@ __all__ = [
     "output_path",
     "read_result",
     "read_spectrum",
+    "read_targets",
     "check_output_dir",
     "remove_partial_writes",
     "write_result",
@@ -112,16 +113,125 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     return list(found)
 
 
-def read_spectrum(path: str | os.PathLike, format: str | None = None) -> Spectrum:
-    """Read one spectrum with specutils.
+def _formats(cls, path: Path) -> list[str]:
+    """The specutils formats that identify ``path`` for reading into ``cls``."""
+    try:
+        return registry.identify_format("read", cls, str(path), None, [], {})
+    except Exception:  # an identifier that chokes on the file counts as no match
+        return []
+
+
+def _readable(format: str, cls) -> bool:
+    try:
+        registry.get_reader(format, cls)
+    except registry.IORegistryError:
+        return False
+    return True
+
+
+def _read(path: Path, format: str | None):
+    """``Spectrum.read`` or, for formats specutils reads only as a list, ``SpectrumList.read``."""
+    if format:
+        if _readable(format, Spectrum):
+            return Spectrum.read(path, format=format), format
+        if _readable(format, SpectrumList):
+            return SpectrumList.read(path, format=format), format
+        raise ValueError(
+            f"specutils has no reader called {format!r} (Spectrum.read.list_formats() "
+            "lists them)"
+        )
+    single = _formats(Spectrum, path)
+    only_list = [f for f in _formats(SpectrumList, path) if f not in single]
+    if len(only_list) == 1:  # e.g. DESI: read as a list of arms, not by tabular-fits
+        return SpectrumList.read(path, format=only_list[0]), only_list[0]
+    return Spectrum.read(path), (single[0] if len(single) == 1 else None)
+
+
+def read_targets(
+    path: str | os.PathLike, format: str | None = None
+) -> tuple[list[tuple[str | None, Spectrum]], dict[str, str]]:
+    """Read a spectrum file with specutils: one spectrum per target.
+
+    Formats specutils reads as a `~specutils.SpectrumList` (DESI ``spectra-*`` and
+    ``coadd-*``) are recognised without ``format``.  A DESI file gives one spectrum
+    per target, arms combined (:func:`~specutils_deepclean.surveys.desi_targets`);
+    another list of arms (spectra of different ranges) gives one spectrum, arms
+    combined (:func:`~specutils_deepclean.surveys.combine_arms`).
 
     Parameters
     ----------
     path : str or path-like
         Any file specutils can read.
     format : str, optional
-        A specutils format name (``Spectrum.read``'s ``format``); default: let
-        specutils identify it.
+        A specutils format name (``Spectrum.read``'s or ``SpectrumList.read``'s
+        ``format``); default: let specutils identify it.
+
+    Returns
+    -------
+    targets : list of (str or None, `~specutils.Spectrum`)
+        The target's name and its spectrum: the name is None for a file holding one
+        spectrum (or one batch on one axis), the ``TARGETID`` for a DESI file.
+    skipped : dict
+        Target name -> reason, for the fibres of a DESI file that hold no target or
+        no data (unassigned, sky, ``IVAR = 0``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If specutils cannot read it (the message says which format it tried, or
+        that none matched), or it holds several spectra of the same range.
+    """
+    from .surveys import desi_targets, is_desi, list_kind
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        spectra, used = _read(path, format)
+    except Exception as exc:  # specutils and astropy raise many kinds; report them all
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if format:
+            how = f" as {format!r}"
+        elif not _formats(SpectrumList, path):
+            how = (
+                " (no specutils format recognises it: pass one with --format / format=; "
+                "Spectrum.read.list_formats() lists them)"
+            )
+        else:
+            how = " (pass the right one with --format / format=)"
+        raise ValueError(
+            f"specutils cannot read {path}{how}: {type(exc).__name__}: {first_line}"
+        ) from exc
+    if isinstance(spectra, Spectrum):
+        return [(None, spectra)], {}
+    if not len(spectra):
+        raise ValueError(f"{path} holds no spectrum (read{' as ' + repr(used) if used else ''})")
+    if any(is_desi(s.meta) for s in spectra) and any("fibermap" in s.meta for s in spectra):
+        targets, skipped = desi_targets(spectra)
+        return [(t.meta["target"], t) for t in targets], skipped
+    if list_kind(spectra) == "arms":
+        from .surveys import combine_arms
+
+        return [(None, combine_arms(spectra))], {}
+    if len(spectra) == 1:
+        return [(None, spectra[0])], {}
+    raise ValueError(
+        f"{path} holds {len(spectra)} spectra of the same range; pass a format that reads "
+        "one of them"
+    )
+
+
+def read_spectrum(path: str | os.PathLike, format: str | None = None) -> Spectrum:
+    """Read one spectrum with specutils (the arms of a target combined).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Any file specutils can read (see :func:`read_targets`).
+    format : str, optional
+        A specutils format name; default: let specutils identify it.
 
     Returns
     -------
@@ -132,34 +242,35 @@ def read_spectrum(path: str | os.PathLike, format: str | None = None) -> Spectru
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If specutils cannot read it or it holds several spectra (the message says
-        how many and how to pick one with ``format``).
+        If specutils cannot read it, or it holds no target with data or several
+        targets (use :func:`read_targets` for those).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        spectrum = Spectrum.read(path, format=format) if format else Spectrum.read(path)
-    except Exception as exc:  # specutils and astropy raise many kinds; report them all
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(
-            f"specutils cannot read {path}"
-            + ("" if format else " (no format given: pass one, e.g. --format tabular-fits)")
-            + f": {type(exc).__name__}: {first_line}"
-        ) from exc
-    if not isinstance(spectrum, Spectrum):
-        raise ValueError(
-            f"{path} holds {len(spectrum)} spectra; pass a format that reads one of them"
-        )
-    return spectrum
+    targets, skipped = read_targets(path, format)
+    if len(targets) == 1:
+        return targets[0][1]
+    if not targets:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise ValueError(f"{path} holds no target with data ({reasons})")
+    names = ", ".join(str(name) for name, _ in targets)
+    raise ValueError(
+        f"{path} holds {len(targets)} targets ({names}): read them with read_targets"
+    )
 
 
-def output_path(path: str | os.PathLike, output_dir: str | os.PathLike, suffix: str) -> Path:
-    """Where the result for input ``path`` goes: ``output_dir/<stem>_<suffix>.fits``."""
+def output_path(
+    path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    suffix: str,
+    target: str | None = None,
+) -> Path:
+    """Where a result goes: ``output_dir/<stem>_<suffix>.fits``, or with a target name
+    (:func:`read_targets`), ``output_dir/<stem>_<target>_<suffix>.fits``."""
     path = Path(path)
     stem = path.name
     for ext in (".gz", ".bz2", ".fz", ".fits", ".fit", ".fts", ".txt", ".dat", ".csv", ".ecsv"):
         stem = stem.removesuffix(ext)
+    if target is not None:
+        stem = f"{stem}_{target}"
     return Path(output_dir) / f"{stem}_{suffix}.fits"
 
 
@@ -256,7 +367,8 @@ def _table_hdus(spectrum: Spectrum, header: fits.Header | None) -> list:
         meta={"header": header if header is not None else fits.Header()},
     )
     buffer = io.BytesIO()
-    plain.write(buffer, format="tabular-fits")
+    with np.errstate(divide="ignore"):  # an inverse variance of 0 is an infinite sigma
+        plain.write(buffer, format="tabular-fits")
     buffer.seek(0)
     with fits.open(buffer) as hdul:
         return [hdu.copy() for hdu in hdul]

@@ -19,6 +19,7 @@ from specutils import Spectrum
 
 from .provenance import package_version
 from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
+from .surveys import resolve_input
 from .tellurics import estimate_transmission, telluric_region
 
 __all__ = [
@@ -154,10 +155,15 @@ def remove_tellurics(
 
     Parameters
     ----------
-    spectrum : `~specutils.Spectrum`
+    spectrum : `~specutils.Spectrum` or list of `~specutils.Spectrum`
         One spectrum, or a batch (N-D flux) on one spectral axis, in the
         topocentric frame (as observed: the telluric lines at their rest
-        wavelengths).  Masked and non-finite pixels are missing data.
+        wavelengths).  Masked and non-finite pixels are missing data.  A list
+        (e.g. a `~specutils.SpectrumList`) of spectra covering different ranges
+        holds the arms of one target, or of a batch (a DESI file: one row per
+        fibre): they are put on one axis by
+        :func:`~specutils_deepclean.surveys.combine_arms` first, and the result is
+        on that axis (:func:`~specutils_deepclean.surveys.list_kind`).
     model : str, path or `~specutils_deepclean.models.karaoke.KaraokeVAE`, optional
         A shipped model name, a model file, or a loaded model; default
         ``"karaoke-miles"``.
@@ -198,7 +204,8 @@ def remove_tellurics(
         If ``mode`` or ``device`` is unknown, the spectrum does not overlap the
         model's wavelength range (the message names both), has no valid pixel, or
         covers less than `MIN_COVERAGE` of the model's pixels with valid data (for a
-        batch: if no row does).
+        batch: if no row does); for a list holding several exposures (spectra of the
+        same range), or mixing arms and exposures.
 
     Warns
     -----
@@ -226,6 +233,7 @@ def remove_tellurics(
     Sedaghat, N. et al. 2023, MNRAS 526, "Stellar Karaoke: deep blind separation of
     terrestrial atmospheric effects out of stellar spectra by velocity whitening".
     """
+    spectrum = resolve_input(spectrum, "remove_tellurics", exposures=False)
     _check_spectrum(spectrum)
     if mode not in TELLURIC_MODES:
         raise ValueError(f"mode must be one of {TELLURIC_MODES}, got {mode!r}")
@@ -396,7 +404,12 @@ def denoise(
         One spectrum, a batch (N-D flux: one star per row), or a list (e.g. a
         `~specutils.SpectrumList`) of 1-D exposures of ONE star, which share one
         posterior (Eq. 7 sums their likelihoods).  Masked and non-finite pixels are
-        missing data.
+        missing data.  A list of spectra covering different ranges is not
+        exposures but the arms of one target, or of a batch (a DESI file: one row
+        per fibre): they are put on one axis by
+        :func:`~specutils_deepclean.surveys.combine_arms` first, and the result is
+        on that axis (:func:`~specutils_deepclean.surveys.list_kind` tells the
+        two apart).
     model : str, path or `~specutils_deepclean.models.denoiser.Denoiser`, optional
         A shipped model name, a model file or a loaded model; default
         ``"denoiser-miles"``.
@@ -436,7 +449,7 @@ def denoise(
     ValueError
         If a spectrum does not overlap the model's range, has no valid pixel, or
         covers less than `MIN_COVERAGE` of the model's pixels with valid data (for
-        a batch: if no row does).
+        a batch: if no row does); for a list mixing arms and exposures.
 
     Warns
     -----
@@ -458,7 +471,7 @@ def denoise(
     Kang, X. et al., "A novel stellar spectrum denoising method based on deep
     Bayesian modeling".
     """
-    exposures = _exposures(spectrum)
+    exposures = _exposures(resolve_input(spectrum, "denoise", exposures=True))
     from .models.denoiser import Denoiser
 
     torch_device = _device(device)

@@ -45,7 +45,7 @@ from .files import (
     check_output_dir,
     expand_inputs,
     output_path,
-    read_spectrum,
+    read_targets,
     remove_partial_writes,
     write_result,
 )
@@ -64,15 +64,22 @@ class RunSummary:
     Attributes
     ----------
     done : list of pathlib.Path
-        Inputs whose result was written by this run.
+        Inputs whose results were written by this run (for a file of several
+        targets: every target with data, at least one of them by this run).
     skipped : list of pathlib.Path
-        Inputs whose result file existed before the run.
+        Inputs whose results existed before the run.
     failed : dict
-        Input -> reason, for inputs that could not be cleaned.
+        Input -> reason, for inputs that could not be cleaned; for a target of a
+        file of several targets the key is ``"<path> [target <name>]"``.
     warnings : list of str
         Warnings raised while cleaning (each naming its files).
     seconds : float
         Wall-clock time of the run.
+    results : dict
+        Result file written by this run -> (input file, target name or None).
+    skipped_targets : dict
+        ``"<path> [target <name>]"`` -> reason, for the fibres of a survey file that
+        hold no target or no data (unassigned, sky, no valid pixel); not failures.
     """
 
     done: list = field(default_factory=list)
@@ -80,6 +87,8 @@ class RunSummary:
     failed: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
+    results: dict = field(default_factory=dict)
+    skipped_targets: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -87,12 +96,19 @@ class RunSummary:
         return not self.failed
 
     def __str__(self) -> str:
-        rate = len(self.done) / self.seconds if self.seconds > 0 else float("nan")
+        n = len(self.results) or len(self.done)  # spectra cleaned (targets of survey files)
+        rate = n / self.seconds if self.seconds > 0 else float("nan")
         lines = [
             f"done {len(self.done)}, skipped {len(self.skipped)} (result exists), "
             f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.2f} spectra/s)"
         ]
+        if n != len(self.done) or self.skipped_targets:  # survey files of several targets
+            lines.append(
+                f"  {n} result files written; {len(self.skipped_targets)} fibres skipped "
+                "(no target or no data)"
+            )
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed.items()]
+        lines += [f"  skipped: {name}: {reason}" for name, reason in self.skipped_targets.items()]
         lines += [f"  warning: {text}" for text in self.warnings]
         return "\n".join(lines)
 
@@ -267,6 +283,23 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _read_file(path: str, out: str, folder: str, task: str, file_format, overwrite: bool):
+    """Entries (target, output, Spectrum or error text) and report lines for one file."""
+    try:
+        targets, skipped = read_targets(path, file_format)
+    except (OSError, ValueError) as exc:
+        return [(None, out, f"{type(exc).__name__}: {exc}")], []
+    report = [(path, "skipped", reason, name) for name, reason in skipped.items()]
+    entries = []
+    for name, spectrum in targets:
+        target_out = out if name is None else str(output_path(path, folder, TASKS[task], name))
+        if name is not None and os.path.exists(target_out) and not overwrite:
+            report.append((path, "exists", target_out, name))
+        else:
+            entries.append((name, target_out, spectrum))
+    return entries, report
+
+
 def _file_batch(
     task: str,
     paths: list[str],
@@ -275,33 +308,40 @@ def _file_batch(
     file_format: str | None,
     overwrite: bool,
     threads: int | None,
-) -> list[tuple[str, str, str]]:
-    """Read, clean and write a batch of files; (path, status, message) per file."""
+) -> list[tuple[str, str, str, str | None]]:
+    """Read, clean and write a batch of files.
+
+    Returns (path, status, message, target) per result: status ``done`` (message:
+    the result file), ``exists`` (a target's result existed), ``failed`` (message:
+    the reason), ``skipped`` (a fibre without target or data; message: the reason)
+    or ``warning`` (path empty).
+    """
     _set_threads(threads)
     function = _function(task)
-    spectra: list = []
-    for path in paths:
-        try:
-            spectra.append(read_spectrum(path, file_format))
-        except (OSError, ValueError) as exc:
-            spectra.append(f"{type(exc).__name__}: {exc}")
-    results, caught = _clean_batch(function, spectra, options)
-    report = []
-    for path, out, result in zip(paths, outputs, results, strict=True):
+    report: list = []
+    entries: list = []  # (path, target, output, Spectrum or error text)
+    for path, out in zip(paths, outputs, strict=True):
+        found, lines = _read_file(path, out, str(Path(out).parent), task, file_format, overwrite)
+        report += lines
+        entries += [(path, *entry) for entry in found]
+    results, caught = _clean_batch(function, [entry[3] for entry in entries], options)
+    for (path, name, out, _), result in zip(entries, results, strict=True):
         if isinstance(result, str):
-            report.append((path, "failed", result))
+            report.append((path, "failed", result, name))
             continue
         if os.path.exists(out) and not overwrite:
             # Written by an earlier attempt of this batch (a lost worker): keep it.
-            report.append((path, "done", ""))
+            report.append((path, "done", out, name))
             continue
         try:
             write_result(result, out, overwrite=overwrite)
-            report.append((path, "done", ""))
+            report.append((path, "done", out, name))
         except OSError as exc:
-            report.append((path, "failed", f"cannot write {out}: {exc}"))
+            report.append((path, "failed", f"cannot write {out}: {exc}", name))
     names = ", ".join(Path(p).name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-    report += [("", "warning", f"{message} [batch: {names}]") for message in dict.fromkeys(caught)]
+    report += [
+        ("", "warning", f"{message} [batch: {names}]", None) for message in dict.fromkeys(caught)
+    ]
     return report
 
 
@@ -386,7 +426,10 @@ def clean_files(
         (:func:`~specutils_deepclean.files.expand_inputs`).
     output_dir : str or path-like
         Folder of the results, ``<input stem>_<suffix>.fits`` with the suffix of
-        :data:`TASKS` (created; checked writable before any work).
+        :data:`TASKS`, or ``<input stem>_<target>_<suffix>.fits`` per target of a
+        survey file holding several (a DESI file: the ``TARGETID``; see
+        :func:`~specutils_deepclean.files.read_targets`) (created; checked writable
+        before any work).
     task : {"detelluric", "denoise"}
         `~specutils_deepclean.remove_tellurics` or `~specutils_deepclean.denoise`.
     options : dict, optional
@@ -448,19 +491,34 @@ def clean_files(
         bar = _progress(len(todo), progress)
 
         def collect(job, report):
-            for path, status, message in report:
-                if status == "done":
-                    summary.done.append(Path(path))
-                elif status == "failed":
-                    summary.failed[Path(path)] = message
-                else:
+            state: dict[str, set] = {path: set() for path in job[1]}
+            for path, status, message, target in report:
+                if status == "warning":
                     summary.warnings.append(message)
+                    continue
+                state[path].add(status)
+                label = Path(path) if target is None else f"{path} [target {target}]"
+                if status == "done":
+                    summary.results[Path(message)] = (Path(path), target)
+                elif status == "failed":
+                    summary.failed[label] = message
+                elif status == "skipped":
+                    summary.skipped_targets[label] = message
+            for path, statuses in state.items():
+                if "failed" in statuses:
+                    continue
+                if "done" in statuses:
+                    summary.done.append(Path(path))
+                elif "exists" in statuses:
+                    summary.skipped.append(Path(path))
+                else:  # a survey file without any target with data
+                    summary.done.append(Path(path))
             bar.update(len(job[1]))
 
         _run(client, _file_batch, jobs, collect)
         bar.close()
         # a worker killed while writing leaves a temporary file; its batch ran again
-        remove_partial_writes(out for _, out in todo)
+        remove_partial_writes([*(out for _, out in todo), *summary.results])
     finally:
         if client is not None:
             client.close()

@@ -144,6 +144,7 @@ def quicklook_file(
     png_path: str | os.PathLike,
     *,
     file_format: str | None = None,
+    target: str | None = None,
 ) -> Path:
     """:func:`quicklook` of a result file (written by the command line) and its input.
 
@@ -157,15 +158,22 @@ def quicklook_file(
         The figure to write.
     file_format : str, optional
         specutils format of the input.
+    target : str, optional
+        The target of a file holding several
+        (:func:`~specutils_deepclean.files.read_targets`).
 
     Returns
     -------
     pathlib.Path
         ``png_path``.
     """
-    from .files import read_result, read_spectrum
+    from .files import read_result, read_targets
 
-    original = read_spectrum(input_path, file_format)
+    targets, _ = read_targets(input_path, file_format)
+    found = dict(targets)
+    if target not in found:
+        raise ValueError(f"{input_path} has no target {target!r} (it has {list(found)})")
     result = read_result(result_path)
-    quicklook(result, original, title=Path(input_path).name, path=png_path)
+    title = Path(input_path).name + ("" if target is None else f" [{target}]")
+    quicklook(result, found[target], title=title, path=png_path)
     return Path(png_path)

@@ -727,7 +727,7 @@ def _stated_medium(meta) -> str | None:
         return _parse_medium(meta["medium"], "meta['medium']")
     header = meta.get("header")
     if header is None:
-        return None
+        header = {}
     for key in ("WAVEMED", "AIRORVAC"):
         value = _header_value(header, key)
         if value is not None:
@@ -737,7 +737,9 @@ def _stated_medium(meta) -> str | None:
         if isinstance(vacuum, str):
             vacuum = vacuum.strip().upper() in ("T", "TRUE", "1")
         return "vacuum" if vacuum else "air"
-    return None
+    from .survey_media import survey_medium  # SDSS, DESI, LAMOST: vacuum
+
+    return survey_medium(meta)
 
 
 def _input_medium(spectrum: Spectrum, medium: str | None, grid: ModelGrid) -> str:
@@ -887,8 +889,10 @@ def to_model_grid(
     medium : {"air", "vacuum"}, optional
         The medium of the spectrum's wavelengths.  Without it, ``meta["medium"]`` is
         used, else a FITS header in ``meta["header"]`` (``WAVEMED`` air/vacuum,
-        ``AIRORVAC`` air/vac, ``VACUUM`` T/F); if none is found, the model's medium is
-        assumed, with a warning.  Frequency, energy and wavenumber axes convert to
+        ``AIRORVAC`` air/vac, ``VACUUM`` T/F), else the survey format
+        (SDSS, DESI and LAMOST are vacuum:
+        :func:`~specutils_deepclean.surveys.survey_medium`); if none is found, the
+        model's medium is assumed, with a warning.  Frequency, energy and wavenumber axes convert to
         vacuum wavelengths.
     min_coverage : float
         Smallest valid fraction of a grid bin for that grid pixel to be valid,

@@ -19,6 +19,7 @@ _EXAMPLES = {
   specutils-deepclean denoise star.fits --output cleaned/
   specutils-deepclean denoise "survey/**/*.fits" --format tabular-fits --output out/ --workers 2
   specutils-deepclean denoise @files.txt --output out/ --model my-denoiser.asdf --plot
+  specutils-deepclean denoise "desi/coadd-*.fits" --output out/
 """,
     "detelluric": """examples:
   specutils-deepclean detelluric star.fits --output cleaned/
@@ -27,12 +28,19 @@ _EXAMPLES = {
 """,
 }
 
+_SURVEYS = (
+    " Survey files are recognised without --format: SDSS spec/spec-lite, DESI spectra-*/"
+    "coadd-* (one result per target, <name>_<TARGETID>_<suffix>.fits, arms combined; "
+    "unassigned, sky and empty fibres are reported as skipped)."
+)
+
 _DESCRIPTION = {
     "denoise": "Denoise spectra with the deep Bayesian model; one FITS result per input "
-    "(<name>_denoised.fits), readable with Spectrum.read(path, format='tabular-fits').",
+    "(<name>_denoised.fits), readable with Spectrum.read(path, format='tabular-fits')."
+    + _SURVEYS,
     "detelluric": "Remove telluric absorption with the Stellar Karaoke model; one FITS result "
     "per input (<name>_detelluric.fits, the transmission in HDU 2), readable with "
-    "Spectrum.read(path, format='tabular-fits').",
+    "Spectrum.read(path, format='tabular-fits')." + _SURVEYS,
 }
 
 
@@ -47,7 +55,10 @@ def _parser(task: str) -> argparse.ArgumentParser:
         "inputs", nargs="+", help="files, glob patterns (quote them) or @LIST (one path per line)"
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    parser.add_argument("--format", default=None, help="specutils format of the inputs")
+    parser.add_argument(
+        "--format", default=None,
+        help="specutils format of the inputs (default: identified per file)",
+    )
     parser.add_argument("--model", default=None, help="shipped model name or model file")
     if task == "detelluric":
         parser.add_argument(
@@ -124,13 +135,12 @@ def _run(task: str, argv) -> int:
 
 
 def _plots(summary, output: Path, task: str, file_format: str | None) -> None:
-    from ..files import output_path
-    from ..parallel import TASKS
     from ..plotting import quicklook_file
 
-    for path in summary.done:
-        result = output_path(path, output, TASKS[task])
-        quicklook_file(path, result, result.with_suffix(".png"), file_format=file_format)
+    for result, (path, target) in summary.results.items():
+        quicklook_file(
+            path, result, result.with_suffix(".png"), file_format=file_format, target=target
+        )
 
 
 def denoise_main(argv=None) -> int:
