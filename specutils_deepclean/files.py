@@ -35,6 +35,7 @@ from specutils import Spectrum, SpectrumList
 
 __all__ = [
     "HEADER_KEYWORDS",
+    "LAMOST_FORMAT",
     "expand_inputs",
     "output_path",
     "read_result",
@@ -60,6 +61,10 @@ HEADER_KEYWORDS = {
     "exposures": "DCNEXP",
     "telluric_pixels": "DCNTELL",
 }
+
+#: ``format`` name of LAMOST low-resolution files (read by this package: specutils has
+#: no LAMOST reader).
+LAMOST_FORMAT = "LAMOST LRS"
 
 #: Free disk space (bytes) a run needs before it starts.
 MIN_FREE_BYTES = 50 * 2**20
@@ -130,7 +135,12 @@ def _readable(format: str, cls) -> bool:
 
 
 def _read(path: Path, format: str | None):
-    """``Spectrum.read`` or, for formats specutils reads only as a list, ``SpectrumList.read``."""
+    """``Spectrum.read`` or, for formats specutils reads only as a list, ``SpectrumList.read``
+    (LAMOST, which specutils does not read: :func:`~specutils_deepclean.surveys.read_lamost`)."""
+    from .surveys import is_lamost, read_lamost
+
+    if format == LAMOST_FORMAT or (not format and is_lamost(path)):
+        return read_lamost(path), LAMOST_FORMAT
     if format:
         if _readable(format, Spectrum):
             return Spectrum.read(path, format=format), format
@@ -153,7 +163,9 @@ def read_targets(
     """Read a spectrum file with specutils: one spectrum per target.
 
     Formats specutils reads as a `~specutils.SpectrumList` (DESI ``spectra-*`` and
-    ``coadd-*``) are recognised without ``format``.  A DESI file gives one spectrum
+    ``coadd-*``) are recognised without ``format``, and so are LAMOST
+    low-resolution files (:data:`LAMOST_FORMAT`, read by
+    :func:`~specutils_deepclean.surveys.read_lamost`).  A DESI file gives one spectrum
     per target, arms combined (:func:`~specutils_deepclean.surveys.desi_targets`);
     another list of arms (spectra of different ranges) gives one spectrum, arms
     combined (:func:`~specutils_deepclean.surveys.combine_arms`).
@@ -164,7 +176,7 @@ def read_targets(
         Any file specutils can read.
     format : str, optional
         A specutils format name (``Spectrum.read``'s or ``SpectrumList.read``'s
-        ``format``); default: let specutils identify it.
+        ``format``) or :data:`LAMOST_FORMAT`; default: identify it.
 
     Returns
     -------

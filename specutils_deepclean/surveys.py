@@ -13,7 +13,9 @@ header and fibre map in the first arm's ``meta``).  This module turns them into 
   ``TARGETID`` and fibre in ``meta`` (and in ``meta["header"]``), and says why the
   fibres it leaves out (unassigned, sky, no data) are left out;
 * :func:`survey_medium` gives the medium a survey format implies: SDSS, DESI and
-  LAMOST wavelengths are in vacuum.
+  LAMOST wavelengths are in vacuum;
+* :func:`read_lamost` reads LAMOST low-resolution spectra, for which specutils has
+  no reader.
 
 A list of spectra passed to the cleaning functions is read by :func:`list_kind`:
 spectra covering different wavelength ranges are the arms of one target (combined
@@ -41,7 +43,9 @@ __all__ = [
     "combine_arms",
     "desi_targets",
     "is_desi",
+    "is_lamost",
     "list_kind",
+    "read_lamost",
     "resolve_input",
     "survey_medium",
 ]
@@ -342,8 +346,8 @@ def combine_arms(arms: Sequence[Spectrum], *, medium: str | None = None) -> Spec
     >>> red = Spectrum(flux=np.full(10, 2.0) * u.Jy, spectral_axis=(wave + 8) * u.AA,
     ...                uncertainty=InverseVariance(np.full(10, 3.0) / u.Jy**2))
     >>> both = combine_arms([blue, red], medium="air")
-    >>> both.spectral_axis.size, both.flux[9], both.uncertainty.array[9]
-    (18, <Quantity 1.75 Jy>, 4.0)
+    >>> both.spectral_axis.size, float(both.flux[9].value), float(both.uncertainty.array[9])
+    (18, 1.75, 4.0)
     """
     arms = _check_spectra(arms, "arms")
     shapes = {
@@ -426,7 +430,8 @@ def _uncertainty_like(template, variance: np.ndarray, unit: u.UnitBase):
     """``variance`` (in ``unit**2``) as an uncertainty of ``template``'s class."""
     if isinstance(template, InverseVariance):
         with np.errstate(divide="ignore"):
-            return InverseVariance(np.where(np.isfinite(variance), 1.0 / variance, 0.0), unit=unit**-2)
+            inverse = np.where(np.isfinite(variance), 1.0 / variance, 0.0)
+        return InverseVariance(inverse, unit=unit**-2)
     if isinstance(template, VarianceUncertainty):
         return VarianceUncertainty(variance, unit=unit**2)
     return StdDevUncertainty(np.sqrt(variance), unit=unit)
@@ -653,4 +658,102 @@ def resolve_input(spectrum, function: str, *, exposures: bool):
         f"{function} cleans one spectrum (or a batch on one axis, or the arms of one "
         f"target): this list holds {len(spectrum)} spectra covering the same range "
         "(exposures); call it on each, or stack them in one 2-D Spectrum"
+    )
+
+
+# ---------------------------------------------------------------------------- LAMOST
+
+
+def is_lamost(path) -> bool:
+    """Whether ``path`` is a LAMOST low-resolution (LRS) spectrum file.
+
+    The primary header has ``TELESCOP = LAMOST`` and the spectrum is either the
+    primary image (5 rows: flux, inverse variance, wavelength, and-mask, or-mask;
+    data releases up to DR7) or a one-row binary table in HDU 1 with array columns
+    ``FLUX`` and ``WAVELENGTH`` (DR8 on).
+    """
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            if str(hdul[0].header.get("TELESCOP", "")).strip().upper() != "LAMOST":
+                return False
+            return _lamost_layout(hdul) is not None
+    except (OSError, ValueError):
+        return False
+
+
+def _lamost_layout(hdul) -> str | None:
+    data = hdul[0].data
+    if isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[0] == 5:
+        return "image"
+    if len(hdul) > 1 and isinstance(hdul[1], fits.BinTableHDU):
+        names = {name.upper() for name in hdul[1].columns.names}
+        if {"FLUX", "WAVELENGTH"} <= names:
+            return "table"
+    return None
+
+
+def read_lamost(path) -> Spectrum:
+    """Read a LAMOST low-resolution (LRS) spectrum file (specutils has no reader).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A LAMOST LRS ``spec-*.fits`` file in either layout of :func:`is_lamost`.
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+        Flux in the file's ``BUNIT`` (dimensionless when absent: LAMOST fluxes are
+        relatively calibrated), `~astropy.nddata.InverseVariance` uncertainty, mask
+        True where the and-mask is set or the inverse variance is not positive,
+        wavelengths in Angstrom (vacuum, heliocentric, as LAMOST publishes them:
+        ``meta["medium"] = "vacuum"``), ``meta["header"]`` the primary header.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a LAMOST LRS file of a known layout.
+    """
+    with fits.open(path, memmap=False) as hdul:
+        header = hdul[0].header.copy()
+        layout = _lamost_layout(hdul)
+        if str(header.get("TELESCOP", "")).strip().upper() != "LAMOST" or layout is None:
+            raise ValueError(
+                f"{path} is not a LAMOST LRS file (TELESCOP = LAMOST with a 5-row primary "
+                "image, or FLUX and WAVELENGTH columns in HDU 1)"
+            )
+        if layout == "image":
+            rows = np.asarray(hdul[0].data, dtype=float)
+            flux, ivar, wave, and_mask = rows[0], rows[1], rows[2], rows[3]
+        else:
+            table = hdul[1].data
+            names = {name.upper(): name for name in hdul[1].columns.names}
+
+            def column(name, default=None):
+                if name not in names:
+                    return default
+                return np.asarray(table[names[name]][0], dtype=float)
+
+            flux, wave = column("FLUX"), column("WAVELENGTH")
+            ivar = column("IVAR")
+            and_mask = column("ANDMASK", np.zeros_like(flux))
+    unit = u.dimensionless_unscaled
+    if header.get("BUNIT"):
+        try:
+            unit = u.Unit(str(header["BUNIT"]), parse_strict="silent")
+        except ValueError:
+            unit = u.dimensionless_unscaled
+        if isinstance(unit, u.UnrecognizedUnit):
+            unit = u.dimensionless_unscaled
+    mask = (and_mask != 0) | ~np.isfinite(flux)
+    uncertainty = None
+    if ivar is not None:
+        mask |= ~(ivar > 0)
+        uncertainty = InverseVariance(np.where(np.isfinite(ivar), ivar, 0.0), unit=unit**-2)
+    return Spectrum(
+        flux=flux * unit,
+        spectral_axis=wave * u.AA,
+        uncertainty=uncertainty,
+        mask=mask,
+        meta={"header": header, "medium": "vacuum"},
     )

@@ -281,3 +281,99 @@ def test_a_desi_like_arm_alone_needs_no_medium():
         warnings.simplefilter("error")
         gs = to_model_grid(spec, grid)
     assert gs.medium == "vacuum"
+
+
+@pytest.fixture(scope="module")
+def example_arms():
+    """A shipped example star cut into two overlapping arms, with noise and an uncertainty."""
+    from specutils_deepclean.datasets import load_examples
+
+    library = load_examples()
+    wave = library.wavelength.to_value(u.AA)
+    truth = library.flux[0] / np.nanmedian(library.flux[0])
+    sigma = 0.02 * np.ones_like(truth)
+    flux = truth + sigma * np.random.default_rng(5).normal(size=truth.shape)
+    arms = []
+    for lo, hi in ((wave[0], 5600.0), (5500.0, wave[-1] + 1)):
+        cut = (wave >= lo) & (wave < hi)
+        arms.append(
+            Spectrum(
+                flux=flux[cut] * FLAM,
+                spectral_axis=wave[cut] * u.AA,
+                uncertainty=StdDevUncertainty(sigma[cut] * FLAM),
+                mask=~np.isfinite(flux[cut]),
+                meta={"medium": library.medium},
+            )
+        )
+    return SpectrumList(arms)
+
+
+@pytest.mark.parametrize("task", ["remove_tellurics", "denoise"])
+def test_cleaning_functions_combine_a_list_of_arms(example_arms, task):
+    """Today's main takes the arms for exposures of one star (denoise: the result on
+    the blue arm's axis only) or refuses the list (remove_tellurics)."""
+    pytest.importorskip("torch")
+    from specutils_deepclean import denoise, remove_tellurics
+
+    function, options = {
+        "remove_tellurics": (remove_tellurics, {"device": "cpu"}),
+        "denoise": (denoise, {"device": "cpu", "steps": 2, "n_starts": 1}),
+    }[task]
+    combined = combine_arms(example_arms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_list = function(example_arms, **options)
+        direct = function(combined, **options)
+    assert from_list.spectral_axis.size == combined.spectral_axis.size == 4300
+    np.testing.assert_array_equal(from_list.flux, direct.flux)
+    np.testing.assert_array_equal(from_list.mask, direct.mask)
+    assert from_list.meta["deepclean"]["medium"] == "air"
+
+
+def write_lamost(path, layout, wave, flux, ivar, and_mask):
+    """A file in the LAMOST LRS layout (as documented by LAMOST; no real file is at hand)."""
+    header = fits.Header({"TELESCOP": "LAMOST", "OBSID": 123})
+    if layout == "image":
+        rows = np.stack([flux, ivar, wave, and_mask, np.zeros_like(flux)]).astype(np.float32)
+        fits.HDUList([fits.PrimaryHDU(rows, header=header)]).writeto(path)
+        return
+    columns = [
+        fits.Column(name=name, format=f"{wave.size}E", array=values[None])
+        for name, values in (
+            ("FLUX", flux), ("IVAR", ivar), ("WAVELENGTH", wave),
+            ("ANDMASK", and_mask), ("ORMASK", np.zeros_like(flux)),
+        )
+    ]
+    fits.HDUList(
+        [fits.PrimaryHDU(header=header), fits.BinTableHDU.from_columns(columns)]
+    ).writeto(path)
+
+
+@pytest.mark.parametrize("layout", ["image", "table"])
+def test_lamost_files_are_read_in_vacuum(tmp_path, layout):
+    from specutils_deepclean.files import read_targets
+    from specutils_deepclean.surveys import is_lamost, read_lamost
+
+    wave = np.linspace(3700.0, 9000.0, 300)
+    flux = 1 + 0.1 * np.sin(wave / 50)
+    ivar = np.full(wave.size, 100.0)
+    ivar[10] = 0.0
+    and_mask = np.zeros(wave.size)
+    and_mask[20] = 4
+    path = tmp_path / "spec-55859-F5902_sp01-001.fits"
+    write_lamost(path, layout, wave, flux, ivar, and_mask)
+    assert is_lamost(path)
+    spectrum = read_lamost(path)
+    np.testing.assert_allclose(spectrum.spectral_axis.value, wave, rtol=1e-6)
+    np.testing.assert_allclose(spectrum.flux.value, flux, rtol=1e-6)
+    assert isinstance(spectrum.uncertainty, InverseVariance)
+    assert np.flatnonzero(spectrum.mask).tolist() == [10, 20]
+    assert _stated_medium(spectrum.meta) == "vacuum"
+    targets, skipped = read_targets(path)  # recognised without a format
+    assert [name for name, _ in targets] == [None] and skipped == {}
+    np.testing.assert_array_equal(targets[0][1].flux, spectrum.flux)
+    other = tmp_path / "other.fits"
+    fits.HDUList([fits.PrimaryHDU(np.ones((5, 3)))]).writeto(other)
+    assert not is_lamost(other)
+    with pytest.raises(ValueError, match="not a LAMOST LRS file"):
+        read_lamost(other)
