@@ -616,7 +616,7 @@ def _desi_target(combined, row, name, targetid, fiber, header, has_expid, n_rows
 # ---------------------------------------------------------------------------- inputs
 
 
-def resolve_input(spectrum, function: str, *, exposures: bool):
+def resolve_input(spectrum, function: str, *, exposures: bool) -> Spectrum | list:
     """The input of a cleaning function with a list of arms combined.
 
     A `~specutils.Spectrum` is returned as it is.  A list whose spectra are arms
@@ -625,6 +625,19 @@ def resolve_input(spectrum, function: str, *, exposures: bool):
     ``exposures`` is True (``denoise``), else a list of one spectrum gives that
     spectrum and a longer one is refused.  Lists holding other objects are returned
     unchanged when ``exposures`` is True (the caller reports them).
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum` or list of `~specutils.Spectrum`
+        The input of the cleaning function.
+    function : str
+        The function's name, for messages.
+    exposures : bool
+        Whether the function takes a list of exposures of one star.
+
+    Returns
+    -------
+    `~specutils.Spectrum` or list of `~specutils.Spectrum`
 
     Raises
     ------

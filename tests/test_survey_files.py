@@ -3,6 +3,7 @@
 Skipped (with the reason) where the data folder is absent, as on a fresh clone.
 """
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -170,7 +171,10 @@ def test_cli_with_a_list_format(tmp_path, capsys):
 
     path = DESI / "coadd-sv3-dark-26065.fits"
     argv = ["detelluric", str(path), "-o", str(tmp_path), "--quiet", "--format", "DESI coadd"]
-    assert cli.main(argv) == 0
+    plots = importlib.util.find_spec("matplotlib") is not None
+    assert cli.main(argv + (["--plot"] if plots else [])) == 0
     assert len(list(tmp_path.glob("coadd-sv3-dark-26065_*_detelluric.fits"))) == 2
+    if plots:  # one quicklook per target, of that target's input
+        assert len(list(tmp_path.glob("coadd-sv3-dark-26065_*_detelluric.png"))) == 2
     with pytest.raises(ValueError, match="no reader called 'DESI nonsense'"):
         read_targets(path, "DESI nonsense")

@@ -29,9 +29,9 @@ _EXAMPLES = {
 }
 
 _SURVEYS = (
-    " Survey files are recognised without --format: SDSS spec/spec-lite, DESI spectra-*/"
-    "coadd-* (one result per target, <name>_<TARGETID>_<suffix>.fits, arms combined; "
-    "unassigned, sky and empty fibres are reported as skipped)."
+    " Survey files are recognised without --format: SDSS spec/spec-lite, LAMOST LRS, "
+    "DESI spectra-*/coadd-* (one result per target, <name>_<TARGETID>_<suffix>.fits, arms "
+    "combined; unassigned, sky and empty fibres are reported as skipped)."
 )
 
 _DESCRIPTION = {
