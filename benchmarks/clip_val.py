@@ -23,6 +23,7 @@ import torch
 
 from specutils_deepclean import metrics
 from specutils_deepclean.datasets import load_library
+from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.simulate import SNR_LEVELS, Simulator, prepare_truth
 from specutils_deepclean.spectra import median_normalise
@@ -49,13 +50,16 @@ def main(argv=None) -> int:
     rows = {}
     for i, snr in enumerate(SNR_LEVELS):
         obs = sim.observe(np.where(valid, truth, np.nan), snr, seed=args.seed + i)
+        # normalised once, by the medians of the pixels the observation itself masks
         flux, scale = median_normalise(obs.flux, obs.mask)
         sigma = obs.sigma / scale[:, None]
 
         def median_mse(missing, clip):
-            result = model.map_estimate(flux, sigma, missing, steps=20, n_starts=2, clip=clip)
-            mse = metrics.mse(result.flux * scale[:, None], truth, mask=~valid)
-            return float(np.median(mse)), result.rejected
+            result = denoise_arrays(
+                model, flux, sigma, missing, scale=scale, steps=20, n_starts=2, clip=clip
+            )
+            mse = metrics.mse(result.flux, truth, mask=~valid)
+            return float(np.median(mse)), result.map.rejected
 
         row = {
             "keep_all": median_mse(obs.mask, None)[0],

@@ -61,7 +61,7 @@ def load_library(path: Path):
 
 def median_projection_mse(model: PCADenoiser, flux: np.ndarray, valid: np.ndarray) -> float:
     """Median over spectra of the MSE (valid pixels) of projecting each clean spectrum."""
-    proj = model.project(flux, ~valid)
+    proj = model.reconstruct(flux, ~valid)
     sq = np.where(valid, (proj - flux) ** 2, 0.0)
     return float(np.median(sq.sum(axis=1) / valid.sum(axis=1)))
 

@@ -141,7 +141,7 @@ def train_cdae(lib, grid, medium, sim, observations, epochs, latent_dim, lr) -> 
     out = {}
     for key, (model, seconds) in trained.items():
         scores = {
-            str(snr): median_mse(model.denoise(obs.flux, obs.mask), obs.truth)
+            str(snr): median_mse(model.reconstruct(obs.flux, obs.mask), obs.truth)
             for snr, obs in observations.items()
         }
         print(f"{key}: {scores}")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from astropy.utils.exceptions import AstropyDeprecationWarning
 
-__all__ = ["moved"]
+__all__ = ["moved", "renamed_method"]
 
 
 def moved(module: str, names: dict[str, str]) -> Callable[[str], object]:
@@ -41,3 +41,31 @@ def moved(module: str, names: dict[str, str]) -> Callable[[str], object]:
         return getattr(importlib.import_module(target), new_name)
 
     return __getattr__
+
+
+def renamed_method(old: str, new: str) -> Callable:
+    """A method ``old`` that calls the method ``new``, with a deprecation warning.
+
+    Parameters
+    ----------
+    old, new : str
+        The old and the new method names.
+
+    Returns
+    -------
+    callable
+        The method to put in the class body under the old name.
+    """
+
+    def method(self, *args, **kwargs):
+        warnings.warn(
+            f"{type(self).__name__}.{old} is now {type(self).__name__}.{new}; the old name "
+            "will be removed",
+            AstropyDeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(self, new)(*args, **kwargs)
+
+    method.__name__ = old
+    method.__doc__ = f"Deprecated: use `{new}`."
+    return method

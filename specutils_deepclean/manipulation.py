@@ -481,20 +481,27 @@ def denoise(
     good = _covered_rows(gs_list, len(grid))
     import torch
 
+    from .inference import denoise_arrays
+
     flux = np.stack([gs.flux for gs in gs_list], axis=1)[good]
     sigma = np.stack([gs.sigma for gs in gs_list], axis=1)[good]
     missing = np.stack([gs.missing for gs in gs_list], axis=1)[good]
+    scale = np.stack([gs.scale for gs in gs_list], axis=1)[good]
     if not all(gs.has_uncertainty for gs in gs_list):
         sigma = None
-    result = net.map_estimate(
+    # to_model_grid normalised the spectra (scale), from_model_grid undoes it on the
+    # input's axis: the MAP result is taken in the normalised units
+    result = denoise_arrays(
+        net,
         flux,
         sigma,
         missing,
+        scale=scale,
         steps=steps,
         n_starts=n_starts,
         clip=clip,
         generator=torch.Generator().manual_seed(seed),
-    )
+    ).map
     # Row of each star in `result`, None for a star without enough coverage.
     rows = np.cumsum(good) - 1
     index = [int(row) if ok else None for row, ok in zip(rows, good, strict=True)]

@@ -234,10 +234,10 @@ def test_cdae_shapes_and_architecture():
     flux, missing = _gapped()
     out = model(torch.as_tensor(flux, dtype=torch.float32), torch.as_tensor(missing))
     assert out.shape == (3, GRID.size)
-    denoised = model.denoise(flux, missing, batch_size=2)
+    denoised = model.reconstruct(flux, missing, batch_size=2)
     assert denoised.shape == (3, GRID.size) and denoised.dtype == np.float64
     np.testing.assert_allclose(denoised, out.detach().numpy(), rtol=0, atol=1e-6)
-    assert model.denoise(np.empty((0, GRID.size))).shape == (0, GRID.size)
+    assert model.reconstruct(np.empty((0, GRID.size))).shape == (0, GRID.size)
 
 
 def test_cdae_gradients_reach_every_parameter():
@@ -255,9 +255,9 @@ def test_cdae_missing_values_never_reach_the_output(zero_impute):
     model = _model(zero_impute)
     flux, missing = _gapped()
     other = np.where(missing, 1e4, flux)
-    np.testing.assert_array_equal(model.denoise(flux, missing), model.denoise(other, missing))
+    np.testing.assert_array_equal(model.reconstruct(flux, missing), model.reconstruct(other, missing))
     np.testing.assert_array_equal(
-        model.denoise(flux, missing), model.denoise(np.where(missing, np.nan, flux))
+        model.reconstruct(flux, missing), model.reconstruct(np.where(missing, np.nan, flux))
     )
 
 
@@ -265,8 +265,8 @@ def test_zero_impute_differs_only_on_gapped_input():
     interp, zeros = _model(False), _model(True)
     zeros.load_state_dict(interp.state_dict())
     flux, missing = _gapped()
-    np.testing.assert_array_equal(interp.denoise(flux), zeros.denoise(flux))
-    gapped_interp, gapped_zeros = interp.denoise(flux, missing), zeros.denoise(flux, missing)
+    np.testing.assert_array_equal(interp.reconstruct(flux), zeros.reconstruct(flux))
+    gapped_interp, gapped_zeros = interp.reconstruct(flux, missing), zeros.reconstruct(flux, missing)
     assert np.abs(gapped_interp[0] - gapped_zeros[0]).max() > 1e-4
     np.testing.assert_array_equal(gapped_interp[1], gapped_zeros[1])  # no gap in row 1
     # the zero-imputed input is exactly the data with zeros in the gaps, flagged nowhere
@@ -299,7 +299,7 @@ def test_fit_cdae_keeps_best_val_epoch(truth, simulator):
     scores = model.history["val"]
     assert len(scores) == 4 and model.zero_impute
     assert model.best_epoch == int(np.argmin(scores))
-    achieved = np.median(mse(model.denoise(obs.flux, obs.mask), obs.truth))
+    achieved = np.median(mse(model.reconstruct(obs.flux, obs.mask), obs.truth))
     np.testing.assert_allclose(achieved, min(scores), rtol=1e-5)
 
 
@@ -310,7 +310,7 @@ def test_cdae_tree_roundtrip_gives_identical_output(truth, simulator, monkeypatc
     assert type(loaded) is ConvDenoisingAutoencoder and loaded.config == model.config
     assert loaded.zero_impute and loaded.history == model.history
     flux, missing = _gapped()
-    np.testing.assert_array_equal(loaded.denoise(flux, missing), model.denoise(flux, missing))
+    np.testing.assert_array_equal(loaded.reconstruct(flux, missing), model.reconstruct(flux, missing))
 
 
 @pytest.mark.skipif(
@@ -323,7 +323,7 @@ def test_cdae_file_roundtrip_gives_identical_output(truth, simulator, tmp_path):
     model = _fit(truth, simulator, epochs=1)
     loaded = load_model(save_model(model, tmp_path / "cdae.asdf"))
     flux, missing = _gapped()
-    np.testing.assert_array_equal(loaded.denoise(flux, missing), model.denoise(flux, missing))
+    np.testing.assert_array_equal(loaded.reconstruct(flux, missing), model.reconstruct(flux, missing))
 
 
 @pytest.mark.parametrize(
@@ -388,4 +388,4 @@ def test_cdae_config_validated(edit, match):
 )
 def test_cdae_denoise_rejects_bad_input(flux, missing, kwargs, error, match):
     with pytest.raises(error, match=match):
-        _model().denoise(flux, missing, **kwargs)
+        _model().reconstruct(flux, missing, **kwargs)

@@ -128,3 +128,31 @@ def test_kde_numpy_copies_are_deprecated():
         assert callable(kde.evaluate)
     with pytest.raises(AttributeError):
         _ = kde.nope
+
+
+def test_one_array_path_for_the_denoiser():
+    """Median-normalise -> map_estimate -> rescale is written once (inference.py):
+    ``denoise``, the benchmark and the training code call `denoise_arrays`."""
+    root = PACKAGE.parent
+    allowed = {
+        "specutils_deepclean/inference.py",
+        # train_denoiser's last score: spectra already normalised by the truth's median
+        "specutils_deepclean/training/denoiser.py:train_denoiser",
+    }
+    found = []
+    for path in [*PACKAGE.rglob("*.py"), *(root / "benchmarks").rglob("*.py")]:
+        relative = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text("utf-8"))
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef):
+                continue
+            for node in ast.walk(function):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "map_estimate"
+                    and relative not in allowed
+                    and f"{relative}:{function.name}" not in allowed
+                ):
+                    found.append(f"{relative}:{function.name}")
+    assert found == []

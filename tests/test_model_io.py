@@ -68,7 +68,7 @@ def _assert_same_model(a, b):
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key])
     flux, missing = _batch()
-    np.testing.assert_array_equal(a.project(flux, missing), b.project(flux, missing))
+    np.testing.assert_array_equal(a.reconstruct(flux, missing), b.reconstruct(flux, missing))
 
 
 def test_save_load_roundtrip_gives_identical_model(model, saved):
@@ -381,7 +381,7 @@ def test_pretrained_miles_pca_reproduces_its_validation_metric():
         valid = hdul["MASK"].data[rows][:, keep] == 0
     np.testing.assert_allclose(wave[keep], model.wavelength.to_value(u.AA))
     flux /= np.array([np.median(f[v]) for f, v in zip(flux, valid, strict=True)])[:, None]
-    proj = model.project(flux, ~valid)
+    proj = model.reconstruct(flux, ~valid)
     mse = np.median(np.where(valid, (proj - flux) ** 2, 0).sum(axis=1) / valid.sum(axis=1))
     assert mse == pytest.approx(model.provenance.metrics["val_median_mse_k40"], rel=1e-6)
     assert mse < 1e-4
@@ -421,7 +421,7 @@ def test_load_to_cuda_and_project(model, saved):
     assert loaded.device.type == "cuda"
     flux, missing = _batch()
     np.testing.assert_allclose(
-        loaded.project(flux, missing), model.project(flux, missing), rtol=1e-6
+        loaded.reconstruct(flux, missing), model.reconstruct(flux, missing), rtol=1e-6
     )
 
 
@@ -498,7 +498,7 @@ def test_fit_recovers_subspace_and_fills_gaps():
     missing = np.zeros(truth.shape, bool)
     missing[:, 10:25] = True
     np.testing.assert_allclose(
-        model.project(np.where(missing, np.nan, truth), missing), truth, rtol=1e-5
+        model.reconstruct(np.where(missing, np.nan, truth), missing), truth, rtol=1e-5
     )
 
 
@@ -506,9 +506,9 @@ def test_missing_pixels_are_never_used(model):
     flux, missing = _batch()
     garbage = np.where(missing, 1e6, flux)
     nans = np.where(missing, np.nan, flux)
-    out = model.project(garbage, missing)
-    np.testing.assert_array_equal(out, model.project(nans, missing))
-    np.testing.assert_array_equal(out, model.project(nans))
+    out = model.reconstruct(garbage, missing)
+    np.testing.assert_array_equal(out, model.reconstruct(nans, missing))
+    np.testing.assert_array_equal(out, model.reconstruct(nans))
     assert np.all(np.isfinite(out))
 
 
@@ -516,14 +516,14 @@ def test_zero_ivar_equals_missing(model):
     flux, missing = _batch()
     ivar = np.where(missing, 0.0, 1.0)
     np.testing.assert_allclose(
-        model.project(flux, ivar=ivar), model.project(flux, missing), rtol=1e-12
+        model.reconstruct(flux, ivar=ivar), model.reconstruct(flux, missing), rtol=1e-12
     )
 
 
 def test_projection_matches_independent_least_squares(model):
     flux, missing = _batch()
     ivar = np.random.default_rng(5).uniform(0.5, 2.0, size=flux.shape)
-    out = model.project(flux, missing, ivar)
+    out = model.reconstruct(flux, missing, ivar)
     mean, comps = model.mean.double().numpy(), model.components.double().numpy()
     for row in range(flux.shape[0]):
         good = ~missing[row]
@@ -558,7 +558,7 @@ def test_fit_with_missing_pixels_imputes():
         np.where(missing, -5.0, flux), WAVE, n_components=3, medium="air", missing=missing
     )
     test = _subspace_spectra(rng, 3)
-    np.testing.assert_allclose(gappy.project(test), full.project(test), rtol=1e-4)
+    np.testing.assert_allclose(gappy.reconstruct(test), full.reconstruct(test), rtol=1e-4)
 
 
 def test_fit_imputes_when_no_spectrum_is_complete():
@@ -573,8 +573,8 @@ def test_fit_imputes_when_no_spectrum_is_complete():
         flux, WAVE, n_components=3, medium="air", missing=missing, n_iter=60, tol=0
     )
     test = _subspace_spectra(rng, 3)
-    assert np.abs(one_round.project(test) - full.project(test)).max() > 1e-3
-    np.testing.assert_allclose(gappy.project(test), full.project(test), rtol=1e-5)
+    assert np.abs(one_round.reconstruct(test) - full.reconstruct(test)).max() > 1e-3
+    np.testing.assert_allclose(gappy.reconstruct(test), full.reconstruct(test), rtol=1e-5)
 
 
 def test_fit_components_have_fixed_sign():
@@ -624,7 +624,7 @@ def test_fit_rejects_bad_input(kwargs, error, match):
 )
 def test_forward_rejects_bad_input(model, flux, missing, match):
     with pytest.raises(ValueError, match=match):
-        model.project(flux, missing)
+        model.reconstruct(flux, missing)
 
 
 def test_truncate(model):

@@ -45,6 +45,7 @@ import torch
 
 from .. import metrics
 from ..datasets import load_library
+from ..inference import denoise_arrays
 from ..io.models import load_model
 from ..models.classical import (
     gaussian_smooth_baseline,
@@ -70,11 +71,11 @@ def observe(sim, truth, valid, snr, seed, gap=None):
 
 
 def deepclean(model, flux, sigma, missing, args):
-    """MAP denoising of median-normalised copies; results back on the input's scale."""
-    normalised, scale = median_normalise(flux, missing)
-    result = model.map_estimate(
-        normalised,
-        sigma / scale[:, None],
+    """MAP denoising as `~specutils_deepclean.denoise` runs it (`denoise_arrays`)."""
+    out = denoise_arrays(
+        model,
+        flux,
+        sigma,
         missing,
         steps=args.steps,
         n_starts=args.starts,
@@ -83,7 +84,7 @@ def deepclean(model, flux, sigma, missing, args):
         clip=args.clip or None,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    return result, result.flux * scale[:, None], result.flux_sigma * scale[:, None]
+    return out.map, out.flux, out.flux_sigma
 
 
 def baselines(flux, missing, snr, chosen, pca, pca_k, cdaes=None):
@@ -92,11 +93,11 @@ def baselines(flux, missing, snr, chosen, pca, pca_k, cdaes=None):
         "gaussian": gaussian_smooth_baseline(flux, missing, float(chosen["gaussian"][key])),
         "median": median_smooth_baseline(flux, missing, int(chosen["median"][key])),
         "wavelet": wavelet_denoise(flux, missing, threshold_scale=float(chosen["wavelet"][key])),
-        "pca": pca.truncate(pca_k).project(flux, missing),
+        "pca": pca.truncate(pca_k).reconstruct(flux, missing),
     }
     for name, cdae in (cdaes or {}).items():
         normalised, scale = median_normalise(flux, missing)
-        out[name] = cdae.denoise(normalised, missing) * scale[:, None]
+        out[name] = cdae.reconstruct(normalised, missing) * scale[:, None]
     return out
 
 
@@ -154,7 +155,7 @@ def choose_pca_k(sim, pca, val_truth, val_valid, seed) -> dict:
         scores = {
             k: float(
                 np.nanmedian(
-                    metrics.mse(pca.truncate(k).project(flux, missing), val_truth, mask=~val_valid)
+                    metrics.mse(pca.truncate(k).reconstruct(flux, missing), val_truth, mask=~val_valid)
                 )
             )
             for k in PCA_K

@@ -13,6 +13,7 @@ import astropy.units as u
 import numpy as np
 import torch
 
+from .._deprecated import renamed_method
 from ..provenance import Provenance
 from .base import DeepCleanModel
 
@@ -52,7 +53,7 @@ class PCADenoiser(DeepCleanModel):
     >>> missing = np.zeros(star.shape, bool)
     >>> missing[:, 10:20] = True
     >>> gappy = np.where(missing, np.nan, star)
-    >>> float(np.abs(model.project(gappy, missing) - star).max()) < 1e-6
+    >>> float(np.abs(model.reconstruct(gappy, missing) - star).max()) < 1e-6
     True
     """
 
@@ -206,8 +207,13 @@ class PCADenoiser(DeepCleanModel):
         out = _project(y, weight * valid, mean, comps) * scale[:, None]
         return out.reshape(flux.shape).to(dtype)
 
-    def project(self, flux, missing=None, ivar=None) -> np.ndarray:
-        """NumPy front end of `forward`: arrays in, a float64 array out.
+    def reconstruct(self, flux, missing=None, ivar=None) -> np.ndarray:
+        """The projection of spectra given as arrays (the front end of `forward`).
+
+        The inference verb of the point-estimate models (`PCADenoiser`,
+        `~specutils_deepclean.models.cdae.ConvDenoisingAutoencoder`,
+        `~specutils_deepclean.models.karaoke.KaraokeVAE`): arrays in, a float64
+        array out.
 
         Parameters
         ----------
@@ -226,6 +232,8 @@ class PCADenoiser(DeepCleanModel):
         with torch.inference_mode():
             out = self(tensor(np.asarray(flux, dtype=np.float64)), tensor(missing), tensor(ivar))
         return out.cpu().numpy()
+
+    project = renamed_method("project", "reconstruct")
 
     def truncate(self, n_components: int) -> "PCADenoiser":
         """Return a copy that keeps only the first ``n_components`` components.

@@ -26,7 +26,7 @@ import astropy.units as u
 import numpy as np
 import torch
 
-from .._deprecated import moved
+from .._deprecated import moved, renamed_method
 from .base import DeepCleanModel
 from .generator import IsometricAutoencoder
 
@@ -82,7 +82,7 @@ class ConvDenoisingAutoencoder(DeepCleanModel):
     ...     wave, medium="air", latent_dim=4, channels=2, bottleneck_length=8, hidden=8, block=4)
     >>> model.network.latent_dim, model.zero_impute
     (4, False)
-    >>> model.denoise(np.ones((3, 64)), np.zeros((3, 64), dtype=bool)).shape
+    >>> model.reconstruct(np.ones((3, 64)), np.zeros((3, 64), dtype=bool)).shape
     (3, 64)
     """
 
@@ -206,8 +206,12 @@ class ConvDenoisingAutoencoder(DeepCleanModel):
             return self.network(observed)[0]
         return self.network(observed, gone)[0]
 
-    def denoise(self, flux, missing=None, *, batch_size: int = 256) -> np.ndarray:
+    def reconstruct(self, flux, missing=None, *, batch_size: int = 256) -> np.ndarray:
         """Denoise spectra given as arrays, in eval mode and without gradients.
+
+        The inference verb of the point-estimate models, as
+        `~specutils_deepclean.models.baselines.PCADenoiser.reconstruct` and
+        `~specutils_deepclean.models.karaoke.KaraokeVAE.reconstruct`.
 
         Parameters
         ----------
@@ -255,6 +259,8 @@ class ConvDenoisingAutoencoder(DeepCleanModel):
         finally:
             self.train(was_training)
         return np.concatenate(out).astype(np.float64) if out else np.empty((0, self.n_pix))
+
+    denoise = renamed_method("denoise", "reconstruct")
 
 
 def _check_seed(seed) -> int:

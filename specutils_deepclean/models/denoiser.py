@@ -15,21 +15,21 @@ out-of-distribution score.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from numbers import Real
 
 import astropy.units as u
 import numpy as np
 import torch
-from astropy.utils.exceptions import AstropyUserWarning
 from torch import nn
 
 from ..provenance import Provenance
 from .base import DeepCleanModel
 from .generator import IsometricAutoencoder
 from .layers import missing_mask
-from .noiseflow import _HALF_LOG_2PI, NoiseFlow, counted_pixels
+from .linear_terms import check_term_arrays, has_terms, term_parts, terms_posterior
+from .noiseflow import _HALF_LOG_2PI, NoiseFlow
+from .observations import Observations, arrange, check_usable, choose_flow, observations, outliers
 from .prior import KDEPrior
 
 __all__ = ["Denoiser", "MAPResult"]
@@ -37,8 +37,6 @@ __all__ = ["Denoiser", "MAPResult"]
 ARCHITECTURE = "deep-bayesian"
 #: Kinds of NoiseFlow a Denoiser may hold, and whether each is whitened.
 FLOW_KINDS = {"whitened": True, "plain": False}
-#: DER_SNR's noise factor: 1.482602 / sqrt(6) times the median |2 f_i - f_{i-2} - f_{i+2}|.
-_DER_SNR = 1.482602 / math.sqrt(6.0)
 _LOG_2PI = 2.0 * _HALF_LOG_2PI
 #: Latent points per chunk of likelihood derivatives, and of plain evaluations:
 #: the fastest of 8/16, 16/32, 32/64 and 64/128 for batches of 256 on a 2-core CPU
@@ -54,10 +52,6 @@ _EM_TOL = 1e-4
 _HALVINGS = 3
 #: Classes with a smaller posterior are left out of the flux uncertainty's mixture.
 _MIX_FLOOR = 1e-10
-#: Stars per chunk of the linear terms' normal equations ((n, K, P) temporaries).
-_RESIDUAL_CHUNK = 32
-#: Most Legendre orders of the continuum term a model file may declare.
-_MAX_CONTINUUM_TERMS = 16
 
 
 @dataclass(frozen=True)
@@ -76,10 +70,13 @@ class MAPResult:
         The K class names.
     flux : ndarray, shape (B, P)
         The denoised spectrum :math:`G(\hat z)` (with the continuum and residual
-        terms when the model has them: see `Denoiser.map_estimate`, Notes), in the
+        terms when the model has them: `~specutils_deepclean.models.linear_terms`), in the
         normalised units of the input.
     flux_sigma : ndarray, shape (B, P)
-        Its per-pixel standard deviation (see `Denoiser.map_estimate`, Notes).
+        Its per-pixel standard deviation: the Laplace covariance of each class
+        pushed through the generator, mixed over the class posterior, with the
+        generator's calibrated error (the documentation page *The denoiser's
+        inference*, section Uncertainty).
     latent_sigma : ndarray, shape (B, P)
         The part of it that comes from the posterior of :math:`z` and
         :math:`C` alone, before the calibration scales and the generator's own
@@ -134,27 +131,6 @@ class MAPResult:
     ood_score: np.ndarray
     steps: np.ndarray
     converged: np.ndarray
-    flow: str
-    sigma_estimated: bool
-
-
-@dataclass
-class _Data:
-    """A batch on the model's device, (B, E, P) arrays, arranged for the flow ``flow``.
-
-    ``flux`` is zero and ``inv_unit`` (1 / (flow scale * sigma)) is zero at
-    missing pixels (``gone``: the input's missing pixels and the ``rejected``
-    outliers); ``counted`` is 1 where a pixel counts in the likelihood;
-    ``constant`` (B,) is the likelihood's part that does not depend on z,
-    minus the sum of ``log(unit) + log(2 pi) / 2`` over the counted pixels.
-    """
-
-    flux: torch.Tensor
-    gone: torch.Tensor
-    rejected: torch.Tensor
-    inv_unit: torch.Tensor
-    counted: torch.Tensor
-    constant: torch.Tensor
     flow: str
     sigma_estimated: bool
 
@@ -368,7 +344,7 @@ class Denoiser(DeepCleanModel):
         flat = self._objective(z.reshape(-1, self.latent_dim), rows, classes, data)
         return flat.reshape(z.shape[:2])
 
-    def _objective(self, z, rows, classes, data: _Data) -> torch.Tensor:
+    def _objective(self, z, rows, classes, data: Observations) -> torch.Tensor:
         """Log joint of latent ``z[i]`` (n, L) for star ``rows[i]`` under class ``classes[i]``."""
         log_lik = self._likelihood(z, rows, data)
         return log_lik + self.prior.log_prob(z, c=classes) - math.log(self.n_classes)
@@ -399,43 +375,15 @@ class Denoiser(DeepCleanModel):
             \sum_j \log p(y_j \mid G(z)) + \log p(z \mid C) + \log p(C)
 
         is maximised over :math:`z` (the sum runs over the star's exposures, each
-        with its masked NoiseFlow likelihood, Eq. 15; :math:`p(C)` is uniform).
-        The generator and the flow's networks are piecewise linear (leaky ReLU,
-        ReLU), so the likelihood's gradient and Hessian in :math:`z` follow
-        exactly from one Jacobian of :math:`G` and the flow's derivatives in its
-        window of :math:`K` pixels (no second-order automatic differentiation);
-        the prior's come in closed form
-        (`~specutils_deepclean.models.prior.KDEPrior.log_prob_derivatives`).
-
-        0. Outlier rejection (unless ``clip`` is None): each exposure's pixels
-           that lie more than ``clip`` times the noise above the encoder's
-           guess :math:`G(E(y))` are left out of the likelihood (cosmic-ray hits,
-           sky-line residuals); see Notes.
-        1. Screening, in two rounds per star. The likelihood's value, gradient
-           and Hessian at a centre: first the encoder's guess :math:`z_E = E(y)`
-           (the mean of the exposures' codes, weighted by their numbers of valid
-           pixels), then the star's best point of the first round. For every
-           class, the quadratic expansion of the likelihood there (its Hessian's
-           eigenvalues raised to a small floor) plus the exact
-           :math:`\log p(z \mid C)` is maximised by EM iterations on the KDE
-           kernels (each one raises it). The log joint is evaluated at that
-           optimum, at ``n_starts - 1`` high-density training latents of the class
-           (`~specutils_deepclean.models.prior.KDEPrior.starts`) and at
-           ``random_starts`` draws from :math:`p(z \mid C)` (from ``generator``);
-           the best of these and :math:`z_E` starts the class. Classes more
-           than ``class_margin`` below the star's best class stop here (their
-           posterior weight is below :math:`e^{-\text{margin}}`).
-        2. Newton ascent of the other classes, all (star, class) pairs in one
-           batch: the exact Hessian :math:`H_C` of the negative log joint, its
-           eigenvalues raised to a floor, gives the step; a step is halved up to
-           three times until the log joint rises by at least ``tol``, else the
-           class stops. A class
-           has converged when the Newton decrement
-           :math:`g^\top H_C^{-1} g / 2` (the rise a full step would bring) is
-           below ``tol``; it stops at a point where :math:`H_C` is known.
-        3. Laplace approximation at each class's point :math:`\hat z_C`:
-           :math:`\log p(C \mid y) = \log p(y, \hat z_C, C) + \tfrac12 \log\det(2\pi H_C^{-1})`
-           up to a constant, normalised over the classes.
+        with its masked NoiseFlow likelihood, Eq. 15; :math:`p(C)` is uniform), in
+        four steps: outlier rejection (``clip``), screening of every class from the
+        encoder's guess, KDE modes and prior draws (``n_starts``,
+        ``random_starts``; classes more than ``class_margin`` below the best stop
+        there), Newton ascent of the others with exact Hessians (``steps``,
+        ``tol``), and a Laplace approximation at each class's optimum for the class
+        posterior and the flux uncertainty.  The documentation page *The denoiser's
+        inference* gives each step, the flow choice, the uncertainty and the linear
+        terms in full, with the paper's equation each function computes.
 
         Parameters
         ----------
@@ -498,68 +446,6 @@ class Denoiser(DeepCleanModel):
 
         Notes
         -----
-        Outliers: with :math:`u = (y - G(E(y))) / \sqrt{\sigma^2 + \sigma_G^2}`
-        per pixel (:math:`\sigma` the given or DER_SNR-estimated noise,
-        :math:`\sigma_G` the generator's error, below), a pixel is rejected when
-        :math:`u - \operatorname{median}(u) > \text{clip} \cdot \max(1, s)`,
-        :math:`s` the robust spread (1.4826 times the median absolute deviation)
-        of :math:`u` over the exposure: one-sided, because an absorption line
-        the guess misses must not be cut.  The pixels are listed in
-        ``MAPResult.rejected``; the encoder's guess of step 1 is taken again
-        without them.
-
-        Flow choice: with ``sigma``, the whitened flow (else the plain one, with a
-        warning); without ``sigma``, the plain flow, else the whitened flow with
-        ``sigma`` estimated per exposure as DER_SNR does (1.4826 / sqrt(6) times
-        the median of :math:`|2 f_i - f_{i-2} - f_{i+2}|` over valid pixels), a
-        constant over the spectrum.
-
-        Hessians: exact (almost everywhere) for the classes that reach step 2.
-        A class that stops at screening keeps the likelihood's Hessian at the
-        last screening centre plus the prior's exact Hessian at its point; its posterior
-        weight is below :math:`e^{-\text{margin}}` anyway.
-
-        Uncertainty: per class, :math:`\Sigma_C = H_C^{-1}` pushed through the
-        generator, :math:`\operatorname{diag}(J_C \Sigma_C J_C^\top)` with
-        :math:`J_C = \partial G / \partial z` at :math:`\hat z_C`; ``flux_sigma``
-        mixes the classes by their posterior around the MAP spectrum,
-        :math:`\sigma^2 = \sum_C p(C \mid y)\,[\operatorname{diag}(J_C \Sigma_C
-        J_C^\top) + (G(\hat z_C) - G(\hat z))^2]`, so class ambiguity widens it;
-        classes with :math:`p(C \mid y) < 10^{-10}` are left out of the sum.
-        When the model file holds ``extra["generator_sigma"]`` (the per-pixel RMS
-        error of ``G(E(y))`` on clean validation spectra, written by the training
-        script), it is added in quadrature: the generator's own representation
-        error, which the latent posterior does not know about.  When it also holds
-        ``extra["sigma_scales"]`` = :math:`(a, b)` (fitted on validation spectra by
-        `~specutils_deepclean.training.denoiser.calibrate_uncertainty`), the
-        variance is :math:`a^2 \sigma^2 + b^2 \sigma_G^2`, :math:`\sigma_G` the
-        generator's error.
-
-        Residual term: when the model file holds ``extra["residual_basis"]``
-        (K, P), orthonormal rows :math:`B`, and ``extra["residual_variance"]``
-        :math:`\Lambda` (K,) (the principal directions of the generator's error
-        on clean training spectra and their variances, see
-        `~specutils_deepclean.training.denoiser.fit_residual_basis`), the
-        spectrum is :math:`G(z) + B a` with the prior :math:`a \sim N(0,
-        \Lambda)`.  :math:`a` is fitted after the MAP of :math:`(z, C)`: its
-        posterior mean given :math:`\hat z` under Gaussian noise of the flow's
-        scale, a ridge solve per star; the class posterior and the latent
-        uncertainty do not see it.
-
-        Continuum term: when the model file holds ``extra["continuum_sigma"]``
-        :math:`\tau` (D + 1,) (see
-        `~specutils_deepclean.training.denoiser.fit_continuum_term`), the spectrum
-        is multiplied by :math:`1 + \sum_{k \le D} c_k P_k(x)`, Legendre
-        polynomials of :math:`x` running from -1 to 1 over the model's grid, with
-        the prior :math:`c_k \sim N(0, \tau_k^2)`: the overall level (which the
-        median normalisation of a noisy spectrum gets wrong by a few per cent at low
-        S/N, and which :math:`G` cannot change) and the continuum's slope and
-        curvature (flux calibration, reddening).  Linearised at
-        :math:`G(\hat z)`, :math:`c` is fitted together with the residual term's
-        :math:`a`, in the same ridge solve.  The two terms' posterior variance is
-        added to ``flux_sigma`` at the pixels without data (there they are a
-        guess from the prior); elsewhere it is left to the generator-error part.
-
         Runs without recording gradients; the model's weights are not changed.
         """
         _check_settings(
@@ -580,7 +466,7 @@ class Denoiser(DeepCleanModel):
 
     # ------------------------------------------------------------------ steps of the MAP
 
-    def _encoder_guess(self, data: _Data) -> torch.Tensor:
+    def _encoder_guess(self, data: Observations) -> torch.Tensor:
         """:math:`E(y)` of each star (B, L): exposures' codes weighted by valid pixels."""
         n_star, n_exp, n_pix = data.flux.shape
         valid = (~data.gone).sum(-1).to(self._dtype)  # (B, E)
@@ -605,7 +491,7 @@ class Denoiser(DeepCleanModel):
             return torch.zeros((n_star, k, 0, self.latent_dim), dtype=self._dtype)
         return torch.cat(parts, dim=2).to(self.device)
 
-    def _screen(self, data: _Data, z_enc, extra, margin) -> _State:
+    def _screen(self, data: Observations, z_enc, extra, margin) -> _State:
         """Step 1 of `map_estimate`: a start per (star, class) and the classes that go on."""
         n_star, k, n_dim = z_enc.shape[0], self.n_classes, self.latent_dim
         stars = torch.arange(n_star, device=z_enc.device)
@@ -686,7 +572,7 @@ class Denoiser(DeepCleanModel):
                 break
         return z.to(self._dtype)
 
-    def _newton(self, data: _Data, state: _State, steps: int, tol: float) -> None:
+    def _newton(self, data: Observations, state: _State, steps: int, tol: float) -> None:
         """Step 2 of `map_estimate`: safeguarded Newton ascent of the active classes, in place."""
         for step in range(steps + 1):
             index = state.active.nonzero()[:, 0]
@@ -723,7 +609,7 @@ class Denoiser(DeepCleanModel):
             state.converged[index] = done | ((gain > -tol) & ~moved)
             state.active[index] = moved
 
-    def _summarise(self, data: _Data, state: _State) -> MAPResult:
+    def _summarise(self, data: Observations, state: _State) -> MAPResult:
         n_star, k, n_dim = data.flux.shape[0], self.n_classes, self.latent_dim
         values, vectors = torch.linalg.eigh(state.hess)
         values = values.clamp_min(_eig_floor(values))
@@ -777,73 +663,17 @@ class Denoiser(DeepCleanModel):
             sigma_estimated=data.sigma_estimated,
         )
 
-    def _linear_terms(self, data: _Data, signal: torch.Tensor):
-        r"""The linear terms' posterior mean given ``signal`` (B, P), and their posterior
-        variance per pixel (B, P).
-
-        The terms are the residual term :math:`B a` (``extra["residual_basis"]``,
-        prior :math:`a \sim N(0, \Lambda)`) and the continuum term
-        :math:`G(\hat z) \sum_k c_k P_k(x)` (``extra["continuum_sigma"]``: Legendre
-        polynomials :math:`P_k` of :math:`x \in [-1, 1]` over the model's grid,
-        prior :math:`c_k \sim N(0, \tau_k^2)`); both zero when the model has
-        neither.  With the columns :math:`M` of both stacked per star, the
-        coefficients are :math:`\hat u = A^{-1} M W r`, :math:`A = M W M^\top +
-        \operatorname{diag}(\Lambda, \tau^2)^{-1}`, the residual :math:`r = y -
-        G(\hat z)` and :math:`W` the inverse noise variance (flow scale included),
-        both summed over the exposures, zero at missing and rejected pixels; the
-        variance is :math:`\operatorname{diag}(M^\top A^{-1} M)` at the pixels
-        without data in every exposure (gaps, masked and rejected pixels: there it is
-        close to the prior's), zero elsewhere (where the data pin the coefficients
-        down, the calibrated generator-error part covers it).
-        """
-        if "residual_basis" not in self.extra and "continuum_sigma" not in self.extra:
+    def _linear_terms(self, data: Observations, signal: torch.Tensor):
+        """The linear terms' posterior mean given ``signal`` (B, P) and their variance
+        (`~specutils_deepclean.models.linear_terms.terms_posterior`); zeros without terms."""
+        if not has_terms(self.extra):
             return torch.zeros_like(signal), torch.zeros_like(signal)
-        weight = data.inv_unit.square()  # (B, E, P)
-        target = ((data.flux - signal[:, None]) * weight).sum(1)  # (B, P)
-        weight = weight.sum(1)
-        fit = torch.empty_like(signal)
-        spread = torch.zeros_like(signal)
-        basis, legendre, precision = self._term_parts(signal)
-        for part in torch.arange(signal.shape[0], device=signal.device).split(_RESIDUAL_CHUNK):
-            columns = _term_columns(basis, legendre, signal[part])  # (n, K, P)
-            scaled = columns * weight[part, None]
-            system = (scaled @ columns.transpose(-1, -2)).double() + precision
-            # Cholesky, not linalg.solve: batched LU fails on K >= ~130 with some MKL builds
-            factor = torch.linalg.cholesky(system)
-            rhs = (columns @ target[part, :, None]).double()
-            coef = torch.cholesky_solve(rhs, factor).to(signal.dtype)  # (n, K, 1)
-            fit[part] = (coef.transpose(-1, -2) @ columns)[:, 0]
-            # the variance where the star has no data, on those pixels only (cheap)
-            empty = weight[part] == 0
-            pixels = empty.any(0).nonzero()[:, 0]
-            if pixels.numel():
-                covariance = torch.cholesky_inverse(factor).to(signal.dtype)  # (n, K, K)
-                sub = columns[..., pixels]
-                value = ((covariance @ sub) * sub).sum(1)
-                spread[part[:, None], pixels] = torch.where(empty[:, pixels], value, 0.0)
-        return fit, spread
-
-    def _term_parts(self, signal: torch.Tensor):
-        """The linear terms' fixed parts, built once per batch: the residual basis (K, P)
-        or None, the Legendre rows (D + 1, P) or None, and the prior precision matrix
-        (float64) of all coefficients."""
-        basis = legendre = None
-        variances = []
-        if "residual_basis" in self.extra:
-            basis = torch.as_tensor(self.extra["residual_basis"], dtype=signal.dtype)
-            basis = basis.to(signal.device)
-            variances.append(torch.as_tensor(self.extra["residual_variance"], dtype=torch.float64))
-        if "continuum_sigma" in self.extra:
-            tau = torch.as_tensor(self.extra["continuum_sigma"], dtype=torch.float64)
-            grid = np.linspace(-1.0, 1.0, signal.shape[-1])
-            rows = np.polynomial.legendre.legvander(grid, tau.numel() - 1).T
-            legendre = torch.as_tensor(rows, dtype=signal.dtype, device=signal.device)
-            variances.append(tau.square())
-        return basis, legendre, torch.diag(1 / torch.cat(variances)).to(signal.device)
+        parts = term_parts(self.extra, signal.shape[-1], signal.dtype, signal.device)
+        return terms_posterior(parts, data.flux, data.inv_unit, signal)
 
     # ------------------------------------------------------------------ the likelihood
 
-    def _likelihood(self, z, rows, data: _Data, derivatives: bool = False):
+    def _likelihood(self, z, rows, data: Observations, derivatives: bool = False):
         r""":math:`\log p(y \mid G(z))` of star ``rows[i]`` at ``z[i]``, in chunks.
 
         With ``derivatives``, also its gradient (n, L) and the Hessian of its
@@ -869,9 +699,8 @@ class Denoiser(DeepCleanModel):
             return torch.cat(parts) if parts else z.new_zeros(0)
         return tuple(torch.cat(items) for items in zip(*parts, strict=True))
 
-    def _likelihood_chunk(self, z, rows, data: _Data, derivatives: bool):
+    def _likelihood_chunk(self, z, rows, data: Observations, derivatives: bool):
         flow = self.flows[data.flow]
-        context = flow.context
         n, n_exp, n_pix = z.shape[0], data.flux.shape[1], data.flux.shape[2]
         if derivatives:
             signal, jac = self.generator.generate_jacobian(z)
@@ -880,38 +709,14 @@ class Denoiser(DeepCleanModel):
         inv_unit = data.inv_unit[rows]  # (n, E, P), zero at missing pixels
         counted = data.counted[rows].reshape(n * n_exp, n_pix)
         u = ((data.flux[rows] - signal[:, None]) * inv_unit).reshape(n * n_exp, n_pix)
-        if derivatives:
-            params, window = flow.window_derivatives(u)
-        else:
-            params = torch.stack(flow._params(u), dim=1)
-        scale = torch.exp(-params[:, 1])
-        xi = (u - params[:, 0]) * scale
-        terms = counted * (-0.5 * xi.square() - params[:, 1])
-        lik = terms.sum(-1).reshape(n, n_exp).sum(-1) + data.constant[rows]
         if not derivatives:
-            return lik
-        # J_u (n E, L, P); J_e and J_a from the banded window derivatives
+            return flow.log_likelihood(u, counted).reshape(n, n_exp).sum(-1) + data.constant[rows]
+        # J_u = -J_G / t, (n E, L, P)
         ju = (jac.transpose(1, 2)[:, None] * -inv_unit[:, :, None]).reshape(n * n_exp, -1, n_pix)
-        je, ja = ju.clone(), torch.zeros_like(ju)
-        head, tail = je[..., context:], ja[..., context:]
-        for k in range(context):
-            shifted = ju[..., k : n_pix - context + k]
-            head.addcmul_(window[:, None, 0, k, context:], shifted, value=-1.0)
-            tail.addcmul_(window[:, None, 1, k, context:], shifted)
-        grad = -(
-            je @ (counted * xi * scale)[..., None] + ja @ (counted * (1 - xi.square()))[..., None]
-        )
-        weighted = je * (counted * scale)[:, None]
-        spread = ja * (counted * xi)[:, None]
-        cross = (je * (counted * xi * scale)[:, None]) @ ja.transpose(1, 2)
-        hess = (
-            weighted @ weighted.transpose(1, 2)
-            + 2 * spread @ spread.transpose(1, 2)
-            - 2 * (cross + cross.transpose(1, 2))
-        )
+        lik, grad, hess = flow.log_likelihood(u, counted, jacobian=ju)
         n_dim = z.shape[1]
         return (
-            lik,
+            lik.reshape(n, n_exp).sum(-1) + data.constant[rows],
             grad.reshape(n, n_exp, n_dim).sum(1),
             hess.reshape(n, n_exp, n_dim, n_dim).sum(1),
         )
@@ -922,7 +727,7 @@ class Denoiser(DeepCleanModel):
     def _dtype(self) -> torch.dtype:
         return self.generator.mean.dtype
 
-    def _prepare(self, flux, sigma, missing, exposures, clip=None) -> _Data:
+    def _prepare(self, flux, sigma, missing, exposures, clip=None) -> Observations:
         """Check the inputs and arrange them as (B, E, P) tensors on the model's device."""
         flux = self._as_tensor(flux, "flux")
         if flux.ndim not in (1, 2, 3):
@@ -940,78 +745,22 @@ class Denoiser(DeepCleanModel):
             if bool(((sigma <= 0) & ~gone).any()):
                 raise ValueError("sigma must be positive at every observed pixel")
         arrays = [flux, gone] + ([] if sigma is None else [sigma])
-        arrays = _arrange(arrays, exposures)
+        arrays = arrange(arrays, exposures)
         flux, gone = arrays[0], arrays[1]
         sigma = arrays[2] if sigma is not None else None
-        _check_usable(gone, self._min_context())
+        check_usable(gone, self._min_context())
         flux = torch.where(gone, 0.0, flux)
         if sigma is not None:
             sigma = torch.where(gone, 1.0, sigma)
         rejected = torch.zeros_like(gone)
         if clip is not None:
-            rejected = self._outliers(flux, sigma, gone, clip)
-            _check_usable(gone | rejected, self._min_context())
+            generator_sigma = self.extra.get("generator_sigma")
+            rejected = outliers(flux, sigma, gone, clip, self.generator, generator_sigma)
+            check_usable(gone | rejected, self._min_context())
         gone = gone | rejected
         flux = torch.where(rejected, 0.0, flux)
-        sigma, flow, estimated = self._choose_flow(flux, sigma, gone)
-        return self._data(flux, sigma, gone, rejected, flow, estimated)
-
-    def _outliers(self, flux, sigma, gone, clip: float) -> torch.Tensor:
-        """Pixels (B, E, P) more than ``clip`` noise units above the encoder's guess."""
-        n_pix = flux.shape[-1]
-        guess = self.generator(flux.reshape(-1, n_pix), gone.reshape(-1, n_pix))[0]
-        guess = guess.reshape(flux.shape)
-        # without sigma, DER_SNR's level; an exposure without one (no noise, too few
-        # pixels) gets NaN, so nothing in it is rejected
-        if sigma is None:
-            level = _der_snr_level(flux, gone)
-            noise = torch.where(level > 0, level, torch.nan)[..., None]
-        else:
-            noise = sigma
-        var = noise.square()
-        if "generator_sigma" in self.extra:
-            floor = torch.as_tensor(self.extra["generator_sigma"], dtype=var.dtype)
-            var = var + floor.to(var.device).square()
-        u = torch.where(gone, torch.nan, (flux - guess) / var.sqrt())
-        centre = u.nanmedian(dim=-1, keepdim=True).values
-        spread = 1.4826 * (u - centre).abs().nanmedian(dim=-1, keepdim=True).values
-        excess = torch.nan_to_num(u - centre, nan=-math.inf)
-        return excess > clip * torch.nan_to_num(spread, nan=1.0).clamp_min(1.0)
-
-    def _choose_flow(self, flux, sigma, gone) -> tuple:
-        """The sigma the likelihood uses (None for the plain flow), the flow, and
-        whether sigma was estimated."""
-        if sigma is not None:
-            if "whitened" in self.flows:
-                return sigma, "whitened", False
-            warnings.warn(
-                "this Denoiser has no whitened NoiseFlow: sigma is ignored and the plain "
-                "flow is used",
-                AstropyUserWarning,
-                stacklevel=4,
-            )
-            return None, "plain", False
-        if "plain" in self.flows:
-            return None, "plain", False
-        level = _der_snr_noise(flux, gone)
-        return level[..., None].expand_as(flux).contiguous(), "whitened", True
-
-    def _data(self, flux, sigma, gone, rejected, flow: str, estimated: bool) -> _Data:
-        scale = self.flows[flow].scale.to(flux.dtype)
-        unit = scale.expand_as(flux) if sigma is None else scale * sigma
-        unit = torch.where(gone, 1.0, unit)
-        counted = counted_pixels(gone, self.flows[flow].context).to(flux.dtype)
-        constant = -(counted * (torch.log(unit) + _HALF_LOG_2PI)).sum((-1, -2))
-        return _Data(
-            flux,
-            gone,
-            rejected,
-            torch.where(gone, 0.0, 1 / unit),
-            counted,
-            constant,
-            flow,
-            estimated,
-        )
+        sigma, flow, estimated = choose_flow(self.flows, flux, sigma, gone)
+        return observations(flux, sigma, gone, rejected, self.flows, flow, estimated)
 
     def _min_context(self) -> int:
         return max(flow.context for flow in self.flows.values())
@@ -1027,14 +776,6 @@ class Denoiser(DeepCleanModel):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _term_columns(basis, legendre, signal: torch.Tensor) -> torch.Tensor:
-    """Columns (n, K, P) of the linear terms for stars with MAP signal ``signal`` (n, P)."""
-    columns = [] if basis is None else [basis.expand(signal.shape[0], -1, -1)]
-    if legendre is not None:
-        columns.append(signal[:, None] * legendre)
-    return torch.cat(columns, 1)
 
 
 def _build_flows(config: dict, n_pix: int) -> dict:
@@ -1067,71 +808,6 @@ def _unprefix(config: dict, prefix: str) -> dict:
     return found
 
 
-def _arrange(arrays: list, exposures) -> list:
-    """Reshape every array to (B, E, P), padding ragged exposures with missing pixels."""
-    ndim = arrays[0].ndim
-    if exposures is None:
-        if ndim == 1:
-            return [a[None, None] for a in arrays]
-        return [a[:, None] if ndim == 2 else a for a in arrays]
-    if ndim != 2:
-        raise ValueError(f"with exposures, flux must be 2-D (N, P), got {ndim}-D")
-    index = np.asarray(exposures)
-    if index.shape != (arrays[0].shape[0],) or index.dtype.kind not in "iu":
-        raise ValueError(
-            f"exposures must be {arrays[0].shape[0]} integers (one per row of flux), "
-            f"got {index.dtype} array of shape {index.shape}"
-        )
-    n_star = int(index.max()) + 1 if index.size else 0
-    counts = np.bincount(index, minlength=n_star) if index.min() >= 0 else np.zeros(0)
-    if index.min() < 0 or np.any(counts == 0):
-        raise ValueError("exposures must number the stars 0 to B-1, each at least once")
-    slot = np.zeros_like(index)
-    for star in range(n_star):
-        slot[index == star] = np.arange(counts[star])
-    out = []
-    for i, a in enumerate(arrays):
-        fill = True if i == 1 else (1.0 if i == 2 else 0.0)
-        padded = torch.full((n_star, int(counts.max()), a.shape[-1]), fill, dtype=a.dtype)
-        padded = padded.to(a.device)
-        padded[torch.as_tensor(index), torch.as_tensor(slot)] = a
-        out.append(padded)
-    return out
-
-
-def _check_usable(gone: torch.Tensor, context: int) -> None:
-    empty = gone.all(dim=-1).all(dim=-1)
-    if bool(empty.any()):
-        stars = empty.nonzero()[:, 0].tolist()
-        raise ValueError(f"spectrum {stars[0]} has no valid pixel (all missing: {stars})")
-    counted = counted_pixels(gone, context).any(dim=-1).any(dim=-1)
-    if not bool(counted.all()):
-        stars = (~counted).nonzero()[:, 0].tolist()
-        raise ValueError(
-            f"spectra {stars} have no pixel that counts in the likelihood "
-            f"(a valid pixel with {context} valid predecessors)"
-        )
-
-
-def _der_snr_level(flux: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
-    """DER_SNR noise level of each exposure (B, E); NaN where no pixel triple is valid."""
-    diff = 2 * flux[..., 2:-2] - flux[..., :-4] - flux[..., 4:]
-    bad = gone[..., 2:-2] | gone[..., :-4] | gone[..., 4:]
-    return _DER_SNR * torch.where(bad, torch.nan, diff.abs()).nanmedian(dim=-1).values
-
-
-def _der_snr_noise(flux: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
-    """DER_SNR noise level of each exposure (B, E); exposures without any are 1."""
-    level = _der_snr_level(flux, gone)
-    all_gone = gone.all(-1)
-    if bool((~all_gone & ~(level > 0)).any()):
-        raise ValueError(
-            "cannot estimate the noise of a spectrum without sigma (too few valid pixels "
-            "or zero noise): pass sigma"
-        )
-    return torch.where(all_gone | ~(level > 0), 1.0, level)
-
-
 def _eig_floor(values: torch.Tensor) -> torch.Tensor:
     """Smallest eigenvalue kept for each Hessian: 1e-6 of its largest magnitude (or tiny)."""
     top = values.abs().amax(-1, keepdim=True)
@@ -1150,36 +826,9 @@ def _floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
 
 
 def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
-    """``generator_sigma`` (P,) finite >= 0 and ``sigma_scales`` (2,) finite > 0, if present;
-    ``residual_basis`` (K, P) finite with ``residual_variance`` (K,) finite > 0;
-    ``continuum_sigma`` (D + 1,) finite > 0."""
-    if ("residual_basis" in extra) != ("residual_variance" in extra):
-        raise ValueError("extra needs both 'residual_basis' and 'residual_variance', or neither")
-    if "residual_basis" in extra:
-        basis = np.asarray(extra["residual_basis"], dtype=np.float64)
-        variance = np.asarray(extra["residual_variance"], dtype=np.float64)
-        if (
-            basis.ndim != 2
-            or basis.shape[1] != n_pix
-            or variance.shape != basis.shape[:1]
-            or not np.all(np.isfinite(basis))
-            or not np.all(np.isfinite(variance) & (variance > 0))
-        ):
-            raise ValueError(
-                f"extra['residual_basis'] must be (K, {n_pix}) finite and "
-                f"extra['residual_variance'] (K,) positive finite, got shapes {basis.shape} "
-                f"and {variance.shape}"
-            )
-    if "continuum_sigma" in extra:
-        tau = np.asarray(extra["continuum_sigma"], dtype=np.float64)
-        if tau.ndim != 1 or not 1 <= tau.size <= _MAX_CONTINUUM_TERMS or not np.all(
-            np.isfinite(tau) & (tau > 0)
-        ):
-            raise ValueError(
-                "extra['continuum_sigma'] must hold 1 to "
-                f"{_MAX_CONTINUUM_TERMS} positive finite numbers (one per Legendre "
-                f"order), got shape {tau.shape}"
-            )
+    """``generator_sigma`` (P,) finite >= 0 and ``sigma_scales`` (2,) finite > 0, if present,
+    and the linear terms' arrays (`~specutils_deepclean.models.linear_terms.check_term_arrays`)."""
+    check_term_arrays(extra, n_pix)
     if "generator_sigma" in extra:
         floor = np.asarray(extra["generator_sigma"], dtype=np.float64)
         if floor.shape != (n_pix,) or not np.all(np.isfinite(floor) & (floor >= 0)):

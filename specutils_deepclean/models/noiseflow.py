@@ -248,6 +248,90 @@ class NoiseFlow(nn.Module):
             torch.cat([self.alpha0.expand(first), alpha], dim=1),
         )
 
+    def standardise(self, u: torch.Tensor) -> torch.Tensor:
+        r"""The standard-normal variables :math:`\xi_d = (u_d - \mu_d)\, e^{-\alpha_d}` (Eq. 13).
+
+        Parameters
+        ----------
+        u : tensor, shape ``(N, n_pix)``
+            Whitened residuals :math:`\epsilon / t`, every pixel taken as observed.
+
+        Returns
+        -------
+        tensor, shape ``(N, n_pix)``
+            :math:`\xi`, differentiable in ``u`` and the flow's parameters.
+        """
+        mu, alpha = self._params(u)
+        return _pixel_terms(u, mu, alpha)[0]
+
+    def log_likelihood(self, u: torch.Tensor, counted: torch.Tensor, jacobian=None):
+        r"""The masked log likelihood of Eq. 15 in whitened units, and its derivatives.
+
+        Each counted pixel adds :math:`-\xi_d^2 / 2 - \alpha_d` (Eqs. 13-15); the
+        terms :math:`-\log t_d - \tfrac12 \log 2\pi` that depend on the whitening
+        unit :math:`t` alone are left to the caller
+        (`NoiseFlowDistribution.log_prob` adds them).
+
+        With ``jacobian`` :math:`J_u = \partial u / \partial \theta` for M
+        parameters :math:`\theta` (for the denoiser, :math:`J_u = -J_G / t` in the
+        latent :math:`z`), the gradient in :math:`\theta` and the Hessian of the
+        negative log likelihood follow from the flow's banded window derivatives
+        (`window_derivatives`): with :math:`e = u - \mu(u)`, :math:`a =
+        \alpha(u)`, :math:`J_e = (I - D_\mu) J_u`, :math:`J_a = D_\alpha J_u` and
+        :math:`\xi = e\, e^{-a}`, the Hessian is
+        :math:`J_e^\top e^{-2a} J_e + 2 J_a^\top \xi^2 J_a - 2 (J_e^\top \xi
+        e^{-a} J_a + \text{transpose})` (diagonal weights per pixel).  The
+        network is piecewise linear in its input, so this is exact wherever it is
+        differentiable, when :math:`u` is linear in :math:`\theta` there too (as
+        :math:`G` of the denoiser is: leaky ReLU).
+
+        Parameters
+        ----------
+        u : tensor, shape ``(N, n_pix)``
+            Whitened residuals (any value at pixels that do not count).
+        counted : tensor, shape ``(N, n_pix)``
+            1 (or True) where a pixel counts (`counted_pixels`), else 0.
+        jacobian : tensor, shape ``(N, M, n_pix)``, optional
+            :math:`\partial u / \partial \theta`.
+
+        Returns
+        -------
+        log_lik : tensor, shape ``(N,)``
+            Differentiable in ``u`` when ``jacobian`` is None.
+        gradient : tensor, shape ``(N, M)``
+            Only with ``jacobian``: the gradient of ``log_lik`` in :math:`\theta`.
+        hessian : tensor, shape ``(N, M, M)``
+            Only with ``jacobian``: the Hessian of ``-log_lik`` in :math:`\theta`.
+        """
+        if not isinstance(counted, torch.Tensor) or counted.dtype == torch.bool:
+            counted = torch.as_tensor(counted, device=u.device).to(u.dtype)
+        if jacobian is None:
+            _, _, terms = _pixel_terms(u, *self._params(u))
+            return (counted * terms).sum(-1)
+        params, window = self.window_derivatives(u)
+        xi, scale, terms = _pixel_terms(u, params[:, 0], params[:, 1])
+        lik = (counted * terms).sum(-1)
+        context, n_pix = self.context, u.shape[-1]
+        # J_e and J_a from the banded window derivatives
+        je, ja = jacobian.clone(), torch.zeros_like(jacobian)
+        head, tail = je[..., context:], ja[..., context:]
+        for k in range(context):
+            shifted = jacobian[..., k : n_pix - context + k]
+            head.addcmul_(window[:, None, 0, k, context:], shifted, value=-1.0)
+            tail.addcmul_(window[:, None, 1, k, context:], shifted)
+        grad = -(
+            je @ (counted * xi * scale)[..., None] + ja @ (counted * (1 - xi.square()))[..., None]
+        )
+        weighted = je * (counted * scale)[:, None]
+        spread = ja * (counted * xi)[:, None]
+        cross = (je * (counted * xi * scale)[:, None]) @ ja.transpose(1, 2)
+        hess = (
+            weighted @ weighted.transpose(1, 2)
+            + 2 * spread @ spread.transpose(1, 2)
+            - 2 * (cross + cross.transpose(1, 2))
+        )
+        return lik, grad[..., 0], hess
+
 
 class NoiseFlowDistribution(Distribution):
     r"""The distribution :math:`p(y \mid s)` given by a `NoiseFlow` (``flow(signal, sigma)``).
@@ -350,8 +434,7 @@ class NoiseFlowDistribution(Distribution):
         shape = u.shape
         flat = u.reshape(-1, shape[-1])
         mu, alpha = self.flow._params(flat)
-        xi = (flat - mu) * torch.exp(-alpha)
-        terms = (-0.5 * xi.square() - alpha - _HALF_LOG_2PI).reshape(shape) - log_unit
+        terms = (_pixel_terms(flat, mu, alpha)[2] - _HALF_LOG_2PI).reshape(shape) - log_unit
         counted = counted_pixels(gone, self.flow.context)
         return torch.where(counted, terms, torch.zeros_like(terms)), counted
 
@@ -371,9 +454,7 @@ class NoiseFlowDistribution(Distribution):
             :math:`\xi`, the broadcast shape of ``y`` and the batch.
         """
         u, _, _ = self._whiten(y, None)
-        flat = u.reshape(-1, u.shape[-1])
-        mu, alpha = self.flow._params(flat)
-        return ((flat - mu) * torch.exp(-alpha)).reshape(u.shape)
+        return self.flow.standardise(u.reshape(-1, u.shape[-1])).reshape(u.shape)
 
     def rsample(self, sample_shape=(), generator: torch.Generator | None = None):
         r"""Draw spectra autoregressively (pixel by pixel, vectorised over the batch).
@@ -453,6 +534,14 @@ class NoiseFlowDistribution(Distribution):
         unit = torch.where(gone, torch.ones_like(unit), unit)
         eps = torch.where(gone, torch.zeros_like(eps), eps)
         return eps / unit, torch.log(unit), gone
+
+
+def _pixel_terms(u: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor):
+    r"""Eq. 13's :math:`\xi = (u - \mu) e^{-\alpha}`, :math:`e^{-\alpha}`, and each
+    pixel's term :math:`-\xi^2 / 2 - \alpha` of Eq. 15 (before the unit's constants)."""
+    scale = torch.exp(-alpha)
+    xi = (u - mu) * scale
+    return xi, scale, -0.5 * xi.square() - alpha
 
 
 def counted_pixels(missing: torch.Tensor, context: int) -> torch.Tensor:

@@ -121,7 +121,7 @@ def train_cdae(
     >>> model = train_cdae(truth, simulator=Simulator(wave, "air"), latent_dim=2, epochs=2,
     ...                    gaps=(8,), channels=2, bottleneck_length=8, hidden=8, block=4,
     ...                    device="cpu")
-    >>> len(model.history["train"]), model.denoise(truth).shape
+    >>> len(model.history["train"]), model.reconstruct(truth).shape
     (2, (16, 64))
     """
     _check_settings(epochs, batch_size, lr, snr_range, zero_impute)

@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import Library
+from ..inference import denoise_arrays
 from ..metrics import GAUSSIAN_COVERAGE, mse
 from ..provenance import Provenance, file_sha256
 from ..simulate import SNR_LEVELS, Simulator, prepare_truth
-from ..spectra import median_normalise
 
 __all__ = ["calibrate_uncertainty", "fit_continuum_term", "fit_residual_basis", "train_denoiser"]
 
@@ -171,13 +171,12 @@ def calibrate_uncertainty(
     for i, snr in enumerate(snr_levels):
         obs = sim.observe(np.where(missing, np.nan, truth), float(snr), seed=seed + i)
         # normalised by the noisy median, as `denoise` does, then back on the truth's scale
-        flux, scale = median_normalise(obs.flux, obs.mask)
-        result = model.map_estimate(flux, obs.sigma / scale[:, None], obs.mask)
-        scale = np.broadcast_to(scale[:, None], truth.shape)[~missing]
+        result = denoise_arrays(model, obs.flux, obs.sigma, obs.mask)
+        scale = np.broadcast_to(result.scale[:, None], truth.shape)[~missing]
         levels.append(
             (
-                (result.flux[~missing] * scale - truth[~missing]) ** 2,
-                (result.latent_sigma[~missing] * scale) ** 2,
+                (result.flux[~missing] - truth[~missing]) ** 2,
+                result.latent_sigma[~missing] ** 2,
                 (np.broadcast_to(floor, truth.shape)[~missing] * scale) ** 2,
             )
         )
@@ -218,7 +217,7 @@ def fit_residual_basis(
     :math:`s - G(E(s))` on the clean, median-normalised ``train`` stars of
     ``library`` (missing pixels count as zero error), :math:`\Lambda` their
     variances over those stars (the prior of :math:`a`; see
-    `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`, Notes).  Each
+    `~specutils_deepclean.models.linear_terms`).  Each
     size in ``components`` (0: no term) is tried on the good ``val`` stars observed
     at each S/N of ``snr_levels``; the one with the smallest sum over the S/N of the
     log median MSE is kept in ``model.extra`` (``residual_basis``,
@@ -281,9 +280,9 @@ def fit_continuum_term(
 
     The term multiplies the spectrum by :math:`1 + \sum_{k \le D} c_k P_k(x)`
     (Legendre polynomials over the model's grid, prior :math:`c_k \sim N(0,
-    \tau^2)`; see `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`,
-    Notes): the overall level, which the median normalisation of a noisy spectrum
-    gets wrong and the generator cannot change, and the continuum's shape.  Every
+    \tau^2)`; see `~specutils_deepclean.models.linear_terms`): the overall level,
+    which the median normalisation of a noisy spectrum gets wrong and the generator
+    cannot change, and the continuum's shape.  Every
     pair of ``degrees`` and ``sigmas``, and no term, is tried on the good ``val``
     stars observed at each S/N of ``snr_levels``; the one with the smallest sum over
     the S/N of the log median MSE is kept in ``model.extra["continuum_sigma"]``
@@ -354,21 +353,14 @@ def _val_scorer(model, library: Library, snr_levels, seed: int):
     observed = []
     for i, snr in enumerate(snr_levels):
         obs = sim.observe(np.where(missing, np.nan, truth), float(snr), seed=seed + i)
-        flux, scale = median_normalise(obs.flux, obs.mask)
-        observed.append((f"{snr:g}", flux, obs.sigma / scale[:, None], obs.mask, scale))
+        observed.append((f"{snr:g}", obs.flux, obs.sigma, obs.mask))
 
     def score() -> dict:
         return {
             key: float(
-                np.median(
-                    mse(
-                        model.map_estimate(flux, sigma, mask).flux * scale[:, None],
-                        truth,
-                        mask=missing,
-                    )
-                )
+                np.median(mse(denoise_arrays(model, flux, sigma, mask).flux, truth, mask=missing))
             )
-            for key, flux, sigma, mask, scale in observed
+            for key, flux, sigma, mask in observed
         }
 
     score.n_val = int(len(truth))

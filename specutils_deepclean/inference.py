@@ -1,0 +1,135 @@
+"""Array-level inference: the one path from model-grid arrays to a model's answer.
+
+`denoise_arrays` is what `~specutils_deepclean.denoise` runs once the spectra are on
+the model grid, and what the denoising benchmark, the denoiser's training (its
+val-tuned steps) and the studies under ``benchmarks/`` run: divide each spectrum by
+the median of its valid pixels (the model's training spectra were normalised so),
+find the MAP of the deep Bayesian model
+(`~specutils_deepclean.models.denoiser.Denoiser.map_estimate`), and put the result
+back on the input's scale.  So the benchmarks measure the code users run.
+
+This module imports no torch itself; the model passed in does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .spectra import median_normalise
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.denoiser import Denoiser, MAPResult
+
+__all__ = ["Denoised", "denoise_arrays"]
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """What `denoise_arrays` found: the MAP result and the scale that undoes the
+    normalisation.
+
+    Attributes
+    ----------
+    map : `~specutils_deepclean.models.denoiser.MAPResult`
+        The MAP result, in the normalised units (the input divided by ``scale``).
+    scale : ndarray, shape (B,)
+        Each star's median (of its first exposure): the factor back to the input's
+        units.
+    """
+
+    map: MAPResult
+    scale: np.ndarray
+
+    @property
+    def flux(self) -> np.ndarray:
+        """The denoised spectra in the input's units, shape (B, P)."""
+        return self.map.flux * self.scale[:, None]
+
+    @property
+    def flux_sigma(self) -> np.ndarray:
+        """Their per-pixel standard deviation in the input's units, shape (B, P)."""
+        return self.map.flux_sigma * self.scale[:, None]
+
+    @property
+    def latent_sigma(self) -> np.ndarray:
+        """The part of ``flux_sigma`` from the posterior of z and C alone (before the
+        calibration scales and the generator's error), in the input's units."""
+        return self.map.latent_sigma * self.scale[:, None]
+
+
+def denoise_arrays(
+    model: Denoiser,
+    flux,
+    sigma=None,
+    missing=None,
+    *,
+    scale=None,
+    **options: Any,
+) -> Denoised:
+    """Denoise spectra on the model grid: median-normalise, MAP estimate, rescale.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The model.
+    flux : array_like, shape (B, P) or (B, E, P)
+        Spectra on the model grid (one star per row; E exposures per star for 3-D,
+        padded with NaN), in any units.  Non-finite values are missing.
+    sigma : array_like, same shape as ``flux``, optional
+        Per-pixel standard deviations in the units of ``flux``.
+    missing : array_like of bool, same shape as ``flux``, optional
+        True where a pixel is missing.
+    scale : array_like, shape (B,) or (B, E), optional
+        Given when ``flux`` and ``sigma`` are already divided by their medians (as
+        `~specutils_deepclean.spectra.to_model_grid` returns them): these medians.
+        Without it the medians are computed here
+        (`~specutils_deepclean.spectra.median_normalise` of each exposure's valid
+        pixels).
+    **options
+        Passed to `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`
+        (``steps``, ``n_starts``, ``tol``, ``class_margin``, ``clip``,
+        ``random_starts``, ``generator``, ``exposures`` is refused).
+
+    Returns
+    -------
+    Denoised
+        ``flux`` and ``flux_sigma`` on the input's scale (each star by the median of
+        its first exposure); ``map`` in the normalised units.
+
+    Raises
+    ------
+    ValueError
+        If ``flux`` is not 2-D or 3-D, ``scale`` does not fit it, or
+        ``map_estimate`` refuses the input (a star without a valid pixel...).
+    TypeError
+        If an option is not one of ``map_estimate``'s.
+
+    Examples
+    --------
+    >>> from specutils_deepclean.io.models import load_model
+    >>> model = load_model("denoiser-miles")  # doctest: +SKIP
+    >>> out = denoise_arrays(model, flux, sigma, missing, steps=20)  # doctest: +SKIP
+    >>> out.flux.shape == flux.shape  # doctest: +SKIP
+    True
+    """
+    if "exposures" in options:
+        raise TypeError("denoise_arrays takes exposures as a 3-D flux (B, E, P), not an index")
+    flux = np.asarray(flux, dtype=float)
+    if flux.ndim not in (2, 3):
+        raise ValueError(f"flux must be 2-D (B, P) or 3-D (B, E, P), got shape {flux.shape}")
+    if scale is None:
+        flux, scale = median_normalise(flux, missing)
+        if sigma is not None:
+            sigma = np.asarray(sigma, dtype=float) / scale[..., None]
+    else:
+        scale = np.asarray(scale, dtype=float)
+        if scale.shape != flux.shape[:-1] and scale.shape != flux.shape[:1]:
+            raise ValueError(
+                f"scale must have shape {flux.shape[:-1]} (one per spectrum), got {scale.shape}"
+            )
+    result = model.map_estimate(flux, sigma, missing, **options)
+    first = scale if scale.ndim == 1 else scale[:, 0]
+    return Denoised(result, first)

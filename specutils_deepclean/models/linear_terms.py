@@ -1,0 +1,240 @@
+r"""The denoiser's linear terms: a residual basis and a multiplicative continuum.
+
+Beyond the paper's :math:`s = G(z)`, a `~specutils_deepclean.models.denoiser.Denoiser`
+may model the spectrum as
+
+.. math::
+
+    s = G(\hat z)\,\Bigl(1 + \sum_{k \le D} c_k P_k(x)\Bigr) + B a, \qquad
+    a \sim N(0, \Lambda), \quad c_k \sim N(0, \tau_k^2),
+
+the *residual term* :math:`B a` (``extra["residual_basis"]`` :math:`B` (K, P),
+orthonormal rows, and ``extra["residual_variance"]`` :math:`\Lambda` (K,): the
+principal directions of the generator's error on clean training spectra) and the
+*continuum term* (``extra["continuum_sigma"]`` :math:`\tau` (D + 1,): Legendre
+polynomials :math:`P_k` of :math:`x` running from -1 to 1 over the model grid).  Both
+are linear in their coefficients once :math:`\hat z` is fixed; they are fitted after
+the MAP of :math:`(z, C)` by one ridge solve per star (`terms_posterior`).
+
+The functions here work on explicit parts (`TermParts`, built once per batch by
+`term_parts`) and arrays, not on the model: the denoiser calls them, and so can a
+test or a study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "TermParts",
+    "has_terms",
+    "term_parts",
+    "term_columns",
+    "terms_posterior",
+    "check_term_arrays",
+]
+
+#: Stars per chunk of the normal equations ((n, K, P) temporaries).
+_CHUNK = 32
+#: Most Legendre orders of the continuum term a model file may declare.
+MAX_CONTINUUM_TERMS = 16
+
+
+@dataclass(frozen=True)
+class TermParts:
+    """The linear terms' fixed parts on the model's device.
+
+    Attributes
+    ----------
+    basis : tensor, shape (K, P), or None
+        The residual basis :math:`B`.
+    legendre : tensor, shape (D + 1, P), or None
+        The Legendre rows :math:`P_k(x)` of the continuum term.
+    precision : tensor, shape (K + D + 1, K + D + 1), float64
+        The prior precision :math:`\\operatorname{diag}(\\Lambda, \\tau^2)^{-1}` of all
+        coefficients (residual first).
+    """
+
+    basis: torch.Tensor | None
+    legendre: torch.Tensor | None
+    precision: torch.Tensor
+
+
+def has_terms(extra: dict) -> bool:
+    """Whether a model's ``extra`` arrays declare a residual or a continuum term.
+
+    Parameters
+    ----------
+    extra : dict
+        A model's extra arrays.
+
+    Returns
+    -------
+    bool
+    """
+    return "residual_basis" in extra or "continuum_sigma" in extra
+
+
+def term_parts(extra: dict, n_pix: int, dtype: torch.dtype, device) -> TermParts:
+    """Build the linear terms' fixed parts from a model's ``extra`` arrays.
+
+    Parameters
+    ----------
+    extra : dict
+        Holds ``residual_basis`` and ``residual_variance``, and/or
+        ``continuum_sigma`` (checked by `check_term_arrays`; at least one term).
+    n_pix : int
+        Pixels of the model grid.
+    dtype : torch.dtype
+        Floating type of the basis and Legendre rows.
+    device : torch.device or str
+        Where the parts live.
+
+    Returns
+    -------
+    TermParts
+    """
+    basis = legendre = None
+    variances = []
+    if "residual_basis" in extra:
+        basis = torch.as_tensor(extra["residual_basis"], dtype=dtype).to(device)
+        variances.append(torch.as_tensor(extra["residual_variance"], dtype=torch.float64))
+    if "continuum_sigma" in extra:
+        tau = torch.as_tensor(extra["continuum_sigma"], dtype=torch.float64)
+        grid = np.linspace(-1.0, 1.0, n_pix)
+        rows = np.polynomial.legendre.legvander(grid, tau.numel() - 1).T
+        legendre = torch.as_tensor(rows, dtype=dtype, device=device)
+        variances.append(tau.square())
+    if not variances:
+        raise ValueError("extra declares no linear term (residual_basis or continuum_sigma)")
+    return TermParts(basis, legendre, torch.diag(1 / torch.cat(variances)).to(device))
+
+
+def term_columns(parts: TermParts, signal: torch.Tensor) -> torch.Tensor:
+    """The terms' columns :math:`M` (n, K + D + 1, P) for stars of MAP signal ``signal``.
+
+    Parameters
+    ----------
+    parts : TermParts
+        From `term_parts`.
+    signal : tensor, shape (n, P)
+        :math:`G(\\hat z)` of each star (the continuum term's columns scale it).
+
+    Returns
+    -------
+    tensor, shape (n, K + D + 1, P)
+    """
+    columns = [] if parts.basis is None else [parts.basis.expand(signal.shape[0], -1, -1)]
+    if parts.legendre is not None:
+        columns.append(signal[:, None] * parts.legendre)
+    return torch.cat(columns, 1)
+
+
+def terms_posterior(
+    parts: TermParts, flux: torch.Tensor, inv_unit: torch.Tensor, signal: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The linear terms' posterior mean given ``signal``, and their variance per pixel.
+
+    With the columns :math:`M` of both terms stacked per star (`term_columns`), the
+    coefficients are :math:`\hat u = A^{-1} M W r`, :math:`A = M W M^\top +
+    \operatorname{diag}(\Lambda, \tau^2)^{-1}`, with the residual :math:`r = y -
+    G(\hat z)` and :math:`W` the inverse noise variance, both summed over the
+    exposures (zero at missing and rejected pixels).  The variance is
+    :math:`\operatorname{diag}(M^\top A^{-1} M)` at the pixels without data in every
+    exposure (there it is close to the prior's), zero elsewhere (where the data pin
+    the coefficients down, the calibrated generator-error part of the denoiser's
+    uncertainty covers it).
+
+    Parameters
+    ----------
+    parts : TermParts
+        From `term_parts`.
+    flux : tensor, shape (B, E, P)
+        The exposures (any value where ``inv_unit`` is zero).
+    inv_unit : tensor, shape (B, E, P)
+        :math:`1 / t`, the inverse noise unit (flow scale included), zero at
+        missing pixels.
+    signal : tensor, shape (B, P)
+        :math:`G(\hat z)` of each star.
+
+    Returns
+    -------
+    fit : tensor, shape (B, P)
+        :math:`M^\top \hat u`, the terms' posterior mean.
+    variance : tensor, shape (B, P)
+        Their posterior variance at the pixels without data, zero elsewhere.
+    """
+    weight = inv_unit.square()  # (B, E, P)
+    target = ((flux - signal[:, None]) * weight).sum(1)  # (B, P)
+    weight = weight.sum(1)
+    fit = torch.empty_like(signal)
+    spread = torch.zeros_like(signal)
+    for part in torch.arange(signal.shape[0], device=signal.device).split(_CHUNK):
+        columns = term_columns(parts, signal[part])  # (n, K, P)
+        scaled = columns * weight[part, None]
+        system = (scaled @ columns.transpose(-1, -2)).double() + parts.precision
+        # Cholesky, not linalg.solve: batched LU fails on K >= ~130 with some MKL builds
+        factor = torch.linalg.cholesky(system)
+        rhs = (columns @ target[part, :, None]).double()
+        coef = torch.cholesky_solve(rhs, factor).to(signal.dtype)  # (n, K, 1)
+        fit[part] = (coef.transpose(-1, -2) @ columns)[:, 0]
+        # the variance where the star has no data, on those pixels only (cheap)
+        empty = weight[part] == 0
+        pixels = empty.any(0).nonzero()[:, 0]
+        if pixels.numel():
+            covariance = torch.cholesky_inverse(factor).to(signal.dtype)  # (n, K, K)
+            sub = columns[..., pixels]
+            value = ((covariance @ sub) * sub).sum(1)
+            spread[part[:, None], pixels] = torch.where(empty[:, pixels], value, 0.0)
+    return fit, spread
+
+
+def check_term_arrays(extra: dict, n_pix: int) -> None:
+    """Check the linear terms' arrays of a model's ``extra``, when present.
+
+    ``residual_basis`` (K, P) finite with ``residual_variance`` (K,) finite > 0 (both
+    or neither); ``continuum_sigma`` (D + 1,) finite > 0, at most
+    `MAX_CONTINUUM_TERMS` orders.
+
+    Parameters
+    ----------
+    extra : dict
+        A model's extra arrays.
+    n_pix : int
+        Pixels of the model grid.
+
+    Raises
+    ------
+    ValueError
+        Naming the array that is wrong.
+    """
+    if ("residual_basis" in extra) != ("residual_variance" in extra):
+        raise ValueError("extra needs both 'residual_basis' and 'residual_variance', or neither")
+    if "residual_basis" in extra:
+        basis = np.asarray(extra["residual_basis"], dtype=np.float64)
+        variance = np.asarray(extra["residual_variance"], dtype=np.float64)
+        if (
+            basis.ndim != 2
+            or basis.shape[1] != n_pix
+            or variance.shape != basis.shape[:1]
+            or not np.all(np.isfinite(basis))
+            or not np.all(np.isfinite(variance) & (variance > 0))
+        ):
+            raise ValueError(
+                f"extra['residual_basis'] must be (K, {n_pix}) finite and "
+                f"extra['residual_variance'] (K,) positive finite, got shapes {basis.shape} "
+                f"and {variance.shape}"
+            )
+    if "continuum_sigma" in extra:
+        tau = np.asarray(extra["continuum_sigma"], dtype=np.float64)
+        if tau.ndim != 1 or not 1 <= tau.size <= MAX_CONTINUUM_TERMS or not np.all(
+            np.isfinite(tau) & (tau > 0)
+        ):
+            raise ValueError(
+                "extra['continuum_sigma'] must hold 1 to "
+                f"{MAX_CONTINUUM_TERMS} positive finite numbers (one per Legendre "
+                f"order), got shape {tau.shape}"
+            )
