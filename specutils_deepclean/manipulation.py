@@ -30,6 +30,7 @@ __all__ = [
     "TELLURIC_MODES",
     "MIN_COVERAGE",
     "TRANSMISSION_FLOOR",
+    "ConvergenceWarning",
 ]
 
 #: Name of the shipped telluric model used when ``model`` is not given.
@@ -45,6 +46,12 @@ OOD_WARNING = 0.01
 TRANSMISSION_FLOOR = 0.05
 #: Output modes of `remove_tellurics`.
 TELLURIC_MODES = ("divide", "reconstruct")
+
+
+
+class ConvergenceWarning(AstropyUserWarning):
+    """`denoise`: the MAP optimisation of a spectrum's selected class did not converge."""
+
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
@@ -438,8 +445,10 @@ def denoise(
         ``meta["deepclean"]`` holds ``map_class``, ``class_posterior`` (class ->
         probability), ``z``, ``ood_score``, ``filled`` (input pixels that were
         missing and now carry model values), ``rejected`` (input pixels left out
-        as outliers, in any exposure), ``converged`` and the model's name and
-        version; one entry per row for a batch.
+        as outliers, in any exposure), ``converged`` (whether the MAP class's
+        optimisation converged), ``class_converged`` (class -> the same for each
+        class; False also for classes dropped after screening) and the model's
+        name and version; one entry per row for a batch.
 
     Raises
     ------
@@ -459,6 +468,9 @@ def denoise(
         but should not be trusted.  If some rows of a batch have no valid pixel or
         cover less than `MIN_COVERAGE`: they are returned fully masked (NaN flux)
         and their ``meta["deepclean"]`` entries are None.
+    ConvergenceWarning
+        (an `~astropy.utils.exceptions.AstropyUserWarning`) naming the spectra whose
+        selected class's MAP optimisation did not converge (``converged`` False).
 
     Notes
     -----
@@ -507,6 +519,9 @@ def denoise(
     index = [int(row) if ok else None for row, ok in zip(rows, good, strict=True)]
     ood_score = _per_star(index, lambda i: float(result.ood_score[i]))
     _warn_ood(np.array(ood_score, dtype=float))
+    selected = result.converged[np.arange(len(result.map_class)), result.map_class]
+    converged = _per_star(index, lambda i: bool(selected[i]))
+    _warn_convergence(converged, steps)
     first = gs_list[0]
     filled, rejected = (
         np.nan_to_num(grid_to_input(first, _all_stars(mask, good, False).astype(float))[0]) > 0
@@ -527,7 +542,11 @@ def denoise(
         ),
         "z": _per_star(index, lambda i: result.z[i].tolist()),
         "ood_score": ood_score,
-        "converged": _per_star(index, lambda i: result.converged[i].tolist()),
+        "converged": converged,
+        "class_converged": _per_star(
+            index,
+            lambda i: dict(zip(names, map(bool, result.converged[i]), strict=True)),
+        ),
         "filled": filled,
         "rejected": rejected,
     }
@@ -554,7 +573,21 @@ def _all_stars(values: np.ndarray, good: np.ndarray, fill) -> np.ndarray:
     return out
 
 
-_PER_ROW = ("map_class", "class_posterior", "z", "ood_score", "converged")
+_PER_ROW = ("map_class", "class_posterior", "z", "ood_score", "converged", "class_converged")
+
+
+def _warn_convergence(converged: list, steps: int) -> None:
+    """Warn about the rows whose selected class did not converge (None: skipped rows)."""
+    rows = [i for i, ok in enumerate(converged) if ok is False]
+    if rows:
+        warnings.warn(
+            f"spectra {rows} did not converge: the MAP optimisation of their selected "
+            f"class stopped (at most {steps} Newton steps) before its Newton decrement "
+            "fell below tol; their result may be far from the posterior's mode "
+            "(meta['deepclean']['converged'] is False for them)",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_ood(scores: np.ndarray) -> None:

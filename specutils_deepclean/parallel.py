@@ -71,6 +71,9 @@ class RunSummary:
     failed : dict
         Input -> reason, for inputs that could not be cleaned; for a target of a
         file of several targets the key is ``"<path> [target <name>]"``.
+    not_converged : list
+        Results done whose denoising MAP did not converge (for some spectrum of the
+        file), labelled as in ``failed``; their results are written, with ``DCCONV = F``.
     warnings : list of str
         Warnings raised while cleaning (each naming its files).
     seconds : float
@@ -85,6 +88,7 @@ class RunSummary:
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)
+    not_converged: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
     results: dict = field(default_factory=dict)
@@ -98,8 +102,11 @@ class RunSummary:
     def __str__(self) -> str:
         n = len(self.results) or len(self.done)  # spectra cleaned (targets of survey files)
         rate = n / self.seconds if self.seconds > 0 else float("nan")
+        unconverged = (
+            f" ({len(self.not_converged)} did not converge)" if self.not_converged else ""
+        )
         lines = [
-            f"done {len(self.done)}, skipped {len(self.skipped)} (result exists), "
+            f"done {len(self.done)}{unconverged}, skipped {len(self.skipped)} (result exists), "
             f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.2f} spectra/s)"
         ]
         if n != len(self.done) or self.skipped_targets:  # survey files of several targets
@@ -314,7 +321,8 @@ def _file_batch(
     Returns (path, status, message, target) per result: status ``done`` (message:
     the result file), ``exists`` (a target's result existed), ``failed`` (message:
     the reason), ``skipped`` (a fibre without target or data; message: the reason)
-    or ``warning`` (path empty).
+    or ``warning`` (path empty); a ``done`` result whose denoising did not converge
+    is also reported as ``not converged``.
     """
     _set_threads(threads)
     function = _function(task)
@@ -338,11 +346,21 @@ def _file_batch(
             report.append((path, "done", out, name))
         except OSError as exc:
             report.append((path, "failed", f"cannot write {out}: {exc}", name))
+            continue
+        if not _converged(result):
+            report.append((path, "not converged", out, name))
     names = ", ".join(Path(p).name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     report += [
         ("", "warning", f"{message} [batch: {names}]", None) for message in dict.fromkeys(caught)
     ]
     return report
+
+
+def _converged(result: Spectrum) -> bool:
+    """False when `denoise` says a spectrum of ``result`` did not converge."""
+    converged = result.meta.get("deepclean", {}).get("converged")
+    rows = converged if isinstance(converged, list) else [converged]
+    return not any(ok is False for ok in rows)
 
 
 def _spectra_batch(task, spectra, options, threads):
@@ -504,6 +522,8 @@ def clean_files(
                     summary.failed[label] = message
                 elif status == "skipped":
                     summary.skipped_targets[label] = message
+                elif status == "not converged":
+                    summary.not_converged.append(label)
             for path, statuses in state.items():
                 if "failed" in statuses:
                     continue

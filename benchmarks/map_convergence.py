@@ -1,0 +1,77 @@
+"""How often the denoiser's MAP stops without converging, on MILES ``val``.
+
+Every good ``val`` star is observed through the simulator at S/N 2, 5, 10, 20 and 50,
+median-normalised as `specutils_deepclean.denoise` does, and put through
+``Denoiser.map_estimate`` with `denoise`'s defaults.  Counted per S/N: the stars whose
+selected (MAP) class did not converge (`denoise` warns about them) and those where no
+class converged.  The test split is never read::
+
+    python benchmarks/map_convergence.py --json benchmarks/results/map_convergence_val.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specutils_deepclean.datasets import load_library
+from specutils_deepclean.io.models import load_model
+from specutils_deepclean.simulate import SNR_LEVELS, Simulator, prepare_truth
+from specutils_deepclean.spectra import median_normalise
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="denoiser-miles")
+    parser.add_argument("--steps", type=int, default=20, help="denoise's default")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model = load_model(args.model)
+    wave = model.wavelength.to_value("Angstrom")
+    truth, valid = prepare_truth(
+        load_library().select(split="val", good=True), wave, model.medium
+    )
+    sim = Simulator(wave, model.medium)
+    rows = {}
+    for i, snr in enumerate(SNR_LEVELS):
+        obs = sim.observe(np.where(valid, truth, np.nan), snr, seed=args.seed + i)
+        flux, scale = median_normalise(obs.flux, obs.mask)
+        result = model.map_estimate(
+            flux,
+            obs.sigma / scale[:, None],
+            obs.mask,
+            steps=args.steps,
+            generator=torch.Generator().manual_seed(0),
+        )
+        stars = np.arange(len(flux))
+        selected = result.converged[stars, result.map_class]
+        rows[f"{snr:g}"] = {
+            "selected_not_converged": int(np.sum(~selected)),
+            "no_class_converged": int(np.sum(~result.converged.any(axis=1))),
+            "selected_steps_median": float(np.median(result.steps[stars, result.map_class])),
+        }
+        print(snr, rows[f"{snr:g}"], flush=True)
+    out = {
+        "command": "python benchmarks/map_convergence.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "split": "val",
+        "model": args.model,
+        "steps": args.steps,
+        "n_spectra": int(len(truth)),
+        "snr": rows,
+    }
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
