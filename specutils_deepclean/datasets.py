@@ -492,7 +492,7 @@ def load_examples() -> Library:
     """The example set shipped with the package: 8 MILES ``test`` spectra.
 
     One star per label B, A, F, G, K, M, G_giant and K_giant (chosen by
-    ``benchmarks/make_examples.py``: the good star whose Teff is closest to the
+    ``benchmarks/training/make_examples.py``: the good star whose Teff is closest to the
     label's median Teff in the test split).
 
     Returns

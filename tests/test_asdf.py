@@ -34,7 +34,7 @@ def _provenance(**changes):
         seed=3,
         package_version="0.1.0",
         created="2026-11-22T02:00:00+00:00",
-        script="benchmarks/train_pca.py",
+        script="benchmarks/training/train_pca.py",
         metrics={"val_median_mse": 8.9e-5, "n": 3},
         notes="note",
     )

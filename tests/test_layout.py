@@ -111,6 +111,8 @@ def test_models_hold_no_training():
         ("specutils_deepclean.models.cdae", "fit_cdae", "training.cdae", "train_cdae"),
         ("specutils_deepclean.models.karaoke", "velocity_whiten", "training.karaoke", None),
         ("specutils_deepclean.tellurics", "reference_lines", "training.karaoke", None),
+        ("specutils_deepclean.benchmarking.survey", "observe_split", "training.telluric_data",
+         None),
     ],
 )  # fmt: skip
 def test_old_paths_still_work_with_a_deprecation_warning(old, name, new, new_name):

@@ -354,6 +354,7 @@ def test_load_pretrained_miles_pca():
     assert model.config["n_pix"] == model.n_pix == model.mean.shape[0]
     prov = model.provenance
     assert prov.split == "train" and prov.data_name == "MILES" and prov.seed == 0
+    # the script's path when the shipped file was written (now benchmarks/training/)
     assert len(prov.data_sha256) == 64 and prov.script == "benchmarks/train_pca.py"
     comps = model.components.double()
     torch.testing.assert_close(

@@ -168,7 +168,7 @@ def test_gap_random(sim, flat_batch):
 
 
 def test_survey_gap_fraction(examples):
-    from specutils_deepclean.benchmarking.survey import observe_split
+    from specutils_deepclean.training.telluric_data import observe_split
 
     plain = observe_split(examples, GRID, "air", copies=8, seed=3)
     gapped = observe_split(examples, GRID, "air", copies=8, seed=3, gap_fraction=0.5)

@@ -23,12 +23,11 @@ Per spectrum: MSE against the truth over valid pixels; per class and
 S/N the win rate of ``deepclean`` against each baseline; median MSE; DER_SNR before
 and after; calibration of the denoiser's uncertainty; MAP class accuracy.  The
 per-spectrum MSE of every method and DER_SNR before/after are kept in the JSON (for
-the figures of ``benchmarks/denoise_figures.py``), with each star's class.  With
+the figures of ``benchmarks/figures/denoise_figures.py``), with each star's class.  With
 ``--gaps N``, the median MSE at S/N 10 for every gap width and place on N stars, and
 the calibration of the uncertainty over the gap's pixels (the filled ones).
 
     specutils-deepclean benchmark denoise --split test --json denoise_test.json
-    python benchmarks/bench_denoise.py ...   (the same)
 """
 
 from __future__ import annotations
@@ -216,7 +215,7 @@ def main(argv=None) -> int:
     if not Path(args.baselines).is_file():
         raise FileNotFoundError(
             f"{args.baselines} not found: the classical baselines' settings tuned on val, "
-            "written by benchmarks/tune_baselines.py (pass --baselines)"
+            "written by benchmarks/studies/tune_baselines.py (pass --baselines)"
         )
     chosen = json.loads(Path(args.baselines).read_text())["chosen"]
     pca_k = choose_pca_k(sim, pca, val_truth, val_valid, args.seed)
@@ -254,7 +253,7 @@ def main(argv=None) -> int:
             }
 
     result = {
-        "command": "python benchmarks/bench_denoise.py "
+        "command": "specutils-deepclean benchmark denoise "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "library": str(library.path),
         "split": args.split,

@@ -1,7 +1,7 @@
 """Telluric benchmark protocol: Q_t, Q_s and RMS inside the telluric mask.
 
 Stars of one split of a library file are observed through the simulator
-(:mod:`specutils_deepclean.benchmarking.survey`: random stellar RV, airmass uniform
+(:mod:`specutils_deepclean.training.telluric_data`: random stellar RV, airmass uniform
 in [1, 2.5], sky, cosmics, correlated noise) at S/N 20, 50 and 200, then corrected by:
 
 * ``none``: the observation itself;
@@ -20,12 +20,11 @@ or 800 pixels at the blue end, middle or red end, drawn per spectrum; gap pixels
 not scored).
 
     specutils-deepclean benchmark tellurics --split test --json tellurics_test.json
-    python benchmarks/bench_tellurics.py ...   (the same)
 
 ``--ablation LABEL=MODEL ...`` (or ``--ablation-dir DIR``: every model file in it,
 labelled by its name) adds Q_t / Q_s at S/N 50 for other model files (whitening
 0/15/30 km/s, VAE vs AE, with and without the telluric layer; the models of
-``benchmarks/ablate_tellurics.sh``).  ``--speed`` adds the timings.
+``benchmarks/studies/ablate_tellurics.sh``).  ``--speed`` adds the timings.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 from specutils import Spectrum
 
-from .survey import observe_split
+from ..training.telluric_data import observe_split
 
 from .. import metrics
 from ..datasets import load_library
@@ -185,7 +184,7 @@ def main(argv=None) -> int:
     model = load_model(args.model)
     region = telluric_region(np.asarray(model.extra["telluric_lines"], dtype=float))
     result = {
-        "command": "python benchmarks/bench_tellurics.py "
+        "command": "specutils-deepclean benchmark tellurics "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "library": str(library.path),
         "split": args.split,

@@ -11,7 +11,9 @@ One verb, ``train_*``, per model family, each in its own module:
 * :mod:`~specutils_deepclean.training.kde`: `train_kde` (the per-class prior);
 * :mod:`~specutils_deepclean.training.cdae`: `train_cdae` (the paper's baseline);
 * :mod:`~specutils_deepclean.training.loop`: the epoch loop, keep-best on
-  validation and checkpoints they all use.
+  validation and checkpoints they all use;
+* :mod:`~specutils_deepclean.training.telluric_data`: the simulated topocentric
+  survey the telluric VAE trains on (and its benchmark observes).
 
 Importing this package does not import torch: the trainers are imported when first
 used (``from specutils_deepclean.training import train_karaoke`` works).

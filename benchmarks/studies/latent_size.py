@@ -10,7 +10,7 @@ bad are left out. The test split is never read.
 
 Writes ``benchmarks/results/latent_size.json`` and prints the curve::
 
-    python benchmarks/latent_size.py [--latent 3 8 16 32] [--epochs 100] [--threads 1]
+    python benchmarks/studies/latent_size.py [--latent 3 8 16 32] [--epochs 100] [--threads 1]
 
 One torch thread by default: on the shared 2-core machine, two OpenMP threads
 slowed the small convolutions of a training step by 10-100x whenever another
@@ -33,7 +33,7 @@ from specutils_deepclean.datasets import load_library
 from specutils_deepclean.simulate import prepare_truth
 from specutils_deepclean.training.generator import train_generator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OUTPUT_JSON = REPO / "benchmarks" / "results" / "latent_size.json"
 WAVE_RANGE = (3600.0, 7400.0)
 SEED = 0

@@ -1,6 +1,6 @@
 """Figures and tables of the telluric docs page, from the benchmark JSON and the shipped model.
 
-    python benchmarks/plot_tellurics.py --json benchmarks/results/tellurics_test.json
+    python benchmarks/figures/plot_tellurics.py --json benchmarks/results/tellurics_test.json
 
 Writes ``docs/_static/tellurics_example.png`` (like Sedaghat et al. Fig. 5: one test
 star at S/N 200 and airmass 2.5 around three telluric bands: observation, truth,
@@ -23,14 +23,14 @@ import numpy as np
 from astropy.nddata import StdDevUncertainty
 from specutils import Spectrum
 
-from specutils_deepclean.benchmarking.survey import observe_split
+from specutils_deepclean.training.telluric_data import observe_split
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.manipulation import remove_tellurics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BANDS = ((6270.0, 6330.0), (6860.0, 6960.0), (7160.0, 7330.0))
 METHODS = ("none", "reconstruct", "divide", "template_fit")
 

@@ -6,10 +6,10 @@ an existing model file: the degree (0, 1, 3 or 5) and prior width (0.03, 0.1 or 
 of the multiplicative Legendre continuum, or no term, chosen on ``val``
 observations at S/N 2-50.  The test split is never read.  The kept setting's val
 median MSE per S/N replaces the file's ``val_median_mse_snr*`` metrics.  Recalibrate
-the uncertainty afterwards (``benchmarks/calibrate_denoiser.py``).  The shipped
+the uncertainty afterwards (``benchmarks/training/calibrate_denoiser.py``).  The shipped
 model's term was fitted with
 
-    python benchmarks/fit_continuum_term.py --seed 6 \
+    python benchmarks/training/fit_continuum_term.py --seed 6 \
         --json benchmarks/results/denoiser_continuum_val.json
 """
 

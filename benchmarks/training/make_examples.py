@@ -8,7 +8,7 @@ written in the library layout to
 
 Run from the repository root::
 
-    python benchmarks/make_examples.py [--library PATH] [--output PATH]
+    python benchmarks/training/make_examples.py [--library PATH] [--output PATH]
 """
 
 import argparse
@@ -20,7 +20,7 @@ from specutils_deepclean.datasets import load_library
 
 LABELS = ("B", "A", "F", "G", "K", "M", "G_giant", "K_giant")
 OUTPUT = (
-    Path(__file__).resolve().parent.parent
+    Path(__file__).resolve().parents[2]
     / "specutils_deepclean" / "data" / "examples" / "miles_examples.fits"
 )
 
@@ -51,7 +51,9 @@ def main(argv=None) -> Path:
     args = parser.parse_args(argv)
     library = load_library(args.library)
     examples = library.take(choose_rows(library))
-    examples.meta["COMMENT"] = "specutils-deepclean example set (benchmarks/make_examples.py)"
+    examples.meta["COMMENT"] = (
+        "specutils-deepclean example set (benchmarks/training/make_examples.py)"
+    )
     examples.write(args.output, overwrite=True)
     for row in examples.params:
         print(f"{row['star_id']}  {row['label']:8s} Teff={row['teff']:.0f} K  {row['name']}")

@@ -27,7 +27,7 @@ printf '%s\n' "${jobs[@]}" | xargs -P 2 -L 1 bash -c 'set -e
   label=$variant-N$n-s$seed
   if [ "$n" = AE30 ]; then n=30; flags="$flags --autoencoder"; label=$variant-AE30-s$seed; fi
   [ -f benchmarks/work/ablation/$label.asdf ] && { echo "$label exists"; exit 0; }
-  OMP_NUM_THREADS=1 python benchmarks/train_tellurics.py --epochs $epochs --copies 1 --lr 2e-3 \
+  OMP_NUM_THREADS=1 python benchmarks/training/train_tellurics.py --epochs $epochs --copies 1 --lr 2e-3 \
       --seed $seed --threads 1 --whitening $n $flags \
       --output benchmarks/work/ablation/$label.asdf \
       --json benchmarks/results/ablation/$label.json > /dev/null

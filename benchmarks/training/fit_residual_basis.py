@@ -6,9 +6,9 @@ principal directions of the generator's error on the clean ``train`` stars, thei
 number (0, 40, 80 or 160) chosen on ``val`` observations at S/N 2-50.  The test split
 is never read.  The kept size's val median MSE per S/N replaces the file's
 ``val_median_mse_snr*`` metrics.  Recalibrate the uncertainty afterwards
-(``benchmarks/calibrate_denoiser.py``).  The shipped model's term was fitted with
+(``benchmarks/training/calibrate_denoiser.py``).  The shipped model's term was fitted with
 
-    python benchmarks/fit_residual_basis.py --seed 5 \
+    python benchmarks/training/fit_residual_basis.py --seed 5 \
         --json benchmarks/results/denoiser_residual_val.json
 """
 

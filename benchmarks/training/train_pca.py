@@ -14,7 +14,7 @@ part in the choice.
 Writes ``specutils_deepclean/pretrained/miles-pca.asdf`` and
 ``benchmarks/results/pca_train.json``::
 
-    python benchmarks/train_pca.py [--library ../shared/data/miles/miles.fits]
+    python benchmarks/training/train_pca.py [--library ../shared/data/miles/miles.fits]
 """
 
 import argparse
@@ -34,7 +34,7 @@ from specutils_deepclean.io.models import save_model
 from specutils_deepclean.models.baselines import PCADenoiser
 from specutils_deepclean.provenance import Provenance, file_sha256
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_LIBRARY = REPO.parent / "shared" / "data" / "miles" / "miles.fits"
 OUTPUT_MODEL = REPO / "specutils_deepclean" / "pretrained" / "miles-pca.asdf"
 OUTPUT_JSON = REPO / "benchmarks" / "results" / "pca_train.json"
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         ),
         split="train",
         seed=SEED,
-        script="benchmarks/train_pca.py",
+        script="benchmarks/training/train_pca.py",
         metrics={f"val_median_mse_k{k}": val_mse[k] for k in args.k},
         notes=(
             f"n_components={best} chosen on val (lowest median MSE of projecting clean "

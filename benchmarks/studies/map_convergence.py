@@ -1,12 +1,13 @@
 """How often the denoiser's MAP stops without converging, on MILES ``val``.
 
 Every good ``val`` star is observed through the simulator at S/N 2, 5, 10, 20 and 50,
-median-normalised as `specutils_deepclean.denoise` does, and put through
-``Denoiser.map_estimate`` with `denoise`'s defaults.  Counted per S/N: the stars whose
-selected (MAP) class did not converge (`denoise` warns about them) and those where no
-class converged.  The test split is never read::
+median-normalised and put through ``Denoiser.map_estimate`` with `denoise`'s defaults
+(`specutils_deepclean.inference.denoise_arrays`, as `specutils_deepclean.denoise`
+does).  Counted per S/N: the stars whose selected (MAP) class did not converge
+(`denoise` warns about them) and those where no class converged.  The test split is never read::
 
-    python benchmarks/map_convergence.py --json benchmarks/results/map_convergence_val.json
+    python benchmarks/studies/map_convergence.py \\
+        --json benchmarks/results/map_convergence_val.json
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 
 from specutils_deepclean.datasets import load_library
+from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.simulate import SNR_LEVELS, Simulator, prepare_truth
-from specutils_deepclean.spectra import median_normalise
 
 
 def main(argv=None) -> int:
@@ -44,15 +45,15 @@ def main(argv=None) -> int:
     rows = {}
     for i, snr in enumerate(SNR_LEVELS):
         obs = sim.observe(np.where(valid, truth, np.nan), snr, seed=args.seed + i)
-        flux, scale = median_normalise(obs.flux, obs.mask)
-        result = model.map_estimate(
-            flux,
-            obs.sigma / scale[:, None],
+        result = denoise_arrays(
+            model,
+            obs.flux,
+            obs.sigma,
             obs.mask,
             steps=args.steps,
             generator=torch.Generator().manual_seed(0),
-        )
-        stars = np.arange(len(flux))
+        ).map
+        stars = np.arange(len(obs.flux))
         selected = result.converged[stars, result.map_class]
         rows[f"{snr:g}"] = {
             "selected_not_converged": int(np.sum(~selected)),
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         }
         print(snr, rows[f"{snr:g}"], flush=True)
     out = {
-        "command": "python benchmarks/map_convergence.py "
+        "command": "python benchmarks/studies/map_convergence.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "split": "val",
         "model": args.model,

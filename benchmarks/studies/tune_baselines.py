@@ -20,7 +20,7 @@ val set) is kept.
 
 Writes ``benchmarks/results/baselines_val.json``::
 
-    python benchmarks/tune_baselines.py [--library ../shared/data/miles/miles.fits]
+    python benchmarks/studies/tune_baselines.py [--library ../shared/data/miles/miles.fits]
         [--cdae-epochs 40] [--cdae-lr 1e-3] [--latent-dim 16] [--threads 1]
 """
 
@@ -45,7 +45,7 @@ from specutils_deepclean.models.classical import (
 )
 from specutils_deepclean.simulate import SNR_LEVELS, Simulator, prepare_truth
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_LIBRARY = REPO.parent / "shared" / "data" / "miles" / "miles.fits"
 OUTPUT_JSON = REPO / "benchmarks" / "results" / "baselines_val.json"
 WAVE_RANGE = (3600.0, 7400.0)

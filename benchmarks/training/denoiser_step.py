@@ -20,7 +20,7 @@ import torch
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model, save_model
 
-SHIPPED = Path(__file__).resolve().parents[1] / "specutils_deepclean/pretrained/denoiser-miles.asdf"
+SHIPPED = Path(__file__).resolve().parents[2] / "specutils_deepclean/pretrained/denoiser-miles.asdf"
 
 
 def run_step(

@@ -8,7 +8,7 @@ file's ``extra["sigma_scales"]``, the calibration per S/N into its provenance
 metrics (``val_calibration_fit_snr*``), and the command into its notes.  The test
 split is never read.  The shipped model was calibrated with
 
-    python benchmarks/calibrate_denoiser.py --seed 4 \
+    python benchmarks/training/calibrate_denoiser.py --seed 4 \
         --json benchmarks/results/denoiser_calibration_val.json
 """
 

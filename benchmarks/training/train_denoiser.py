@@ -5,7 +5,7 @@ The recipe is :func:`specutils_deepclean.training.denoiser.train_denoiser` (also
 ``train`` stars and tuned on ``val`` (the test split is never read), on the MILES grid
 clipped to 3600-7400 Angstrom (air); the val scores go into the model file.
 
-    python benchmarks/train_denoiser.py --seed 0 \
+    python benchmarks/training/train_denoiser.py --seed 0 \
         --output specutils_deepclean/pretrained/denoiser-miles.asdf \
         --json benchmarks/results/train_denoiser.json
 """
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         val_count=args.val_count,
         seed=args.seed,
         name="denoiser-miles",
-        script="benchmarks/train_denoiser.py "
+        script="benchmarks/training/train_denoiser.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         checkpoint=args.checkpoint,
         progress=False,

@@ -8,7 +8,7 @@ four ways: the observation as it is (tellurics left in), after
 with the pixels ``divide`` changed masked.  The JSON holds each run's OOD score
 (``meta["deepclean"]["ood_score"]``; ``denoise`` warns below 0.01)::
 
-    python benchmarks/bench_pipeline_ood.py --json benchmarks/results/pipeline_ood.json
+    python benchmarks/benchmarks/bench_pipeline_ood.py --json benchmarks/results/pipeline_ood.json
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             })
             print(json.dumps(rows[-1]), flush=True)
     result = {
-        "command": "python benchmarks/bench_pipeline_ood.py "
+        "command": "python benchmarks/benchmarks/bench_pipeline_ood.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {"snr": SNR, "airmass": AIRMASS, "gap": list(GAP), "seeds": list(SEEDS)},
         "ood_warning": OOD_WARNING,

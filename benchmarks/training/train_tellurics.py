@@ -1,7 +1,7 @@
 """Train the shipped telluric model (Stellar Karaoke VAE with velocity whitening).
 
 Training data: a simulated topocentric survey of MILES ``train`` stars
-(:mod:`specutils_deepclean.benchmarking.survey`); validation: MILES ``val`` stars,
+(:mod:`specutils_deepclean.training.telluric_data`); validation: MILES ``val`` stars,
 observed once each.  A share ``--gap-fraction`` of both lose one gap of the benchmark
 protocol (100, 400 or 800 pixels at the blue end, middle or red end), so that the
 network learns to reconstruct spectra with missing stretches.  The loss sees the
@@ -10,12 +10,12 @@ raised to a fitted power; see ``train_karaoke(telluric_lines=...)``) unless
 ``--no-telluric-layer`` (the paper's training).  The test split is never touched.
 Reproducible from ``--seed``.
 
-    python benchmarks/train_tellurics.py --epochs 220 --copies 4 --lr 2e-3 --seed 0 \
+    python benchmarks/training/train_tellurics.py --epochs 220 --copies 4 --lr 2e-3 --seed 0 \
         --gap-fraction 0.5 --threads 1 --output specutils_deepclean/pretrained/karaoke-miles.asdf \
         --json benchmarks/results/train_tellurics.json
 
 The ablations (whitening 0 / 15 / 30 km/s, VAE vs AE, with and without the layer;
-``benchmarks/ablate_tellurics.sh``) use ``--whitening``, ``--autoencoder`` and
+``benchmarks/studies/ablate_tellurics.sh``) use ``--whitening``, ``--autoencoder`` and
 ``--no-telluric-layer`` with another ``--output``.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specutils_deepclean.benchmarking.survey import AIRMASS_RANGE, observe_split
+from specutils_deepclean.training.telluric_data import AIRMASS_RANGE, observe_split
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import save_model
 from specutils_deepclean.provenance import Provenance, file_sha256
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         ),
         split="train",
         seed=args.seed,
-        script="benchmarks/train_tellurics.py "
+        script="benchmarks/training/train_tellurics.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     )
     lines = reference_lines(

@@ -1,7 +1,7 @@
 """The tables of the denoising docs page, from ``benchmarks/results/denoise_test.json``
 and ``benchmarks/results/denoise_speed.json``.
 
-    python benchmarks/denoise_table.py
+    python benchmarks/figures/denoise_table.py
 
 Writes ``docs/_generated/denoise_table.rst``.
 """
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASELINES = ("gaussian", "median", "wavelet", "pca", "cdae", "cdae_zero_impute")
 
 
@@ -98,7 +98,8 @@ def table(result: dict) -> str:
 def speed_table(speed: dict) -> str:
     lines = [
         f".. list-table:: MAP speed, batch {speed['batch']}, {speed['cpu_count']} cores, "
-        f"{speed['torch_threads']} torch threads (``benchmarks/bench_denoise_speed.py``)",
+        f"{speed['torch_threads']} torch threads "
+        "(``benchmarks/benchmarks/bench_denoise_speed.py``)",
         "   :header-rows: 1",
         "",
         "   * - S/N",

@@ -6,7 +6,8 @@ that median over the clean spectrum's median, minus one.  The generator cannot c
 a spectrum's level, so before the continuum term this error went straight into the
 denoised spectrum (see the denoising docs).  The test split is never read::
 
-    python benchmarks/normalisation_level.py --json benchmarks/results/normalisation_level_val.json
+    python benchmarks/studies/normalisation_level.py \\
+        --json benchmarks/results/normalisation_level_val.json
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         }
         print(snr, rows[f"{snr:g}"], flush=True)
     out = {
-        "command": "python benchmarks/normalisation_level.py "
+        "command": "python benchmarks/studies/normalisation_level.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "split": "val",
         "n_spectra": int(len(truth)),

@@ -2,14 +2,14 @@
 
 ``--n`` simulated spectra (stars of the MILES ``val`` split on the denoiser's grid,
 repeated as needed, observed through the simulator at each ``--snr``) are denoised in
-batches of ``--batch`` by the call ``benchmarks/bench_denoise.py`` times
+batches of ``--batch`` by the call ``specutils-deepclean benchmark denoise`` times
 (``specutils_deepclean.benchmarking.denoise.deepclean``: median-normalised, MAP).
 The run is repeated ``--repeats`` times and the best time is kept (other work on the
 machine only slows a run down).  Reports spectra per second with the torch thread
 count and the CPU count, and the share of (star, class) pairs that went past the
 screening, with the mean number of Newton steps they took, per S/N.
 
-    python benchmarks/bench_denoise_speed.py --threads 2 \
+    python benchmarks/benchmarks/bench_denoise_speed.py --threads 2 \
         --json benchmarks/results/denoise_speed.json
 """
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         flux, sigma, missing = simulated(model, library, args.n, snr, args.seed)
         per_snr[f"{snr:g}"] = timed(model, flux, sigma, missing, args)
     out = {
-        "command": "python benchmarks/bench_denoise_speed.py "
+        "command": "python benchmarks/benchmarks/bench_denoise_speed.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "n_spectra": args.n,

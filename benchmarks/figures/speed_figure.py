@@ -1,7 +1,8 @@
 """Docs table and figure of a survey speed benchmark JSON (``benchmark speed --json``).
 
-    python benchmarks/speed_figure.py
-    python benchmarks/speed_figure.py benchmarks/results/memory_10000.json --stem memory_10000
+    python benchmarks/figures/speed_figure.py
+    python benchmarks/figures/speed_figure.py benchmarks/results/memory_10000.json \\
+        --stem memory_10000
 
 write ``docs/_generated/<stem>_table.rst`` and ``docs/_static/<stem>_memory.png``
 (default: ``benchmarks/results/speed.json``, stem ``speed``).
@@ -16,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ model (``map_estimate``, 20 steps, 2 starts) four ways: every pixel kept
 hits found, the other pixels rejected and the hits missed.  The test split is never
 read.  The default ``clip=5`` of ``Denoiser.map_estimate`` was chosen from this run::
 
-    python benchmarks/clip_val.py --json benchmarks/results/denoise_val_clip.json
+    python benchmarks/studies/clip_val.py --json benchmarks/results/denoise_val_clip.json
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         rows[f"{snr:g}"] = row
         print(snr, json.dumps(row), flush=True)
     out = {
-        "command": "python benchmarks/clip_val.py "
+        "command": "python benchmarks/studies/clip_val.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "split": "val",

@@ -4,7 +4,7 @@ In the style of Kang et al.: Fig. 6 (MSE against gap width and position), Fig. 9
 (per-spectrum MSE of the denoising autoencoder against deepclean's, per class) and
 Fig. 10 (MSE against S/N; DER_SNR before and after denoising).
 
-    python benchmarks/denoise_figures.py
+    python benchmarks/figures/denoise_figures.py
 
 writes ``docs/_static/denoise_gaps.png``, ``denoise_vs_cdae.png`` and
 ``denoise_snr.png``.
@@ -22,7 +22,7 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "docs/_static"
 
 
