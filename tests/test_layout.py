@@ -113,6 +113,8 @@ def test_models_hold_no_training():
         ("specutils_deepclean.tellurics", "reference_lines", "training.karaoke", None),
         ("specutils_deepclean.benchmarking.survey", "observe_split", "training.telluric_data",
          None),
+        ("specutils_deepclean.metrics", "win_rates_by", "benchmarking.grouping", None),
+        ("specutils_deepclean.metrics", "grouped", "benchmarking.grouping", None),
     ],
 )  # fmt: skip
 def test_old_paths_still_work_with_a_deprecation_warning(old, name, new, new_name):

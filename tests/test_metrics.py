@@ -18,7 +18,6 @@ from specutils_deepclean.metrics import (
     der_snr,
     der_snr_array,
     estimate_continuum,
-    grouped,
     mse,
     n_s,
     n_t,
@@ -27,8 +26,8 @@ from specutils_deepclean.metrics import (
     rms_in_mask,
     telluric_pixels,
     win_rate,
-    win_rates_by,
 )
+from specutils_deepclean.benchmarking.grouping import grouped, win_rates_by
 
 DER_SNR_CONSTANT = 0.6052697
 

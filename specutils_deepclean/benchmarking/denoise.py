@@ -60,6 +60,7 @@ from ..simulate import (
     prepare_truth,
 )
 from ..spectra import median_normalise
+from .grouping import win_rates_by
 
 PCA_K = (3, 5, 10, 20, 40)
 
@@ -154,7 +155,9 @@ def choose_pca_k(sim, pca, val_truth, val_valid, seed) -> dict:
         scores = {
             k: float(
                 np.nanmedian(
-                    metrics.mse(pca.truncate(k).reconstruct(flux, missing), val_truth, mask=~val_valid)
+                    metrics.mse(
+                        pca.truncate(k).reconstruct(flux, missing), val_truth, mask=~val_valid
+                    )
                 )
             )
             for k in PCA_K
@@ -298,7 +301,7 @@ def main(argv=None) -> int:
             "win_rate_by_class": {
                 k: {
                     c: float(w)
-                    for c, w in metrics.win_rates_by(errors["deepclean"], v, labels).items()
+                    for c, w in win_rates_by(errors["deepclean"], v, labels).items()
                 }
                 for k, v in errors.items()
                 if k != "deepclean"
