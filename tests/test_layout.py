@@ -160,3 +160,18 @@ def test_one_array_path_for_the_denoiser():
                 ):
                     found.append(f"{relative}:{function.name}")
     assert found == []
+
+
+def test_benchmarks_folder_layout():
+    """Every script of ``benchmarks/`` stands in one of its four folders (see its README)."""
+    benchmarks = PACKAGE.parent / "benchmarks"
+    if not benchmarks.is_dir():  # an installed package without the repository
+        pytest.skip("no benchmarks/ folder next to the package")
+    folders = {"training", "benchmarks", "studies", "figures", "results", "work"}
+    loose = sorted(
+        path.name
+        for path in benchmarks.iterdir()
+        if (path.is_dir() and path.name not in folders | {"__pycache__"})
+        or (path.is_file() and path.name != "README.rst")
+    )
+    assert loose == [], "put these in training/, benchmarks/, studies/ or figures/"
