@@ -1,8 +1,11 @@
 """Real-data loaders: stellar libraries (MILES), the ESO transmission, the night sky.
 
-The data live in one folder (see :func:`data_dir`), described in its README.  Where
-that folder is absent, :func:`load_library` builds the MILES library from the PyPI
-package that distributes it (``sdss-mangadap``) into the user cache, once.
+The package ships compact copies of the ESO transmission and the Paranal night sky
+(:func:`load_transmission`, :func:`load_sky`) and eight MILES example spectra
+(:func:`load_examples`).  The full libraries live in one data folder (see
+:func:`data_dir`); where that folder is absent, :func:`load_library` builds the MILES
+library from the PyPI package that distributes it (``sdss-mangadap``) into the user
+cache, once.
 
 Every stellar library is read from one multi-extension FITS file in the *library
 layout*: ``FLUX`` (``n_star x n_pix``), ``WAVE`` (``n_pix``, Angstrom), ``MASK``
@@ -11,6 +14,7 @@ layout*: ``FLUX`` (``n_star x n_pix``), ``WAVE`` (``n_pix``, Angstrom), ``MASK``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import io
@@ -65,6 +69,11 @@ _REQUIRED_COLUMNS = (
 )
 _MEDIA = {"air": "air", "vac": "vacuum", "vacuum": "vacuum"}
 _EXAMPLES = "data/examples/miles_examples.fits"
+# Compact copies shipped with the package (benchmarks/make_sky_transmission.py).
+_PACKAGED = {
+    "transmission": "data/eso_transmission.fits",
+    "sky": "data/paranal_sky.fits",
+}
 
 # The registry package that ships MILES, and the files taken from it.
 MILES_PACKAGE = "sdss-mangadap"
@@ -118,21 +127,19 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("specutils-deepclean"))
 
 
-def _data_file(key: str, path: str | os.PathLike | None) -> Path:
-    """Path to a data file, given explicitly or found in :func:`data_dir`."""
+@contextlib.contextmanager
+def _packaged_or(path: str | os.PathLike | None, resource: str):
+    """The given file (it must exist), or the package's own ``resource``."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
-        return path
-    root = data_dir()
-    if root is None or not (root / _DATA_FILES[key]).is_file():
-        where = "no data folder found" if root is None else f"not in {root}"
-        raise FileNotFoundError(
-            f"{_DATA_FILES[key]}: {where}; set {DATA_ENV} to the folder that holds it "
-            "or pass the path"
-        )
-    return root / _DATA_FILES[key]
+        yield path
+        return
+    with importlib.resources.as_file(
+        importlib.resources.files("specutils_deepclean").joinpath(resource)
+    ) as packaged:
+        yield packaged
 
 
 # --------------------------------------------------------------------------- library
@@ -829,10 +836,17 @@ class SkySpectrum:
 def load_transmission(path: str | os.PathLike | None = None) -> Transmission:
     """The ESO LBLRTM transmission (Cerro Paranal, airmass 3, R = 60000, vacuum).
 
+    By default the copy shipped with the package (3000-11000 Angstrom, every pixel of
+    the source on its log-uniform grid, the transmission stored to 1.5e-5; see
+    :doc:`/data`), so it works without the data folder.
+
     Parameters
     ----------
     path : path-like, optional
-        File; default ``telluric/eso_transmission.fits`` in :func:`data_dir`.
+        A transmission file in the same layout (HDU ``TRANSMISSION`` with the columns
+        ``wavelength`` and ``transmission``), e.g. the full
+        ``telluric/eso_transmission.fits`` of the data folder; default the shipped
+        copy.
 
     Returns
     -------
@@ -841,32 +855,44 @@ def load_transmission(path: str | os.PathLike | None = None) -> Transmission:
     Raises
     ------
     FileNotFoundError
-        Without the file (the message names ``SPECUTILS_DEEPCLEAN_DATA``).
+        If ``path`` does not exist.
+    ValueError
+        If the file lacks the ``TRANSMISSION`` HDU.
+
+    Examples
+    --------
+    >>> trans = load_transmission()
+    >>> trans.airmass, trans.medium, trans.wavelength.min() < 3600 * u.AA
+    (3.0, 'vacuum', np.True_)
     """
-    path = _data_file("transmission", path)
-    with fits.open(path) as hdul:
-        if "TRANSMISSION" not in hdul:
-            raise ValueError(f"{path}: missing HDU 'TRANSMISSION'")
-        table = hdul["TRANSMISSION"].data
-        header = hdul[0].header
-        return Transmission(
-            wavelength=np.asarray(table["wavelength"], dtype=float) * u.AA,
-            transmission=np.asarray(table["transmission"], dtype=float),
-            airmass=float(header.get("AIRMASS", 3.0)),
-            resolving_power=float(header.get("RESOLVPW", 60000.0)),
-            medium=_MEDIA[str(header.get("WAVEMED", "vacuum")).strip().lower()],
-        )
+    with _packaged_or(path, _PACKAGED["transmission"]) as path:
+        with fits.open(path) as hdul:
+            if "TRANSMISSION" not in hdul:
+                raise ValueError(f"{path}: missing HDU 'TRANSMISSION'")
+            table = hdul["TRANSMISSION"].data
+            header = hdul[0].header
+            return Transmission(
+                wavelength=np.asarray(table["wavelength"], dtype=float) * u.AA,
+                transmission=np.asarray(table["transmission"], dtype=float),
+                airmass=float(header.get("AIRMASS", 3.0)),
+                resolving_power=float(header.get("RESOLVPW", 60000.0)),
+                medium=_MEDIA[str(header.get("WAVEMED", "vacuum")).strip().lower()],
+            )
 
 
 def load_sky(path: str | os.PathLike | None = None) -> SkySpectrum:
     """The observed Paranal night-sky spectrum (vacuum), padding removed.
 
-    The file's constant padding below 3142 Angstrom (no data) is dropped.
+    By default the copy shipped with the package (3141-10000 Angstrom, 0.1 Angstrom
+    pixels; see :doc:`/data`), so it works without the data folder.  A file's leading
+    run of constant values (the source's padding below 3142 Angstrom, no data) is
+    dropped.
 
     Parameters
     ----------
     path : path-like, optional
-        File; default ``sky/paranal_sky.fits`` in :func:`data_dir`.
+        A sky file in the same layout (HDUs ``FLUX`` and ``WAVELENGTH``), e.g. the
+        full ``sky/paranal_sky.fits`` of the data folder; default the shipped copy.
 
     Returns
     -------
@@ -875,15 +901,24 @@ def load_sky(path: str | os.PathLike | None = None) -> SkySpectrum:
     Raises
     ------
     FileNotFoundError
-        Without the file (the message names ``SPECUTILS_DEEPCLEAN_DATA``).
+        If ``path`` does not exist.
+    ValueError
+        If the file lacks one of the HDUs.
+
+    Examples
+    --------
+    >>> sky = load_sky()
+    >>> sky.medium, bool(3141 < sky.wavelength[0].value < 3142)
+    ('vacuum', True)
     """
-    path = _data_file("sky", path)
-    with fits.open(path) as hdul:
-        for name in ("FLUX", "WAVELENGTH"):
-            if name not in hdul:
-                raise ValueError(f"{path}: missing HDU {name!r}")
-        flux = np.asarray(hdul["FLUX"].data, dtype=float)
-        wave = np.asarray(hdul["WAVELENGTH"].data, dtype=float)
-    first = np.flatnonzero(flux != flux[0])
-    start = int(first[0]) if first.size else 0
+    with _packaged_or(path, _PACKAGED["sky"]) as path:
+        with fits.open(path) as hdul:
+            for name in ("FLUX", "WAVELENGTH"):
+                if name not in hdul:
+                    raise ValueError(f"{path}: missing HDU {name!r}")
+            flux = np.asarray(hdul["FLUX"].data, dtype=float)
+            wave = np.asarray(hdul["WAVELENGTH"].data, dtype=float)
+    changes = np.flatnonzero(flux != flux[0])
+    # A leading run of two or more equal values is padding; a lone first value is data.
+    start = int(changes[0]) if changes.size and changes[0] > 1 else 0
     return SkySpectrum(wavelength=wave[start:] * u.AA, flux=flux[start:], medium="vacuum")

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 
 from specutils_deepclean import cli
-from specutils_deepclean.datasets import data_dir
+from data_needs import needs_miles
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the shared data")
 
 
 def test_benchmark_speed_single_process(tmp_path, capsys):
@@ -23,6 +22,7 @@ def test_benchmark_speed_single_process(tmp_path, capsys):
     assert len(single["rss_trace"]["mib"]) >= 1 and "dask_0_workers" not in result
 
 
+@needs_miles
 def test_benchmark_denoise_smoke(tmp_path):
     out = tmp_path / "d.json"
     argv = ["benchmark", "denoise", "--split", "test", "--limit", "3", "--steps", "2",
@@ -46,6 +46,7 @@ def test_benchmark_unknown_protocol(capsys):
     assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
+@needs_miles
 def test_benchmark_denoise_trains_the_cdae_baselines(tmp_path):
     out = tmp_path / "d.json"
     argv = ["benchmark", "denoise", "--split", "test", "--limit", "2", "--steps", "1",

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 from specutils import Spectrum
 
 from specutils_deepclean import datasets
+from data_needs import data_file, miles_file, needs_data_file
 from specutils_deepclean.datasets import (
     DATA_ENV,
     Library,
@@ -24,14 +25,13 @@ from specutils_deepclean.datasets import (
     load_transmission,
 )
 
-needs_data = pytest.mark.skipif(data_dir() is None, reason="no real-data folder")
-
 
 @pytest.fixture(scope="module")
 def miles():
-    if data_dir() is None:
-        pytest.skip("no real-data folder")
-    return load_library()
+    path = miles_file()
+    if path is None:
+        pytest.skip("needs the full MILES library (data folder or user cache)")
+    return load_library(path)
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +89,18 @@ def test_data_dir_search_parents(monkeypatch, tmp_path):
     assert data_dir() == (tmp_path / "shared" / "data").resolve()
 
 
-def test_loaders_name_env_var(monkeypatch, tmp_path):
+def test_sky_and_transmission_need_no_data_folder(monkeypatch, tmp_path):
+    """The shipped copies are used whatever the data folder (here: an empty one)."""
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert load_transmission().wavelength.size > 70_000
+    assert load_sky().wavelength.size > 60_000
+
+
+def test_loaders_missing_path(tmp_path):
     for loader in (load_transmission, load_sky):
-        with pytest.raises(FileNotFoundError, match=DATA_ENV):
-            loader()
+        with pytest.raises(FileNotFoundError, match="no such file"):
+            loader(tmp_path / "nope.fits")
 
 
 # -------------------------------------------------------------------------- library
@@ -277,7 +284,6 @@ def test_teff_class(teff, expected):
     assert datasets._teff_class(teff) == expected
 
 
-@needs_data
 def test_transmission():
     trans = load_transmission()
     assert trans.medium == "vacuum" and trans.airmass == 3.0 and trans.resolving_power == 60000
@@ -289,13 +295,60 @@ def test_transmission():
         trans.at_airmass(0)
 
 
-@needs_data
 def test_sky():
     sky = load_sky()
     assert sky.medium == "vacuum"
     assert 3141 < sky.wavelength[0].value < 3142
     assert sky.flux[0] != sky.flux[1]
-    assert sky.wavelength[-1].value == pytest.approx(10000.0)
+    assert sky.wavelength[-1].value == pytest.approx(10000.0, abs=0.1)
+    assert np.all(np.diff(sky.wavelength.value) == pytest.approx(0.1, rel=1e-6))
+
+
+def test_shipped_sky_and_transmission_files():
+    """Compact (together well under 3 MB), with the water variants and acknowledgements."""
+    folder = datasets.importlib.resources.files("specutils_deepclean") / "data"
+    trans_path, sky_path = folder / "eso_transmission.fits", folder / "paranal_sky.fits"
+    assert trans_path.stat().st_size + sky_path.stat().st_size < 2_000_000
+    with fits.open(trans_path) as hdul:
+        table = hdul["TRANSMISSION"].data
+        assert table.columns.names == ["wavelength", "transmission", "mnstrans", "plstrans"]
+        wave = np.asarray(table["wavelength"], dtype=float)
+        assert wave[0] <= 3000.5 and wave[-1] >= 10999.0
+        assert np.median(wave[:-1] / np.diff(wave)) == pytest.approx(60000, rel=0.01)
+        # drier and wetter: the 9300 A water band is shallower / deeper
+        band = (wave > 9300) & (wave < 9400)
+        means = [float(np.mean(table[c][band])) for c in ("mnstrans", "transmission", "plstrans")]
+        assert means[0] > means[1] > means[2]
+        text = " ".join(hdul[0].header["COMMENT"])
+    for citation in ("Noll et al. 2012", "Jones et al. 2013", "Clough et al. 2005",
+                     "Moehler et al. 2014"):
+        assert citation in text
+    assert "Prochaska et al. 2020" in " ".join(fits.getheader(sky_path, 0)["COMMENT"])
+
+
+@needs_data_file("telluric/eso_transmission.fits")
+def test_shipped_transmission_matches_the_source():
+    source = fits.getdata(data_file("telluric/eso_transmission.fits"), "TRANSMISSION")
+    shipped = fits.getdata(
+        datasets.importlib.resources.files("specutils_deepclean") / "data" / "eso_transmission.fits",
+        "TRANSMISSION",
+    )
+    assert_array_equal(shipped["wavelength"], source["wavelength"])
+    for name in ("transmission", "mnstrans", "plstrans"):
+        exact = np.clip(source[name].astype(float), 0, 1)
+        assert np.max(np.abs(shipped[name] - exact)) <= 0.5 / 65535 + 1e-12, name
+
+
+@needs_data_file("sky/paranal_sky.fits")
+def test_shipped_sky_is_the_source_averaged_over_pixel_pairs():
+    full = load_sky(data_file("sky/paranal_sky.fits"))
+    shipped = load_sky()
+    n = shipped.flux.size
+    assert_allclose(shipped.flux, full.flux[: 2 * n].reshape(n, 2).mean(axis=1), rtol=1e-6)
+    assert_allclose(
+        shipped.wavelength.value, full.wavelength.value[: 2 * n].reshape(n, 2).mean(axis=1),
+        rtol=0, atol=1e-3,
+    )
 
 
 # ------------------------------------------------------------------- MILES download

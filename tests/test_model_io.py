@@ -12,6 +12,7 @@ from asdf.tagged import TaggedDict
 from asdf.testing.helpers import roundtrip_object
 
 import specutils_deepclean
+from data_needs import miles_file, needs_miles
 from specutils_deepclean.io.asdf.entry_points import MODEL_TAG, NAMESPACE
 from specutils_deepclean.io.models import load_model, pretrained_models, save_model
 from specutils_deepclean.models import MODEL_REGISTRY, model_class, registry_name
@@ -362,16 +363,13 @@ def test_load_pretrained_miles_pca():
     )
 
 
-MILES = Path("../shared/data/miles/miles.fits")
-
-
-@pytest.mark.skipif(not MILES.exists(), reason="needs ../shared/data (MILES)")
+@needs_miles
 def test_pretrained_miles_pca_reproduces_its_validation_metric():
     """Recompute the provenance's val metric from the real MILES val split."""
     from astropy.io import fits
 
     model = load_model("miles-pca")
-    with fits.open(MILES) as hdul:
+    with fits.open(miles_file()) as hdul:
         wave = hdul["WAVE"].data
         keep = (wave >= model.wavelength[0].to_value(u.AA)) & (
             wave <= model.wavelength[-1].to_value(u.AA)

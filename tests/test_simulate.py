@@ -8,7 +8,7 @@ from astropy.nddata import StdDevUncertainty
 from numpy.testing import assert_allclose, assert_array_equal
 from specutils import Spectrum
 
-from specutils_deepclean.datasets import data_dir, load_examples
+from specutils_deepclean.datasets import load_examples
 from specutils_deepclean.metrics import der_snr
 from specutils_deepclean.simulate import (
     GAP_PLACES,
@@ -18,7 +18,6 @@ from specutils_deepclean.simulate import (
     prepare_truth,
 )
 
-pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the sky and transmission")
 
 GRID = np.linspace(3600.0, 7400.0, 2000)
 

@@ -1,16 +1,16 @@
 """``specutils-deepclean train``: tiny telluric and denoiser trainings, resumable."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
 
 from specutils_deepclean import cli
-from specutils_deepclean.datasets import data_dir, load_examples
+from specutils_deepclean.datasets import load_examples
 from specutils_deepclean.io.models import load_model
 
 torch = pytest.importorskip("torch")
-needs_data = pytest.mark.skipif(data_dir() is None, reason="needs the sky and transmission")
 
 
 @pytest.fixture
@@ -27,7 +27,6 @@ def tiny_library(tmp_path):
     return library.write(tmp_path / "tiny_library.fits")
 
 
-@needs_data
 def test_train_tellurics_from_files_then_use_it(survey, tmp_path, capsys):
     paths, _ = survey
     model_path = tmp_path / "t.asdf"
@@ -59,13 +58,47 @@ def test_train_usage_errors(tmp_path, capsys):
         assert info.value.code == 2 and message in capsys.readouterr().err
 
 
-@needs_data
-def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys):
+def _cv_prefers_the_smallest_factor(monkeypatch):
+    """Make the KDE bandwidth cross-validation pick the smallest factor of its grid.
+
+    On a 48-star library the held-out likelihoods of the grid's factors differ by
+    little, and which one wins depends on the CPU's floating-point details; on some
+    machines it is the grid's edge, and the training warns.  Forced here, so every
+    machine takes that path.
+    """
+    from specutils_deepclean import kde
+
+    real = kde.held_out_log_likelihood
+
+    def edge_wins(*args, **kwargs):
+        scores = np.array(real(*args, **kwargs), dtype=float)
+        scores[0] = np.max(scores) + 1.0
+        return scores
+
+    monkeypatch.setattr(kde, "held_out_log_likelihood", edge_wins)
+
+
+def _train(argv) -> tuple[int, list[str]]:
+    """``cli.main(argv)`` with the warnings recorded, not raised.
+
+    A tiny training's fit diagnostics (bandwidth at the grid's edge, ...) depend on
+    floating-point details; they are not what the tests of the command check.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = cli.main(argv)
+    return code, [str(w.message) for w in caught]
+
+
+def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys, monkeypatch):
+    _cv_prefers_the_smallest_factor(monkeypatch)
     out = tmp_path / "d.asdf"
     stages = tmp_path / "stages"
     argv = ["train", "denoiser", "--library", str(tiny_library), "-o", str(out),
             "--epochs", "2", "--latent", "3", "--quiet", "--checkpoint", str(stages)]
-    assert cli.main(argv) == 0
+    code, messages = _train(argv)
+    assert code == 0
+    assert any("smallest bandwidth factor" in m for m in messages)
     assert "val scores" in capsys.readouterr().out
     model = load_model(out)
     assert model.latent_dim == 3 and "generator_sigma" in model.extra
@@ -84,13 +117,13 @@ def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys)
     assert degree == tau.size - 1 and degree in (-1, 0, 1, 3, 5)
     assert sorted(p.name for p in stages.iterdir()) == ["generator.asdf", "noiseflow.asdf"]
     # A rerun loads the stages: same weights, same model.
-    assert cli.main([*argv, "--overwrite"]) == 0
+    assert _train([*argv, "--overwrite"])[0] == 0
     again = load_model(out)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     # Stages made with other settings are refused, not silently reused.
     changed = [*argv[:argv.index("--latent")], "--latent", "4", *argv[argv.index("--latent") + 2:]]
-    assert cli.main([*changed, "--overwrite"]) == 1
+    assert _train([*changed, "--overwrite"])[0] == 1
     assert "other settings (latent_dim" in capsys.readouterr().err
 
 
@@ -102,7 +135,6 @@ def test_calibrate_uncertainty_needs_positive_snr_levels(levels):
         calibrate_uncertainty(load_model("denoiser-miles"), None, snr_levels=levels)
 
 
-@needs_data
 @pytest.mark.parametrize("components", [[], [49], [-1]])
 def test_fit_residual_basis_sizes_are_checked(tiny_library, components):
     from specutils_deepclean.datasets import load_library
@@ -113,7 +145,6 @@ def test_fit_residual_basis_sizes_are_checked(tiny_library, components):
         fit_residual_basis(model, load_library(tiny_library), components=components)
 
 
-@needs_data
 @pytest.mark.parametrize("degrees, sigmas", [([16], [0.1]), ([1], [0.0]), ([-1], [0.1])])
 def test_fit_continuum_term_settings_are_checked(tiny_library, degrees, sigmas):
     from specutils_deepclean.datasets import load_library
