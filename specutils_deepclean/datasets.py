@@ -37,6 +37,8 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 
+from ._atomic import atomic_path
+
 __all__ = [
     "DATA_ENV",
     "SPLITS",
@@ -546,17 +548,8 @@ def download_miles(cache_dir: str | os.PathLike | None = None) -> Path:
         _download(url, wheel, sha256)
         members = _miles_members(wheel)
     hdul = _library_hdus(_build_miles(members))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".miles-", suffix=".fits")
-    os.close(fd)
-    try:
+    with atomic_path(target, suffix=".fits") as tmp:
         hdul.writeto(tmp, overwrite=True, checksum=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
 
 

@@ -33,6 +33,8 @@ import astropy.units as u
 from astropy.io import fits, registry
 from specutils import Spectrum, SpectrumList
 
+from ._atomic import atomic_path
+
 __all__ = [
     "HEADER_KEYWORDS",
     "LAMOST_FORMAT",
@@ -428,14 +430,8 @@ def write_result(
         extra = _table_hdus(transmission, None)[1]
         extra.header["EXTNAME"] = "TRANSMISSION"
         hdus.append(extra)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -135,6 +135,32 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (restored afterwards)."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_result_files_follow_the_umask(tmp_path, umask, mask):
+    """A result is as readable as any file written there (it was 0o600 before)."""
+    umask(mask)
+    path = write_result(result_spectrum(), tmp_path / "r.fits")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    write_result(result_spectrum(), path, overwrite=True)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_current_umask_does_not_change_it(umask):
+    from specutils_deepclean._atomic import current_umask
+
+    umask(0o037)
+    assert current_umask() == 0o037
+    assert os.umask(0o037) == 0o037
+
+
 def test_check_output_dir(tmp_path, monkeypatch):
     assert check_output_dir(tmp_path / "new" / "deep") == tmp_path / "new" / "deep"
     blocker = tmp_path / "file"

@@ -127,6 +127,15 @@ def test_save_is_atomic(model, saved, monkeypatch):
     assert sorted(os.listdir(saved.parent)) == ["model.asdf"]
 
 
+def test_saved_model_follows_the_umask(model, tmp_path):
+    old = os.umask(0o002)
+    try:
+        path = save_model(model, tmp_path / "x.asdf")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o664
+
+
 @pytest.mark.parametrize(
     ("bad", "error", "match"),
     [

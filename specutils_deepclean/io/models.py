@@ -22,6 +22,7 @@ import asdf
 import yaml
 from asdf.exceptions import AsdfWarning
 
+from .._atomic import atomic_path
 from ..models import registry_name
 from ..models.base import DeepCleanModel
 from .asdf.uris import MODEL_TAG, NAMESPACE
@@ -112,15 +113,8 @@ def save_model(model: DeepCleanModel, path: str | os.PathLike, *, overwrite: boo
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            asdf.AsdfFile({"model": model}).write_to(fh, all_array_compression="zlib")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as fh:
+        asdf.AsdfFile({"model": model}).write_to(fh, all_array_compression="zlib")
     return path
 
 
