@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -80,6 +81,9 @@ class RunSummary:
         Wall-clock time of the run.
     results : dict
         Result file written by this run -> (input file, target name or None).
+    existing : dict
+        Result file that existed before the run (its input skipped) -> (input file,
+        target name or None).
     skipped_targets : dict
         ``"<path> [target <name>]"`` -> reason, for the fibres of a survey file that
         hold no target or no data (unassigned, sky, no valid pixel); not failures.
@@ -93,6 +97,7 @@ class RunSummary:
     seconds: float = 0.0
     results: dict = field(default_factory=dict)
     skipped_targets: dict = field(default_factory=dict)
+    existing: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -328,32 +333,52 @@ def _file_batch(
     function = _function(task)
     report: list = []
     entries: list = []  # (path, target, output, Spectrum or error text)
-    for path, out in zip(paths, outputs, strict=True):
-        found, lines = _read_file(path, out, str(Path(out).parent), task, file_format, overwrite)
-        report += lines
-        entries += [(path, *entry) for entry in found]
-    results, caught = _clean_batch(function, [entry[3] for entry in entries], options)
-    for (path, name, out, _), result in zip(entries, results, strict=True):
-        if isinstance(result, str):
-            report.append((path, "failed", result, name))
-            continue
-        if os.path.exists(out) and not overwrite:
-            # Written by an earlier attempt of this batch (a lost worker): keep it.
-            report.append((path, "done", out, name))
-            continue
-        try:
-            write_result(result, out, overwrite=overwrite)
-            report.append((path, "done", out, name))
-        except OSError as exc:
-            report.append((path, "failed", f"cannot write {out}: {exc}", name))
-            continue
-        if not _converged(result):
-            report.append((path, "not converged", out, name))
+    # Reading and writing warn too (units a file spells oddly, ...): recorded like the
+    # cleaning's warnings, so the run reports each once instead of printing it per file.
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for path, out in zip(paths, outputs, strict=True):
+            found, lines = _read_file(
+                path, out, str(Path(out).parent), task, file_format, overwrite
+            )
+            report += lines
+            entries += [(path, *entry) for entry in found]
+    caught = [str(w.message) for w in record]
+    results, cleaning = _clean_batch(function, [entry[3] for entry in entries], options)
+    caught += cleaning
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for (path, name, out, _), result in zip(entries, results, strict=True):
+            if isinstance(result, str):
+                report.append((path, "failed", result, name))
+                continue
+            if os.path.exists(out) and not overwrite:
+                # Written by an earlier attempt of this batch (a lost worker): keep it.
+                report.append((path, "done", out, name))
+                continue
+            try:
+                write_result(result, out, overwrite=overwrite)
+                report.append((path, "done", out, name))
+            except OSError as exc:
+                report.append((path, "failed", f"cannot write {out}: {exc}", name))
+                continue
+            if not _converged(result):
+                report.append((path, "not converged", out, name))
+    caught += [str(w.message) for w in record]
     names = ", ".join(Path(p).name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-    report += [
-        ("", "warning", f"{message} [batch: {names}]", None) for message in dict.fromkeys(caught)
-    ]
+    report += [(names, "warning", message, None) for message in dict.fromkeys(caught)]
     return report
+
+
+def _note_warning(summary: RunSummary, seen: dict, message: str, batch: str) -> None:
+    """Add a batch's warning to the summary, once per message; repeats are counted."""
+    if message not in seen:
+        seen[message] = [len(summary.warnings), batch, 0]
+        summary.warnings.append(f"{message} [batch: {batch}]")
+        return
+    entry = seen[message]
+    entry[2] += 1
+    summary.warnings[entry[0]] = f"{message} [batch: {entry[1]}; and {entry[2]} more]"
 
 
 def _converged(result: Spectrum) -> bool:
@@ -494,6 +519,7 @@ def clean_files(
         out = output_path(path, folder, TASKS[task])
         if out.exists() and not overwrite:
             summary.skipped.append(path)
+            summary.existing[out] = (path, None)
         else:
             todo.append((str(path), str(out)))
     client, cluster = _client(workers, scheduler)
@@ -507,12 +533,13 @@ def clean_files(
             for batch in _batches(todo, batch_size)
         ]
         bar = _progress(len(todo), progress)
+        seen: dict = {}
 
         def collect(job, report):
             state: dict[str, set] = {path: set() for path in job[1]}
             for path, status, message, target in report:
                 if status == "warning":
-                    summary.warnings.append(message)
+                    _note_warning(summary, seen, message, path)
                     continue
                 state[path].add(status)
                 label = Path(path) if target is None else f"{path} [target {target}]"
@@ -524,6 +551,8 @@ def clean_files(
                     summary.skipped_targets[label] = message
                 elif status == "not converged":
                     summary.not_converged.append(label)
+                elif status == "exists":
+                    summary.existing[Path(message)] = (Path(path), target)
             for path, statuses in state.items():
                 if "failed" in statuses:
                     continue
@@ -612,7 +641,35 @@ def clean_spectra(
     return results, failures
 
 
+class _LogProgress:
+    """Progress for a log file (standard error not a terminal): a plain line at most
+    every ``interval`` seconds, nothing at the end (the run's summary says it)."""
+
+    def __init__(self, total: int, interval: float = 60.0, stream=None):
+        self.total, self.interval = total, interval
+        self.stream = sys.stderr if stream is None else stream
+        self.count = 0
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.count += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval and self.count < self.total:
+            rate = self.count / (now - self.start)
+            print(f"progress: {self.count}/{self.total} spectra ({rate:.2f} spectra/s)",
+                  file=self.stream, flush=True)
+            self.last = now
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total: int, enabled: bool):
+    """A tqdm bar on a terminal; off a terminal, periodic plain lines (a bar there
+    prints its last state twice, on the final update and on close)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    if enabled and not (isatty is not None and isatty()):
+        return _LogProgress(total)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="spectrum", disable=not enabled, smoothing=0.1)

@@ -110,6 +110,18 @@ def _run(task: str, argv) -> int:
         parser.error(f"--steps must be at least 0, got {args.steps}")
     if task == "denoise" and args.clip is not None and (args.no_clip or not args.clip > 0):
         parser.error(f"--clip must be a positive number without --no-clip, got {args.clip}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            # Before any work: a run that writes the results and then cannot plot would
+            # leave results a rerun skips, without their figures.
+            print(
+                f"specutils-deepclean {task}: error: --plot needs matplotlib "
+                "(pip install 'specutils-deepclean[plot]'); nothing was written",
+                file=sys.stderr,
+            )
+            return 2
     from ..parallel import clean_files
 
     try:
@@ -135,9 +147,15 @@ def _run(task: str, argv) -> int:
 
 
 def _plots(summary, output: Path, task: str, file_format: str | None) -> None:
+    """A quicklook per result written now, and per existing result that has none yet."""
     from ..plotting import quicklook_file
 
-    for result, (path, target) in summary.results.items():
+    missing = {
+        result: source
+        for result, source in summary.existing.items()
+        if not result.with_suffix(".png").exists()
+    }
+    for result, (path, target) in {**summary.results, **missing}.items():
         quicklook_file(
             path, result, result.with_suffix(".png"), file_format=file_format, target=target
         )
