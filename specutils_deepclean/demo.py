@@ -11,8 +11,11 @@ also fills the gap), and writes a PNG (truth, observation, corrected spectrum an
 estimated transmission), three FITS files readable by
 ``Spectrum.read(path, format="wcs1d-fits")`` (the observation, the telluric-corrected
 and the denoised spectrum) and a quicklook PNG of the denoised result
-(:func:`~specutils_deepclean.plotting.quicklook`).  It prints the paths.  It needs the sky and
-transmission files (see :func:`~specutils_deepclean.datasets.data_dir`).
+(:func:`~specutils_deepclean.plotting.quicklook`).  It prints the paths.  Everything it
+needs ships with the package.  The corrected and denoised FITS files carry the
+provenance keywords of the command line's results (``DCOPER``, ``DCMODEL``,
+``DCMODVER``, ``DCVERSIO``, ...; :data:`~specutils_deepclean.files.HEADER_KEYWORDS`),
+the observation the simulation's (seed, S/N, airmass, radial velocity, star).
 """
 
 from __future__ import annotations
@@ -77,16 +80,27 @@ def run(
     quicklook(
         denoised, cleaned, title=f"{name}: tellurics removed, then denoised", path=denoised_png
     )
-    _write_fits(fits_path, grid, observed, obs.medium)
-    _write_fits(cleaned_path, grid, cleaned, obs.medium)
-    _write_fits(denoised_path, grid, denoised, obs.medium)
+    simulation = {
+        "SIMSEED": (obs.seed, "simulation seed"),
+        "SNR": (float(obs.snr_target[0]), "target median S/N"),
+        "AIRMASS": (float(obs.airmass[0]), "airmass of the simulated tellurics"),
+        "SIMRV": (float(obs.stellar_rv[0]), "[km/s] simulated stellar radial velocity"),
+        "STARID": (str(library.star_ids[star]), "MILES star (shipped example set)"),
+    }
+    _write_fits(fits_path, grid, observed, obs.medium, simulation)
+    _write_fits(cleaned_path, grid, cleaned, obs.medium, simulation)
+    _write_fits(denoised_path, grid, denoised, obs.medium, simulation)
     return png, fits_path, cleaned_path, denoised_path, denoised_png
 
 
-def _write_fits(path: Path, grid: np.ndarray, spec, medium: str) -> None:
-    """A 1-D spectrum as a ``wcs1d-fits`` file (linear grid, medium in CTYPE1)."""
+def _write_fits(path: Path, grid: np.ndarray, spec, medium: str, extra: dict) -> None:
+    """A 1-D spectrum as a ``wcs1d-fits`` file (linear grid, medium in CTYPE1), with the
+    provenance keywords of the command line's results plus ``extra`` cards."""
+    from astropy.io import fits
     from astropy.wcs import WCS
     from specutils import Spectrum
+
+    from .files import _header
 
     step = np.diff(grid)
     if not np.allclose(step, step[0], rtol=1e-6, atol=0):
@@ -97,22 +111,29 @@ def _write_fits(path: Path, grid: np.ndarray, spec, medium: str) -> None:
     })
     out = Spectrum(flux=spec.flux, wcs=wcs, uncertainty=spec.uncertainty, mask=spec.mask)
     out.write(path, format="wcs1d-fits", overwrite=True)
+    cards = _header(spec)
+    cards["WAVEMED"] = (medium, "wavelength medium")
+    cards.update(extra)
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header.update(cards)
 
 
-def _plot(path: Path, grid: np.ndarray, obs, cleaned, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _plot(path: Path, grid: np.ndarray, obs, cleaned, title: str):
+    """The demo's figure (returned, and written to ``path``)."""
+    import astropy.units as u
     from matplotlib.figure import Figure
+
+    from .plotting import _flux_label, _spans, _wavelength_label
 
     fig = Figure(figsize=(10, 7.5), layout="constrained")
     ax, zoom = fig.subplots(2, 1, height_ratios=[1.2, 1])
+    _spans(ax, grid, obs.mask[0], color="0.85", alpha=0.6, label="gap (no data)")
     ax.plot(grid, obs.flux[0], lw=0.5, color="0.6", label="simulated observation")
     ax.plot(grid, obs.truth[0] * obs.transmission[0], lw=0.8, color="C1",
             label=f"truth x tellurics (airmass {obs.airmass[0]:g})")
     ax.plot(grid, obs.truth[0], lw=0.8, color="C0", label="truth")
-    ax.set_xlabel(f"wavelength [Angstrom, {obs.medium}]")
-    ax.set_ylabel("normalised flux")
+    ax.set_xlabel(_wavelength_label(u.AA, obs.medium))
+    ax.set_ylabel(_flux_label(u.dimensionless_unscaled))
     ax.set_title(
         f"{title}: S/N {obs.snr_target[0]:g} (DER_SNR {obs.der_snr[0]:.1f}), "
         f"RV {obs.stellar_rv[0]:+.1f} km/s, seed {obs.seed}"
@@ -128,11 +149,13 @@ def _plot(path: Path, grid: np.ndarray, obs, cleaned, title: str) -> None:
               label="remove_tellurics (divide)")
     zoom.plot(grid[near], transmission[near] * np.nanmedian(obs.truth[0][near]) * 0.6,
               lw=0.8, color="C2", label="estimated transmission (scaled)")
-    zoom.set_xlabel(f"wavelength [Angstrom, {obs.medium}]")
-    zoom.set_ylabel("normalised flux")
+    zoom.set_xlabel(_wavelength_label(u.AA, obs.medium))
+    zoom.set_ylabel(_flux_label(u.dimensionless_unscaled))
     zoom.set_title("telluric bands: O2 B band and H2O, corrected with the shipped model")
-    zoom.legend(loc="lower left", fontsize="small")
+    # Beside the panel: inside, any corner hides a band (B at the left, H2O at the right).
+    zoom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv=None) -> int:
@@ -156,7 +179,7 @@ def main(argv=None) -> int:
         parser.error(f"--snr must be positive, got {args.snr}")
     try:
         paths = run(args.output, seed=args.seed, snr=args.snr, star=args.star)
-    except FileNotFoundError as exc:  # the sky / transmission data are not found
+    except FileNotFoundError as exc:  # a broken installation: a shipped file is missing
         print(f"specutils-deepclean demo: error: {exc}", file=sys.stderr)
         return 2
     for path in paths:

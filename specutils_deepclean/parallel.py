@@ -413,7 +413,7 @@ def _client(workers: int | None, scheduler: str | None):
     if scheduler is not None:
         return Client(scheduler), None
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     return Client(cluster), cluster
 

@@ -47,6 +47,47 @@ def _posterior_text(info: dict, row: int) -> str | None:
     return "p(class): " + ", ".join(f"{name} {p:.2f}" for name, p in top)
 
 
+def _wavelength_label(unit, medium: str | None = None) -> str:
+    """Axis label of a spectral axis: ``wavelength [Angstrom, air]`` and the like.
+
+    Parameters
+    ----------
+    unit : `~astropy.units.Unit`
+        Unit of the axis.
+    medium : {"air", "vacuum"}, optional
+        Medium of the wavelengths, when known.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> _wavelength_label(u.AA, "air")
+    'wavelength [Angstrom, air]'
+    >>> _wavelength_label(u.GHz)
+    'spectral axis [GHz]'
+    """
+    unit = u.Unit(unit)
+    if not unit.is_equivalent(u.AA):
+        return f"spectral axis [{unit}]"
+    return f"wavelength [{unit}{', ' + medium if medium else ''}]"
+
+
+def _flux_label(unit) -> str:
+    """Axis label of a flux: ``normalised flux`` when dimensionless, else ``flux [unit]``.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> _flux_label(u.dimensionless_unscaled), _flux_label(u.Jy)
+    ('normalised flux', 'flux [Jy]')
+    """
+    unit = u.Unit(unit)
+    return "normalised flux" if unit == u.dimensionless_unscaled else f"flux [{unit}]"
+
+
 def _value(info: dict, key: str, row: int):
     value = info.get(key)
     return value[row] if isinstance(value, list) else value
@@ -122,7 +163,7 @@ def quicklook(
     ood = _value(info, "ood_score", row)
     if ood is not None:
         ax.plot([], [], " ", label=f"OOD score {float(ood):.3g}")
-    ax.set_ylabel(f"flux [{result.flux.unit.to_string() or 'normalised'}]")
+    ax.set_ylabel(_flux_label(result.flux.unit))
     ax.legend(loc="best", fontsize="small")
     ax.set_title(title or f"{info.get('operation', '')} with {info.get('model', 'a model')}")
     if has_t:
@@ -132,7 +173,8 @@ def quicklook(
         )
         axes[1].set_ylabel("transmission")
         axes[1].set_ylim(-0.05, 1.1)
-    axes[-1].set_xlabel(f"spectral axis [{unit}]")
+    medium = info.get("medium") or result.meta.get("medium")
+    axes[-1].set_xlabel(_wavelength_label(unit, medium if medium in ("air", "vacuum") else None))
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

@@ -75,3 +75,23 @@ def test_progress_off_a_terminal_prints_no_last_line_twice(capsys):
     assert lines == [f"progress: {k}/4 spectra" + lines[k - 1].split("spectra", 1)[1]
                      for k in (1, 2, 3)]
     assert not any("4/4" in line for line in lines)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_local_dask_cluster_starts_when_the_dashboard_port_is_taken():
+    """Another Dask cluster on the machine holds port 8787: no warning, no failure."""
+    import socket
+
+    pytest.importorskip("distributed")
+    holder = socket.socket()
+    try:
+        try:
+            holder.bind(("", 8787))
+            holder.listen()
+        except OSError:
+            pass  # taken already: the situation under test
+        client, cluster = parallel._client(1, None)
+        client.close()
+        cluster.close()
+    finally:
+        holder.close()

@@ -44,6 +44,58 @@ def test_demo_main(tmp_path, capsys):
     assert smooth < 0.5 * np.abs(np.diff(cleaned.flux.value[quiet], 2)).mean()
 
 
+def test_demo_figures_and_files(tmp_path, monkeypatch):
+    """The gap is marked, the legend leaves the B band's transmission visible, both
+    figures label their axes alike, and the FITS carry the CLI results' keywords."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from specutils_deepclean import plotting
+
+    figures = {}
+    real_plot, real_quicklook = demo._plot, plotting.quicklook
+
+    def keep_plot(*args, **kwargs):
+        figures["demo"] = real_plot(*args, **kwargs)
+        return figures["demo"]
+
+    def keep_quicklook(*args, **kwargs):
+        figures["quicklook"] = real_quicklook(*args, **kwargs)
+        return figures["quicklook"]
+
+    monkeypatch.setattr(demo, "_plot", keep_plot)
+    monkeypatch.setattr(plotting, "quicklook", keep_quicklook)
+    paths = demo.run(tmp_path, seed=1)
+    top, zoom = figures["demo"].axes
+    assert any("gap" in artist.get_label() for artist in top.patches)
+    # the transmission curve inside the O2 B band, in display coordinates
+    canvas = FigureCanvasAgg(figures["demo"])
+    canvas.draw()
+    curve = next(line for line in zoom.lines if "transmission" in line.get_label())
+    x, y = curve.get_data()
+    band = (x > 6867) & (x < 6920)
+    points = zoom.transData.transform(np.column_stack([x[band], y[band]]))
+    legend = zoom.get_legend().get_window_extent(canvas.get_renderer())
+    inside = (
+        (points[:, 0] >= legend.x0) & (points[:, 0] <= legend.x1)
+        & (points[:, 1] >= legend.y0) & (points[:, 1] <= legend.y1)
+    )
+    assert band.sum() > 20 and not inside.any()
+    quick = figures["quicklook"].axes
+    assert {ax.get_xlabel() for ax in (top, zoom)} == {quick[-1].get_xlabel()}
+    assert top.get_ylabel() == zoom.get_ylabel() == quick[0].get_ylabel()
+    assert quick[-1].get_xlabel() == "wavelength [Angstrom, air]"
+    from astropy.io import fits
+
+    cli_keywords = {"DCOPER", "DCMODEL", "DCMODVER", "DCVERSIO", "WAVEMED"}
+    for path in paths[2:4]:  # detelluric, denoised
+        header = fits.getheader(path)
+        assert cli_keywords <= set(header), path
+    assert fits.getheader(paths[2])["DCOPER"] == "remove_tellurics"
+    assert fits.getheader(paths[3])["DCOPER"] == "denoise"
+    observation = fits.getheader(paths[1])
+    assert observation["SIMSEED"] == 1 and observation["WAVEMED"] == "air"
+
+
 def test_demo_deterministic(tmp_path):
     a = demo.run(tmp_path / "a", seed=5)
     b = demo.run(tmp_path / "b", seed=5)

@@ -51,7 +51,7 @@ def test_killed_dask_worker_loses_nothing(tmp_path):
     paths = write_survey(tmp_path / "in", N_FILES)
     out = tmp_path / "out"
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     client = distributed.Client(cluster)
     try:
