@@ -66,7 +66,7 @@ def _cv_prefers_the_smallest_factor(monkeypatch):
     machines it is the grid's edge, and the training warns.  Forced here, so every
     machine takes that path.
     """
-    from specutils_deepclean import kde
+    from specutils_deepclean.training import kde
 
     real = kde.held_out_log_likelihood
 
