@@ -71,7 +71,7 @@ _REQUIRED_COLUMNS = (
 )
 _MEDIA = {"air": "air", "vac": "vacuum", "vacuum": "vacuum"}
 _EXAMPLES = "data/examples/miles_examples.fits"
-# Compact copies shipped with the package (benchmarks/make_sky_transmission.py).
+# Compact copies shipped with the package (benchmarks/training/make_sky_transmission.py).
 _PACKAGED = {
     "transmission": "data/eso_transmission.fits",
     "sky": "data/paranal_sky.fits",

@@ -28,7 +28,7 @@ mask), each from the full source files and from the compact copies.
 Run from the repository root, with the data folder (``SPECUTILS_DEEPCLEAN_DATA`` or
 ``../shared/data``) holding the source files::
 
-    python benchmarks/make_sky_transmission.py --json benchmarks/results/compact_sky_transmission.json
+    python benchmarks/training/make_sky_transmission.py --json benchmarks/results/compact_sky_transmission.json
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ import numpy as np
 from astropy.io import fits
 
 from specutils_deepclean import datasets, simulate
-from specutils_deepclean.benchmarking.survey import observe_split
 from specutils_deepclean.datasets import load_library, load_sky, load_transmission
 from specutils_deepclean.simulate import Simulator
 from specutils_deepclean.tellurics import split_transmission
+from specutils_deepclean.training.telluric_data import observe_split
 
-PACKAGE_DATA = Path(__file__).resolve().parent.parent / "specutils_deepclean" / "data"
+PACKAGE_DATA = Path(__file__).resolve().parents[2] / "specutils_deepclean" / "data"
 TRANSMISSION_COLUMNS = ("transmission", "mnstrans", "plstrans")
 LEVELS = 65535  # 16-bit quantisation of the transmission
 SKY_BIN = 2  # source pixels averaged per shipped sky pixel
@@ -102,7 +102,7 @@ def compact_transmission(source: Path, output: Path) -> Path:
     for key in (k for k in primary if k.startswith("REF")):
         header[key] = (primary[key], primary.comments[key])
     header["QUANT"] = (LEVELS, "transmission columns: integers 0..QUANT / QUANT")
-    header["SCRIPT"] = ("benchmarks/make_sky_transmission.py", "made by")
+    header["SCRIPT"] = ("benchmarks/training/make_sky_transmission.py", "made by")
     _comments(header, "Compact copy shipped with specutils-deepclean: every pixel of the "
               "source file (log-uniform, lambda/dlambda = 60000, vacuum); the columns "
               "transmission, mnstrans (drier) and plstrans (wetter) clipped to 0..1 and "
@@ -144,7 +144,7 @@ def compact_sky(source: Path, output: Path) -> Path:
     header["SRCFILE"] = ("pypeit/data/sky_spec/paranal_sky.fits", "source file")
     header["WAVEMED"] = ("vacuum", "wavelength medium")
     header["BINNED"] = (SKY_BIN, "source pixels averaged per pixel")
-    header["SCRIPT"] = ("benchmarks/make_sky_transmission.py", "made by")
+    header["SCRIPT"] = ("benchmarks/training/make_sky_transmission.py", "made by")
     _comments(header, "Observed Paranal night-sky emission spectrum, compact copy shipped "
               "with specutils-deepclean: the source's constant padding below 3141 "
               f"Angstrom removed, {SKY_BIN} source pixels (0.05 Angstrom) averaged per "
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     for path in outputs:
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     if args.json is not None:
-        result = {"command": "python benchmarks/make_sky_transmission.py "
+        result = {"command": "python benchmarks/training/make_sky_transmission.py "
                   + " ".join(argv if argv is not None else sys.argv[1:])}
         result.update(measure((args.sky, args.transmission), outputs))
         args.json.write_text(json.dumps(result, indent=2) + "\n")
