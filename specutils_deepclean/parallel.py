@@ -326,8 +326,8 @@ def _file_batch(
     Returns (path, status, message, target) per result: status ``done`` (message:
     the result file), ``exists`` (a target's result existed), ``failed`` (message:
     the reason), ``skipped`` (a fibre without target or data; message: the reason)
-    or ``warning`` (path empty); a ``done`` result whose denoising did not converge
-    is also reported as ``not converged``.
+    or ``warning`` (path: the batch's file names); a ``done`` result whose denoising
+    did not converge is also reported as ``not converged``.
     """
     _set_threads(threads)
     function = _function(task)

@@ -331,10 +331,8 @@ def test_shipped_sky_and_transmission_files():
 @needs_data_file("telluric/eso_transmission.fits")
 def test_shipped_transmission_matches_the_source():
     source = fits.getdata(data_file("telluric/eso_transmission.fits"), "TRANSMISSION")
-    shipped = fits.getdata(
-        datasets.importlib.resources.files("specutils_deepclean") / "data" / "eso_transmission.fits",
-        "TRANSMISSION",
-    )
+    folder = datasets.importlib.resources.files("specutils_deepclean") / "data"
+    shipped = fits.getdata(folder / "eso_transmission.fits", "TRANSMISSION")
     assert_array_equal(shipped["wavelength"], source["wavelength"])
     for name in ("transmission", "mnstrans", "plstrans"):
         exact = np.clip(source[name].astype(float), 0, 1)
