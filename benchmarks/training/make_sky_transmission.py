@@ -28,7 +28,8 @@ mask), each from the full source files and from the compact copies.
 Run from the repository root, with the data folder (``SPECUTILS_DEEPCLEAN_DATA`` or
 ``../shared/data``) holding the source files::
 
-    python benchmarks/training/make_sky_transmission.py --json benchmarks/results/compact_sky_transmission.json
+    python benchmarks/training/make_sky_transmission.py \\
+        --json benchmarks/results/compact_sky_transmission.json
 """
 
 from __future__ import annotations
