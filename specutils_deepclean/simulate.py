@@ -46,7 +46,8 @@ from specutils.utils.wcs_utils import air_to_vac, vac_to_air
 
 from .datasets import Library, SkySpectrum, Transmission, load_sky, load_transmission
 from .metrics import der_snr_array
-from .spectra import rebin, rebin_matrix, shift_flux
+from .doppler import shift_flux
+from .resample import rebin, rebin_matrix
 
 __all__ = [
     "GAP_WIDTHS",
@@ -98,7 +99,7 @@ def prepare_truth(
     """Library spectra on a model grid, each divided by its median.
 
     The library wavelengths are converted to the grid's medium when they differ, the
-    spectra resampled flux-conservingly (:func:`~specutils_deepclean.spectra.rebin`,
+    spectra resampled flux-conservingly (:func:`~specutils_deepclean.resample.rebin`,
     library mask as missing data) and divided by the median of their valid pixels.
 
     Parameters

@@ -161,7 +161,7 @@ def _union_axis(axes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     finer arm's pixels are kept.  A gap between arms is filled with pixels at the
     sampling of the arm below it.  Returns the centres and a mask of the gap pixels.
     """
-    from .spectra import bin_edges
+    from .resample import bin_edges
 
     edges = [bin_edges(axis) for axis in axes]
     steps = [float(np.median(np.diff(e))) for e in edges]
@@ -280,7 +280,7 @@ def combine_arms(arms: Sequence[Spectrum], *, medium: str | None = None) -> Spec
     """Put the arms of one target (or of a batch of targets) on one spectral axis.
 
     Every arm is resampled (flux conserving,
-    :func:`~specutils_deepclean.spectra.rebin`) onto a common axis, and where
+    :func:`~specutils_deepclean.resample.rebin`) onto a common axis, and where
     several arms cover a pixel their values are averaged with inverse-variance
     weights.
 
@@ -378,7 +378,7 @@ def combine_arms(arms: Sequence[Spectrum], *, medium: str | None = None) -> Spec
     waves = [_wavelengths(s) for s in arms]
     ascending = [w if w[-1] > w[0] else w[::-1] for w in waves]
     centres, gap = _union_axis(ascending)
-    from .spectra import rebin
+    from .resample import rebin
 
     n_rows = int(np.prod(batch)) if batch else 1
     # Sums over the arms that cover a pixel fully (first) and at least half (fallback).

@@ -115,6 +115,11 @@ def test_models_hold_no_training():
          None),
         ("specutils_deepclean.metrics", "win_rates_by", "benchmarking.grouping", None),
         ("specutils_deepclean.metrics", "grouped", "benchmarking.grouping", None),
+        ("specutils_deepclean.spectra", "rebin", "resample", None),
+        ("specutils_deepclean.spectra", "bin_edges", "resample", None),
+        ("specutils_deepclean.spectra", "rebin_matrix", "resample", None),
+        ("specutils_deepclean.spectra", "shift_flux", "doppler", None),
+        ("specutils_deepclean.spectra", "doppler_shift", "doppler", None),
     ],
 )  # fmt: skip
 def test_old_paths_still_work_with_a_deprecation_warning(old, name, new, new_name):

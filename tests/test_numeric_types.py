@@ -19,9 +19,9 @@ from specutils import Spectrum
 
 from specutils_deepclean.datasets import load_examples
 from specutils_deepclean.manipulation import denoise, remove_tellurics
+from specutils_deepclean.doppler import doppler_shift
 from specutils_deepclean.spectra import (
     ModelGrid,
-    doppler_shift,
     from_model_grid,
     grid_to_input,
     to_model_grid,

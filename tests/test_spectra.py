@@ -16,17 +16,15 @@ from astropy.utils.exceptions import AstropyDeprecationWarning, AstropyUserWarni
 from specutils import Spectrum
 from specutils.utils.wcs_utils import air_to_vac, vac_to_air
 
+from specutils_deepclean.doppler import doppler_shift, shift_flux
+from specutils_deepclean.resample import bin_edges, rebin
 from specutils_deepclean.spectra import (
     GridSpectra,
     ModelGrid,
-    bin_edges,
-    doppler_shift,
     from_model_grid,
     grid_to_input,
     median_denormalise,
     median_normalise,
-    rebin,
-    shift_flux,
     to_model_grid,
 )
 

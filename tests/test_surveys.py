@@ -137,7 +137,7 @@ def test_finer_arm_is_kept_in_the_overlap_and_a_line_survives():
     np.testing.assert_allclose(wave[wave > 4200.0], np.arange(4200.5, 4500.0, 0.5))
     # flux conserving: each pixel is the mean of the line over its bin (at the junction
     # the bin is not centred on the pixel)
-    from specutils_deepclean.spectra import bin_edges
+    from specutils_deepclean.resample import bin_edges
 
     edges = bin_edges(wave)
     expected = line(0.5 * (edges[1:] + edges[:-1]))

@@ -51,7 +51,7 @@ from ..io.models import load_model
 from ..manipulation import remove_tellurics
 from ..models.karaoke import KaraokeVAE
 from ..simulate import Simulator
-from ..spectra import shift_flux
+from ..doppler import shift_flux
 from ..tellurics import split_transmission, telluric_region
 
 SNRS = (20, 50, 200)

@@ -19,7 +19,8 @@ import astropy.units as u
 import numpy as np
 
 from ..provenance import Provenance
-from ..spectra import ModelGrid, median_normalise, shift_flux, to_model_grid
+from ..doppler import shift_flux
+from ..spectra import ModelGrid, median_normalise, to_model_grid
 from .loop import (
     KeepBest,
     history_extra,
@@ -548,7 +549,7 @@ def velocity_whiten(
     network can no longer learn them as a fixed pattern. The spectra stay
     topocentric (no barycentric correction is involved), and the shift is applied
     on the fly, with new velocities every epoch. The resampling is the
-    flux-conserving `~specutils_deepclean.spectra.shift_flux`; the paper's
+    flux-conserving `~specutils_deepclean.doppler.shift_flux`; the paper's
     :math:`(1 - v'/c)` factor of Eq. 9 is normalised out with the median, here it
     never arises because the flux density is transported unchanged.
 
