@@ -13,9 +13,8 @@ from .spectra import (
     _axis_edges,
     _check_spectrum,
     _from_last,
-    _input_variance,
+    _input_arrays,
     _output_uncertainty,
-    _to_last,
     spectrum_like,
 )
 
@@ -165,7 +164,7 @@ def doppler_shift(spectrum: Spectrum, velocity: u.Quantity) -> Spectrum:
     raw = _axis_edges(spectrum)
     descending = raw[-1] < raw[0]
     edges = raw[::-1] if descending else raw
-    flux = _to_last(spectrum.flux.value.astype(float), axis, descending)
+    flux, missing, variance, unc_type = _input_arrays(spectrum, descending)
     batch_shape = np.moveaxis(np.empty(spectrum.shape), axis, -1).shape[:-1]
     try:
         v = np.broadcast_to(velocity.to_value(u.km / u.s), batch_shape).reshape(-1)
@@ -174,13 +173,6 @@ def doppler_shift(spectrum: Spectrum, velocity: u.Quantity) -> Spectrum:
             f"velocity of shape {velocity.shape} does not fit the batch shape {batch_shape}"
         ) from err
     factor = _doppler_factor(v)
-    missing = ~np.isfinite(flux)
-    if spectrum.mask is not None:
-        mask = np.broadcast_to(np.asarray(spectrum.mask, dtype=bool), spectrum.shape)
-        missing |= _to_last(mask, axis, descending)
-    variance, unc_type = _input_variance(spectrum)
-    if variance is not None:
-        variance = _to_last(variance, axis, descending)
     out = np.empty_like(flux)
     var_out = None if variance is None else np.empty_like(flux)
     uncovered = np.empty(flux.shape, dtype=bool)

@@ -440,6 +440,22 @@ def _frequency_density_factor(spectrum: Spectrum, edges: np.ndarray) -> np.ndarr
     return (np.median(centres) / centres) ** 2
 
 
+def _input_arrays(spectrum: Spectrum, descending: bool) -> tuple:
+    """Flux, missing pixels (non-finite or masked) and variance (None without an
+    uncertainty) of ``spectrum``, spectral axis last and increasing, and the
+    uncertainty's class."""
+    axis = spectrum.spectral_axis_index
+    flux = _to_last(spectrum.flux.value.astype(float), axis, descending)
+    missing = ~np.isfinite(flux)
+    if spectrum.mask is not None:
+        mask = np.broadcast_to(np.asarray(spectrum.mask, dtype=bool), spectrum.shape)
+        missing |= _to_last(mask, axis, descending)
+    variance, unc_type = _input_variance(spectrum)
+    if variance is not None:
+        variance = _to_last(variance, axis, descending)
+    return flux, missing, variance, unc_type
+
+
 def _input_variance(spectrum: Spectrum):
     """Variance in flux_unit**2 (NaN where unusable) and the class to return, or None."""
     unc = spectrum.uncertainty
@@ -564,14 +580,7 @@ def to_model_grid(
             f"{grid.range_str}: no overlap"
         )
     axis = spectrum.spectral_axis_index
-    flux = _to_last(spectrum.flux.value.astype(float), axis, descending)
-    missing = ~np.isfinite(flux)
-    if spectrum.mask is not None:
-        mask = np.broadcast_to(np.asarray(spectrum.mask, dtype=bool), spectrum.shape)
-        missing |= _to_last(mask, axis, descending)
-    variance, unc_type = _input_variance(spectrum)
-    if variance is not None:
-        variance = _to_last(variance, axis, descending)
+    flux, missing, variance, unc_type = _input_arrays(spectrum, descending)
     density_factor = _frequency_density_factor(spectrum, edges)
     if density_factor is not None:
         flux = flux * density_factor
