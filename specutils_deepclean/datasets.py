@@ -770,6 +770,10 @@ class Transmission:
         Resolving power of the model.
     medium : {"air", "vacuum"}
         Medium of the wavelengths.
+    drier, wetter : ndarray, optional
+        The same atmosphere with less and with more water vapour (the ESO file's
+        ``mnstrans`` and ``plstrans`` columns), when known; they separate the water
+        bands from the rest (:mod:`specutils_deepclean.telluric_template`).
 
     Examples
     --------
@@ -784,12 +788,21 @@ class Transmission:
     airmass: float = 3.0
     resolving_power: float = 60000.0
     medium: str = "vacuum"
+    drier: np.ndarray | None = None
+    wetter: np.ndarray | None = None
 
     def __post_init__(self):
         self.wavelength = u.Quantity(self.wavelength, u.AA)
         self.transmission = np.asarray(self.transmission, dtype=float)
         if self.transmission.shape != self.wavelength.shape:
             raise ValueError("transmission and wavelength differ in shape")
+        for name in ("drier", "wetter"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=float)
+                if value.shape != self.wavelength.shape:
+                    raise ValueError(f"{name} and wavelength differ in shape")
+                setattr(self, name, value)
         if not self.airmass > 0:
             raise ValueError(f"airmass must be positive, got {self.airmass}")
 
@@ -870,7 +883,13 @@ def load_transmission(path: str | os.PathLike | None = None) -> Transmission:
                 airmass=float(header.get("AIRMASS", 3.0)),
                 resolving_power=float(header.get("RESOLVPW", 60000.0)),
                 medium=_MEDIA[str(header.get("WAVEMED", "vacuum")).strip().lower()],
+                drier=_optional_column(table, "mnstrans"),
+                wetter=_optional_column(table, "plstrans"),
             )
+
+
+def _optional_column(table, name: str) -> np.ndarray | None:
+    return np.asarray(table[name], dtype=float) if name in table.names else None
 
 
 def load_sky(path: str | os.PathLike | None = None) -> SkySpectrum:

@@ -45,7 +45,7 @@ OOD_WARNING = 0.01
 #: `remove_tellurics` (``divide``) masks the pixels whose transmission is below this.
 TRANSMISSION_FLOOR = 0.05
 #: Output modes of `remove_tellurics`.
-TELLURIC_MODES = ("divide", "reconstruct")
+TELLURIC_MODES = ("divide", "reconstruct", "physical")
 
 
 
@@ -157,6 +157,7 @@ def remove_tellurics(
     smooth_pixels: float = 1.0,
     region_threshold: float = 0.995,
     batch_size: int = 256,
+    resolution=None,
 ) -> Spectrum:
     """Remove telluric absorption from a spectrum with a Stellar Karaoke model.
 
@@ -174,7 +175,12 @@ def remove_tellurics(
     model : str, path or `~specutils_deepclean.models.karaoke.KaraokeVAE`, optional
         A shipped model name, a model file, or a loaded model; default
         ``"karaoke-miles"``.
-    mode : {"divide", "reconstruct"}
+    mode : {"divide", "reconstruct", "physical"}
+        ``"physical"`` fits a per-molecule transmission (H2O and O2 depths, a
+        velocity of the atmosphere, the resolution) with the network's
+        reconstruction as the star inside the model's range and a smooth continuum
+        outside it, and divides by it wherever the atmosphere has lines, over the
+        whole input (3500-10500 Angstrom); see :mod:`specutils_deepclean.telluric_fit`.
         ``"reconstruct"`` returns the network's reconstruction (the paper's output);
         ``"divide"`` estimates the transmission ``T = observed / reconstruction``
         only where the atmosphere can absorb, smooths it, clips it to at most 1 and
@@ -192,6 +198,9 @@ def remove_tellurics(
         transmission (airmass 2.5) is below this value.
     batch_size : int
         Spectra per network call.
+    resolution : float or `~astropy.units.Quantity`, optional
+        ``physical``: the resolving power, or a FWHM; default
+        ``meta["resolving_power"]``, else fitted.
 
     Returns
     -------
@@ -250,6 +259,13 @@ def remove_tellurics(
 
     device = _device(device)
     net = _model(model, KaraokeVAE, DEFAULT_TELLURIC_MODEL, device)
+    if mode == "physical":
+        from .telluric_fit import remove_physical
+
+        info = {"operation": "remove_tellurics", "mode": mode, "model": net.name,
+                "model_version": net.version, "package_version": __version__}
+        return remove_physical(spectrum, net, medium=medium, resolution=resolution,
+                               batch_size=batch_size, info=info)
     grid = ModelGrid(net.wavelength, net.medium)
     gs = to_model_grid(spectrum, grid, medium=medium)
     _drop_rows(gs, ~_covered_rows([gs], len(grid), "remove_tellurics"))

@@ -62,7 +62,7 @@ def _parser(task: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="shipped model name or model file")
     if task == "detelluric":
         parser.add_argument(
-            "--mode", choices=("divide", "reconstruct"), default="divide", help="output mode"
+            "--mode", choices=("divide", "reconstruct", "physical"), default="divide", help="output mode"
         )
     else:
         parser.add_argument("--steps", type=int, default=None, help="MAP optimisation steps")

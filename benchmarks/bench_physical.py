@@ -1,0 +1,257 @@
+"""Benchmark of ``remove_tellurics(mode="physical")`` against ``divide`` (issue 17).
+
+    python benchmarks/bench_physical.py --split val --json benchmarks/results/physical_val.json
+    python benchmarks/bench_physical.py --split test --speed \
+        --json benchmarks/results/physical_test.json
+
+1. MILES stars of one split (tune on ``val``, report ``test``) observed through the
+   simulator at a random stellar RV in +-150 km/s, airmass uniform in 1-2.5, S/N 20,
+   50, 200 (sky residuals, cosmics, correlated noise).  Per band (O2 B, H2O 6500,
+   H2O 7200; MILES stops at 7410 A): median Q_t (Sedaghat et al. Eq. 12, unclipped
+   too) of the input, ``divide`` and ``physical``; Q_s overall.  Truth: the star times
+   the smooth part of the transmission; M_t: line transmission below 0.99.
+2. Stellar lines at S/N 200: equivalent widths (Lick-like windows, shifted with the
+   star) of Ca II H&K, Hbeta, Mg b, Na D, Halpha after each method against a perfect
+   division (the observation divided by the true line transmission); median over
+   stars with |EW| > 0.3 A of |EW - EW_perfect| / |EW_perfect|.
+3. The demo M dwarf (``load_examples``) at airmass 1.5, S/N 200: the transmission's
+   minimum over Na D.
+4. The real SDSS spectrum of NGC 3073 (vacuum, z = 0.00376): Na D, Mg b and Hbeta EWs
+   before and after, and the depth of the red bands (O2 B, O2 A, H2O 8200, H2O 9400)
+   relative to their neighbours before and after.
+5. ``--speed``: spectra per second at batch 256 (MILES grid) for both modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.nddata import StdDevUncertainty
+from specutils import Spectrum
+
+from specutils_deepclean import metrics
+from specutils_deepclean.datasets import load_examples, load_library
+from specutils_deepclean.manipulation import remove_tellurics
+from specutils_deepclean.simulate import Simulator, prepare_truth
+from specutils_deepclean.tellurics import split_transmission
+
+C_KMS = 299792.458
+SNRS = (20, 50, 200)
+BANDS = {"O2_B": (6860, 6935), "H2O_6500": (6470, 6600), "H2O_7200": (7160, 7340)}
+# (band, blue continuum, red continuum), rest air Angstrom (Lick-like)
+LINES = {
+    "CaHK": ((3920, 3980), (3895, 3915), (3985, 4005)),
+    "Hbeta": ((4847.9, 4876.6), (4827.9, 4847.9), (4876.6, 4891.6)),
+    "Mgb": ((5160.1, 5192.6), (5142.6, 5161.4), (5191.4, 5206.4)),
+    "NaD": ((5876.9, 5909.4), (5860.6, 5875.6), (5922.1, 5948.1)),
+    "Halpha": ((6548, 6578), (6520, 6540), (6590, 6610)),
+}
+METHODS = ("divide", "physical")
+
+
+def ew(flux, wave, line, shift=1.0):
+    """Equivalent width (A) per row: linear continuum through the two side bands."""
+    band, blue, red = (np.array(x) * shift for x in line)
+    flux = np.atleast_2d(flux)
+    sb = (wave > blue[0]) & (wave < blue[1])
+    sr = (wave > red[0]) & (wave < red[1])
+    inb = (wave > band[0]) & (wave < band[1])
+    fb, fr = np.nanmedian(flux[:, sb], axis=1), np.nanmedian(flux[:, sr], axis=1)
+    wb, wr = wave[sb].mean(), wave[sr].mean()
+    cont = fb[:, None] + (fr - fb)[:, None] * (wave[inb] - wb) / (wr - wb)
+    step = np.gradient(wave)[inb]
+    return np.nansum((1 - flux[:, inb] / cont) * step, axis=1)
+
+
+def spectrum(flux, sigma, wave, medium):
+    return Spectrum(
+        flux=flux * u.one, spectral_axis=wave * u.AA, uncertainty=StdDevUncertainty(sigma),
+        mask=~np.isfinite(flux), meta={"medium": medium},
+    )
+
+
+def correct(flux, sigma, wave, medium, mode):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = remove_tellurics(spectrum(flux, sigma, wave, medium), mode=mode, device="cpu")
+    return out.flux.value, out
+
+
+def miles_part(split, seed):
+    library = load_library()
+    stars = library.select(split=split, good=True)
+    wave, medium = library.wavelength.value, library.medium
+    truth, valid = prepare_truth(stars, wave, medium)
+    truth = np.where(valid, truth, np.nan)
+    sim = Simulator(wave, medium, fwhm=2.5, rv_range=(-150.0, 150.0))
+    rng = np.random.default_rng(seed)
+    out = {"n_spectra": len(stars), "snr": {}}
+    for snr in SNRS:
+        airmass = np.round(rng.uniform(1.0, 2.5, len(stars)) / 0.05) * 0.05
+        obs = sim.observe(truth, snr, seed=int(rng.integers(2**31)), airmass=airmass)
+        continuum, lines = split_transmission(obs.transmission, wave)
+        ideal = obs.truth * continuum
+        flux = np.where(obs.mask, np.nan, obs.flux)
+        mt = lines < 0.99
+        preds = {"none": flux}
+        for mode in METHODS:
+            preds[mode] = correct(flux, obs.sigma, wave, medium, mode)[0]
+        row = {"bands": {}, "q_s": {}}
+        miss = ~np.isfinite(flux)
+        for band, (lo, hi) in BANDS.items():
+            sel = mt & ((wave > lo) & (wave < hi))[None]
+            row["bands"][band] = {}
+            for name, pred in preds.items():
+                qt = metrics.q_t(pred, flux, ideal, sel, mask=miss, clip=False)
+                row["bands"][band][name] = float(np.nanmedian(qt))
+        for name, pred in preds.items():
+            row["q_t_all"] = row.get("q_t_all", {})
+            row["q_t_all"][name] = float(np.nanmedian(metrics.q_t(pred, flux, ideal, mt, mask=miss)))
+            row["q_s"][name] = float(np.nanmedian(metrics.q_s(pred, ideal, mt, mask=miss)))
+        if snr == 200:
+            perfect = flux / lines
+            shift = 1 + obs.stellar_rv / C_KMS
+            row["ew_change_vs_perfect"] = {}
+            for name, line in LINES.items():
+                ref = np.array([ew(perfect[i], wave, line, shift[i])[0] for i in range(len(flux))])
+                use = np.abs(ref) > 0.3
+                row["ew_change_vs_perfect"][name] = {"n_stars": int(use.sum())}
+                for mode in ("none",) + METHODS:
+                    got = np.array(
+                        [ew(preds[mode][i], wave, line, shift[i])[0] for i in range(len(flux))]
+                    )
+                    change = np.abs(got - ref)[use] / np.abs(ref[use])
+                    row["ew_change_vs_perfect"][name][mode] = float(np.median(change))
+        out["snr"][str(snr)] = row
+        print(snr, json.dumps(row, indent=1), flush=True)
+    return out
+
+
+def mdwarf_part():
+    lib = load_examples()
+    rows = np.flatnonzero(np.char.strip(np.asarray(lib.labels, dtype=str)) == "M")
+    wave = lib.wavelength.value
+    truth, _ = prepare_truth(lib, wave, lib.medium)
+    obs = Simulator(wave, lib.medium, fwhm=2.5).observe(truth[rows], 200, seed=5, airmass=1.5)
+    nad = (wave > 5880) & (wave < 5905)
+    out = {}
+    for mode in METHODS:
+        _, spec = correct(obs.flux, obs.sigma, wave, lib.medium, mode)
+        t = spec.meta["deepclean"]["transmission"].flux.value
+        out[mode] = float(np.nanmin(np.atleast_2d(t)[:, nad]))
+    return out
+
+
+SDSS_Z = 0.00376
+SDSS_LINES = {  # vacuum rest
+    "NaD": ((5878.5, 5911.0), (5862.2, 5877.2), (5923.7, 5949.7)),
+    "Mgb": ((5161.6, 5194.2), (5144.1, 5162.9), (5192.9, 5207.9)),
+    "Hbeta": ((4849.2, 4878.0), (4829.2, 4849.2), (4878.0, 4893.0)),
+}
+RED_BANDS = {  # band core, neighbours (vacuum, observed frame)
+    "O2_B": ((6868, 6885), [(6830, 6860), (6940, 6960)]),
+    "O2_A": ((7595, 7625), [(7550, 7585), (7700, 7730)]),
+    "H2O_8200": ((8130, 8250), [(8040, 8090), (8300, 8340)]),
+    "H2O_9400": ((8950, 9180), [(8700, 8800)]),  # the file stops at 9204 A
+}
+
+
+def sdss_part(path):
+    spec = Spectrum.read(path, format="SDSS-III/IV spec")
+    # float32 axis: cast to float64 until the resampling fix lands (branch numeric).
+    spec = Spectrum(
+        flux=spec.flux, spectral_axis=spec.spectral_axis.astype(np.float64),
+        uncertainty=spec.uncertainty, mask=spec.mask, meta={"medium": "vacuum"},
+    )
+    wave = spec.spectral_axis.to_value(u.AA)
+    out = {"ew": {}, "band_depth": {}}
+    results = {"input": spec}
+    for mode in METHODS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results[mode] = remove_tellurics(spec, mode=mode, device="cpu")
+    for name, line in SDSS_LINES.items():
+        out["ew"][name] = {
+            k: float(ew(np.where(s.mask, np.nan, s.flux.value) if s.mask is not None
+                        else s.flux.value, wave, line, 1 + SDSS_Z)[0])
+            for k, s in results.items()
+        }
+    for band, (core, neigh) in RED_BANDS.items():
+        out["band_depth"][band] = {}
+        for k, s in results.items():
+            f = s.flux.value.astype(float)
+            if s.mask is not None:
+                f = np.where(s.mask, np.nan, f)
+            if np.isfinite(f[(wave > core[0]) & (wave < core[1])]).sum() == 0:
+                out["band_depth"][band][k] = None  # masked
+                continue
+            c = np.nanmedian(f[(wave > core[0]) & (wave < core[1])])
+            n = np.nanmedian(np.concatenate([f[(wave > a) & (wave < b)] for a, b in neigh]))
+            depth = 1 - c / n
+            out["band_depth"][band][k] = float(depth) if np.isfinite(depth) else None
+    meta = results["physical"].meta["deepclean"]
+    out["physical_fit"] = {
+        k: meta[k] for k in ("depths", "telluric_velocity", "resolving_power", "reduced_chi2")
+    }
+    out["physical_fit"]["masked"] = meta["masked"]
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
+def speed_part():
+    lib = load_library()
+    stars = lib.select(split="val", good=True)
+    wave = lib.wavelength.value
+    truth, _ = prepare_truth(stars, wave, lib.medium)
+    truth = np.nan_to_num(truth, nan=1.0)
+    rows = np.resize(np.arange(len(stars)), 256)
+    obs = Simulator(wave, lib.medium, fwhm=2.5).observe(truth[rows], 50, seed=9, airmass=1.5)
+    spec = spectrum(obs.flux, obs.sigma, wave, lib.medium)
+    out = {}
+    for mode in METHODS:
+        remove_tellurics(spec, mode=mode, device="cpu")  # warm-up (model, bases)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            remove_tellurics(spec, mode=mode, device="cpu")
+            times.append(time.perf_counter() - start)
+        out[f"{mode}_spectra_per_s_batch256"] = 256 / float(np.median(times))
+    print(out, flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--seed", type=int, default=2027)
+    parser.add_argument("--sdss", default="../shared/data/sdss/NGC3073_SDSS_DR18.fits")
+    parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    result = {
+        "command": "python benchmarks/bench_physical.py " + " ".join(argv or sys.argv[1:]),
+        "split": args.split,
+    }
+    result["miles"] = miles_part(args.split, args.seed)
+    result["mdwarf_nad_min_transmission"] = mdwarf_part()
+    print(result["mdwarf_nad_min_transmission"])
+    result["sdss_ngc3073"] = sdss_part(args.sdss)
+    if args.speed:
+        result["speed"] = speed_part()
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,663 @@
+r"""Fit of the per-molecule atmospheric transmission to observed spectra.
+
+The model of each observed spectrum (one row of a batch, one exposure) is
+
+.. math::
+
+    y(\lambda) = S(\lambda)\, C(\lambda) \prod_s T_s(\lambda (1 - v/c);\, a_s, R)
+
+with :math:`T_s` the transmission of molecule :math:`s`
+(:mod:`specutils_deepclean.telluric_template`) for a column :math:`a_s` times the
+template's at airmass 1, convolved to the resolving power :math:`R` and averaged over
+each pixel; :math:`v` a velocity of the atmosphere relative to the spectrum's frame
+(zero in the topocentric frame; the barycentric correction of a survey spectrum, up
+to about 30 km/s, otherwise), :math:`S` the stellar model and :math:`C` a smooth
+continuum.  Inside the Stellar Karaoke model's range :math:`S` is its reconstruction
+of the star (:mod:`specutils_deepclean.models.karaoke`); outside it (and for spectra
+that do not reach it) :math:`S = 1` and :math:`C` alone, a Gaussian-smoothed continuum
+that iteratively rejects stellar features, is the star.
+
+For each spectrum :math:`a_{\rm H_2O}`, :math:`a_{\rm O_2}` and :math:`v` are fitted by
+Gauss-Newton on :math:`\ln y - \ln(S C)` (pixels where the atmosphere absorbs,
+weighted by their S/N), alternating with :math:`C`; :math:`R` is given or chosen from
+a grid by the smallest :math:`\chi^2`.  Each molecule has one depth for all its bands,
+so the transmission is deep only where the atmosphere has lines: a stellar line
+(Na D, H\ :math:`\alpha`, Mg b, Ca H and K) can change the fit only through its
+overlap with telluric lines, never become part of the transmission.
+
+The non-linearity of unresolved saturated lines is kept: the template is convolved
+at a grid of column powers (`POWERS`) and velocities (`VELOCITIES`) and interpolated
+between them.  Molecules are convolved separately (the product of the convolved
+transmissions stands for the convolved product; their bands barely overlap).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from .telluric_template import MOLECULES, MolecularTemplate, load_molecular_template
+
+__all__ = [
+    "POWERS",
+    "VELOCITIES",
+    "RESOLVING_POWERS",
+    "TelluricBasis",
+    "TelluricFit",
+    "telluric_basis",
+    "fit_transmission",
+]
+
+C_KMS = 299792.458
+#: Column powers (times the template's at airmass 1) at which the template is convolved.
+POWERS = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0])
+#: Velocities (km/s) at which the template is shifted; the fit interpolates between them.
+VELOCITIES = np.arange(-60.0, 60.01, 5.0)
+#: Candidate resolving powers when the resolution is fitted.
+RESOLVING_POWERS = (700, 1000, 1400, 2000, 2800, 4000, 5600, 8000, 11000, 16000, 22000)
+#: Relative model error added to the noise in the weights (stellar model mismatch).
+MODEL_ERROR = 0.005
+#: Pixels where the fitted transmission's line optical depth (largest column) is above this are fitted.
+_FIT_TAU = 1e-3
+
+#: Optical depth scale of the continuum weights ``exp(-tau / _CLEAR_TAU)``.
+_CLEAR_TAU = 0.05
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass
+class TelluricBasis:
+    """Effective optical depths of each molecule on one pixel grid.
+
+    Attributes
+    ----------
+    centres : ndarray, shape (n_pix,)
+        Pixel centres, Angstrom, in the spectrum's medium.
+    tau : ndarray, shape (n_velocity, n_molecule, n_power, n_pix)
+        ``-ln`` of the pixel-averaged, convolved transmission ``exp(-a tau_s)`` for
+        each velocity of `VELOCITIES` and column of `POWERS`.
+    covered : ndarray of bool, shape (n_pix,)
+        Pixels inside the template's range (elsewhere ``tau`` is 0).
+    resolving_power : float
+    """
+
+    centres: np.ndarray
+    tau: np.ndarray
+    covered: np.ndarray
+    resolving_power: float
+
+    def evaluate(self, depths: np.ndarray, velocity: np.ndarray, pixels=None):
+        """Optical depths and their derivatives at per-row depths and velocity.
+
+        Parameters
+        ----------
+        depths : ndarray, shape (n, n_molecule)
+        velocity : ndarray, shape (n,)
+        pixels : index array, optional
+            Subset of pixels.
+
+        Returns
+        -------
+        tau, d_tau_d_depth, d_tau_d_velocity : ndarray, shape (n, n_molecule, n_pix)
+        """
+        table = self.tau if pixels is None else self.tau[..., pixels]
+        n_mol = table.shape[1]
+        x = (np.clip(velocity, VELOCITIES[0], VELOCITIES[-1]) - VELOCITIES[0]) / (
+            VELOCITIES[1] - VELOCITIES[0]
+        )
+        iv = np.clip(np.floor(x).astype(int), 0, VELOCITIES.size - 2)
+        fv = (x - iv)[:, None, None]
+        a = np.clip(depths, POWERS[0], POWERS[-1])
+        ik = np.clip(np.searchsorted(POWERS, a, side="right") - 1, 0, POWERS.size - 2)
+        step = (POWERS[ik + 1] - POWERS[ik])[:, :, None]
+        fa = (a - POWERS[ik])[:, :, None] / step
+        mol = np.arange(n_mol)[None, :]
+        lo_v, hi_v = iv[:, None], iv[:, None] + 1
+        t00, t01 = table[lo_v, mol, ik], table[lo_v, mol, ik + 1]
+        t10, t11 = table[hi_v, mol, ik], table[hi_v, mol, ik + 1]
+        at_lo = t00 + fa * (t01 - t00)
+        at_hi = t10 + fa * (t11 - t10)
+        tau = at_lo + fv * (at_hi - at_lo)
+        d_depth = ((1 - fv) * (t01 - t00) + fv * (t11 - t10)) / step
+        d_velocity = (at_hi - at_lo) / (VELOCITIES[1] - VELOCITIES[0])
+        return tau, d_depth, d_velocity
+
+
+def _template_in_medium(template: MolecularTemplate, medium: str) -> np.ndarray:
+    wave = template.wavelength
+    if medium == template.medium:
+        return wave
+    from astropy import units as u
+    from specutils.utils.wcs_utils import air_to_vac, vac_to_air
+
+    convert = vac_to_air if medium == "air" else air_to_vac
+    return convert(wave * u.AA).to_value(u.AA)
+
+
+def _edges_of(centres: np.ndarray) -> np.ndarray:
+    mid = 0.5 * (centres[1:] + centres[:-1])
+    return np.concatenate([[2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]])
+
+
+def telluric_basis(
+    edges_aa: np.ndarray,
+    medium: str,
+    resolving_power: float,
+    template: MolecularTemplate | None = None,
+) -> TelluricBasis:
+    """The template convolved to ``resolving_power`` and averaged over a spectrum's pixels.
+
+    Cached per grid, medium, resolving power and template.
+
+    Parameters
+    ----------
+    edges_aa : ndarray, shape (n_pix + 1,)
+        Pixel edges, Angstrom, increasing, in ``medium``.
+    medium : {"air", "vacuum"}
+    resolving_power : float
+        Resolving power of the spectrum (Gaussian line spread function of FWHM
+        ``lambda / R``).
+    template : MolecularTemplate, optional
+        Default: the shipped one.
+
+    Returns
+    -------
+    TelluricBasis
+    """
+    from .spectra import rebin_matrix
+
+    template = load_molecular_template() if template is None else template
+    edges_aa = np.asarray(edges_aa, dtype=float)
+    resolving_power = float(resolving_power)
+    if not resolving_power > 0:
+        raise ValueError(f"resolving_power must be positive, got {resolving_power}")
+    key = (edges_aa.tobytes(), medium, resolving_power, id(template))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    centres = 0.5 * (edges_aa[1:] + edges_aa[:-1])
+    wave = _template_in_medium(template, medium)
+    margin = 1 + 80.0 / C_KMS + 5.0 / resolving_power
+    keep = (wave > edges_aa[0] / margin) & (wave < edges_aa[-1] * margin)
+    n_v, n_m, n_k = VELOCITIES.size, len(MOLECULES), POWERS.size
+    tau = np.zeros((n_v, n_m, n_k, centres.size))
+    covered = (centres > wave[0]) & (centres < wave[-1])
+    if keep.sum() > 10:
+        sub = wave[keep]
+        sigma_pix = template.resolving_power / (resolving_power * 2.0 * np.sqrt(2.0 * np.log(2.0)))
+        stack = np.empty((n_m * n_k, sub.size))
+        for m, name in enumerate(MOLECULES):
+            depth = template.optical_depth[name][keep]
+            for k, power in enumerate(POWERS):
+                stack[m * n_k + k] = gaussian_filter1d(
+                    np.exp(-power * depth), sigma_pix, mode="nearest"
+                )
+        sub_edges = _edges_of(sub)
+        width = np.diff(edges_aa)
+        for j, v in enumerate(VELOCITIES):
+            matrix = rebin_matrix(sub_edges * (1 + v / C_KMS), edges_aa)
+            cover = np.asarray(matrix.sum(axis=1)).ravel()
+            full = cover > 0.999 * width
+            mean = (matrix @ stack.T) / np.where(full, cover, 1.0)[:, None]
+            mean = np.where(full[:, None], mean, 1.0)
+            tau[j] = -np.log(np.clip(mean.T, 1e-6, 1.0)).reshape(n_m, n_k, -1)
+    basis = TelluricBasis(centres, tau, covered, resolving_power)
+    with _CACHE_LOCK:
+        if len(_CACHE) > 32:
+            _CACHE.clear()
+        _CACHE[key] = basis
+    return basis
+
+
+@dataclass
+class TelluricFit:
+    """The fitted atmosphere of each spectrum of a batch (pixels in increasing wavelength).
+
+    Attributes
+    ----------
+    depths : ndarray, shape (n, n_molecule)
+        Column of each molecule (`~specutils_deepclean.telluric_template.MOLECULES`
+        order) relative to the template's at airmass 1: ``O2`` is an airmass proxy,
+        ``H2O`` the slant water column (airmass times the water column relative
+        to the template's).
+    depth_sigma : ndarray, shape (n, n_molecule)
+    velocity, velocity_sigma : ndarray, shape (n,)
+        Velocity of the telluric lines in the spectrum's frame, km/s.
+    resolving_power : float
+    molecules : ndarray, shape (n, n_molecule, n_pix)
+        Each molecule's transmission.
+    transmission : ndarray, shape (n, n_pix)
+        Their product.
+    sigma_ln_transmission : ndarray, shape (n, n_pix)
+        Standard deviation of ``ln(transmission)`` from the depths' and velocity's
+        covariance.
+    stellar : ndarray, shape (n, n_pix)
+        The fitted telluric-free spectrum ``S * C`` (NaN where not defined).
+    rejected : ndarray of bool, shape (n, n_pix)
+        Pixels left out of the continuum and the fit (stellar features, outliers).
+    chi2 : ndarray, shape (n,)
+        Reduced chi-square over the fitted pixels.
+    fitted : ndarray of bool, shape (n,)
+        Spectra with enough telluric pixels to fit (the others get ``T = 1``).
+    """
+
+    depths: np.ndarray
+    depth_sigma: np.ndarray
+    velocity: np.ndarray
+    velocity_sigma: np.ndarray
+    resolving_power: float
+    molecules: np.ndarray
+    transmission: np.ndarray
+    sigma_ln_transmission: np.ndarray
+    stellar: np.ndarray
+    rejected: np.ndarray
+    chi2: np.ndarray
+    fitted: np.ndarray
+
+
+def _smooth(values, weight, sigma_pix):
+    num = gaussian_filter1d(np.where(weight > 0, values * weight, 0.0), sigma_pix, axis=-1, mode="nearest")
+    den = gaussian_filter1d(weight, sigma_pix, axis=-1, mode="nearest")
+    out = np.full_like(values, np.nan)
+    np.divide(num, den, out=out, where=den > 1e-4)
+    return out
+
+
+def _fill(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Fill non-finite values inside ``where`` by linear interpolation per row."""
+    out = values.copy()
+    x = np.arange(values.shape[1])
+    for i in range(values.shape[0]):
+        good = np.isfinite(values[i]) & where[i]
+        if good.any():
+            out[i] = np.where(where[i] & ~good, np.interp(x, x[good], values[i, good]), out[i])
+    return out
+
+
+def _continuum(ratio, usable, segments, sigma_pix):
+    """Smooth ``ratio`` over ``usable`` pixels, separately in each segment."""
+    out = np.full_like(ratio, np.nan)
+    for seg, width in zip(segments, sigma_pix):
+        if not seg.any():
+            continue
+        weight = np.where(seg, usable, 0.0)
+        smooth = _smooth(np.where(weight > 0, ratio, 0.0), weight, width)
+        out = np.where(seg, smooth, out)
+    return _fill(out, np.any(segments, axis=0))
+
+
+def _noise(flux, sigma, valid):
+    """The given sigma, or a robust estimate from the point-to-point scatter."""
+    if sigma is not None:
+        sigma = np.where(valid & np.isfinite(sigma) & (sigma > 0), sigma, np.nan)
+        if np.isfinite(sigma).any(axis=1).all():
+            return sigma
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log = np.where(valid & (flux > 0), np.log(flux), np.nan)
+    step = np.abs(np.diff(log, axis=1))
+    relative = 1.4826 * np.nanmedian(step, axis=1) / np.sqrt(2.0)
+    return np.abs(flux) * np.nan_to_num(relative, nan=0.01)[:, None]
+
+
+def _gauss_newton(basis, pixels, depths, velocity, resid, weight, n_step=4):
+    """Minimise sum w (resid + sum_m tau_m(a, v))^2 over (a, v) per row."""
+    n, n_mol = depths.shape
+    cov = np.zeros((n, n_mol + 1, n_mol + 1))
+    chi2 = np.full(n, np.inf)
+    for _ in range(n_step):
+        tau, d_a, d_v = basis.evaluate(depths, velocity, pixels)
+        err = resid + tau.sum(axis=1)
+        jac = np.concatenate([d_a, d_v.sum(axis=1, keepdims=True)], axis=1)  # (n, p, pix)
+        hess = np.einsum("npk,nqk,nk->npq", jac, jac, weight)
+        grad = np.einsum("npk,nk,nk->np", jac, weight, err)
+        damp = 1e-6 * np.trace(hess, axis1=1, axis2=2)[:, None, None] + 1e-9
+        hess_d = hess + damp * np.eye(n_mol + 1)[None]
+        delta = -np.linalg.solve(hess_d, grad[..., None])[..., 0]
+        depths = np.clip(depths + delta[:, :n_mol], POWERS[0], POWERS[-1])
+        velocity = np.clip(velocity + delta[:, n_mol], VELOCITIES[0], VELOCITIES[-1])
+        chi2 = np.einsum("nk,nk->n", weight, err**2)
+        cov = np.linalg.inv(hess_d)
+    tau = basis.evaluate(depths, velocity, pixels)[0]
+    chi2 = np.einsum("nk,nk->n", weight, (resid + tau.sum(axis=1)) ** 2)
+    return depths, velocity, cov, chi2
+
+
+def _velocity_start(basis, pixels, depths, resid, weight):
+    """Per row, the velocity node with the smallest chi2 (depths refitted linearly)."""
+    n = depths.shape[0]
+    best = np.full(n, np.inf)
+    start = np.zeros(n)
+    for v in VELOCITIES[::2]:
+        velocity = np.full(n, v)
+        tau, d_a, _ = basis.evaluate(depths, velocity, pixels)
+        err = resid + tau.sum(axis=1)
+        hess = np.einsum("npk,nqk,nk->npq", d_a, d_a, weight)
+        hess += (1e-6 * np.trace(hess, axis1=1, axis2=2) + 1e-9)[:, None, None] * np.eye(d_a.shape[1])
+        grad = np.einsum("npk,nk,nk->np", d_a, weight, err)
+        delta = -np.linalg.solve(hess, grad[..., None])[..., 0]
+        err = err + np.einsum("npk,np->nk", d_a, delta)
+        chi2 = np.einsum("nk,nk->n", weight, err**2)
+        better = chi2 < best
+        best[better], start[better] = chi2[better], v
+    return start
+
+
+def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
+    n, n_pix = flux.shape
+    n_mol = len(MOLECULES)
+    star_seg = np.isfinite(stellar)
+    base = np.where(star_seg, stellar, 1.0)
+    segments = np.stack([star_seg, ~star_seg], axis=0)
+    segments = np.broadcast_to(segments, (2, n, n_pix))
+    step = float(np.median(np.diff(basis.centres)))
+    widths = [smooth_aa[0] / step, smooth_aa[1] / step]
+    strongest = basis.tau[VELOCITIES.size // 2, :, np.searchsorted(POWERS, 3.0)].sum(axis=0)
+    pixels = np.flatnonzero(strongest > _FIT_TAU)
+    # The continuum leans on pixels the atmosphere leaves clear even at a large column,
+    # so that it cannot take up the broad envelope of a band.
+    clear = np.exp(-strongest / _CLEAR_TAU)[None, :]
+    depths = np.ones((n, n_mol))
+    velocity = np.zeros(n)
+    rejected = np.zeros((n, n_pix), dtype=bool)
+    usable = valid & (flux > 0) & np.isfinite(noise)
+    cov = np.zeros((n, n_mol + 1, n_mol + 1))
+    chi2 = np.zeros(n)
+    n_used = np.zeros(n)
+    fitted = np.zeros(n, dtype=bool)
+    for it in range(n_iter):
+        tau_all = basis.evaluate(depths, velocity)[0].sum(axis=1)
+        trans = np.exp(-tau_all)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = flux / (base * trans)
+        cont = _continuum(ratio, np.where(usable & ~rejected, clear, 0.0), segments, widths)
+        model0 = base * cont
+        if pixels.size:
+            sub = np.s_[:, pixels]
+            expected = model0[sub] * trans[sub]
+            sig = np.sqrt(noise[sub] ** 2 + (MODEL_ERROR * expected) ** 2)
+            use = usable[sub] & ~rejected[sub] & (trans[sub] > 0.1) & (model0[sub] > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                weight = np.where(use, (expected / sig) ** 2, 0.0)
+                resid = np.where(use, np.log(flux[sub] / model0[sub]), 0.0)
+            weight = np.nan_to_num(weight)
+            resid = np.nan_to_num(resid)
+            n_used = (weight > 0).sum(axis=1)
+            fitted = n_used >= 10
+            if it == 0:
+                velocity = _velocity_start(basis, pixels, depths, resid, weight)
+            depths, velocity, cov, chi2 = _gauss_newton(basis, pixels, depths, velocity, resid, weight)
+            depths[~fitted] = 0.0
+        tau_all = basis.evaluate(depths, velocity)[0].sum(axis=1)
+        model = model0 * np.exp(-tau_all)
+        sig_all = np.sqrt(noise**2 + (MODEL_ERROR * np.abs(model)) ** 2)
+        with np.errstate(invalid="ignore"):
+            z = np.where(usable, (flux - model) / sig_all, 0.0)
+            z = np.nan_to_num(z)
+        scale = 1.4826 * np.median(np.abs(np.where(usable, z, np.nan)), axis=1, keepdims=True)
+        scale = np.where(np.isfinite(scale), np.maximum(scale, 1.0), 1.0)
+        rejected = usable & (np.abs(z) > clip * scale)
+    return depths, velocity, cov, chi2 / np.maximum(n_used - n_mol - 1, 1), model0, rejected, fitted
+
+
+def fit_transmission(
+    edges_aa: np.ndarray,
+    medium: str,
+    flux: np.ndarray,
+    sigma: np.ndarray | None,
+    valid: np.ndarray,
+    stellar: np.ndarray | None = None,
+    *,
+    resolving_power: float | None = None,
+    template: MolecularTemplate | None = None,
+    n_iter: int = 4,
+    clip: float = 3.0,
+    smooth_aa: tuple[float, float] = (150.0, 40.0),
+) -> TelluricFit:
+    """Fit the molecular depths, the velocity and (optionally) the resolution per spectrum.
+
+    Parameters
+    ----------
+    edges_aa : ndarray, shape (n_pix + 1,)
+        Pixel edges, Angstrom, increasing, in ``medium``.
+    medium : {"air", "vacuum"}
+    flux : ndarray, shape (n, n_pix)
+        Observed flux (any positive scale).
+    sigma : ndarray, shape (n, n_pix) or None
+        Its standard deviation; None: estimated from the point-to-point scatter.
+    valid : ndarray of bool, shape (n, n_pix)
+    stellar : ndarray, shape (n, n_pix), optional
+        Stellar model (any scale, e.g. a VAE reconstruction); NaN where there is none
+        (there a smooth continuum is the star).
+    resolving_power : float, optional
+        Resolving power of the spectra; None: chosen from `RESOLVING_POWERS` (those
+        the sampling can carry) by the smallest chi-square.
+    template : MolecularTemplate, optional
+        Default: the shipped one.
+    n_iter : int
+        Continuum / fit / rejection rounds.
+    clip : float
+        Rejection threshold, in units of the row's robust residual scatter.
+    smooth_aa : (float, float)
+        Gaussian sigma (Angstrom) of the continuum with and without a stellar model.
+
+    Returns
+    -------
+    TelluricFit
+    """
+    flux = np.atleast_2d(np.asarray(flux, dtype=float))
+    valid = np.broadcast_to(np.asarray(valid, dtype=bool), flux.shape) & np.isfinite(flux)
+    edges_aa = np.asarray(edges_aa, dtype=float)
+    if edges_aa.size != flux.shape[1] + 1:
+        raise ValueError(f"edges_aa has {edges_aa.size} values for {flux.shape[1]} pixels")
+    stellar = (
+        np.full(flux.shape, np.nan)
+        if stellar is None
+        else np.broadcast_to(np.asarray(stellar, dtype=float), flux.shape)
+    )
+    noise = _noise(flux, None if sigma is None else np.asarray(sigma, dtype=float), valid)
+    if resolving_power is None:
+        resolving_power = _choose_resolution(
+            edges_aa, medium, flux, noise, valid, stellar, template, clip, smooth_aa
+        )
+    basis = telluric_basis(edges_aa, medium, resolving_power, template)
+    depths, velocity, cov, chi2, model0, rejected, fitted = _fit_once(
+        basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa
+    )
+    cov = cov * np.maximum(chi2, 1.0)[:, None, None]
+    tau, d_a, d_v = basis.evaluate(depths, velocity)
+    jac = np.concatenate([d_a, d_v.sum(axis=1, keepdims=True)], axis=1)
+    var = np.einsum("npk,npq,nqk->nk", jac, cov, jac)
+    n_mol = len(MOLECULES)
+    return TelluricFit(
+        depths=depths,
+        depth_sigma=np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2)[:, :n_mol], 0)),
+        velocity=velocity,
+        velocity_sigma=np.sqrt(np.maximum(cov[:, n_mol, n_mol], 0)),
+        resolving_power=float(resolving_power),
+        molecules=np.exp(-tau),
+        transmission=np.exp(-tau.sum(axis=1)),
+        sigma_ln_transmission=np.sqrt(np.maximum(var, 0)),
+        stellar=model0,
+        rejected=rejected,
+        chi2=chi2,
+        fitted=fitted,
+    )
+
+
+def _choose_resolution(edges_aa, medium, flux, noise, valid, stellar, template, clip, smooth_aa):
+    """The candidate resolving power with the smallest chi2 on up to 8 spectra."""
+    centres = 0.5 * (edges_aa[1:] + edges_aa[:-1])
+    nyquist = float(np.median(centres / (2.0 * np.diff(edges_aa))))
+    candidates = [r for r in RESOLVING_POWERS if r <= 1.5 * nyquist] or [RESOLVING_POWERS[0]]
+    snr = np.nanmedian(np.where(valid, flux / noise, np.nan), axis=1)
+    rows = np.argsort(-np.nan_to_num(snr, nan=-np.inf))[:8]
+    best, choice = np.inf, candidates[0]
+    for power in candidates:
+        basis = telluric_basis(edges_aa, medium, power, template)
+        result = _fit_once(
+            basis, flux[rows], noise[rows], valid[rows], stellar[rows], 2, clip, smooth_aa
+        )
+        total = float(np.sum(result[3]))
+        if total < best:
+            best, choice = total, power
+    return float(choice)
+
+
+#: Transmission below which a pixel is masked (saturated: no stellar flux gets through).
+FLOOR = 0.05
+
+
+def _resolving_power(resolution, centre_aa: float) -> float | None:
+    """A resolving power from ``resolution`` (R, or a FWHM Quantity), or None."""
+    if resolution is None:
+        return None
+    import astropy.units as u
+
+    if isinstance(resolution, u.Quantity):
+        fwhm = resolution.to_value(u.AA, u.spectral())
+        if not fwhm > 0:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        return float(centre_aa / fwhm)
+    value = float(resolution)
+    if not value > 0:
+        raise ValueError(f"resolution must be positive, got {resolution!r}")
+    return value
+
+
+def remove_physical(spectrum, net, *, medium=None, resolution=None, batch_size=256, info=None):
+    """``remove_tellurics(mode="physical")``: fit the molecular transmission and divide.
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum`
+    net : `~specutils_deepclean.models.karaoke.KaraokeVAE`
+        Its reconstruction is the stellar model inside its range.
+    medium : {"air", "vacuum"}, optional
+    resolution : float or `~astropy.units.Quantity`, optional
+        Resolving power, or a FWHM (converted at the spectrum's middle); None:
+        ``meta["resolving_power"]`` if present, else fitted.
+    batch_size : int
+    info : dict
+        Entries for ``meta["deepclean"]``.
+
+    Returns
+    -------
+    `~specutils.Spectrum`
+    """
+    import astropy.units as u
+    from specutils import Spectrum
+
+    from .spectra import (
+        ModelGrid,
+        _axis_edges,
+        _from_last,
+        _input_medium,
+        _input_variance,
+        _to_last,
+        grid_to_input,
+        spectrum_like,
+        to_model_grid,
+    )
+
+    info = dict(info or {})
+    grid = ModelGrid(net.wavelength, net.medium)
+    raw = _axis_edges(spectrum)
+    source = _input_medium(spectrum, medium, grid)
+    descending = raw[-1] < raw[0]
+    edges = raw[::-1] if descending else raw
+    axis = spectrum.spectral_axis_index
+    flux = _to_last(spectrum.flux.value.astype(float), axis, descending)
+    valid = np.isfinite(flux)
+    if spectrum.mask is not None:
+        mask = np.broadcast_to(np.asarray(spectrum.mask, dtype=bool), spectrum.shape)
+        valid &= ~_to_last(mask, axis, descending)
+    variance, _ = _input_variance(spectrum)
+    sigma = None if variance is None else np.sqrt(_to_last(variance, axis, descending))
+    stellar = None
+    grid_edges = np.array([grid.edges[0], grid.edges[-1]])
+    if source != grid.medium:
+        from .spectra import _convert_medium
+
+        grid_edges = _convert_medium(grid_edges, grid.medium, source)
+    if edges[-1] > grid_edges[0] and edges[0] < grid_edges[-1]:
+        gs = to_model_grid(spectrum, grid, medium=source)
+        recon = net.reconstruct(gs.flux, gs.missing, batch_size=batch_size)
+        stellar = _to_last(grid_to_input(gs, recon)[0], axis, descending)
+    if resolution is None and spectrum.meta and spectrum.meta.get("resolving_power") is not None:
+        resolution = float(spectrum.meta["resolving_power"])
+    power = _resolving_power(resolution, float(np.median(edges)))
+    fit = fit_transmission(edges, source, flux, sigma, valid, stellar, resolving_power=power)
+    trans = fit.transmission
+    below = trans < FLOOR
+    factor = np.where(below, 1.0, trans)
+    out_flux = flux / factor
+    mask_out = ~valid | below
+    var_out = None
+    if variance is not None:
+        var_in = _to_last(variance, axis, descending)
+        var_out = var_in / factor**2 + (out_flux * fit.sigma_ln_transmission) ** 2
+
+    def back(values):
+        return _from_last(values, axis, descending, spectrum.shape)
+
+    unc = None
+    if var_out is not None:
+        from astropy.nddata import VarianceUncertainty
+
+        unc = VarianceUncertainty(back(var_out), unit=spectrum.flux.unit**2)
+        unc = _as_type(unc, type(spectrum.uncertainty))
+
+    def as_spectrum(values):
+        return Spectrum(
+            flux=u.Quantity(back(values), u.dimensionless_unscaled),
+            spectral_axis=spectrum.spectral_axis,
+            spectral_axis_index=axis,
+        )
+
+    scalar = spectrum.flux.ndim == 1
+
+    def per_row(values):
+        values = np.asarray(values, dtype=float)
+        return float(values[0]) if scalar else values.tolist()
+
+    info.update(
+        {
+            "transmission": as_spectrum(trans),
+            "transmission_molecules": {
+                m: as_spectrum(fit.molecules[:, k]) for k, m in enumerate(MOLECULES)
+            },
+            "depths": {m: per_row(fit.depths[:, k]) for k, m in enumerate(MOLECULES)},
+            "depth_uncertainty": {
+                m: per_row(fit.depth_sigma[:, k]) for k, m in enumerate(MOLECULES)
+            },
+            "o2_airmass": per_row(fit.depths[:, MOLECULES.index("O2")]),
+            "h2o_column": per_row(
+                fit.depths[:, MOLECULES.index("H2O")]
+                / np.maximum(fit.depths[:, MOLECULES.index("O2")], 1e-3)
+            ),
+            "telluric_velocity": per_row(fit.velocity),
+            "resolving_power": fit.resolving_power,
+            "reduced_chi2": per_row(fit.chi2),
+            "telluric_pixels": np.count_nonzero(trans < 0.999, axis=1).tolist(),
+            "masked": {"transmission_below_floor": np.count_nonzero(below, axis=1).tolist()},
+            "floor": FLOOR,
+        }
+    )
+    return spectrum_like(spectrum, back(out_flux) * spectrum.flux.unit, unc, back(mask_out), info)
+
+
+def _as_type(variance, kind):
+    """A VarianceUncertainty converted to the input's uncertainty class."""
+    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
+
+    if kind is StdDevUncertainty:
+        return StdDevUncertainty(np.sqrt(variance.array), unit=variance.unit**0.5)
+    if kind is InverseVariance:
+        with np.errstate(divide="ignore"):
+            return InverseVariance(1.0 / variance.array, unit=variance.unit**-1)
+    return VarianceUncertainty(variance.array, unit=variance.unit)

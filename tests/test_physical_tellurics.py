@@ -1,0 +1,163 @@
+"""The per-molecule telluric template and the physical fit (remove_tellurics mode='physical')."""
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.nddata import StdDevUncertainty
+from specutils import Spectrum
+
+from specutils_deepclean.spectra import bin_edges
+from specutils_deepclean.telluric_fit import fit_transmission, telluric_basis
+from specutils_deepclean.telluric_template import (
+    MOLECULES,
+    build_molecular_template,
+    load_molecular_template,
+)
+
+
+def _in(wave, lo, hi):
+    return (wave > lo) & (wave < hi)
+
+
+def test_shipped_template_decomposition():
+    t = load_molecular_template()
+    wave, h2o, o2 = t.wavelength, t.optical_depth["H2O"], t.optical_depth["O2"]
+    assert wave[0] <= 3600 and wave[-1] >= 10000 and t.medium == "vacuum"
+    # water-free regions: no water depth
+    assert h2o[_in(wave, 4000, 5000)].max() < 0.005  # no water band in the blue
+    for lo, hi in [(7600, 7640), (6868, 6890)]:
+        assert h2o[_in(wave, lo, hi)].max() < 0.02 * o2[_in(wave, lo, hi)].max()
+    # the O2 A and B bands are in the dry part, deep
+    assert o2[_in(wave, 7590, 7700)].max() > 1.0
+    assert o2[_in(wave, 6860, 6930)].max() > 0.2
+    # the water bands are water, not dry
+    for lo, hi in [(7160, 7340), (8100, 8400), (9300, 9500)]:
+        assert h2o[_in(wave, lo, hi)].sum() > 5 * o2[_in(wave, lo, hi)].sum()
+    # line part only: no smooth floor left (Rayleigh, ozone Chappuis removed)
+    assert np.median(o2[_in(wave, 5000, 5500)]) < 1e-3
+
+
+def test_build_template_needs_variants():
+    from specutils_deepclean.datasets import Transmission
+
+    wave = np.linspace(3000.0, 11000.0, 1000)
+    with pytest.raises(ValueError, match="drier/wetter"):
+        build_molecular_template(Transmission(wave * u.AA, np.ones(1000)))
+
+
+def test_build_template_separates_synthetic_molecules():
+    from specutils_deepclean.datasets import Transmission
+
+    wave = 3000.0 * np.exp(np.arange(80000) / 60000.0)
+    water = 0.3 * np.exp(-0.5 * ((wave - 9400) / 30) ** 2) * (1 + np.sin(wave))
+    dry = 0.8 * np.exp(-0.5 * ((wave - 7600) / 1.0) ** 2)
+    nominal = np.exp(-(dry + water))
+    trans = Transmission(
+        wave * u.AA, nominal, drier=np.exp(-(dry + 0.25 * water)),
+        wetter=np.exp(-(dry + 2.25 * water)),
+    )
+    t = build_molecular_template(trans, wave_range=(3500.0, 10500.0))
+    got = np.interp(wave, t.wavelength, t.optical_depth["H2O"]) * 3
+    band = _in(wave, 9300, 9500)
+    assert np.allclose(got[band], water[band], atol=2e-3)
+    assert t.optical_depth["H2O"][_in(t.wavelength, 7590, 7610)].max() < 1e-3
+    assert np.isclose(t.meta["WSCALE"], 0.5, rtol=1e-3)
+
+
+def _synthetic(depths, velocity, power=2000.0, snr=300.0, seed=0):
+    wave = 10 ** np.arange(np.log10(5600.0), np.log10(9800.0), 1e-4)
+    edges = bin_edges(wave)
+    basis = telluric_basis(edges, "vacuum", power)
+    tau = basis.evaluate(np.array([depths]), np.array([velocity]))[0]
+    star = 1 + 0.2 * (wave - 7000) / 3000
+    star = star * (1 - 0.5 * np.exp(-0.5 * ((wave - 5895) / 1.5) ** 2))  # an Na D-like line
+    flux = star * np.exp(-tau.sum(axis=1))[0]
+    rng = np.random.default_rng(seed)
+    sigma = flux / snr
+    return wave, edges, star, flux + sigma * rng.standard_normal(wave.size), sigma
+
+
+def test_fit_recovers_depths_and_velocity():
+    wave, edges, star, flux, sigma = _synthetic([1.7, 1.3], 21.0)
+    fit = fit_transmission(edges, "vacuum", flux[None], sigma[None], np.ones((1, wave.size), bool),
+                           resolving_power=2000.0)
+    assert fit.fitted[0]
+    assert np.allclose(fit.depths[0], [1.7, 1.3], rtol=0.1)
+    assert abs(fit.velocity[0] - 21.0) < 4.0
+    # the stellar line is not in the transmission
+    assert fit.transmission[0, _in(wave, 5885, 5905)].min() > 0.99
+    corrected = flux / fit.transmission[0]
+    band = _in(wave, 7590, 7700) & (fit.transmission[0] > 0.3)
+    assert np.median(np.abs(corrected[band] / star[band] - 1)) < 0.02
+
+
+def test_fit_chooses_resolution():
+    wave, edges, star, flux, sigma = _synthetic([1.5, 1.5], 0.0, power=2000.0, snr=500)
+    fit = fit_transmission(edges, "vacuum", flux[None], sigma[None], np.ones((1, wave.size), bool))
+    assert fit.resolving_power in (1400.0, 2000.0, 2800.0)
+
+
+@pytest.fixture(scope="module")
+def red_spectrum():
+    """A smooth star 5600-9800 A (beyond the shipped model's 7410 A) with injected bands."""
+    wave, edges, star, flux, sigma = _synthetic([1.4, 1.2], -12.0)
+    return Spectrum(
+        flux=flux * u.one, spectral_axis=wave * u.AA, uncertainty=StdDevUncertainty(sigma),
+        meta={"medium": "vacuum"},
+    ), star
+
+
+def test_physical_mode_outside_model_range(red_spectrum):
+    from specutils_deepclean import remove_tellurics
+
+    spec, star = red_spectrum
+    out = remove_tellurics(spec, mode="physical", device="cpu", resolution=2000.0)
+    wave = spec.spectral_axis.to_value(u.AA)
+    meta = out.meta["deepclean"]
+    for key in ("transmission", "transmission_molecules", "depths", "depth_uncertainty",
+                "o2_airmass", "h2o_column", "telluric_velocity", "resolving_power", "masked"):
+        assert key in meta
+    assert set(meta["transmission_molecules"]) == set(MOLECULES)
+    assert abs(meta["o2_airmass"] - 1.2) < 0.15
+    assert abs(meta["telluric_velocity"] + 12.0) < 5.0
+    t_h2o = meta["transmission_molecules"]["H2O"].flux.value
+    t_o2 = meta["transmission_molecules"]["O2"].flux.value
+    assert t_o2[_in(wave, 7590, 7700)].min() < 0.5 and t_h2o[_in(wave, 7590, 7700)].min() > 0.9
+    assert t_h2o[_in(wave, 8900, 9800)].min() < 0.75  # injected: 0.68
+    good = ~out.mask & _in(wave, 7550, 9800)
+    assert np.median(np.abs(out.flux.value[good] / star[good] - 1)) < 0.01
+    # Na D-like stellar line untouched
+    nad = _in(wave, 5885, 5905)
+    assert np.allclose(out.flux.value[nad], spec.flux.value[nad], rtol=0.01)
+    # uncertainty includes the transmission's: at least the divided input's
+    unc = out.uncertainty.array
+    divided = spec.uncertainty.array / meta["transmission"].flux.value
+    assert np.all(unc[~out.mask] >= divided[~out.mask] * (1 - 1e-9))
+
+
+def test_physical_mode_masks_saturated(red_spectrum):
+    from specutils_deepclean import remove_tellurics
+
+    spec, _ = red_spectrum
+    deep = Spectrum(flux=spec.flux, spectral_axis=spec.spectral_axis,
+                    uncertainty=spec.uncertainty, meta={"medium": "vacuum"})
+    out = remove_tellurics(deep, mode="physical", device="cpu", resolution=2000.0)
+    t = out.meta["deepclean"]["transmission"].flux.value
+    assert np.array_equal(out.mask & np.isfinite(spec.flux.value), t < 0.05)
+    assert out.meta["deepclean"]["masked"]["transmission_below_floor"] == [int((t < 0.05).sum())]
+
+
+def test_physical_mode_on_model_grid_leaves_nad():
+    from specutils_deepclean import remove_tellurics
+    from specutils_deepclean.datasets import load_examples
+    from specutils_deepclean.simulate import Simulator, prepare_truth
+
+    lib = load_examples()
+    wave = lib.wavelength.value
+    rows = np.flatnonzero(np.char.strip(np.asarray(lib.labels, dtype=str)) == "M")
+    truth, _ = prepare_truth(lib, wave, lib.medium)
+    obs = Simulator(wave, lib.medium, fwhm=2.5).observe(truth[rows], 200, seed=5, airmass=1.5)
+    out = remove_tellurics(obs.to_spectrum(), mode="physical", device="cpu")
+    t = np.atleast_2d(out.meta["deepclean"]["transmission"].flux.value)
+    assert t[:, _in(wave, 5880, 5905)].min() >= 0.98
+    assert t[:, _in(wave, 6865, 6900)].min() < 0.9  # the B band is corrected
