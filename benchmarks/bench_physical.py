@@ -7,8 +7,11 @@
 1. MILES stars of one split (tune on ``val``, report ``test``) observed through the
    simulator at a random stellar RV in +-150 km/s, airmass uniform in 1-2.5, S/N 20,
    50, 200 (sky residuals, cosmics, correlated noise).  Per band (O2 B, H2O 6500,
-   H2O 7200; MILES stops at 7410 A): median Q_t (Sedaghat et al. Eq. 12, unclipped
-   too) of the input, ``divide`` and ``physical``; Q_s overall.  Truth: the star times
+   H2O 7200; MILES stops at 7410 A): median Q_t (Sedaghat et al. Eq. 12, not
+   clipped at 1) of the input, ``divide``, ``physical`` and a perfect division (the
+   observation divided by the true line transmission: what is possible; in a weak
+   band at low S/N even it is above 1, as dividing amplifies the noise); Q_t over
+   all of M_t (clipped, as in the telluric benchmark) and Q_s.  Truth: the star times
    the smooth part of the transmission; M_t: line transmission below 0.99.
 2. Stellar lines at S/N 200: equivalent widths (Lick-like windows, shifted with the
    star) of Ca II H&K, Hbeta, Mg b, Na D, Halpha after each method against a perfect
@@ -100,7 +103,7 @@ def miles_part(split, seed):
         ideal = obs.truth * continuum
         flux = np.where(obs.mask, np.nan, obs.flux)
         mt = lines < 0.99
-        preds = {"none": flux}
+        preds = {"none": flux, "perfect": flux / lines}
         for mode in METHODS:
             preds[mode] = correct(flux, obs.sigma, wave, medium, mode)[0]
         row = {"bands": {}, "q_s": {}}

@@ -57,7 +57,7 @@ POWERS = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0
 #: Velocities (km/s) at which the template is shifted; the fit interpolates between them.
 VELOCITIES = np.arange(-60.0, 60.01, 5.0)
 #: Candidate resolving powers when the resolution is fitted.
-RESOLVING_POWERS = (700, 1000, 1400, 2000, 2800, 4000, 5600, 8000, 11000, 16000, 22000)
+RESOLVING_POWERS = tuple(int(round(500 * 2 ** (k / 4))) for k in range(24))
 #: Relative model error added to the noise in the weights (stellar model mismatch).
 MODEL_ERROR = 0.005
 #: Pixels where the fitted transmission's line optical depth (largest column) is above this are fitted.
@@ -65,6 +65,10 @@ _FIT_TAU = 1e-3
 
 #: Optical depth scale of the continuum weights ``exp(-tau / _CLEAR_TAU)``.
 _CLEAR_TAU = 0.05
+#: Pixels clearer than this (continuum weight) are rejected at ``clip``, the others at
+#: ``clip * _BAND_CLIP``.
+_REJECT_CLEAR = 0.5
+_BAND_CLIP = 3.0
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
@@ -400,7 +404,10 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
             z = np.nan_to_num(z)
         scale = 1.4826 * np.median(np.abs(np.where(usable, z, np.nan)), axis=1, keepdims=True)
         scale = np.where(np.isfinite(scale), np.maximum(scale, 1.0), 1.0)
-        rejected = usable & (np.abs(z) > clip * scale)
+        # Inside the bands only gross outliers are rejected: a wrong first depth must
+        # not throw out the pixels that tell the right one.
+        limit = clip * scale * np.where(clear > _REJECT_CLEAR, 1.0, _BAND_CLIP)
+        rejected = usable & (np.abs(z) > limit)
     return depths, velocity, cov, chi2 / np.maximum(n_used - n_mol - 1, 1), model0, rejected, fitted
 
 
@@ -416,7 +423,7 @@ def fit_transmission(
     template: MolecularTemplate | None = None,
     n_iter: int = 4,
     clip: float = 3.0,
-    smooth_aa: tuple[float, float] = (150.0, 40.0),
+    smooth_aa: tuple[float, float] = (60.0, 40.0),
 ) -> TelluricFit:
     """Fit the molecular depths, the velocity and (optionally) the resolution per spectrum.
 
@@ -490,10 +497,16 @@ def fit_transmission(
 
 
 def _choose_resolution(edges_aa, medium, flux, noise, valid, stellar, template, clip, smooth_aa):
-    """The candidate resolving power with the smallest chi2 on up to 8 spectra."""
+    """The candidate resolving power with the smallest chi2 on up to 8 spectra.
+
+    Candidates: `RESOLVING_POWERS` between ``0.4`` and ``1.2`` times the sampling's
+    Nyquist limit (a line spread function of 1.7 to 5 pixels FWHM).
+    """
     centres = 0.5 * (edges_aa[1:] + edges_aa[:-1])
     nyquist = float(np.median(centres / (2.0 * np.diff(edges_aa))))
-    candidates = [r for r in RESOLVING_POWERS if r <= 1.5 * nyquist] or [RESOLVING_POWERS[0]]
+    candidates = [r for r in RESOLVING_POWERS if 0.4 * nyquist <= r <= 1.2 * nyquist]
+    if not candidates:
+        candidates = [min(RESOLVING_POWERS, key=lambda r: abs(np.log(r / nyquist)))]
     snr = np.nanmedian(np.where(valid, flux / noise, np.nan), axis=1)
     rows = np.argsort(-np.nan_to_num(snr, nan=-np.inf))[:8]
     best, choice = np.inf, candidates[0]
@@ -506,7 +519,6 @@ def _choose_resolution(edges_aa, medium, flux, noise, valid, stellar, template, 
         if total < best:
             best, choice = total, power
     return float(choice)
-
 
 #: Transmission below which a pixel is masked (saturated: no stellar flux gets through).
 FLOOR = 0.05

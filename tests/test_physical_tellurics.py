@@ -94,7 +94,7 @@ def test_fit_recovers_depths_and_velocity():
 def test_fit_chooses_resolution():
     wave, edges, star, flux, sigma = _synthetic([1.5, 1.5], 0.0, power=2000.0, snr=500)
     fit = fit_transmission(edges, "vacuum", flux[None], sigma[None], np.ones((1, wave.size), bool))
-    assert fit.resolving_power in (1400.0, 2000.0, 2800.0)
+    assert 2000 / 1.3 < fit.resolving_power < 2000 * 1.3
 
 
 @pytest.fixture(scope="module")
