@@ -37,7 +37,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 
 from .telluric_template import MOLECULES, MolecularTemplate, load_molecular_template
 
@@ -61,7 +61,7 @@ RESOLVING_POWERS = tuple(int(round(500 * 2 ** (k / 4))) for k in range(24))
 #: Relative model error added to the noise in the weights (stellar model mismatch).
 MODEL_ERROR = 0.005
 #: Pixels where the fitted transmission's line optical depth (largest column) is above this are fitted.
-_FIT_TAU = 1e-3
+_FIT_TAU = 1e-2
 
 #: Optical depth scale of the continuum weights ``exp(-tau / _CLEAR_TAU)``.
 _CLEAR_TAU = 0.05
@@ -95,7 +95,16 @@ class TelluricBasis:
     covered: np.ndarray
     resolving_power: float
 
-    def evaluate(self, depths: np.ndarray, velocity: np.ndarray, pixels=None):
+    def subset(self, pixels) -> TelluricBasis:
+        """The basis on a subset of its pixels."""
+        return TelluricBasis(
+            self.centres[pixels], np.ascontiguousarray(self.tau[..., pixels]),
+            self.covered[pixels], self.resolving_power,
+        )
+
+    def evaluate(
+        self, depths: np.ndarray, velocity: np.ndarray, pixels=None, derivatives: bool = True
+    ):
         """Optical depths and their derivatives at per-row depths and velocity.
 
         Parameters
@@ -104,6 +113,8 @@ class TelluricBasis:
         velocity : ndarray, shape (n,)
         pixels : index array, optional
             Subset of pixels.
+        derivatives : bool
+            Whether to compute the derivatives (else they are None).
 
         Returns
         -------
@@ -115,11 +126,11 @@ class TelluricBasis:
             VELOCITIES[1] - VELOCITIES[0]
         )
         iv = np.clip(np.floor(x).astype(int), 0, VELOCITIES.size - 2)
-        fv = (x - iv)[:, None, None]
+        fv = (x - iv).astype(np.float32)[:, None, None]
         a = np.clip(depths, POWERS[0], POWERS[-1])
         ik = np.clip(np.searchsorted(POWERS, a, side="right") - 1, 0, POWERS.size - 2)
         step = (POWERS[ik + 1] - POWERS[ik])[:, :, None]
-        fa = (a - POWERS[ik])[:, :, None] / step
+        fa = ((a - POWERS[ik])[:, :, None] / step).astype(np.float32)
         mol = np.arange(n_mol)[None, :]
         lo_v, hi_v = iv[:, None], iv[:, None] + 1
         t00, t01 = table[lo_v, mol, ik], table[lo_v, mol, ik + 1]
@@ -127,8 +138,10 @@ class TelluricBasis:
         at_lo = t00 + fa * (t01 - t00)
         at_hi = t10 + fa * (t11 - t10)
         tau = at_lo + fv * (at_hi - at_lo)
-        d_depth = ((1 - fv) * (t01 - t00) + fv * (t11 - t10)) / step
-        d_velocity = (at_hi - at_lo) / (VELOCITIES[1] - VELOCITIES[0])
+        if not derivatives:
+            return tau, None, None
+        d_depth = ((1 - fv) * (t01 - t00) + fv * (t11 - t10)) / step.astype(np.float32)
+        d_velocity = (at_hi - at_lo) / np.float32(VELOCITIES[1] - VELOCITIES[0])
         return tau, d_depth, d_velocity
 
 
@@ -210,7 +223,7 @@ def telluric_basis(
             mean = (matrix @ stack.T) / np.where(full, cover, 1.0)[:, None]
             mean = np.where(full[:, None], mean, 1.0)
             tau[j] = -np.log(np.clip(mean.T, 1e-6, 1.0)).reshape(n_m, n_k, -1)
-    basis = TelluricBasis(centres, tau, covered, resolving_power)
+    basis = TelluricBasis(centres, tau.astype(np.float32), covered, resolving_power)
     with _CACHE_LOCK:
         if len(_CACHE) > 32:
             _CACHE.clear()
@@ -264,9 +277,17 @@ class TelluricFit:
     fitted: np.ndarray
 
 
+def _blur(values, sigma_pix):
+    """Three running means: a Gaussian of ``sigma_pix`` to a few per cent, at O(n) cost."""
+    width = max(1, int(round(np.sqrt(4.0 * sigma_pix**2 + 1.0))))
+    for _ in range(3):
+        values = uniform_filter1d(values, width, axis=-1, mode="nearest")
+    return values
+
+
 def _smooth(values, weight, sigma_pix):
-    num = gaussian_filter1d(np.where(weight > 0, values * weight, 0.0), sigma_pix, axis=-1, mode="nearest")
-    den = gaussian_filter1d(weight, sigma_pix, axis=-1, mode="nearest")
+    num = _blur(np.where(weight > 0, values * weight, 0.0), sigma_pix)
+    den = _blur(weight, sigma_pix)
     out = np.full_like(values, np.nan)
     np.divide(num, den, out=out, where=den > 1e-4)
     return out
@@ -326,7 +347,7 @@ def _gauss_newton(basis, pixels, depths, velocity, resid, weight, n_step=4):
         velocity = np.clip(velocity + delta[:, n_mol], VELOCITIES[0], VELOCITIES[-1])
         chi2 = np.einsum("nk,nk->n", weight, err**2)
         cov = np.linalg.inv(hess_d)
-    tau = basis.evaluate(depths, velocity, pixels)[0]
+    tau = basis.evaluate(depths, velocity, pixels, derivatives=False)[0]
     chi2 = np.einsum("nk,nk->n", weight, (resid + tau.sum(axis=1)) ** 2)
     return depths, velocity, cov, chi2
 
@@ -336,7 +357,7 @@ def _velocity_start(basis, pixels, depths, resid, weight):
     n = depths.shape[0]
     best = np.full(n, np.inf)
     start = np.zeros(n)
-    for v in VELOCITIES[::2]:
+    for v in VELOCITIES[::3]:
         velocity = np.full(n, v)
         tau, d_a, _ = basis.evaluate(depths, velocity, pixels)
         err = resid + tau.sum(axis=1)
@@ -351,6 +372,14 @@ def _velocity_start(basis, pixels, depths, resid, weight):
     return start
 
 
+def _transmission(basis, depths, velocity, active, shape):
+    """The total transmission, computed on the ``active`` pixels only (1 elsewhere)."""
+    trans = np.ones(shape)
+    if active.size:
+        trans[:, active] = np.exp(-basis.evaluate(depths, velocity, derivatives=False)[0].sum(axis=1))
+    return trans
+
+
 def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
     n, n_pix = flux.shape
     n_mol = len(MOLECULES)
@@ -362,6 +391,8 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
     widths = [smooth_aa[0] / step, smooth_aa[1] / step]
     strongest = basis.tau[VELOCITIES.size // 2, :, np.searchsorted(POWERS, 3.0)].sum(axis=0)
     pixels = np.flatnonzero(strongest > _FIT_TAU)
+    active = np.flatnonzero(basis.tau[:, :, -1].max(axis=(0, 1)) > 1e-4)
+    on_active, on_fit = basis.subset(active), basis.subset(pixels)
     # The continuum leans on pixels the atmosphere leaves clear even at a large column,
     # so that it cannot take up the broad envelope of a band.
     clear = np.exp(-strongest / _CLEAR_TAU)[None, :]
@@ -374,8 +405,7 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
     n_used = np.zeros(n)
     fitted = np.zeros(n, dtype=bool)
     for it in range(n_iter):
-        tau_all = basis.evaluate(depths, velocity)[0].sum(axis=1)
-        trans = np.exp(-tau_all)
+        trans = _transmission(on_active, depths, velocity, active, (n, n_pix))
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = flux / (base * trans)
         cont = _continuum(ratio, np.where(usable & ~rejected, clear, 0.0), segments, widths)
@@ -393,11 +423,10 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
             n_used = (weight > 0).sum(axis=1)
             fitted = n_used >= 10
             if it == 0:
-                velocity = _velocity_start(basis, pixels, depths, resid, weight)
-            depths, velocity, cov, chi2 = _gauss_newton(basis, pixels, depths, velocity, resid, weight)
+                velocity = _velocity_start(on_fit, None, depths, resid, weight)
+            depths, velocity, cov, chi2 = _gauss_newton(on_fit, None, depths, velocity, resid, weight)
             depths[~fitted] = 0.0
-        tau_all = basis.evaluate(depths, velocity)[0].sum(axis=1)
-        model = model0 * np.exp(-tau_all)
+        model = model0 * _transmission(on_active, depths, velocity, active, (n, n_pix))
         sig_all = np.sqrt(noise**2 + (MODEL_ERROR * np.abs(model)) ** 2)
         with np.errstate(invalid="ignore"):
             z = np.where(usable, (flux - model) / sig_all, 0.0)
@@ -421,7 +450,7 @@ def fit_transmission(
     *,
     resolving_power: float | None = None,
     template: MolecularTemplate | None = None,
-    n_iter: int = 4,
+    n_iter: int = 3,
     clip: float = 3.0,
     smooth_aa: tuple[float, float] = (60.0, 40.0),
 ) -> TelluricFit:
