@@ -505,7 +505,7 @@ def fit_transmission(
         basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa
     )
     cov = cov * np.maximum(chi2, 1.0)[:, None, None]
-    tau, d_a, d_v = basis.evaluate(depths, velocity)
+    tau, d_a, d_v = (x.astype(float) for x in basis.evaluate(depths, velocity))
     jac = np.concatenate([d_a, d_v.sum(axis=1, keepdims=True)], axis=1)
     var = np.einsum("npk,npq,nqk->nk", jac, cov, jac)
     n_mol = len(MOLECULES)
