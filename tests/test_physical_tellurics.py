@@ -161,3 +161,19 @@ def test_physical_mode_on_model_grid_leaves_nad():
     t = np.atleast_2d(out.meta["deepclean"]["transmission"].flux.value)
     assert t[:, _in(wave, 5880, 5905)].min() >= 0.98
     assert t[:, _in(wave, 6865, 6900)].min() < 0.9  # the B band is corrected
+
+
+def test_physical_mode_beyond_model_range():
+    """A spectrum that does not reach the model's range at all is still corrected."""
+    from specutils_deepclean import remove_tellurics
+
+    wave, _, star, flux, sigma = _synthetic([1.0, 1.5], 8.0)
+    red = wave > 7450
+    spec = Spectrum(flux=flux[red] * u.one, spectral_axis=wave[red] * u.AA,
+                    uncertainty=StdDevUncertainty(sigma[red]), meta={"medium": "vacuum"})
+    out = remove_tellurics(spec, mode="physical", device="cpu", resolution=2000.0)
+    assert abs(out.meta["deepclean"]["o2_airmass"] - 1.5) < 0.2
+    good = ~out.mask
+    assert np.median(np.abs(out.flux.value[good] / star[red][good] - 1)) < 0.01
+    with pytest.raises(ValueError, match="no overlap"):
+        remove_tellurics(spec, mode="divide", device="cpu")
