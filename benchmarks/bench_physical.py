@@ -168,9 +168,9 @@ RED_BANDS = {  # band core, neighbours (vacuum, observed frame)
 
 def sdss_part(path):
     spec = Spectrum.read(path, format="SDSS-III/IV spec")
-    # float32 axis: cast to float64 until the resampling fix lands (branch numeric).
+    # SDSS is vacuum (header VACUUM = T); stated explicitly.
     spec = Spectrum(
-        flux=spec.flux, spectral_axis=spec.spectral_axis.astype(np.float64),
+        flux=spec.flux, spectral_axis=spec.spectral_axis,
         uncertainty=spec.uncertainty, mask=spec.mask, meta={"medium": "vacuum"},
     )
     wave = spec.spectral_axis.to_value(u.AA)

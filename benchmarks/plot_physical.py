@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sdss_figure(path: Path, sdss: str) -> None:
     spec = Spectrum.read(sdss, format="SDSS-III/IV spec")
-    spec = Spectrum(  # float64 axis: see bench_physical.py
-        flux=spec.flux, spectral_axis=spec.spectral_axis.astype(np.float64),
+    spec = Spectrum(  # vacuum (SDSS)
+        flux=spec.flux, spectral_axis=spec.spectral_axis,
         uncertainty=spec.uncertainty, mask=spec.mask, meta={"medium": "vacuum"},
     )
     with warnings.catch_warnings():

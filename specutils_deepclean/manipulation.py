@@ -263,9 +263,9 @@ def remove_tellurics(
         from .telluric_fit import remove_physical
 
         info = {"operation": "remove_tellurics", "mode": mode, "model": net.name,
-                "model_version": net.version, "package_version": __version__}
+                "model_version": net.version, "package_version": package_version()}
         return remove_physical(spectrum, net, medium=medium, resolution=resolution,
-                               batch_size=batch_size, info=info)
+                               batch_size=batch_size, floor=TRANSMISSION_FLOOR, info=info)
     grid = ModelGrid(net.wavelength, net.medium)
     gs = to_model_grid(spectrum, grid, medium=medium)
     _drop_rows(gs, ~_covered_rows([gs], len(grid), "remove_tellurics"))

@@ -549,10 +549,6 @@ def _choose_resolution(edges_aa, medium, flux, noise, valid, stellar, template, 
             best, choice = total, power
     return float(choice)
 
-#: Transmission below which a pixel is masked (saturated: no stellar flux gets through).
-FLOOR = 0.05
-
-
 def _resolving_power(resolution, centre_aa: float) -> float | None:
     """A resolving power from ``resolution`` (R, or a FWHM Quantity), or None."""
     if resolution is None:
@@ -570,7 +566,9 @@ def _resolving_power(resolution, centre_aa: float) -> float | None:
     return value
 
 
-def remove_physical(spectrum, net, *, medium=None, resolution=None, batch_size=256, info=None):
+def remove_physical(
+    spectrum, net, *, medium=None, resolution=None, batch_size=256, floor=0.05, info=None
+):
     """``remove_tellurics(mode="physical")``: fit the molecular transmission and divide.
 
     Parameters
@@ -583,6 +581,9 @@ def remove_physical(spectrum, net, *, medium=None, resolution=None, batch_size=2
         Resolving power, or a FWHM (converted at the spectrum's middle); None:
         ``meta["resolving_power"]`` if present, else fitted.
     batch_size : int
+    floor : float
+        Transmission below which a pixel is masked (saturated: no stellar flux gets
+        through); it is returned unchanged.
     info : dict
         Entries for ``meta["deepclean"]``.
 
@@ -634,7 +635,7 @@ def remove_physical(spectrum, net, *, medium=None, resolution=None, batch_size=2
     power = _resolving_power(resolution, float(np.median(edges)))
     fit = fit_transmission(edges, source, flux, sigma, valid, stellar, resolving_power=power)
     trans = fit.transmission
-    below = trans < FLOOR
+    below = trans < floor
     factor = np.where(below, 1.0, trans)
     out_flux = flux / factor
     mask_out = ~valid | below
@@ -685,8 +686,10 @@ def remove_physical(spectrum, net, *, medium=None, resolution=None, batch_size=2
             "resolving_power": fit.resolving_power,
             "reduced_chi2": per_row(fit.chi2),
             "telluric_pixels": np.count_nonzero(trans < 0.999, axis=1).tolist(),
+            "medium": source,
             "masked": {"transmission_below_floor": np.count_nonzero(below, axis=1).tolist()},
-            "floor": FLOOR,
+            "transmission_floor": floor,
+            "below_floor": back(below),
         }
     )
     return spectrum_like(spectrum, back(out_flux) * spectrum.flux.unit, unc, back(mask_out), info)
