@@ -82,3 +82,13 @@ def test_entry_point_version():
     from specutils_deepclean import __version__
 
     assert run.returncode == 0 and run.stdout.strip() == __version__
+
+
+def test_detelluric_physical_mode_file(survey, tmp_path, capsys):
+    paths, _ = survey
+    out = tmp_path / "out"
+    args = ["detelluric", str(paths[0]), "--output", str(out), "--quiet", "--mode", "physical"]
+    assert cli.main(args) == 0
+    result = read_result(out / "star000_detelluric.fits")
+    assert result.meta["deepclean"]["mode"] == "physical"
+    assert set(result.meta["deepclean"]["depths"]) == {"H2O", "O2"}
