@@ -22,7 +22,14 @@
 4. The real SDSS spectrum of NGC 3073 (vacuum, z = 0.00376): Na D, Mg b and Hbeta EWs
    before and after, and the depth of the red bands (O2 B, O2 A, H2O 8200, H2O 9400)
    relative to their neighbours before and after.
-5. ``--speed``: spectra per second at batch 256 (MILES grid) for both modes.
+5. The red bands on simulated spectra: the same stars on an SDSS-like vacuum grid
+   (log10 step 1e-4, 3600-9800 A, FWHM 4 A), their red part beyond 7410 A
+   constructed (a power law with the Ca II triplet, nothing else), observed at S/N
+   50 and 200: Q_t per band (O2 B, O2 A, H2O 8200, H2O 9400) of the input,
+   ``physical`` and a perfect division, and the Ca II 8544 EW change.  What it cannot
+   show: real red stellar features (TiO, Paschen lines) under the bands, a real
+   atmosphere whose water varies apart from its O2, a real line spread function.
+6. ``--speed``: spectra per second at batch 256 (MILES grid) for both modes.
 """
 
 from __future__ import annotations
@@ -137,6 +144,81 @@ def miles_part(split, seed):
     return out
 
 
+RED_GRID = (3600.0, 9800.0, 1e-4)  # SDSS-like: log10 step 1e-4, vacuum
+RED_FWHM = 4.0  # Angstrom: R 1500-2450 over the grid
+RED_BANDS_SIM = {
+    "O2_B": (6865, 6940), "O2_A": (7590, 7700), "H2O_8200": (8100, 8400),
+    "H2O_9400": (8900, 9800),
+}
+CAT = ((8500.4, 0.3), (8544.4, 0.5), (8664.5, 0.4))  # vacuum centre, relative depth
+
+
+def red_stars(stars, wave):
+    """MILES stars on a vacuum grid to 9800 A, their red part constructed.
+
+    Beyond the library's last valid pixel: a power law fitted to log flux over
+    6500-7350 A, with the three Ca II triplet lines as Gaussians (sigma 1.5 A; depths
+    0.3, 0.5, 0.4).  Nothing else: no TiO, no Paschen lines, no real red spectrum.
+    """
+    truth, valid = prepare_truth(stars, wave, "vacuum")
+    fit = (wave > 6500) & (wave < 7350)
+    out = truth.copy()
+    for i in range(len(truth)):
+        use = fit & valid[i]
+        slope, level = np.polyfit(np.log(wave[use]), np.log(truth[i, use]), 1)
+        red = wave > wave[valid[i]].max()
+        cont = np.exp(level + slope * np.log(wave[red]))
+        lines = sum(d * np.exp(-0.5 * ((wave[red] - c) / 1.5) ** 2) for c, d in CAT)
+        out[i, red] = cont * (1 - lines)
+    good = np.isfinite(out).all(axis=1)
+    return out[good], good
+
+
+def red_part(split, seed):
+    """Simulated survey-like spectra 3600-9800 A with constructed red parts."""
+    library = load_library()
+    stars = library.select(split=split, good=True)
+    wave = 10 ** np.arange(np.log10(RED_GRID[0]), np.log10(RED_GRID[1]), RED_GRID[2])
+    truth, _ = red_stars(stars, wave)
+    sim = Simulator(wave, "vacuum", fwhm=RED_FWHM, rv_range=(-150.0, 150.0))
+    rng = np.random.default_rng(seed)
+    out = {"n_spectra": len(truth), "grid": "vacuum, log10 step 1e-4, 3600-9800 A",
+           "fwhm_aa": RED_FWHM, "snr": {}}
+    for snr in (50, 200):
+        airmass = np.round(rng.uniform(1.0, 2.5, len(truth)) / 0.05) * 0.05
+        obs = sim.observe(truth, snr, seed=int(rng.integers(2**31)), airmass=airmass)
+        continuum, lines = split_transmission(obs.transmission, wave)
+        ideal = obs.truth * continuum
+        flux = np.where(obs.mask, np.nan, obs.flux)
+        mt = lines < 0.99
+        phys = correct(flux, obs.sigma, wave, "vacuum", "physical")[0]
+        preds = {"none": flux, "perfect": flux / lines, "physical": phys}
+        miss = ~np.isfinite(flux)
+        row = {"bands": {}}
+        for band, (lo, hi) in RED_BANDS_SIM.items():
+            sel = mt & ((wave > lo) & (wave < hi))[None]
+            row["bands"][band] = {
+                name: float(np.nanmedian(metrics.q_t(p, flux, ideal, sel, mask=miss, clip=False)))
+                for name, p in preds.items()
+            }
+        row["q_t_all"] = {
+            name: float(np.nanmedian(metrics.q_t(p, flux, ideal, mt, mask=miss)))
+            for name, p in preds.items()
+        }
+        shift = 1 + obs.stellar_rv / C_KMS
+        cat = ((8533.0, 8556.0), (8515.0, 8530.0), (8560.0, 8575.0))  # the 8544 line
+        ref = np.array([ew(preds["perfect"][i], wave, cat, shift[i])[0] for i in range(len(flux))])
+        got = np.array([ew(phys[i], wave, cat, shift[i])[0] for i in range(len(flux))])
+        raw = np.array([ew(flux[i], wave, cat, shift[i])[0] for i in range(len(flux))])
+        row["ew_change_vs_perfect_CaT8544"] = {
+            "none": float(np.median(np.abs(raw - ref) / np.abs(ref))),
+            "physical": float(np.median(np.abs(got - ref) / np.abs(ref))),
+        }
+        out["snr"][str(snr)] = row
+        print("red", snr, json.dumps(row, indent=1), flush=True)
+    return out
+
+
 def mdwarf_part():
     lib = load_examples()
     rows = np.flatnonzero(np.char.strip(np.asarray(lib.labels, dtype=str)) == "M")
@@ -247,6 +329,7 @@ def main(argv=None) -> int:
         "split": args.split,
     }
     result["miles"] = miles_part(args.split, args.seed)
+    result["red_simulated"] = red_part(args.split, args.seed + 1)
     result["mdwarf_nad_min_transmission"] = mdwarf_part()
     print(result["mdwarf_nad_min_transmission"])
     result["sdss_ngc3073"] = sdss_part(args.sdss)

@@ -567,7 +567,14 @@ def _resolving_power(resolution, centre_aa: float) -> float | None:
 
 
 def remove_physical(
-    spectrum, net, *, medium=None, resolution=None, batch_size=256, floor=0.05, info=None
+    spectrum,
+    net,
+    *,
+    medium: str | None = None,
+    resolution=None,
+    batch_size: int = 256,
+    floor: float = 0.05,
+    info: dict | None = None,
 ):
     """``remove_tellurics(mode="physical")``: fit the molecular transmission and divide.
 
