@@ -143,6 +143,30 @@ def table(result: dict, path: Path) -> None:
             "     - -" if row[m] is None else f"     - {row[m]:.4f}"
             for m in ("input", "divide", "physical")
         ]
+    red = result.get("red_simulated")
+    if red:
+        lines += [
+            "",
+            f"The red bands on simulated spectra ({red['n_spectra']} stars on a {red['grid']} "
+            f"grid, FWHM {red['fwhm_aa']:.0f} Angstrom, red part beyond 7410 Angstrom "
+            "constructed): median Q\\ :sub:`t` per band (not clipped).",
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - S/N",
+            "     - method",
+        ] + [f"     - {b.replace('_', ' ')}" for b in next(iter(red["snr"].values()))["bands"]] + [
+            "     - Q\\ :sub:`t` all",
+            "     - Ca II 8544 EW change",
+        ]
+        for snr, row in red["snr"].items():
+            for method in ("none", "physical", "perfect"):
+                lines += [f"   * - {snr}", f"     - {method}"]
+                lines += [f"     - {row['bands'][b][method]:.3f}" for b in row["bands"]]
+                lines.append(f"     - {row['q_t_all'][method]:.3f}")
+                ewc = row["ew_change_vs_perfect_CaT8544"].get(method)
+                lines.append("     - -" if ewc is None else f"     - {100 * ewc:.2f} %")
     md = result["mdwarf_nad_min_transmission"]
     lines += [
         "",
