@@ -96,7 +96,14 @@ class TelluricBasis:
     resolving_power: float
 
     def subset(self, pixels) -> TelluricBasis:
-        """The basis on a subset of its pixels."""
+        """The basis on a subset of its pixels (cached per subset)."""
+        key = np.asarray(pixels).tobytes()
+        cache = self.__dict__.setdefault("_subsets", {})
+        if key not in cache:
+            cache[key] = self._subset(pixels)
+        return cache[key]
+
+    def _subset(self, pixels) -> TelluricBasis:
         return TelluricBasis(
             self.centres[pixels], np.ascontiguousarray(self.tau[..., pixels]),
             self.covered[pixels], self.resolving_power,
@@ -297,7 +304,8 @@ def _fill(values: np.ndarray, where: np.ndarray) -> np.ndarray:
     """Fill non-finite values inside ``where`` by linear interpolation per row."""
     out = values.copy()
     x = np.arange(values.shape[1])
-    for i in range(values.shape[0]):
+    holes = (where & ~np.isfinite(values)).any(axis=1)
+    for i in np.flatnonzero(holes):
         good = np.isfinite(values[i]) & where[i]
         if good.any():
             out[i] = np.where(where[i] & ~good, np.interp(x, x[good], values[i, good]), out[i])
@@ -329,7 +337,7 @@ def _noise(flux, sigma, valid):
     return np.abs(flux) * np.nan_to_num(relative, nan=0.01)[:, None]
 
 
-def _gauss_newton(basis, pixels, depths, velocity, resid, weight, n_step=4):
+def _gauss_newton(basis, pixels, depths, velocity, resid, weight, n_step=3):
     """Minimise sum w (resid + sum_m tau_m(a, v))^2 over (a, v) per row."""
     n, n_mol = depths.shape
     cov = np.zeros((n, n_mol + 1, n_mol + 1))
@@ -372,6 +380,14 @@ def _velocity_start(basis, pixels, depths, resid, weight):
     return start
 
 
+def _active(basis: TelluricBasis) -> np.ndarray:
+    """Pixels where the largest column of `POWERS` has an optical depth above 1e-4."""
+    cache = basis.__dict__.setdefault("_subsets", {})
+    if "active" not in cache:
+        cache["active"] = np.flatnonzero(basis.tau[:, :, -1].max(axis=(0, 1)) > 1e-4)
+    return cache["active"]
+
+
 def _transmission(basis, depths, velocity, active, shape):
     """The total transmission, computed on the ``active`` pixels only (1 elsewhere)."""
     trans = np.ones(shape)
@@ -391,7 +407,7 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
     widths = [smooth_aa[0] / step, smooth_aa[1] / step]
     strongest = basis.tau[VELOCITIES.size // 2, :, np.searchsorted(POWERS, 3.0)].sum(axis=0)
     pixels = np.flatnonzero(strongest > _FIT_TAU)
-    active = np.flatnonzero(basis.tau[:, :, -1].max(axis=(0, 1)) > 1e-4)
+    active = _active(basis)
     on_active, on_fit = basis.subset(active), basis.subset(pixels)
     # The continuum leans on pixels the atmosphere leaves clear even at a large column,
     # so that it cannot take up the broad envelope of a band.
@@ -450,7 +466,7 @@ def fit_transmission(
     *,
     resolving_power: float | None = None,
     template: MolecularTemplate | None = None,
-    n_iter: int = 3,
+    n_iter: int = 2,
     clip: float = 3.0,
     smooth_aa: tuple[float, float] = (60.0, 40.0),
 ) -> TelluricFit:
@@ -505,10 +521,16 @@ def fit_transmission(
         basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa
     )
     cov = cov * np.maximum(chi2, 1.0)[:, None, None]
-    tau, d_a, d_v = (x.astype(float) for x in basis.evaluate(depths, velocity))
-    jac = np.concatenate([d_a, d_v.sum(axis=1, keepdims=True)], axis=1)
-    var = np.einsum("npk,npq,nqk->nk", jac, cov, jac)
     n_mol = len(MOLECULES)
+    n, n_pix = flux.shape
+    active = _active(basis)
+    tau = np.zeros((n, n_mol, n_pix))
+    var = np.zeros((n, n_pix))
+    if active.size:
+        t_a, d_a, d_v = (x.astype(float) for x in basis.subset(active).evaluate(depths, velocity))
+        jac = np.concatenate([d_a, d_v.sum(axis=1, keepdims=True)], axis=1)
+        tau[:, :, active] = t_a
+        var[:, active] = np.einsum("npk,npq,nqk->nk", jac, cov, jac)
     return TelluricFit(
         depths=depths,
         depth_sigma=np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2)[:, :n_mol], 0)),
@@ -526,7 +548,7 @@ def fit_transmission(
 
 
 def _choose_resolution(edges_aa, medium, flux, noise, valid, stellar, template, clip, smooth_aa):
-    """The candidate resolving power with the smallest chi2 on up to 8 spectra.
+    """The candidate resolving power with the smallest chi2 on up to 4 spectra.
 
     Candidates: `RESOLVING_POWERS` between ``0.4`` and ``1.2`` times the sampling's
     Nyquist limit (a line spread function of 1.7 to 5 pixels FWHM).
@@ -537,7 +559,7 @@ def _choose_resolution(edges_aa, medium, flux, noise, valid, stellar, template, 
     if not candidates:
         candidates = [min(RESOLVING_POWERS, key=lambda r: abs(np.log(r / nyquist)))]
     snr = np.nanmedian(np.where(valid, flux / noise, np.nan), axis=1)
-    rows = np.argsort(-np.nan_to_num(snr, nan=-np.inf))[:8]
+    rows = np.argsort(-np.nan_to_num(snr, nan=-np.inf))[:4]
     best, choice = np.inf, candidates[0]
     for power in candidates:
         basis = telluric_basis(edges_aa, medium, power, template)
