@@ -22,14 +22,16 @@
 4. The real SDSS spectrum of NGC 3073 (vacuum, z = 0.00376): Na D, Mg b and Hbeta EWs
    before and after, and the depth of the red bands (O2 B, O2 A, H2O 8200, H2O 9400)
    relative to their neighbours before and after.
-5. The red bands on simulated spectra: the same stars on an SDSS-like vacuum grid
+5. The DESI coadd targets with data (flux-calibrated, vacuum, to 9824 A): the same
+   band depths (H2O 9400 core 9300-9500 A) before and after.
+6. The red bands on simulated spectra: the same stars on an SDSS-like vacuum grid
    (log10 step 1e-4, 3600-9800 A, FWHM 4 A), their red part beyond 7410 A
    constructed (a power law with the Ca II triplet, nothing else), observed at S/N
    50 and 200: Q_t per band (O2 B, O2 A, H2O 8200, H2O 9400) of the input,
    ``physical`` and a perfect division, and the Ca II 8544 EW change.  What it cannot
    show: real red stellar features (TiO, Paschen lines) under the bands, a real
    atmosphere whose water varies apart from its O2, a real line spread function.
-6. ``--speed``: spectra per second at batch 256 (MILES grid, S/N 50) for both modes,
+7. ``--speed``: spectra per second at batch 256 (MILES grid, S/N 50) for both modes,
    the fastest of 5 alternating repeats after a warm-up call.
 """
 
@@ -291,6 +293,39 @@ def sdss_part(path):
     return out
 
 
+DESI_FILES = ("coadd-5-169-thru20210419.fits", "coadd-sv3-dark-26065.fits")
+DESI_BANDS = dict(RED_BANDS, H2O_9400=((9300, 9500), [(9000, 9100), (9650, 9750)]))
+
+
+def desi_part(folder):
+    """The DESI coadd targets with data: residual band depths before and after."""
+    from specutils import SpectrumList
+
+    from specutils_deepclean.surveys import desi_targets
+
+    out = {}
+    for name in DESI_FILES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            targets, _ = desi_targets(SpectrumList.read(Path(folder) / name, format="DESI coadd"))
+            for spec in targets:
+                res = remove_tellurics(spec, mode="physical", device="cpu")
+                wave = spec.spectral_axis.to_value(u.AA)
+                row = {"band_depth": {}}
+                for band, (core, neigh) in DESI_BANDS.items():
+                    row["band_depth"][band] = {}
+                    for k, s in (("input", spec), ("physical", res)):
+                        f = np.where(s.mask, np.nan, s.flux.value) if s.mask is not None else s.flux.value
+                        c = np.nanmedian(f[(wave > core[0]) & (wave < core[1])])
+                        n = np.nanmedian(np.concatenate([f[(wave > a) & (wave < b)] for a, b in neigh]))
+                        row["band_depth"][band][k] = float(1 - c / n)
+                meta = res.meta["deepclean"]
+                row["fit"] = {k: meta[k] for k in ("depths", "telluric_velocity", "resolving_power")}
+                out[f"{name}:{spec.meta.get('target')}"] = row
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
 def speed_part():
     lib = load_library()
     stars = lib.select(split="val", good=True)
@@ -321,6 +356,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="val")
     parser.add_argument("--seed", type=int, default=2027)
     parser.add_argument("--sdss", default="../shared/data/sdss/NGC3073_SDSS_DR18.fits")
+    parser.add_argument("--desi", default="../shared/data/desi")
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", required=True)
@@ -337,6 +373,7 @@ def main(argv=None) -> int:
     result["mdwarf_nad_min_transmission"] = mdwarf_part()
     print(result["mdwarf_nad_min_transmission"])
     result["sdss_ngc3073"] = sdss_part(args.sdss)
+    result["desi"] = desi_part(args.desi)
     if args.speed:
         result["speed"] = speed_part()
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -18,8 +18,8 @@ that do not reach it) :math:`S = 1` and :math:`C` alone, a Gaussian-smoothed con
 that iteratively rejects stellar features, is the star.
 
 For each spectrum :math:`a_{\rm H_2O}`, :math:`a_{\rm O_2}` and :math:`v` are fitted by
-Gauss-Newton on :math:`\ln y - \ln(S C)` (pixels where the atmosphere absorbs,
-weighted by their S/N), alternating with :math:`C`; :math:`R` is given or chosen from
+Gauss-Newton on the flux (pixels where the atmosphere absorbs, weighted by their
+inverse variance plus a model error), alternating with :math:`C`; :math:`R` is given or chosen from
 a grid by the smallest :math:`\chi^2`.  Each molecule has one depth for all its bands,
 so the transmission is deep only where the atmosphere has lines: a stellar line
 (Na D, H\ :math:`\alpha`, Mg b, Ca H and K) can change the fit only through its
@@ -337,43 +337,51 @@ def _noise(flux, sigma, valid):
     return np.abs(flux) * np.nan_to_num(relative, nan=0.01)[:, None]
 
 
-def _gauss_newton(basis, pixels, depths, velocity, resid, weight, n_step=3):
-    """Minimise sum w (resid + sum_m tau_m(a, v))^2 over (a, v) per row."""
-    n, n_mol = depths.shape
-    cov = np.zeros((n, n_mol + 1, n_mol + 1))
-    chi2 = np.full(n, np.inf)
+def _model_jacobian(basis, depths, velocity, base):
+    """Model ``base * exp(-sum tau)`` and its derivatives in (depths, velocity)."""
+    tau, d_a, d_v = basis.evaluate(depths, velocity)
+    model = base * np.exp(-tau.sum(axis=1))
+    jac = -model[:, None, :] * np.concatenate([d_a, d_v.sum(axis=1, keepdims=True)], axis=1)
+    return model, jac
+
+
+def _solve(jac, weight, err):
+    hess = np.einsum("npk,nqk,nk->npq", jac, jac, weight)
+    grad = np.einsum("npk,nk,nk->np", jac, weight, err)
+    damp = 1e-6 * np.trace(hess, axis1=1, axis2=2)[:, None, None] + 1e-30
+    hess = hess + damp * np.eye(jac.shape[1])[None]
+    return -np.linalg.solve(hess, grad[..., None])[..., 0], hess
+
+
+def _gauss_newton(basis, depths, velocity, obs, base, weight, n_step=3):
+    """Minimise sum w (obs - base exp(-sum_m tau_m(a, v)))^2 over (a, v) per row.
+
+    In flux, not in its logarithm: unbiased at low S/N, where the logarithm of a noisy
+    flux (and the pixels below zero it has to leave out) would pull the depths.
+    """
+    n_mol = depths.shape[1]
+    hess = None
     for _ in range(n_step):
-        tau, d_a, d_v = basis.evaluate(depths, velocity, pixels)
-        err = resid + tau.sum(axis=1)
-        jac = np.concatenate([d_a, d_v.sum(axis=1, keepdims=True)], axis=1)  # (n, p, pix)
-        hess = np.einsum("npk,nqk,nk->npq", jac, jac, weight)
-        grad = np.einsum("npk,nk,nk->np", jac, weight, err)
-        damp = 1e-6 * np.trace(hess, axis1=1, axis2=2)[:, None, None] + 1e-9
-        hess_d = hess + damp * np.eye(n_mol + 1)[None]
-        delta = -np.linalg.solve(hess_d, grad[..., None])[..., 0]
+        model, jac = _model_jacobian(basis, depths, velocity, base)
+        delta, hess = _solve(jac, weight, model - obs)
         depths = np.clip(depths + delta[:, :n_mol], POWERS[0], POWERS[-1])
         velocity = np.clip(velocity + delta[:, n_mol], VELOCITIES[0], VELOCITIES[-1])
-        chi2 = np.einsum("nk,nk->n", weight, err**2)
-        cov = np.linalg.inv(hess_d)
-    tau = basis.evaluate(depths, velocity, pixels, derivatives=False)[0]
-    chi2 = np.einsum("nk,nk->n", weight, (resid + tau.sum(axis=1)) ** 2)
-    return depths, velocity, cov, chi2
+    tau = basis.evaluate(depths, velocity, derivatives=False)[0]
+    chi2 = np.einsum("nk,nk->n", weight, (base * np.exp(-tau.sum(axis=1)) - obs) ** 2)
+    return depths, velocity, np.linalg.inv(hess), chi2
 
 
-def _velocity_start(basis, pixels, depths, resid, weight):
+def _velocity_start(basis, depths, obs, base, weight):
     """Per row, the velocity node with the smallest chi2 (depths refitted linearly)."""
-    n = depths.shape[0]
+    n, n_mol = depths.shape
     best = np.full(n, np.inf)
     start = np.zeros(n)
     for v in VELOCITIES[::3]:
         velocity = np.full(n, v)
-        tau, d_a, _ = basis.evaluate(depths, velocity, pixels)
-        err = resid + tau.sum(axis=1)
-        hess = np.einsum("npk,nqk,nk->npq", d_a, d_a, weight)
-        hess += (1e-6 * np.trace(hess, axis1=1, axis2=2) + 1e-9)[:, None, None] * np.eye(d_a.shape[1])
-        grad = np.einsum("npk,nk,nk->np", d_a, weight, err)
-        delta = -np.linalg.solve(hess, grad[..., None])[..., 0]
-        err = err + np.einsum("npk,np->nk", d_a, delta)
+        model, jac = _model_jacobian(basis, depths, velocity, base)
+        err = model - obs
+        delta, _ = _solve(jac[:, :n_mol], weight, err)
+        err = err + np.einsum("npk,np->nk", jac[:, :n_mol], delta)
         chi2 = np.einsum("nk,nk->n", weight, err**2)
         better = chi2 < best
         best[better], start[better] = chi2[better], v
@@ -415,7 +423,7 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
     depths = np.ones((n, n_mol))
     velocity = np.zeros(n)
     rejected = np.zeros((n, n_pix), dtype=bool)
-    usable = valid & (flux > 0) & np.isfinite(noise)
+    usable = valid & np.isfinite(noise)
     cov = np.zeros((n, n_mol + 1, n_mol + 1))
     chi2 = np.zeros(n)
     n_used = np.zeros(n)
@@ -432,15 +440,16 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
             sig = np.sqrt(noise[sub] ** 2 + (MODEL_ERROR * expected) ** 2)
             use = usable[sub] & ~rejected[sub] & (trans[sub] > 0.1) & (model0[sub] > 0)
             with np.errstate(divide="ignore", invalid="ignore"):
-                weight = np.where(use, (expected / sig) ** 2, 0.0)
-                resid = np.where(use, np.log(flux[sub] / model0[sub]), 0.0)
-            weight = np.nan_to_num(weight)
-            resid = np.nan_to_num(resid)
+                weight = np.nan_to_num(np.where(use, 1.0 / sig**2, 0.0))
+            obs = np.where(use, flux[sub], 0.0)
+            base_fit = np.where(use, model0[sub], 0.0)
             n_used = (weight > 0).sum(axis=1)
             fitted = n_used >= 10
             if it == 0:
-                velocity = _velocity_start(on_fit, None, depths, resid, weight)
-            depths, velocity, cov, chi2 = _gauss_newton(on_fit, None, depths, velocity, resid, weight)
+                velocity = _velocity_start(on_fit, depths, obs, base_fit, weight)
+            depths, velocity, cov, chi2 = _gauss_newton(
+                on_fit, depths, velocity, obs, base_fit, weight
+            )
             depths[~fitted] = 0.0
         model = model0 * _transmission(on_active, depths, velocity, active, (n, n_pix))
         sig_all = np.sqrt(noise**2 + (MODEL_ERROR * np.abs(model)) ** 2)
