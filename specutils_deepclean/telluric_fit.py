@@ -428,8 +428,8 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
     chi2 = np.zeros(n)
     n_used = np.zeros(n)
     fitted = np.zeros(n, dtype=bool)
+    trans = _transmission(on_active, depths, velocity, active, (n, n_pix))
     for it in range(n_iter):
-        trans = _transmission(on_active, depths, velocity, active, (n, n_pix))
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = flux / (base * trans)
         cont = _continuum(ratio, np.where(usable & ~rejected, clear, 0.0), segments, widths)
@@ -451,7 +451,8 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
                 on_fit, depths, velocity, obs, base_fit, weight
             )
             depths[~fitted] = 0.0
-        model = model0 * _transmission(on_active, depths, velocity, active, (n, n_pix))
+        trans = _transmission(on_active, depths, velocity, active, (n, n_pix))
+        model = model0 * trans
         sig_all = np.sqrt(noise**2 + (MODEL_ERROR * np.abs(model)) ** 2)
         with np.errstate(invalid="ignore"):
             z = np.where(usable, (flux - model) / sig_all, 0.0)
