@@ -193,7 +193,7 @@ def telluric_basis(
     -------
     TelluricBasis
     """
-    from .spectra import rebin_matrix
+    from .resample import rebin_matrix
 
     template = load_molecular_template() if template is None else template
     edges_aa = np.asarray(edges_aa, dtype=float)

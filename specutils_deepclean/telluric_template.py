@@ -38,7 +38,7 @@ optical depths are divided by the model's airmass (3), so a template holds them 
 airmass 1.
 
 A compact template built this way ships with the package
-(:func:`load_molecular_template`; made by ``benchmarks/make_molecular_template.py``).
+(:func:`load_molecular_template`; made by ``benchmarks/training/make_molecular_template.py``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pytest
 from astropy.nddata import StdDevUncertainty
 from specutils import Spectrum
 
-from specutils_deepclean.spectra import bin_edges
+from specutils_deepclean.resample import bin_edges
 from specutils_deepclean.telluric_fit import fit_transmission, telluric_basis
 from specutils_deepclean.telluric_template import (
     MOLECULES,

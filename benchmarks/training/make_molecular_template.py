@@ -1,6 +1,6 @@
 """Build the shipped per-molecule telluric template from the ESO LBLRTM transmission.
 
-    python benchmarks/make_molecular_template.py \
+    python benchmarks/training/make_molecular_template.py \
         --output specutils_deepclean/data/telluric/molecular_template.fits
 
 Reads the transmission with ``specutils_deepclean.datasets.load_transmission`` (it

@@ -1,7 +1,7 @@
 """Benchmark of ``remove_tellurics(mode="physical")`` against ``divide`` (issue 17).
 
-    python benchmarks/bench_physical.py --split val --json benchmarks/results/physical_val.json
-    python benchmarks/bench_physical.py --split test --speed \
+    python benchmarks/benchmarks/bench_physical.py --split val --json benchmarks/results/physical_val.json
+    python benchmarks/benchmarks/bench_physical.py --split test --speed \
         --json benchmarks/results/physical_test.json
 
 1. MILES stars of one split (tune on ``val``, report ``test``) observed through the
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     result = {
-        "command": "python benchmarks/bench_physical.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python benchmarks/benchmarks/bench_physical.py " + " ".join(argv or sys.argv[1:]),
         "split": args.split,
     }
     result["miles"] = miles_part(args.split, args.seed)
