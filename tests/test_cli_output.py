@@ -52,13 +52,13 @@ def test_a_warning_of_every_file_is_reported_once(survey, tmp_path, monkeypatch)
     """Four files whose reading warns (astropy on an SDSS-style unit), one per batch: one
     summary line, and no warning escapes to be printed once per file."""
     paths, _ = survey
-    real_read = parallel.read_spectrum
+    real_read = parallel.read_targets
 
-    def read_like_sdss(path, file_format=None):
+    def read_like_sdss(*args, **kwargs):
         u.Unit(MULTI_SLASH_UNIT)  # astropy's UnitsWarning, as the SDSS reader gets it
-        return real_read(path, file_format)
+        return real_read(*args, **kwargs)
 
-    monkeypatch.setattr(parallel, "read_spectrum", read_like_sdss)
+    monkeypatch.setattr(parallel, "read_targets", read_like_sdss)
     summary = clean_files(paths, tmp_path / "out", "detelluric", batch_size=1)
     assert summary.ok and len(summary.done) == 4
     about_units = [w for w in summary.warnings if "multiple slashes" in w]
