@@ -325,16 +325,27 @@ def _continuum(ratio, usable, segments, sigma_pix):
 
 
 def _noise(flux, sigma, valid):
-    """The given sigma, or a robust estimate from the point-to-point scatter."""
-    if sigma is not None:
-        sigma = np.where(valid & np.isfinite(sigma) & (sigma > 0), sigma, np.nan)
-        if np.isfinite(sigma).any(axis=1).all():
-            return sigma
+    """The given sigma; for rows without one, a robust estimate from the point-to-point
+    scatter of the log flux."""
     with np.errstate(divide="ignore", invalid="ignore"):
         log = np.where(valid & (flux > 0), np.log(flux), np.nan)
-    step = np.abs(np.diff(log, axis=1))
-    relative = 1.4826 * np.nanmedian(step, axis=1) / np.sqrt(2.0)
-    return np.abs(flux) * np.nan_to_num(relative, nan=0.01)[:, None]
+    relative = 1.4826 * _row_nanmedian(np.abs(np.diff(log, axis=1))) / np.sqrt(2.0)
+    estimate = np.abs(flux) * np.nan_to_num(relative, nan=0.01)[:, None]
+    if sigma is None:
+        return estimate
+    with np.errstate(invalid="ignore"):
+        sigma = np.where(valid & np.isfinite(sigma) & (sigma > 0), sigma, np.nan)
+    given = np.isfinite(sigma).any(axis=1)
+    return np.where(given[:, None], sigma, estimate)
+
+
+def _row_nanmedian(values: np.ndarray) -> np.ndarray:
+    """Median of the finite values of each row; NaN for a row without any (no warning)."""
+    out = np.full(values.shape[0], np.nan)
+    finite = np.isfinite(values).any(axis=1)
+    if finite.any():
+        out[finite] = np.nanmedian(values[finite], axis=1)
+    return out
 
 
 def _model_jacobian(basis, depths, velocity, base):
@@ -568,7 +579,8 @@ def _choose_resolution(edges_aa, medium, flux, noise, valid, stellar, template, 
     candidates = [r for r in RESOLVING_POWERS if 0.4 * nyquist <= r <= 1.2 * nyquist]
     if not candidates:
         candidates = [min(RESOLVING_POWERS, key=lambda r: abs(np.log(r / nyquist)))]
-    snr = np.nanmedian(np.where(valid, flux / noise, np.nan), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = _row_nanmedian(np.where(valid, flux / noise, np.nan))
     rows = np.argsort(-np.nan_to_num(snr, nan=-np.inf))[:4]
     best, choice = np.inf, candidates[0]
     for power in candidates:
@@ -702,9 +714,11 @@ def remove_physical(
 
     scalar = spectrum.flux.ndim == 1
 
+    batch_shape = tuple(np.delete(np.array(spectrum.shape), axis))
+
     def per_row(values):
         values = np.asarray(values, dtype=float)
-        return float(values[0]) if scalar else values.tolist()
+        return float(values[0]) if scalar else values.reshape(batch_shape).tolist()
 
     info.update(
         {
@@ -724,9 +738,13 @@ def remove_physical(
             "telluric_velocity": per_row(fit.velocity),
             "resolving_power": fit.resolving_power,
             "reduced_chi2": per_row(fit.chi2),
-            "telluric_pixels": np.count_nonzero(trans < 0.999, axis=1).tolist(),
+            "telluric_pixels": np.count_nonzero(trans < 0.999, axis=1).reshape(batch_shape).tolist(),
             "medium": source,
-            "masked": {"transmission_below_floor": np.count_nonzero(below, axis=1).tolist()},
+            "masked": {
+                "transmission_below_floor": np.count_nonzero(below, axis=1)
+                .reshape(batch_shape)
+                .tolist()
+            },
             "transmission_floor": floor,
             "below_floor": back(below),
         }
