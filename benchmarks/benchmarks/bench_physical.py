@@ -13,6 +13,8 @@
    band at low S/N even it is above 1, as dividing amplifies the noise); Q_t over
    all of M_t (clipped, as in the telluric benchmark) and Q_s.  Truth: the star times
    the smooth part of the transmission; M_t: line transmission below 0.99.
+   Also the same stars without any telluric absorption (S/N 200): the depths the
+   fit finds there and the transmission it would divide by.
 2. Stellar lines at S/N 200: equivalent widths (Lick-like windows, shifted with the
    star) of Ca II H&K, Hbeta, Mg b, Na D, Halpha after each method against a perfect
    division (the observation divided by the true line transmission); median over
@@ -144,6 +146,20 @@ def miles_part(split, seed):
                     row["ew_change_vs_perfect"][name][mode] = float(np.median(change))
         out["snr"][str(snr)] = row
         print(snr, json.dumps(row, indent=1), flush=True)
+    # The same stars without any telluric absorption (S/N 200): what the fit invents.
+    obs = sim.observe(truth, 200, seed=int(rng.integers(2**31)), airmass=None,
+                      stellar_rv=rng.uniform(-150.0, 150.0, len(stars)))
+    flux = np.where(obs.mask, np.nan, obs.flux)
+    _, spec = correct(flux, obs.sigma, wave, medium, "physical")
+    meta = spec.meta["deepclean"]
+    t = meta["transmission"].flux.value
+    out["no_tellurics_snr200"] = {
+        "median_depth": {m: float(np.median(d)) for m, d in meta["depths"].items()},
+        "p90_depth": {m: float(np.percentile(d, 90)) for m, d in meta["depths"].items()},
+        "median_min_transmission": float(np.median(np.nanmin(t, axis=1))),
+        "median_rms_1_minus_t": float(np.median(np.sqrt(np.nanmean((1 - t) ** 2, axis=1)))),
+    }
+    print("no tellurics", out["no_tellurics_snr200"], flush=True)
     return out
 
 

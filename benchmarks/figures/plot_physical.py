@@ -167,6 +167,16 @@ def table(result: dict, path: Path) -> None:
                 lines.append(f"     - {row['q_t_all'][method]:.3f}")
                 ewc = row["ew_change_vs_perfect_CaT8544"].get(method)
                 lines.append("     - -" if ewc is None else f"     - {100 * ewc:.2f} %")
+    free = result["miles"].get("no_tellurics_snr200")
+    if free:
+        lines += [
+            "",
+            "The same stars without telluric absorption (S/N 200): fitted depths median "
+            f"H2O {free['median_depth']['H2O']:.2f}, O2 {free['median_depth']['O2']:.2f} "
+            f"(90th percentile {free['p90_depth']['H2O']:.2f}, {free['p90_depth']['O2']:.2f}); "
+            f"median smallest transmission {free['median_min_transmission']:.3f}, median rms "
+            f"of 1 - T {free['median_rms_1_minus_t']:.4f}.",
+        ]
     md = result["mdwarf_nad_min_transmission"]
     lines += [
         "",
