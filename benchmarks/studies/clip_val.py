@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from val_study import observations, val_setup, write_result
 
 from specutils_deepclean import metrics
-from specutils_deepclean.datasets import load_library
 from specutils_deepclean.inference import denoise_arrays
-from specutils_deepclean.io.models import load_model
-from specutils_deepclean.simulate import SNR_LEVELS, Simulator, prepare_truth
 from specutils_deepclean.spectra import median_normalise
 
 CLIPS = (5.0, 8.0)
@@ -41,15 +38,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    wave = model.wavelength.to_value("Angstrom")
-    truth, valid = prepare_truth(
-        load_library().select(split="val", good=True), wave, model.medium
-    )
-    sim = Simulator(wave, model.medium)
+    model, truth, valid, sim = val_setup(args.model)
     rows = {}
-    for i, snr in enumerate(SNR_LEVELS):
-        obs = sim.observe(np.where(valid, truth, np.nan), snr, seed=args.seed + i)
+    for snr, obs in observations(sim, truth, valid, args.seed):
         # normalised once, by the medians of the pixels the observation itself masks
         flux, scale = median_normalise(obs.flux, obs.mask)
         sigma = obs.sigma / scale[:, None]
@@ -76,15 +67,12 @@ def main(argv=None) -> int:
             }
         rows[f"{snr:g}"] = row
         print(snr, json.dumps(row), flush=True)
-    out = {
-        "command": "python benchmarks/studies/clip_val.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": args.model,
-        "split": "val",
-        "n_spectra": int(len(truth)),
-        "snr": rows,
-    }
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(
+        args.json,
+        __file__,
+        argv,
+        {"model": args.model, "split": "val", "n_spectra": int(len(truth)), "snr": rows},
+    )
     return 0
 
 

@@ -13,17 +13,13 @@ does).  Counted per S/N: the stars whose selected (MAP) class did not converge
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from val_study import observations, val_setup, write_result
 
-from specutils_deepclean.datasets import load_library
 from specutils_deepclean.inference import denoise_arrays
-from specutils_deepclean.io.models import load_model
-from specutils_deepclean.simulate import SNR_LEVELS, Simulator, prepare_truth
 
 
 def main(argv=None) -> int:
@@ -36,15 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    model = load_model(args.model)
-    wave = model.wavelength.to_value("Angstrom")
-    truth, valid = prepare_truth(
-        load_library().select(split="val", good=True), wave, model.medium
-    )
-    sim = Simulator(wave, model.medium)
+    model, truth, valid, sim = val_setup(args.model)
     rows = {}
-    for i, snr in enumerate(SNR_LEVELS):
-        obs = sim.observe(np.where(valid, truth, np.nan), snr, seed=args.seed + i)
+    for snr, obs in observations(sim, truth, valid, args.seed):
         result = denoise_arrays(
             model,
             obs.flux,
@@ -61,16 +51,18 @@ def main(argv=None) -> int:
             "selected_steps_median": float(np.median(result.steps[stars, result.map_class])),
         }
         print(snr, rows[f"{snr:g}"], flush=True)
-    out = {
-        "command": "python benchmarks/studies/map_convergence.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "split": "val",
-        "model": args.model,
-        "steps": args.steps,
-        "n_spectra": int(len(truth)),
-        "snr": rows,
-    }
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(
+        args.json,
+        __file__,
+        argv,
+        {
+            "split": "val",
+            "model": args.model,
+            "steps": args.steps,
+            "n_spectra": int(len(truth)),
+            "snr": rows,
+        },
+    )
     return 0
 
 

@@ -13,15 +13,11 @@ denoised spectrum (see the denoising docs).  The test split is never read::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
+from val_study import observations, val_setup, write_result
 
-from specutils_deepclean.datasets import load_library
-from specutils_deepclean.io.models import load_model
-from specutils_deepclean.simulate import SNR_LEVELS, Simulator, prepare_truth
 from specutils_deepclean.spectra import median_normalise
 
 
@@ -33,16 +29,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
-    model = load_model(args.model)
-    wave = model.wavelength.to_value("Angstrom")
-    truth, valid = prepare_truth(
-        load_library().select(split="val", good=True), wave, model.medium
-    )
-    sim = Simulator(wave, model.medium)
+    _, truth, valid, sim = val_setup(args.model)
     _, true_level = median_normalise(truth, ~valid)
     rows = {}
-    for i, snr in enumerate(SNR_LEVELS):
-        obs = sim.observe(np.where(valid, truth, np.nan), snr, seed=args.seed + i)
+    for snr, obs in observations(sim, truth, valid, args.seed):
         _, level = median_normalise(obs.flux, obs.mask)
         error = level / true_level - 1
         rows[f"{snr:g}"] = {
@@ -51,14 +41,9 @@ def main(argv=None) -> int:
             "p90_abs_error": float(np.percentile(np.abs(error), 90)),
         }
         print(snr, rows[f"{snr:g}"], flush=True)
-    out = {
-        "command": "python benchmarks/studies/normalisation_level.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "split": "val",
-        "n_spectra": int(len(truth)),
-        "snr": rows,
-    }
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(
+        args.json, __file__, argv, {"split": "val", "n_spectra": int(len(truth)), "snr": rows}
+    )
     return 0
 
 

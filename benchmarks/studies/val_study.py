@@ -1,0 +1,62 @@
+"""The setup and the JSON file of the studies on simulated MILES ``val`` observations.
+
+Shared by ``clip_val.py``, ``map_convergence.py`` and ``normalisation_level.py``:
+every good ``val`` star on a model's grid (`~specutils_deepclean.simulate.prepare_truth`),
+the simulator on that grid, the observations at each S/N of
+`~specutils_deepclean.simulate.SNR_LEVELS` (seed ``seed + i`` for the i-th), and the
+JSON file that starts with the command that wrote it.  The test split is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from specutils_deepclean.datasets import load_library
+from specutils_deepclean.io.models import load_model
+from specutils_deepclean.simulate import SNR_LEVELS, Observation, Simulator, prepare_truth
+
+
+def val_setup(model_name: str) -> tuple[object, np.ndarray, np.ndarray, Simulator]:
+    """The model, the ``val`` truth and its valid pixels on its grid, and the simulator.
+
+    Parameters
+    ----------
+    model_name : str
+        A pretrained model's name or an ASDF file (`~specutils_deepclean.io.models.load_model`).
+
+    Returns
+    -------
+    model : `~specutils_deepclean.models.base.DeepCleanModel`
+    truth, valid : `~numpy.ndarray`
+        Every good ``val`` star on the model's grid, median-normalised, and its valid
+        pixels (`~specutils_deepclean.simulate.prepare_truth`).
+    sim : `~specutils_deepclean.simulate.Simulator`
+        The simulator on the model's grid and medium.
+    """
+    model = load_model(model_name)
+    wave = model.wavelength.to_value("Angstrom")
+    truth, valid = prepare_truth(
+        load_library().select(split="val", good=True), wave, model.medium
+    )
+    return model, truth, valid, Simulator(wave, model.medium)
+
+
+def observations(
+    sim: Simulator, truth: np.ndarray, valid: np.ndarray, seed: int
+) -> Iterator[tuple[float, Observation]]:
+    """``(snr, observation)`` of the truth (NaN where not valid) at each S/N level."""
+    for i, snr in enumerate(SNR_LEVELS):
+        yield snr, sim.observe(np.where(valid, truth, np.nan), snr, seed=seed + i)
+
+
+def write_result(path: str, script: str, argv, result: dict) -> None:
+    """Write ``{"command": "python benchmarks/studies/<script> <argv>", **result}``."""
+    command = f"python benchmarks/studies/{Path(script).name} " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    Path(path).write_text(json.dumps({"command": command, **result}, indent=2) + "\n")
