@@ -99,6 +99,25 @@ def correct(flux, sigma, wave, medium, mode):
     return out.flux.value, out
 
 
+def observed(sim, truth, snr, rng, wave):
+    """Observe ``truth`` at airmass uniform in 1-2.5 (steps of 0.05) and split what is scored.
+
+    Returns the observation, its flux (NaN where masked), the line transmission, the
+    truth (the star times the smooth part of the transmission) and M_t (line
+    transmission below 0.99).
+    """
+    airmass = np.round(rng.uniform(1.0, 2.5, len(truth)) / 0.05) * 0.05
+    obs = sim.observe(truth, snr, seed=int(rng.integers(2**31)), airmass=airmass)
+    continuum, lines = split_transmission(obs.transmission, wave)
+    flux = np.where(obs.mask, np.nan, obs.flux)
+    return obs, flux, lines, obs.truth * continuum, lines < 0.99
+
+
+def ew_per_star(flux, wave, line, shift):
+    """:func:`ew` of each row, the window of row ``i`` shifted by ``shift[i]``."""
+    return np.array([ew(flux[i], wave, line, shift[i])[0] for i in range(len(flux))])
+
+
 def miles_part(split, seed):
     library = load_library()
     stars = library.select(split=split, good=True)
@@ -109,12 +128,7 @@ def miles_part(split, seed):
     rng = np.random.default_rng(seed)
     out = {"n_spectra": len(stars), "snr": {}}
     for snr in SNRS:
-        airmass = np.round(rng.uniform(1.0, 2.5, len(stars)) / 0.05) * 0.05
-        obs = sim.observe(truth, snr, seed=int(rng.integers(2**31)), airmass=airmass)
-        continuum, lines = split_transmission(obs.transmission, wave)
-        ideal = obs.truth * continuum
-        flux = np.where(obs.mask, np.nan, obs.flux)
-        mt = lines < 0.99
+        obs, flux, lines, ideal, mt = observed(sim, truth, snr, rng, wave)
         preds = {"none": flux, "perfect": flux / lines}
         for mode in METHODS:
             preds[mode] = correct(flux, obs.sigma, wave, medium, mode)[0]
@@ -135,13 +149,11 @@ def miles_part(split, seed):
             shift = 1 + obs.stellar_rv / C_KMS
             row["ew_change_vs_perfect"] = {}
             for name, line in LINES.items():
-                ref = np.array([ew(perfect[i], wave, line, shift[i])[0] for i in range(len(flux))])
+                ref = ew_per_star(perfect, wave, line, shift)
                 use = np.abs(ref) > 0.3
                 row["ew_change_vs_perfect"][name] = {"n_stars": int(use.sum())}
                 for mode in ("none",) + METHODS:
-                    got = np.array(
-                        [ew(preds[mode][i], wave, line, shift[i])[0] for i in range(len(flux))]
-                    )
+                    got = ew_per_star(preds[mode], wave, line, shift)
                     change = np.abs(got - ref)[use] / np.abs(ref[use])
                     row["ew_change_vs_perfect"][name][mode] = float(np.median(change))
         out["snr"][str(snr)] = row
@@ -204,12 +216,7 @@ def red_part(split, seed):
     out = {"n_spectra": len(truth), "grid": "vacuum, log10 step 1e-4, 3600-9800 A",
            "fwhm_aa": RED_FWHM, "snr": {}}
     for snr in (50, 200):
-        airmass = np.round(rng.uniform(1.0, 2.5, len(truth)) / 0.05) * 0.05
-        obs = sim.observe(truth, snr, seed=int(rng.integers(2**31)), airmass=airmass)
-        continuum, lines = split_transmission(obs.transmission, wave)
-        ideal = obs.truth * continuum
-        flux = np.where(obs.mask, np.nan, obs.flux)
-        mt = lines < 0.99
+        obs, flux, lines, ideal, mt = observed(sim, truth, snr, rng, wave)
         phys = correct(flux, obs.sigma, wave, "vacuum", "physical")[0]
         preds = {"none": flux, "perfect": flux / lines, "physical": phys}
         miss = ~np.isfinite(flux)
@@ -226,9 +233,9 @@ def red_part(split, seed):
         }
         shift = 1 + obs.stellar_rv / C_KMS
         cat = ((8533.0, 8556.0), (8515.0, 8530.0), (8560.0, 8575.0))  # the 8544 line
-        ref = np.array([ew(preds["perfect"][i], wave, cat, shift[i])[0] for i in range(len(flux))])
-        got = np.array([ew(phys[i], wave, cat, shift[i])[0] for i in range(len(flux))])
-        raw = np.array([ew(flux[i], wave, cat, shift[i])[0] for i in range(len(flux))])
+        ref = ew_per_star(preds["perfect"], wave, cat, shift)
+        got = ew_per_star(phys, wave, cat, shift)
+        raw = ew_per_star(flux, wave, cat, shift)
         row["ew_change_vs_perfect_CaT8544"] = {
             "none": float(np.median(np.abs(raw - ref) / np.abs(ref))),
             "physical": float(np.median(np.abs(got - ref) / np.abs(ref))),
