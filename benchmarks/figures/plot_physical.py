@@ -75,6 +75,16 @@ def sdss_figure(path: Path, sdss: str) -> None:
     plt.close(fig)
 
 
+def row(*cells) -> list[str]:
+    """The lines of one row of an RST list-table."""
+    return [f"   * - {cells[0]}", *(f"     - {cell}" for cell in cells[1:])]
+
+
+def list_table(*header) -> list[str]:
+    """The lines that open an RST list-table whose first row is ``header``."""
+    return ["", ".. list-table::", "   :header-rows: 1", "", *row(*header)]
+
+
 def table(result: dict, path: Path) -> None:
     miles = result["miles"]["snr"]
     lines = [
@@ -84,65 +94,52 @@ def table(result: dict, path: Path) -> None:
         f"MILES ``{result['split']}`` stars (random RV within +-150 km/s, airmass 1-2.5): "
         "median Q\\ :sub:`t` per band (not clipped at 1) and over all telluric pixels "
         "(clipped), and Q\\ :sub:`s`.",
-        "",
-        ".. list-table::",
-        "   :header-rows: 1",
-        "",
-        "   * - S/N",
-        "     - method",
-        "     - O\\ :sub:`2` B",
-        "     - H\\ :sub:`2`\\ O 6500",
-        "     - H\\ :sub:`2`\\ O 7200",
-        "     - Q\\ :sub:`t` all",
-        "     - Q\\ :sub:`s`",
+        *list_table(
+            "S/N",
+            "method",
+            "O\\ :sub:`2` B",
+            "H\\ :sub:`2`\\ O 6500",
+            "H\\ :sub:`2`\\ O 7200",
+            "Q\\ :sub:`t` all",
+            "Q\\ :sub:`s`",
+        ),
     ]
-    for snr, row in miles.items():
+    for snr, values in miles.items():
         for method in ("none", "divide", "physical", "perfect"):
-            cells = [row["bands"][b][method] for b in ("O2_B", "H2O_6500", "H2O_7200")]
-            cells += [row["q_t_all"][method], row["q_s"][method]]
-            lines.append(f"   * - {snr}")
-            lines.append(f"     - {method}")
-            lines += [f"     - {c:.3f}" for c in cells]
+            cells = [values["bands"][b][method] for b in ("O2_B", "H2O_6500", "H2O_7200")]
+            cells += [values["q_t_all"][method], values["q_s"][method]]
+            lines += row(snr, method, *(f"{c:.3f}" for c in cells))
     ew = miles["200"]["ew_change_vs_perfect"]
     lines += [
         "",
         "Stellar lines at S/N 200: median relative change of the equivalent width against "
         "a perfect division (stars with \\|EW\\| > 0.3 Angstrom).",
-        "",
-        ".. list-table::",
-        "   :header-rows: 1",
-        "",
-        "   * - line",
-        "     - stars",
-        "     - input",
-        "     - divide",
-        "     - physical",
+        *list_table("line", "stars", "input", "divide", "physical"),
     ]
-    for name, row in ew.items():
-        lines += [f"   * - {name}", f"     - {row['n_stars']}"]
-        lines += [f"     - {100 * row[m]:.2f} %" for m in ("none", "divide", "physical")]
+    for name, change in ew.items():
+        lines += row(
+            name,
+            change["n_stars"],
+            *(f"{100 * change[m]:.2f} %" for m in ("none", "divide", "physical")),
+        )
     sdss = result["sdss_ngc3073"]
     lines += [
         "",
         "The real SDSS spectrum of NGC 3073: equivalent widths (Angstrom) and the depth "
         "of each band relative to its neighbours (negative: the band is above them; "
         "`-`: masked).",
-        "",
-        ".. list-table::",
-        "   :header-rows: 1",
-        "",
-        "   * - quantity",
-        "     - input",
-        "     - divide",
-        "     - physical",
+        *list_table("quantity", "input", "divide", "physical"),
     ]
-    for name, row in sdss["ew"].items():
-        lines += [f"   * - EW {name}"] + [f"     - {row[m]:.3f}" for m in ("input", "divide", "physical")]
-    for name, row in sdss["band_depth"].items():
-        lines += [f"   * - depth {name.replace('_', ' ')}"] + [
-            "     - -" if row[m] is None else f"     - {row[m]:.4f}"
-            for m in ("input", "divide", "physical")
-        ]
+    for name, values in sdss["ew"].items():
+        lines += row(f"EW {name}", *(f"{values[m]:.3f}" for m in ("input", "divide", "physical")))
+    for name, values in sdss["band_depth"].items():
+        lines += row(
+            f"depth {name.replace('_', ' ')}",
+            *(
+                "-" if values[m] is None else f"{values[m]:.4f}"
+                for m in ("input", "divide", "physical")
+            ),
+        )
     red = result.get("red_simulated")
     if red:
         lines += [
@@ -150,23 +147,24 @@ def table(result: dict, path: Path) -> None:
             f"The red bands on simulated spectra ({red['n_spectra']} stars on a {red['grid']} "
             f"grid, FWHM {red['fwhm_aa']:.0f} Angstrom, red part beyond 7410 Angstrom "
             "constructed): median Q\\ :sub:`t` per band (not clipped).",
-            "",
-            ".. list-table::",
-            "   :header-rows: 1",
-            "",
-            "   * - S/N",
-            "     - method",
-        ] + [f"     - {b.replace('_', ' ')}" for b in next(iter(red["snr"].values()))["bands"]] + [
-            "     - Q\\ :sub:`t` all",
-            "     - Ca II 8544 EW change",
+            *list_table(
+                "S/N",
+                "method",
+                *(b.replace("_", " ") for b in next(iter(red["snr"].values()))["bands"]),
+                "Q\\ :sub:`t` all",
+                "Ca II 8544 EW change",
+            ),
         ]
-        for snr, row in red["snr"].items():
+        for snr, values in red["snr"].items():
             for method in ("none", "physical", "perfect"):
-                lines += [f"   * - {snr}", f"     - {method}"]
-                lines += [f"     - {row['bands'][b][method]:.3f}" for b in row["bands"]]
-                lines.append(f"     - {row['q_t_all'][method]:.3f}")
-                ewc = row["ew_change_vs_perfect_CaT8544"].get(method)
-                lines.append("     - -" if ewc is None else f"     - {100 * ewc:.2f} %")
+                ewc = values["ew_change_vs_perfect_CaT8544"].get(method)
+                lines += row(
+                    snr,
+                    method,
+                    *(f"{values['bands'][b][method]:.3f}" for b in values["bands"]),
+                    f"{values['q_t_all'][method]:.3f}",
+                    "-" if ewc is None else f"{100 * ewc:.2f} %",
+                )
     free = result["miles"].get("no_tellurics_snr200")
     if free:
         lines += [
