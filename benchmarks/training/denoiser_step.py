@@ -36,7 +36,7 @@ def run_step(
     """Parse ``argv``, run ``step(model, library, seed=...)``, save; returns the exit code.
 
     ``metrics(summary)`` gives the provenance metrics the step sets; ``note`` starts
-    the line logged in the notes (``"<note>: python benchmarks/<script> ..."``).
+    the line logged in the notes (``"<note>: python benchmarks/training/<script> ..."``).
     """
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,7 +51,7 @@ def run_step(
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     summary = step(model, load_library(args.library), seed=args.seed)
-    command = f"python benchmarks/{script} " + " ".join(argv or sys.argv[1:])
+    command = f"python benchmarks/training/{script} " + " ".join(argv or sys.argv[1:])
     provenance = model.provenance
     model.provenance = dataclasses.replace(
         provenance,
