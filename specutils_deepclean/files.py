@@ -28,8 +28,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import astropy.units as u
+import numpy as np
 from astropy.io import fits, registry
 from specutils import Spectrum, SpectrumList
 
@@ -353,6 +353,8 @@ def _header(spectrum: Spectrum) -> fits.Header:
 def _jsonable(value):
     if isinstance(value, Spectrum):
         return None  # written as its own extension
+    if isinstance(value, u.Quantity):  # e.g. radial velocities: numbers in their unit
+        return _jsonable(value.value)
     if isinstance(value, np.ndarray) and value.dtype == bool:
         # Boolean pixel masks (``filled``, ``rejected``...) as the indices where True, per row.
         return (

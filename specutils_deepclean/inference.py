@@ -91,7 +91,8 @@ def denoise_arrays(
     **options
         Passed to `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`
         (``steps``, ``n_starts``, ``tol``, ``class_margin``, ``clip``,
-        ``random_starts``, ``generator``, ``exposures`` is refused).
+        ``random_starts``, ``generator``, ``velocity`` (km/s; None fits it),
+        ``velocity_range``; ``exposures`` is refused).
 
     Returns
     -------

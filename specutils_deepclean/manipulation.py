@@ -11,6 +11,7 @@ import os
 import threading
 import warnings
 
+import astropy.constants as const
 import astropy.units as u
 import numpy as np
 from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
@@ -40,10 +41,11 @@ DEFAULT_DENOISER_MODEL = "denoiser-miles"
 #: Smallest share of the model's pixels a spectrum must cover with valid data (`denoise`,
 #: `remove_tellurics`).
 MIN_COVERAGE = 0.2
-#: `denoise` warns when a spectrum's out-of-distribution score is below this.
-OOD_WARNING = 0.01
 #: `remove_tellurics` (``divide``) masks the pixels whose transmission is below this.
 TRANSMISSION_FLOOR = 0.05
+#: `denoise` fits radial velocities within plus or minus this by default.
+DEFAULT_VELOCITY_RANGE = 1000.0 * u.km / u.s
+_C_KMS = float(const.c.to_value(u.km / u.s))
 #: Output modes of `remove_tellurics`.
 TELLURIC_MODES = ("divide", "reconstruct", "physical")
 
@@ -418,6 +420,8 @@ def denoise(
     n_starts: int = 2,
     clip: float | None = 5.0,
     seed: int = 0,
+    radial_velocity=None,
+    velocity_range=DEFAULT_VELOCITY_RANGE,
 ) -> Spectrum:
     """Denoise stellar spectra with the deep Bayesian model (Kang et al.).
 
@@ -450,6 +454,17 @@ def denoise(
         the fit; None keeps every pixel.
     seed : int
         Seed of the optimisation's random starts (results are deterministic).
+    radial_velocity : `~astropy.units.Quantity`, optional
+        The star's line-of-sight velocity in the frame of the input's spectral
+        axis (positive: redshift, the convention of
+        `~specutils_deepclean.doppler.doppler_shift`), when it is known: a scalar,
+        or one per row of a batch (or per exposure of a list).  By default (None)
+        it is fitted with the spectrum: a search over ``velocity_range`` against
+        the model's spectra, refined with the MAP spectrum (see
+        `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`).
+        ``0 km/s`` treats the spectra as at rest, as versions before 0.2 did.
+    velocity_range : `~astropy.units.Quantity`
+        The fit searches velocities within plus or minus this (default 1000 km/s).
 
     Returns
     -------
@@ -457,9 +472,16 @@ def denoise(
         The denoised spectrum ``G(z_MAP)`` on the input's axis (the first
         exposure's for a list), in the input's units, with the model's per-pixel
         uncertainty (Laplace covariance of ``z`` pushed through ``G``, mixed over
-        the class posterior) in the input's uncertainty class.
+        the class posterior) in the input's uncertainty class, in the observed frame
+        (the model is shifted to the star's velocity; pixels the shifted model does
+        not reach, at the ends of its range, are masked).
         ``meta["deepclean"]`` holds ``map_class``, ``class_posterior`` (class ->
-        probability), ``z``, ``ood_score``, ``filled`` (input pixels that were
+        probability), ``z``, ``radial_velocity`` and ``radial_velocity_error``
+        (Quantity, km/s: fitted or as given, error 0 when given; one per exposure
+        for a list), ``ood_score``, ``ood_flag`` (True: the spectrum is not like the
+        model's stars, its result is not to be trusted and its class posterior is
+        uniform), ``fit_chi2``, ``fit_structure`` and ``snr`` (the statistics of the
+        flag, see `~specutils_deepclean.models.ood`), ``filled`` (input pixels that were
         missing and now carry model values), ``rejected`` (input pixels left out
         as outliers, in any exposure), ``converged`` (whether the MAP class's
         optimisation converged), ``class_converged`` (class -> the same for each
@@ -479,8 +501,9 @@ def denoise(
     Warns
     -----
     astropy.utils.exceptions.AstropyUserWarning
-        If a spectrum looks unlike every training star (out-of-distribution score
-        below 0.01: a galaxy, a quasar, a wrong redshift...); its result is returned
+        If spectra are flagged as unlike the model's stars (``ood_flag``: a
+        galaxy, a quasar, a star beyond ``velocity_range``, a spectrum with too
+        little signal...; the message names the rows); their results are returned
         but should not be trusted.  If some rows of a batch have no valid pixel or
         cover less than `MIN_COVERAGE`: they are returned fully masked (NaN flux)
         and their ``meta["deepclean"]`` entries are None.
@@ -511,6 +534,7 @@ def denoise(
 
     from .inference import denoise_arrays
 
+    velocity, searched = _velocity_option(radial_velocity, velocity_range, good, len(exposures))
     flux = np.stack([gs.flux for gs in gs_list], axis=1)[good]
     sigma = np.stack([gs.sigma for gs in gs_list], axis=1)[good]
     missing = np.stack([gs.missing for gs in gs_list], axis=1)[good]
@@ -529,15 +553,20 @@ def denoise(
         n_starts=n_starts,
         clip=clip,
         generator=torch.Generator().manual_seed(seed),
+        velocity=velocity,
+        velocity_range=searched,
     ).map
     # Row of each star in `result`, None for a star without enough coverage.
     rows = np.cumsum(good) - 1
     index = [int(row) if ok else None for row, ok in zip(rows, good, strict=True)]
     ood_score = _per_star(index, lambda i: float(result.ood_score[i]))
-    _warn_ood(np.array(ood_score, dtype=float))
+    ood_flag = _per_star(index, lambda i: bool(result.ood_flag[i]))
+    _warn_ood(ood_flag)
     selected = result.converged[np.arange(len(result.map_class)), result.map_class]
     converged = _per_star(index, lambda i: bool(selected[i]))
     _warn_convergence(converged, steps)
+    many = len(exposures) > 1
+    kms = u.km / u.s
     first = gs_list[0]
     filled, rejected = (
         np.nan_to_num(grid_to_input(first, _all_stars(mask, good, False).astype(float))[0]) > 0
@@ -557,7 +586,18 @@ def denoise(
             lambda i: dict(zip(names, map(float, result.class_posterior[i]), strict=True)),
         ),
         "z": _per_star(index, lambda i: result.z[i].tolist()),
+        "radial_velocity": _per_star(
+            index, lambda i: (result.velocity[i] if many else result.velocity[i, 0]) * kms
+        ),
+        "radial_velocity_error": _per_star(
+            index,
+            lambda i: (result.velocity_error[i] if many else result.velocity_error[i, 0]) * kms,
+        ),
         "ood_score": ood_score,
+        "ood_flag": ood_flag,
+        "fit_chi2": _per_star(index, lambda i: float(result.fit_chi2[i])),
+        "fit_structure": _per_star(index, lambda i: float(result.fit_structure[i])),
+        "snr": _per_star(index, lambda i: float(result.snr[i])),
         "converged": converged,
         "class_converged": _per_star(
             index,
@@ -589,7 +629,20 @@ def _all_stars(values: np.ndarray, good: np.ndarray, fill) -> np.ndarray:
     return out
 
 
-_PER_ROW = ("map_class", "class_posterior", "z", "ood_score", "converged", "class_converged")
+_PER_ROW = (
+    "map_class",
+    "class_posterior",
+    "z",
+    "radial_velocity",
+    "radial_velocity_error",
+    "ood_score",
+    "ood_flag",
+    "fit_chi2",
+    "fit_structure",
+    "snr",
+    "converged",
+    "class_converged",
+)
 
 
 def _warn_convergence(converged: list, steps: int) -> None:
@@ -606,13 +659,51 @@ def _warn_convergence(converged: list, steps: int) -> None:
         )
 
 
-def _warn_ood(scores: np.ndarray) -> None:
-    low = np.flatnonzero(np.asarray(scores) < OOD_WARNING)
-    if low.size:
+def _velocity_option(radial_velocity, velocity_range, good: np.ndarray, n_exposures: int):
+    """``denoise``'s velocity options checked: the velocity (None: fit; else km/s for the
+    MAP's stars) and the search range in km/s."""
+    if not isinstance(velocity_range, u.Quantity) or not (
+        velocity_range.unit.is_equivalent(u.km / u.s) and velocity_range.isscalar
+    ):
+        raise ValueError(f"velocity_range must be one velocity (Quantity), got {velocity_range!r}")
+    searched = float(velocity_range.to_value(u.km / u.s))
+    if not 0 < searched < 0.1 * _C_KMS:
+        raise ValueError(f"velocity_range must be positive and below 0.1 c, got {velocity_range}")
+    if radial_velocity is None:
+        return None, searched
+    if not isinstance(radial_velocity, u.Quantity) or not radial_velocity.unit.is_equivalent(
+        u.km / u.s
+    ):
+        raise TypeError(
+            f"radial_velocity must be a Quantity in velocity units, got {radial_velocity!r}"
+        )
+    value = radial_velocity.to_value(u.km / u.s)
+    if not np.all(np.isfinite(value) & (np.abs(value) < _C_KMS)):
+        raise ValueError("radial_velocity must be finite and below the speed of light")
+    if value.ndim == 0:
+        return float(value), searched
+    if n_exposures > 1:
+        if value.shape != (n_exposures,):
+            raise ValueError(
+                f"radial_velocity must be one velocity or {n_exposures} (one per exposure), "
+                f"got shape {value.shape}"
+            )
+        return value[None], searched
+    if value.shape != good.shape:
+        raise ValueError(
+            f"radial_velocity must be one velocity or {good.size} (one per spectrum), got "
+            f"shape {value.shape}"
+        )
+    return value[good], searched
+
+
+def _warn_ood(flags: list) -> None:
+    rows = [i for i, flag in enumerate(flags) if flag]
+    if rows:
         warnings.warn(
-            f"spectra {low.tolist()} look unlike every training star (out-of-distribution "
-            f"score {np.round(np.asarray(scores)[low], 4).tolist()} < {OOD_WARNING}): a galaxy, a "
-            "quasar, a wrong redshift or a very unusual star? The result should not be trusted",
+            f"spectra {rows} are flagged as unlike the model's stars (meta['deepclean']"
+            "['ood_flag']): a galaxy, a quasar, a star beyond velocity_range, too little "
+            "signal or a very unusual star? Their results should not be trusted",
             AstropyUserWarning,
             stacklevel=3,
         )

@@ -77,6 +77,10 @@ class RunSummary:
         file), labelled as in ``failed``; their results are written, with ``DCCONV = F``.
     warnings : list of str
         Warnings raised while cleaning (each naming its files).
+    flagged : list
+        Inputs (``pathlib.Path``; for a target of a file of several targets
+        ``"<path> [target <name>]"``) with a spectrum flagged out of distribution by
+        ``denoise`` (``meta["deepclean"]["ood_flag"]``): written, but not to be trusted.
     seconds : float
         Wall-clock time of the run.
     results : dict
@@ -94,6 +98,7 @@ class RunSummary:
     failed: dict = field(default_factory=dict)
     not_converged: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    flagged: list = field(default_factory=list)
     seconds: float = 0.0
     results: dict = field(default_factory=dict)
     skipped_targets: dict = field(default_factory=dict)
@@ -118,6 +123,11 @@ class RunSummary:
             lines.append(
                 f"  {n} result files written; {len(self.skipped_targets)} fibres skipped "
                 "(no target or no data)"
+            )
+        if self.flagged:
+            lines.append(
+                f"  out of distribution (ood_flag, results not to be trusted): "
+                f"{len(self.flagged)}: " + ", ".join(str(path) for path in self.flagged)
             )
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed.items()]
         lines += [f"  skipped: {name}: {reason}" for name, reason in self.skipped_targets.items()]
@@ -364,6 +374,8 @@ def _file_batch(
                 continue
             if not _converged(result):
                 report.append((path, "not converged", out, name))
+            if np.any(result.meta.get("deepclean", {}).get("ood_flag") or False):
+                report.append((path, "flagged", "", name))
     caught += [str(w.message) for w in record]
     names = ", ".join(Path(p).name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     report += [(names, "warning", message, None) for message in dict.fromkeys(caught)]
@@ -553,6 +565,8 @@ def clean_files(
                     summary.not_converged.append(label)
                 elif status == "exists":
                     summary.existing[Path(message)] = (Path(path), target)
+                elif status == "flagged":
+                    summary.flagged.append(label)
             for path, statuses in state.items():
                 if "failed" in statuses:
                     continue

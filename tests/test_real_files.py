@@ -85,7 +85,7 @@ def _expected_galaxy_warnings():
     from specutils_deepclean.manipulation import ConvergenceWarning
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "spectra .* look unlike every training star")
+        warnings.filterwarnings("ignore", "spectra .* are flagged as unlike the model.s stars")
         warnings.simplefilter("ignore", ConvergenceWarning)
         yield
 

@@ -14,6 +14,7 @@ out-of-distribution score.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from numbers import Real
@@ -24,13 +25,39 @@ import torch
 from torch import nn
 
 from ..provenance import Provenance
+from . import ood
 from .base import DeepCleanModel
 from .generator import IsometricAutoencoder
 from .layers import missing_mask
-from .linear_terms import check_term_arrays, has_terms, term_parts, terms_posterior
+from .linear_terms import (
+    check_term_arrays,
+    has_terms,
+    residual_sums,
+    term_parts,
+    terms_posterior,
+    terms_solve,
+)
 from .noiseflow import _HALF_LOG_2PI, NoiseFlow
-from .observations import Observations, arrange, check_usable, choose_flow, observations, outliers
+from .observations import (
+    Observations,
+    arrange,
+    check_usable,
+    choose_flow,
+    der_snr_level,
+    observations,
+    outliers,
+)
 from .prior import KDEPrior
+from .velocity import (
+    C_KMS,
+    DopplerShift,
+    fixed_velocities,
+    parabola_peak,
+    search_velocity,
+    template_bank,
+    to_rest,
+    velocity_error,
+)
 
 __all__ = ["Denoiser", "MAPResult"]
 
@@ -52,6 +79,16 @@ _EM_TOL = 1e-4
 _HALVINGS = 3
 #: Classes with a smaller posterior are left out of the flux uncertainty's mixture.
 _MIX_FLOOR = 1e-10
+#: Velocity search: grid step (km/s) and templates per class (KDE modes).
+_VELOCITY_STEP = 40.0
+_VELOCITY_TEMPLATES = 4
+#: Largest refinement (km/s) of a searched velocity; the pixels kept are those the
+#: model reaches at every velocity this close to the searched one.
+_VELOCITY_MARGIN = 60.0
+#: Offsets (km/s) of the velocity refinement's two parabolas, and the step of the
+#: curvature that gives the velocity's uncertainty.
+_VELOCITY_COARSE = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
+_VELOCITY_FINE = np.array([-6.0, 0.0, 6.0])
 
 
 @dataclass(frozen=True)
@@ -113,6 +150,25 @@ class MAPResult:
     sigma_estimated : bool
         True when ``sigma`` was not given and the whitened flow ran on a
         DER_SNR estimate of it.
+    velocity : ndarray, shape (B, E)
+        Radial velocity of each exposure, km/s (positive: redshift, the
+        convention of `~specutils_deepclean.doppler.shift_flux`): fitted, or the
+        one given (0 at rest).
+    velocity_error : ndarray, shape (B, E)
+        Its Laplace standard deviation
+        (`~specutils_deepclean.models.velocity.velocity_error`); 0 for a given
+        velocity, inf where the data do not constrain it.
+    fit_chi2, fit_structure, snr : ndarray, shape (B,)
+        Goodness of fit at the MAP and the data's signal level
+        (`~specutils_deepclean.models.ood.goodness_of_fit`).
+    ood_flag : ndarray of bool, shape (B,)
+        True for a spectrum the model does not recognise as a star it knows
+        (`~specutils_deepclean.models.ood`): its ``class_posterior`` is uniform
+        and its result is not to be trusted.
+    class_log_evidence : ndarray, shape (B, K)
+        The Laplace log evidence of each class (up to a constant), before the
+        temperature ``extra["class_temperature"]`` divides it: ``class_posterior``
+        is its softmax at that temperature (uniform for a flagged spectrum).
     """
 
     z: np.ndarray
@@ -133,6 +189,13 @@ class MAPResult:
     converged: np.ndarray
     flow: str
     sigma_estimated: bool
+    velocity: np.ndarray
+    velocity_error: np.ndarray
+    fit_chi2: np.ndarray
+    fit_structure: np.ndarray
+    snr: np.ndarray
+    ood_flag: np.ndarray
+    class_log_evidence: np.ndarray
 
 
 @dataclass
@@ -221,6 +284,7 @@ class Denoiser(DeepCleanModel):
         reference = np.sort(np.asarray(self.extra["ood_reference"], dtype=np.float64).ravel())
         self.register_buffer("_ood_reference", torch.from_numpy(reference), persistent=False)
         _check_uncertainty_extra(self.extra, self.n_pix)
+        ood.check_extra(self.extra)
 
     @classmethod
     def from_parts(
@@ -365,6 +429,8 @@ class Denoiser(DeepCleanModel):
         random_starts: int = 0,
         clip: float | None = 5.0,
         generator: torch.Generator | None = None,
+        velocity=0.0,
+        velocity_range: float = 1000.0,
     ) -> MAPResult:
         r"""MAP estimate of :math:`(z, C)` (Eq. 7) for a batch of stars, with Laplace posteriors.
 
@@ -424,6 +490,19 @@ class Denoiser(DeepCleanModel):
             denoising docs).
         generator : `torch.Generator`, optional
             Source of the random starts (on the model's device).
+        velocity : float, array_like or None, optional
+            Radial velocity of the stars, km/s (positive: redshift): a number, one
+            per star (B,) or one per exposure (B, E); the model is Doppler-shifted to
+            it on the model grid and compared with the data there (the output is in
+            that frame).  0 (the default) treats the spectra as at rest; None fits
+            each exposure's velocity with :math:`(z, C)`: a batched search within
+            ``velocity_range`` against the model's spectra, then refinement with the
+            MAP spectrum and further Newton steps (the documentation page *The
+            denoiser's inference*, section Radial velocity).
+        velocity_range : float, optional
+            With ``velocity=None``: the search runs over plus or minus this, km/s
+            (0 < range < 0.1 c); a spectrum whose velocity ends beyond it is
+            flagged (``ood_flag``).
 
         Returns
         -------
@@ -456,22 +535,80 @@ class Denoiser(DeepCleanModel):
             },
             {"tol": tol, "class_margin": class_margin, **({} if clip is None else {"clip": clip})},
         )
+        if velocity is None and not (
+            isinstance(velocity_range, Real)
+            and not isinstance(velocity_range, bool)
+            and 0 < velocity_range < 0.1 * C_KMS
+        ):
+            raise ValueError(
+                f"velocity_range must be a positive number of km/s below 0.1 c, got "
+                f"{velocity_range!r}"
+            )
         with torch.no_grad():
-            data = self._prepare(flux, sigma, missing, exposures, clip)
+            data = self._prepare(flux, sigma, missing, exposures, clip, velocity, velocity_range)
             z_enc = self._encoder_guess(data)
             extra = self._extra_starts(data.flux.shape[0], n_starts, random_starts, generator)
             state = self._screen(data, z_enc, extra, class_margin)
             self._newton(data, state, steps, tol)
-            return self._summarise(data, state)
+            if velocity is None:
+                data = self._refine_velocity(data, state, class_margin)
+                self._newton(data, state, steps, tol)
+            return self._summarise(
+                data, state, searched=velocity_range if velocity is None else None
+            )
+
+    # ------------------------------------------------------------------ radial velocity
+
+    def _velocity_profile(self, data: Observations, signal, velocity, offsets) -> np.ndarray:
+        """Each exposure's log likelihood (B, E, M) of ``signal`` (B, P) at ``velocity``
+        (B, E) + ``offsets`` (M,) km/s (the data's missing pixels kept)."""
+        wave = self.wavelength.to_value(u.AA)
+        rows = torch.arange(signal.shape[0], device=signal.device)
+        values = []
+        for offset in offsets:
+            trial = DopplerShift(wave, velocity + offset, device=signal.device, dtype=signal.dtype)
+            observed = trial.apply(signal, rows)
+            values.append(_numpy(self._exposure_likelihood(observed, rows, data)))
+        return np.stack(values, axis=-1)
+
+    def _refine_velocity(self, data: Observations, state: _State, margin: float) -> Observations:
+        """Refine each exposure's velocity with the star's MAP spectrum fixed (two least-
+        squares parabolas through its log likelihood, within `_VELOCITY_MARGIN` of the
+        search); reopen the classes within ``margin`` of the best for more Newton steps."""
+        n_star, n_exp = data.flux.shape[:2]
+        k = self.n_classes
+        best = state.obj.reshape(n_star, k).argmax(-1)
+        stars = torch.arange(n_star, device=best.device)
+        signal = self.generator.generate(state.z.reshape(n_star, k, -1)[stars, best])
+        start = data.shift.velocity
+        velocity = start
+        for offsets in (_VELOCITY_COARSE, _VELOCITY_FINE):
+            profile = self._velocity_profile(data, signal, velocity, offsets)
+            bound = float(np.abs(offsets).max())
+            vertex, _ = parabola_peak(offsets, profile.reshape(-1, offsets.size), bound)
+            velocity = np.clip(
+                velocity + vertex.reshape(n_star, n_exp),
+                start - _VELOCITY_MARGIN,
+                start + _VELOCITY_MARGIN,
+            )
+        wave = self.wavelength.to_value(u.AA)
+        shift = DopplerShift(wave, velocity, device=data.flux.device, dtype=data.flux.dtype)
+        obj = state.obj.reshape(n_star, -1)
+        state.active = (obj >= obj.max(-1, keepdim=True).values - margin).reshape(-1)
+        return dataclasses.replace(data, shift=shift)
 
     # ------------------------------------------------------------------ steps of the MAP
 
     def _encoder_guess(self, data: Observations) -> torch.Tensor:
-        """:math:`E(y)` of each star (B, L): exposures' codes weighted by valid pixels."""
+        """:math:`E(y)` of each star (B, L): exposures' codes (of the data put back to
+        rest when shifted) weighted by valid pixels."""
         n_star, n_exp, n_pix = data.flux.shape
-        valid = (~data.gone).sum(-1).to(self._dtype)  # (B, E)
+        flux, gone = data.flux, data.gone
+        if data.shift is not None:
+            flux, gone = to_rest(data.shift, flux, gone)
+        valid = (~gone).sum(-1).to(self._dtype)  # (B, E)
         codes = self.generator.encode(
-            data.flux.reshape(-1, n_pix), data.gone.reshape(-1, n_pix)
+            flux.reshape(-1, n_pix), gone.reshape(-1, n_pix)
         ).reshape(n_star, n_exp, -1)
         return (codes * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
 
@@ -609,7 +746,12 @@ class Denoiser(DeepCleanModel):
             state.converged[index] = done | ((gain > -tol) & ~moved)
             state.active[index] = moved
 
-    def _summarise(self, data: Observations, state: _State) -> MAPResult:
+    def _summarise(
+        self, data: Observations, state: _State, searched: float | None = None
+    ) -> MAPResult:
+        """Step 3 of `map_estimate`: the Laplace summary, the OOD flag and, when shifted,
+        the output in the first exposure's frame; ``searched``: the velocity range
+        when velocities were fitted."""
         n_star, k, n_dim = data.flux.shape[0], self.n_classes, self.latent_dim
         values, vectors = torch.linalg.eigh(state.hess)
         values = values.clamp_min(_eig_floor(values))
@@ -617,7 +759,7 @@ class Denoiser(DeepCleanModel):
         log_det = torch.log(values).sum(-1)
         obj = state.obj.reshape(n_star, k)
         log_post = obj + 0.5 * (n_dim * _LOG_2PI - log_det.reshape(n_star, k))
-        posterior = torch.softmax(log_post, dim=-1)
+        posterior = torch.softmax(log_post / ood.temperature(self.extra), dim=-1)
         best = posterior.argmax(-1)
         z = state.z.reshape(n_star, k, n_dim)
         stars = torch.arange(n_star, device=z.device)
@@ -625,6 +767,18 @@ class Denoiser(DeepCleanModel):
         chosen = self.generator.generate(z_map)
         terms, terms_var = self._linear_terms(data, chosen)
         flux = chosen + terms
+        score = self.prior.ood_score(z_map, reference=self._ood_reference)
+        floor = self.extra.get("generator_sigma")
+        if floor is not None:
+            floor = torch.as_tensor(floor, dtype=flux.dtype, device=flux.device)
+            floor = _observed(floor.expand_as(flux), stars, data).abs()
+        fit = ood.goodness_of_fit(data, _observed(flux, stars, data), floor)
+        flag = ood.ood_flag(self.extra, score, fit)
+        if searched is not None:  # a star beyond the range is found at its edge
+            beyond = np.abs(data.shift.velocity) > searched
+            flag = flag | torch.as_tensor(beyond.any(-1), device=flag.device)
+        # a spectrum flagged as unlike the training stars has no confident class
+        posterior = torch.where(flag[:, None], torch.full_like(posterior, 1 / k), posterior)
         var = torch.zeros_like(chosen)
         mixed = (posterior >= _MIX_FLOOR).reshape(-1).nonzero()[:, 0]
         for part in mixed.split(_CHUNK):
@@ -640,36 +794,65 @@ class Denoiser(DeepCleanModel):
             floor = torch.as_tensor(self.extra["generator_sigma"], dtype=var.dtype)
             var = var + float(scales[1]) ** 2 * floor.to(var.device).square()
         var = var + terms_var
-        ood = self.prior.ood_score(z_map, reference=self._ood_reference)
+        velocity = np.zeros(data.flux.shape[:2])
+        error = np.zeros(data.flux.shape[:2])
+        reached = torch.ones_like(flux, dtype=torch.bool)
+        if data.shift is not None:  # the output in the first exposure's frame
+            velocity = data.shift.velocity
+            if searched is not None:
+                error = velocity_error(
+                    data.shift, flux, data.counted, data.inv_unit, floor, _VELOCITY_FINE[-1]
+                )
+            reached = data.shift.valid[:, 0]
+            flux = torch.where(reached, _observed(flux, stars, data)[:, 0], torch.nan)
+            var, latent_var = (
+                _observed(x.sqrt(), stars, data)[:, 0].square() for x in (var, latent_var)
+            )
         as_np = _numpy
         return MAPResult(
             z=as_np(z_map),
             map_class=as_np(best),
             class_names=self.prior.class_names,
             flux=as_np(flux),
-            flux_sigma=as_np(var.sqrt()),
-            latent_sigma=as_np(latent_var.sqrt()),
-            filled=as_np((data.gone & ~data.rejected).all(dim=1)),
+            flux_sigma=as_np(torch.where(reached, var.sqrt(), torch.nan)),
+            latent_sigma=as_np(torch.where(reached, latent_var.sqrt(), torch.nan)),
+            filled=as_np(_filled(data) & reached),
             rejected=as_np(data.rejected.any(dim=1)),
             class_posterior=as_np(posterior),
             class_z=as_np(z),
             class_log_joint=as_np(obj),
             hessian=as_np(state.hess.reshape(n_star, k, n_dim, n_dim)),
             covariance=as_np(cov.reshape(n_star, k, n_dim, n_dim)),
-            ood_score=as_np(ood),
+            ood_score=as_np(score),
             steps=as_np(state.steps.reshape(n_star, k)),
             converged=as_np(state.converged.reshape(n_star, k)),
             flow=data.flow,
             sigma_estimated=data.sigma_estimated,
+            velocity=velocity,
+            velocity_error=error,
+            fit_chi2=as_np(fit[0]),
+            fit_structure=as_np(fit[1]),
+            snr=as_np(fit[2]),
+            ood_flag=as_np(flag),
+            class_log_evidence=as_np(log_post),
         )
 
     def _linear_terms(self, data: Observations, signal: torch.Tensor):
         """The linear terms' posterior mean given ``signal`` (B, P) and their variance
-        (`~specutils_deepclean.models.linear_terms.terms_posterior`); zeros without terms."""
+        (`~specutils_deepclean.models.linear_terms.terms_posterior`), both at rest;
+        zeros without terms.  With a Doppler shift the residual and its weights are
+        interpolated back to rest first."""
         if not has_terms(self.extra):
             return torch.zeros_like(signal), torch.zeros_like(signal)
         parts = term_parts(self.extra, signal.shape[-1], signal.dtype, signal.device)
-        return terms_posterior(parts, data.flux, data.inv_unit, signal)
+        if data.shift is None:
+            return terms_posterior(parts, data.flux, data.inv_unit, signal)
+        stars = torch.arange(signal.shape[0], device=signal.device)
+        weight = data.inv_unit.square()
+        residual = data.flux - _observed(signal, stars, data)
+        residual, lost = to_rest(data.shift, residual, data.gone | (weight == 0))
+        weight = torch.where(lost, 0.0, data.shift.inverse().apply_each(weight).clamp_min(0))
+        return terms_solve(parts, (residual * weight).sum(1), weight.sum(1), signal)
 
     # ------------------------------------------------------------------ the likelihood
 
@@ -706,13 +889,18 @@ class Denoiser(DeepCleanModel):
             signal, jac = self.generator.generate_jacobian(z)
         else:
             signal = self.generator.generate(z)
+        observed = _observed(signal, rows, data)  # (n, E or 1, P)
+        if not derivatives:
+            return self._exposure_likelihood(observed, rows, data).sum(-1) + data.constant[rows]
         inv_unit = data.inv_unit[rows]  # (n, E, P), zero at missing pixels
         counted = data.counted[rows].reshape(n * n_exp, n_pix)
-        u = ((data.flux[rows] - signal[:, None]) * inv_unit).reshape(n * n_exp, n_pix)
-        if not derivatives:
-            return flow.log_likelihood(u, counted).reshape(n, n_exp).sum(-1) + data.constant[rows]
-        # J_u = -J_G / t, (n E, L, P)
-        ju = (jac.transpose(1, 2)[:, None] * -inv_unit[:, :, None]).reshape(n * n_exp, -1, n_pix)
+        u = ((data.flux[rows] - observed) * inv_unit).reshape(n * n_exp, n_pix)
+        # J_u = -J_G / t, (n E, L, P), with G shifted as the exposures see it
+        if data.shift is None:
+            jac_t = jac.transpose(1, 2)[:, None]
+        else:
+            jac_t = data.shift.apply(jac.transpose(1, 2), rows)  # (n, E, L, P)
+        ju = (jac_t * -inv_unit[:, :, None]).reshape(n * n_exp, -1, n_pix)
         lik, grad, hess = flow.log_likelihood(u, counted, jacobian=ju)
         n_dim = z.shape[1]
         return (
@@ -721,14 +909,30 @@ class Denoiser(DeepCleanModel):
             hess.reshape(n, n_exp, n_dim, n_dim).sum(1),
         )
 
+    def _exposure_likelihood(self, observed, rows, data: Observations) -> torch.Tensor:
+        """Each exposure's flow log likelihood (n, E) of the model ``observed`` (n, E or 1,
+        P) of stars ``rows``, without ``data.constant``."""
+        n, n_exp, n_pix = rows.shape[0], data.flux.shape[1], data.flux.shape[2]
+        counted = data.counted[rows].reshape(n * n_exp, n_pix)
+        u = ((data.flux[rows] - observed) * data.inv_unit[rows]).reshape(n * n_exp, n_pix)
+        return self.flows[data.flow].log_likelihood(u, counted).reshape(n, n_exp)
+
     # ------------------------------------------------------------------ inputs
 
     @property
     def _dtype(self) -> torch.dtype:
         return self.generator.mean.dtype
 
-    def _prepare(self, flux, sigma, missing, exposures, clip=None) -> Observations:
-        """Check the inputs and arrange them as (B, E, P) tensors on the model's device."""
+    def _prepare(
+        self, flux, sigma, missing, exposures, clip=None, velocity=0.0, velocity_range=None
+    ) -> Observations:
+        """Check the inputs and arrange them as (B, E, P) tensors on the model's device.
+
+        ``velocity`` None: search each exposure's velocity within ``velocity_range``
+        (`~specutils_deepclean.models.velocity.search_velocity`); else the fixed
+        velocities (a scalar, (B,) or (B, E), km/s).  The data's pixels the shifted
+        model cannot reach (beyond the grid, with the refinement's margin when
+        searching) are missing."""
         flux = self._as_tensor(flux, "flux")
         if flux.ndim not in (1, 2, 3):
             raise ValueError(f"flux must be 1-D, 2-D or 3-D, got shape {tuple(flux.shape)}")
@@ -752,15 +956,60 @@ class Denoiser(DeepCleanModel):
         flux = torch.where(gone, 0.0, flux)
         if sigma is not None:
             sigma = torch.where(gone, 1.0, sigma)
+        shift = self._velocity_shift(flux, sigma, gone, velocity, velocity_range)
+        unreached = None
+        if shift is not None:
+            unreached = ~shift.valid & ~gone
+            gone = gone | ~shift.valid
+            check_usable(gone, self._min_context())
+            flux = torch.where(gone, 0.0, flux)
         rejected = torch.zeros_like(gone)
         if clip is not None:
             generator_sigma = self.extra.get("generator_sigma")
-            rejected = outliers(flux, sigma, gone, clip, self.generator, generator_sigma)
+            rejected = outliers(flux, sigma, gone, clip, self.generator, generator_sigma, shift)
             check_usable(gone | rejected, self._min_context())
         gone = gone | rejected
         flux = torch.where(rejected, 0.0, flux)
         sigma, flow, estimated = choose_flow(self.flows, flux, sigma, gone)
-        return observations(flux, sigma, gone, rejected, self.flows, flow, estimated)
+        data = observations(flux, sigma, gone, rejected, self.flows, flow, estimated)
+        return dataclasses.replace(data, shift=shift, unreached=unreached)
+
+    def _velocity_shift(self, flux, sigma, gone, velocity, velocity_range):
+        """The `DopplerShift` of the model for these (B, E, P) data, or None at rest."""
+        n_star, n_exp, n_pix = flux.shape
+        wave = self.wavelength.to_value(u.AA)
+        if velocity is not None:
+            v = fixed_velocities(velocity, n_star, n_exp)
+            if not np.any(v):
+                return None
+            return DopplerShift(wave, v, device=flux.device, dtype=flux.dtype)
+        if sigma is None:  # the search needs relative weights only: DER_SNR's, or 1
+            level = der_snr_level(flux, gone)
+            noise = torch.where(level > 0, level, 1.0)[..., None].expand_as(flux)
+        else:
+            noise = sigma
+        weight = torch.where(gone, 0.0, 1 / noise.square())
+        bank = self._velocity_bank(float(velocity_range))
+        found = search_velocity(flux.reshape(-1, n_pix), weight.reshape(-1, n_pix), bank)
+        return DopplerShift(
+            wave,
+            found.reshape(n_star, n_exp),
+            margin=_VELOCITY_MARGIN,
+            device=flux.device,
+            dtype=flux.dtype,
+        )
+
+    def _velocity_bank(self, velocity_range: float):
+        """`~specutils_deepclean.models.velocity.template_bank` of this model, cached."""
+        key = (velocity_range, str(self.device), self._dtype)
+        cache = self.__dict__.setdefault("_bank_cache", {})
+        if key not in cache:
+            starts = self.prior.starts(_VELOCITY_TEMPLATES).to(self._dtype).to(self.device)
+            templates = self.generator.generate(starts.reshape(-1, self.latent_dim))
+            wave = self.wavelength.to_value(u.AA)
+            cache.clear()
+            cache[key] = template_bank(templates, wave, velocity_range, _VELOCITY_STEP)
+        return cache[key]
 
     def _min_context(self) -> int:
         return max(flow.context for flow in self.flows.values())
@@ -776,6 +1025,23 @@ class Denoiser(DeepCleanModel):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _filled(data: Observations) -> torch.Tensor:
+    """Pixels (B, P) the input lacks in every exposure (not the rejected ones, nor those
+    left out because the shifted model cannot reach them at every trial velocity)."""
+    lacking = data.gone & ~data.rejected
+    if data.unreached is not None:
+        lacking = lacking & ~data.unreached
+    return lacking.all(dim=1)
+
+
+def _observed(signal: torch.Tensor, rows: torch.Tensor, data: Observations) -> torch.Tensor:
+    """Rest-frame rows (n, ..., P) of stars ``rows`` as each exposure sees them: (n, E,
+    ..., P), or (n, 1, ..., P) without a Doppler shift."""
+    if data.shift is None:
+        return signal[:, None]
+    return data.shift.apply(signal, rows)
 
 
 def _build_flows(config: dict, n_pix: int) -> dict:

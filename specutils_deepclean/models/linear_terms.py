@@ -33,7 +33,9 @@ __all__ = [
     "has_terms",
     "term_parts",
     "term_columns",
+    "residual_sums",
     "terms_posterior",
+    "terms_solve",
     "check_term_arrays",
 ]
 
@@ -167,9 +169,49 @@ def terms_posterior(
     variance : tensor, shape (B, P)
         Their posterior variance at the pixels without data, zero elsewhere.
     """
+    return terms_solve(parts, *residual_sums(flux, inv_unit, signal), signal)
+
+
+def residual_sums(
+    flux: torch.Tensor, inv_unit: torch.Tensor, signal: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The weighted residual :math:`\sum_j W_j (y_j - G(\hat z))` and the weight
+    :math:`\sum_j W_j` per pixel, summed over the exposures.
+
+    Parameters
+    ----------
+    flux, inv_unit, signal
+        As for `terms_posterior`.
+
+    Returns
+    -------
+    target, weight : tensor, shape (B, P)
+    """
     weight = inv_unit.square()  # (B, E, P)
     target = ((flux - signal[:, None]) * weight).sum(1)  # (B, P)
-    weight = weight.sum(1)
+    return target, weight.sum(1)
+
+
+def terms_solve(
+    parts: TermParts, target: torch.Tensor, weight: torch.Tensor, signal: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""`terms_posterior` from the sums of `residual_sums` (or any others on the rest
+    grid, such as a Doppler-shifted batch's residual put back to rest).
+
+    Parameters
+    ----------
+    parts : TermParts
+        From `term_parts`.
+    target, weight : tensor, shape (B, P)
+        :math:`\sum_j W_j r_j` and :math:`\sum_j W_j` (zero at pixels without data).
+    signal : tensor, shape (B, P)
+        :math:`G(\hat z)` of each star.
+
+    Returns
+    -------
+    fit, variance : tensor, shape (B, P)
+        As for `terms_posterior`.
+    """
     fit = torch.empty_like(signal)
     spread = torch.zeros_like(signal)
     for part in torch.arange(signal.shape[0], device=signal.device).split(_CHUNK):

@@ -19,6 +19,7 @@ import torch
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .noiseflow import _HALF_LOG_2PI, counted_pixels
+from .velocity import DopplerShift, to_rest
 
 __all__ = [
     "Observations",
@@ -57,6 +58,11 @@ class Observations:
         The NoiseFlow used, ``"whitened"`` or ``"plain"``.
     sigma_estimated : bool
         Whether sigma is a DER_SNR estimate.
+    shift : `~specutils_deepclean.models.velocity.DopplerShift` or None
+        The Doppler shift of the model to each exposure's velocity; None at rest.
+    unreached : bool tensor, shape (B, E, P), or None
+        Observed pixels left out (in ``gone``) because the shifted model does not
+        reach them; None at rest.
     """
 
     flux: torch.Tensor
@@ -67,6 +73,8 @@ class Observations:
     constant: torch.Tensor
     flow: str
     sigma_estimated: bool
+    shift: DopplerShift | None = None
+    unreached: torch.Tensor | None = None
 
 
 def observations(flux, sigma, gone, rejected, flows, flow: str, estimated: bool) -> Observations:
@@ -187,7 +195,9 @@ def check_usable(gone: torch.Tensor, context: int) -> None:
         )
 
 
-def outliers(flux, sigma, gone, clip: float, generator, generator_sigma=None) -> torch.Tensor:
+def outliers(
+    flux, sigma, gone, clip: float, generator, generator_sigma=None, shift=None
+) -> torch.Tensor:
     r"""Pixels (B, E, P) more than ``clip`` noise units above the generator's first guess.
 
     With :math:`u = (y - G(E(y))) / \sqrt{\sigma^2 + \sigma_G^2}` per pixel
@@ -212,14 +222,22 @@ def outliers(flux, sigma, gone, clip: float, generator, generator_sigma=None) ->
         Gives the guess :math:`G(E(y))`.
     generator_sigma : array_like, shape (P,), optional
         :math:`\sigma_G`.
+    shift : `~specutils_deepclean.models.velocity.DopplerShift`, optional
+        The exposures' Doppler shift: the guess is made from the data put back to
+        rest and shifted to the exposures' frame.
 
     Returns
     -------
     bool tensor, shape (B, E, P)
     """
     n_pix = flux.shape[-1]
-    guess = generator(flux.reshape(-1, n_pix), gone.reshape(-1, n_pix))[0]
-    guess = guess.reshape(flux.shape)
+    if shift is None:
+        guess = generator(flux.reshape(-1, n_pix), gone.reshape(-1, n_pix))[0]
+        guess = guess.reshape(flux.shape)
+    else:
+        rest, lost = to_rest(shift, flux, gone)
+        guess = generator(rest.reshape(-1, n_pix), lost.reshape(-1, n_pix))[0]
+        guess = shift.apply_each(guess.reshape(flux.shape))
     # without sigma, DER_SNR's level; an exposure without one (no noise, too few
     # pixels) gets NaN, so nothing in it is rejected
     if sigma is None:
