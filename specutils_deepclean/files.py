@@ -59,6 +59,7 @@ HEADER_KEYWORDS = {
     "medium": "WAVEMED",
     "map_class": "DCCLASS",
     "ood_score": "DCOOD",
+    "ood_flag": "DCOODFLG",
     "converged": "DCCONV",
     "exposures": "DCNEXP",
     "telluric_pixels": "DCNTELL",
@@ -343,6 +344,10 @@ def _header(spectrum: Spectrum) -> fits.Header:
         value = info.get(key)
         if isinstance(value, str | bool | int | float | np.integer | np.floating | np.bool_):
             header[keyword] = (value, f"deepclean {key}")
+    for key, keyword in (("radial_velocity", "DCRV"), ("radial_velocity_error", "DCRVERR")):
+        value = info.get(key)
+        if isinstance(value, u.Quantity) and value.isscalar and np.isfinite(value):
+            header[keyword] = (float(value.to_value(u.km / u.s)), f"deepclean {key} (km/s)")
     posterior = info.get("class_posterior")
     if isinstance(posterior, dict):  # one spectrum (a batch has a list of them)
         for name, prob in posterior.items():

@@ -29,6 +29,9 @@ def result_spectrum(n=50, unit=u.Jy, transmission=True):
         "map_class": "G",
         "class_posterior": {"G": 0.75, "K": 0.25},
         "ood_score": 0.5,
+        "ood_flag": False,
+        "radial_velocity": 12.5 * u.km / u.s,
+        "radial_velocity_error": 0.75 * u.km / u.s,
         "z": [0.1, -0.2],
         "filled": np.arange(n) % 7 == 0,
     }
@@ -101,6 +104,8 @@ def test_result_round_trip(tmp_path):
     assert header["OBJECT"] == "HD 1"  # the input's header survives
     assert header["DCOPER"] == "denoise" and header["DCCLASS"] == "G"
     assert header["DCP_G"] == 0.75 and header["DCOOD"] == 0.5
+    assert header["DCOODFLG"] is False and header["DCRV"] == 12.5 and header["DCRVERR"] == 0.75
+    assert back.meta["deepclean"]["radial_velocity"] == 12.5  # km/s, as the header says
     # specutils' own reader identifies the columns of a physical-unit result
     plain = Spectrum.read(path, format="tabular-fits")
     np.testing.assert_array_equal(plain.flux, spec.flux)

@@ -101,3 +101,87 @@ def test_bad_velocity_options(shipped):
         denoise(spec, shipped, radial_velocity=3.0)
     with pytest.raises(ValueError, match="velocity_range"):
         denoise(spec, shipped, velocity_range=[1, 2] * u.km / u.s)
+
+
+def test_exposures_have_their_own_velocities(shipped):
+    """Two exposures of one star at different velocities share (z, C), each its own v."""
+    exposures, sigmas = [], []
+    for seed, v in enumerate((150.0, -220.0)):
+        _, _, flux, sigma = _star(shipped, v, snr=30.0, seed=seed)
+        exposures.append(flux / np.nanmedian(flux))
+        sigmas.append(sigma / np.nanmedian(flux))
+    result = shipped.map_estimate(np.stack(exposures)[None], np.stack(sigmas)[None],
+                                  velocity=None)
+    assert result.velocity.shape == (1, 2)
+    np.testing.assert_allclose(result.velocity[0], [150.0, -220.0], atol=5.0)
+    assert np.all(result.velocity_error[0] > 0) and not result.ood_flag[0]
+
+
+def test_default_range_reaches_beyond_1000_kms(shipped):
+    """NGC 3073 (c z = 1128 km/s) is why the default range is 2000 km/s."""
+    _, _, flux, sigma = _star(shipped, 1300.0, snr=30.0)
+    scale = np.nanmedian(flux)
+    result = shipped.map_estimate(flux / scale, sigma / scale, velocity=None)
+    assert abs(result.velocity[0, 0] - 1300.0) < 5.0 and not result.ood_flag[0]
+
+
+def test_denoise_meta_units_and_flagged_rows(shipped):
+    """A sky-only row (S/N 0.3 per pixel) between two shifted stars: only it is flagged,
+    named by the warning, with a uniform class posterior; the stars keep their velocity."""
+    wave, _, flux, sigma = _star(shipped, -250.0, snr=30.0)
+    rng = np.random.default_rng(5)
+    noise = 1.0 + 3.0 * rng.normal(size=wave.size)
+    spec = Spectrum(
+        flux=np.vstack([flux, noise, flux]) * u.Jy,
+        spectral_axis=shipped.wavelength,
+        uncertainty=StdDevUncertainty(np.vstack([sigma, np.full(wave.size, 3.0), sigma])),
+        meta={"medium": "air"},
+    )
+    with pytest.warns(AstropyUserWarning, match=r"spectra \[1\] are flagged"):
+        out = denoise(spec, shipped)
+    info = out.meta["deepclean"]
+    assert info["ood_flag"] == [False, True, False]
+    for key in ("radial_velocity", "radial_velocity_error"):
+        assert len(info[key]) == 3 and all(v.unit == u.km / u.s for v in info[key])
+    assert abs(info["radial_velocity"][0].value + 250.0) < 5.0
+    assert info["class_posterior"][1] == pytest.approx(dict.fromkeys(shipped.classes, 1 / 6))
+    assert max(info["class_posterior"][0].values()) > 0.5
+    single = denoise(spec[0], shipped, radial_velocity=-250 * u.km / u.s)
+    assert single.meta["deepclean"]["radial_velocity"] == -250 * u.km / u.s
+    assert single.meta["deepclean"]["radial_velocity_error"] == 0 * u.km / u.s
+    assert single.meta["deepclean"]["ood_flag"] is False
+
+
+def test_run_summary_counts_flagged_inputs(tmp_path):
+    from specutils_deepclean.parallel import RunSummary
+
+    summary = RunSummary(done=[tmp_path / "a.fits", tmp_path / "b.fits"],
+                         flagged=[tmp_path / "b.fits"])
+    text = str(summary)
+    assert "out of distribution" in text and "1: " in text and "b.fits" in text
+    assert "out of distribution" not in str(RunSummary(done=[tmp_path / "a.fits"]))
+
+
+def test_ood_rule_and_class_calibration_follow_the_signal():
+    from specutils_deepclean.models import ood
+
+    extra = {"ood_limits": np.array([0.02, 0.3, 1.5, 0.01, 1.0]),
+             "class_calibration": np.array([5.0, 1.0, 0.06])}
+    snr = np.array([5.0, 50.0, 50.0, 0.5, 20.0])
+    chi2 = np.array([1.3, 1.3, 9.0, 1.0, 1.0])  # limits 1.22 at S/N 5, 8.07 at S/N 50
+    structure = np.ones(5)
+    score = np.array([0.5, 0.5, 0.5, 0.5, 0.001])
+    flags = ood.ood_flag(extra, score, (chi2, structure, snr))
+    assert flags.tolist() == [True, False, True, True, True]
+    log_evidence = torch.tensor([[0.0, 10.0, 5.0]]).expand(5, 3)
+    got = ood.class_posterior(extra, log_evidence, torch.as_tensor(snr, dtype=torch.float32))
+    expected = torch.softmax(log_evidence / torch.tensor([2.5, 25, 25, 0.5, 10])[:, None], -1)
+    torch.testing.assert_close(got, 0.94 * expected + 0.02)
+    torch.testing.assert_close(ood.class_posterior({}, log_evidence, None),
+                               torch.softmax(log_evidence, -1))
+    assert ood.ood_flag({}, score, (chi2, structure, snr)).tolist() == [False] * 4 + [True]
+    for bad in ({"ood_limits": np.ones(4)}, {"ood_limits": -np.ones(5)},
+                {"class_calibration": np.array([0.0, 1.0, 0.0])},
+                {"class_calibration": np.array([1.0, 1.0, 1.0])}):
+        with pytest.raises(ValueError, match="ood_limits|class_calibration"):
+            ood.check_extra(bad)

@@ -76,6 +76,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--clip", type=float, default=5.0, help="map_estimate clip (0: keep every pixel)"
     )
+    parser.add_argument(
+        "--fit-velocity",
+        action="store_true",
+        help="fit the radial velocity (as denoise does by default); else at rest",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=1)
@@ -100,6 +105,7 @@ def main(argv=None) -> int:
         "tol": args.tol,
         "margin": args.margin,
         "clip": args.clip or None,
+        "fit_velocity": args.fit_velocity,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "snr": per_snr,

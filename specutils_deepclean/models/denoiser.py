@@ -167,8 +167,8 @@ class MAPResult:
         and its result is not to be trusted.
     class_log_evidence : ndarray, shape (B, K)
         The Laplace log evidence of each class (up to a constant), before the
-        temperature ``extra["class_temperature"]`` divides it: ``class_posterior``
-        is its softmax at that temperature (uniform for a flagged spectrum).
+        calibration (`~specutils_deepclean.models.ood.class_posterior`) that gives
+        ``class_posterior`` (uniform for a flagged spectrum).
     """
 
     z: np.ndarray
@@ -430,7 +430,7 @@ class Denoiser(DeepCleanModel):
         clip: float | None = 5.0,
         generator: torch.Generator | None = None,
         velocity=0.0,
-        velocity_range: float = 1000.0,
+        velocity_range: float = 2000.0,
     ) -> MAPResult:
         r"""MAP estimate of :math:`(z, C)` (Eq. 7) for a batch of stars, with Laplace posteriors.
 
@@ -759,7 +759,7 @@ class Denoiser(DeepCleanModel):
         log_det = torch.log(values).sum(-1)
         obj = state.obj.reshape(n_star, k)
         log_post = obj + 0.5 * (n_dim * _LOG_2PI - log_det.reshape(n_star, k))
-        posterior = torch.softmax(log_post / ood.temperature(self.extra), dim=-1)
+        posterior = torch.softmax(log_post, dim=-1)
         best = posterior.argmax(-1)
         z = state.z.reshape(n_star, k, n_dim)
         stars = torch.arange(n_star, device=z.device)
@@ -774,6 +774,8 @@ class Denoiser(DeepCleanModel):
             floor = _observed(floor.expand_as(flux), stars, data).abs()
         fit = ood.goodness_of_fit(data, _observed(flux, stars, data), floor)
         flag = ood.ood_flag(self.extra, score, fit)
+        if "class_calibration" in self.extra:  # calibrated (the MAP class is unchanged)
+            posterior = ood.class_posterior(self.extra, log_post, fit[2])
         if searched is not None:  # a star beyond the range is found at its edge
             beyond = np.abs(data.shift.velocity) > searched
             flag = flag | torch.as_tensor(beyond.any(-1), device=flag.device)

@@ -20,10 +20,21 @@ density score:
 * ``ood_score``: `~specutils_deepclean.models.prior.KDEPrior.ood_score` of
   :math:`\hat z`.
 
-A model file states its rule in ``extra["ood_limits"]`` = (largest ``fit_chi2``,
-largest ``fit_structure``, smallest ``ood_score``, smallest ``snr``), chosen on
-validation stars and constructed non-stars (``benchmarks/calibrate_ood.py``); a
-spectrum beyond any limit is flagged.  Without it only ``ood_score < 0.01`` flags.
+A model file states its rule in ``extra["ood_limits"]`` = :math:`(a_\chi, a_S, p,
+s_{\min}, q_{\min})`: a spectrum is flagged when
+
+.. math::
+
+    \text{fit\_chi2} > 1 + a_\chi\, \text{snr}^p \;\text{or}\;
+    \text{fit\_structure} > 1 + a_S\, \text{snr}^p \;\text{or}\;
+    \text{ood\_score} < s_{\min} \;\text{or}\; \text{snr} < q_{\min}.
+
+The limits grow with the signal because a star's residuals do: what the generator
+cannot draw is a fixed share of the flux, so its excess over the noise grows with
+the S/N (on MILES ``val`` the upper quantiles of both statistics minus 1 grow as
+about :math:`\text{snr}^{1.5}` from S/N 5 to 50).  They are chosen on validation stars
+(``benchmarks/training/calibrate_ood.py``, which also reports constructed non-stars).
+Without ``ood_limits`` only ``ood_score < 0.01`` flags.
 `~specutils_deepclean.models.denoiser.Denoiser.map_estimate` also flags a
 spectrum whose fitted velocity ends beyond the searched range (the refinement
 may move up to 60 km/s past the search's edge): a star moving faster than the
@@ -40,8 +51,8 @@ __all__ = [
     "STRUCTURE_PIXELS",
     "check_extra",
     "goodness_of_fit",
+    "class_posterior",
     "ood_flag",
-    "temperature",
 ]
 
 #: Pixels per run of the structure statistic.
@@ -92,37 +103,100 @@ def goodness_of_fit(data, observed: torch.Tensor, generator_sigma=None) -> tuple
     return chi2, structure, snr
 
 
-def ood_flag(extra: dict, score: torch.Tensor, statistics: tuple) -> torch.Tensor:
-    """The rule of the module docstring: True for each star (B,) outside a limit."""
+def ood_flag(extra: dict, score, statistics: tuple):
+    """The rule of the module docstring: True for each star (B,) outside a limit.
+
+    Parameters
+    ----------
+    extra : dict
+        The model's extra arrays (``ood_limits`` when present).
+    score : tensor or ndarray, shape (B,)
+        ``ood_score``.
+    statistics : tuple
+        ``(fit_chi2, fit_structure, snr)`` of `goodness_of_fit`, each (B,).
+
+    Returns
+    -------
+    bool tensor or ndarray, shape (B,)
+    """
     if "ood_limits" not in extra:
         return score < DEFAULT_SCORE_LIMIT
-    chi2_max, structure_max, score_min, snr_min = (
+    a_chi2, a_structure, power, score_min, snr_min = (
         float(x) for x in np.asarray(extra["ood_limits"], dtype=np.float64)
     )
     chi2, structure, snr = statistics
-    return (chi2 > chi2_max) | (structure > structure_max) | (score < score_min) | (snr < snr_min)
+    grow = snr.clip(min=0.0) ** power
+    return (
+        (chi2 > 1 + a_chi2 * grow)
+        | (structure > 1 + a_structure * grow)
+        | (score < score_min)
+        | (snr < snr_min)
+    )
 
 
-def temperature(extra: dict) -> float:
-    """The class posterior's temperature ``extra["class_temperature"]`` (1 without)."""
-    if "class_temperature" not in extra:
-        return 1.0
-    return float(np.asarray(extra["class_temperature"], dtype=np.float64).ravel()[0])
+def class_posterior(extra: dict, log_evidence: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+    r"""The calibrated class posterior (B, K) from the Laplace log evidences (B, K).
+
+    ``extra["class_calibration"]`` = :math:`(T_0, \gamma, \epsilon)`:
+
+    .. math::
+
+        p(C \mid y) = (1 - \epsilon)\, \operatorname{softmax}(\log Z_C / T)
+            + \epsilon / K, \qquad T = T_0 (\max(\text{snr}, 1) / 10)^\gamma,
+
+    a temperature that may grow with the signal (the classes' evidences part more with
+    more signal; their confusion on real stars does not shrink as fast) and a floor
+    :math:`\epsilon` for the stars whose label the model gets confidently wrong (the
+    temperature alone would have to flatten every posterior for them).  Without it,
+    :math:`\operatorname{softmax}(\log Z_C)`.
+
+    Parameters
+    ----------
+    extra : dict
+        The model's extra arrays.
+    log_evidence : tensor, shape (B, K)
+        :math:`\log Z_C`, up to a constant per star.
+    snr : tensor, shape (B,)
+        `goodness_of_fit`'s ``snr``.
+
+    Returns
+    -------
+    tensor, shape (B, K)
+    """
+    if "class_calibration" not in extra:
+        return torch.softmax(log_evidence, dim=-1)
+    t0, gamma, floor = (float(x) for x in np.asarray(extra["class_calibration"], np.float64))
+    temperature = t0 * (snr.clamp_min(1.0) / 10.0) ** gamma
+    posterior = torch.softmax(log_evidence / temperature[:, None], dim=-1)
+    return (1 - floor) * posterior + floor / log_evidence.shape[-1]
 
 
 def check_extra(extra: dict) -> None:
-    """``ood_limits`` (4,) finite and ``class_temperature`` (1,) positive finite, if present."""
+    r"""``ood_limits`` (5,) finite with :math:`a_\chi, a_S, p \ge 0`, and
+    ``class_calibration`` (3,) (`class_posterior`), if present.
+
+    Raises
+    ------
+    ValueError
+        Naming the array that is wrong.
+    """
     if "ood_limits" in extra:
         limits = np.asarray(extra["ood_limits"], dtype=np.float64)
-        if limits.shape != (4,) or not np.all(np.isfinite(limits)):
+        if limits.shape != (5,) or not np.all(np.isfinite(limits)) or np.any(limits[:3] < 0):
             raise ValueError(
-                "extra['ood_limits'] must hold four finite numbers (largest fit_chi2, largest "
-                f"fit_structure, smallest ood_score, smallest snr), got {limits.tolist()}"
+                "extra['ood_limits'] must hold five finite numbers (fit_chi2 and "
+                "fit_structure coefficients, the snr power, smallest ood_score, smallest "
+                f"snr), the first three >= 0, got {limits.tolist()}"
             )
-    if "class_temperature" in extra:
-        value = np.asarray(extra["class_temperature"], dtype=np.float64)
-        if value.shape != (1,) or not (np.isfinite(value[0]) and value[0] > 0):
+    if "class_calibration" in extra:
+        value = np.asarray(extra["class_calibration"], dtype=np.float64)
+        if (
+            value.shape != (3,)
+            or not np.all(np.isfinite(value))
+            or value[0] <= 0
+            or not 0 <= value[2] < 1
+        ):
             raise ValueError(
-                "extra['class_temperature'] must hold one positive finite number, got "
-                f"{value.tolist()}"
+                "extra['class_calibration'] must hold T0 > 0, a finite power and a floor "
+                f"in [0, 1), got {value.tolist()}"
             )

@@ -1,0 +1,237 @@
+"""The denoiser's out-of-distribution flag and class posterior, measured after calibration.
+
+``training/calibrate_ood.py`` chose the limits and the class calibration on MILES ``val``; this script
+measures them on data it never saw:
+
+1. every good star of ``--split`` (default ``test``) observed through the simulator at
+   S/N 5, 10, 20 and 50, Doppler-shifted by a velocity drawn uniformly in +-``--vmax``
+   km/s (default 600) and denoised as ``denoise`` does (``denoise_arrays`` with the
+   velocity fitted): the share flagged per S/N, and per S/N the expected calibration
+   error (ECE, 10 confidence bins of the top class) of the class posterior as
+   returned (flagged rows uniform), of the unflagged rows, and of the uncalibrated
+   posterior (the softmax of ``class_log_evidence``); the reliability diagram
+   (per bin: count, mean confidence, accuracy) at S/N 10;
+2. negatives (`~specutils_deepclean.benchmarking.ood_negatives`) built from MILES ``train`` stars with other seeds
+   than the calibration's: the share of each kind flagged;
+3. every target of the DESI files in ``--desi`` (``SpectrumList.read(path,
+   format="DESI coadd")`` or ``"DESI spectra"``, one spectrum per target,
+   ``specutils_deepclean.surveys.desi_targets``) through ``denoise``: its flag, score,
+   fit statistics, velocity and the largest class probability;
+4. the example stars observed as the demo does (S/N 10, airmass 1.5, a 400-pixel
+   gap, seed = row) through ``denoise``: their flags.
+
+    python benchmarks/benchmarks/bench_ood.py --split test --threads 1 \
+        --json benchmarks/results/ood_test.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+import torch
+from specutils import SpectrumList
+
+from specutils_deepclean import denoise
+from specutils_deepclean.datasets import load_examples, load_library
+from specutils_deepclean.benchmarking.ood_negatives import KINDS, make
+from specutils_deepclean.inference import denoise_arrays
+from specutils_deepclean.io.models import load_model
+from specutils_deepclean.simulate import Simulator, prepare_truth
+from specutils_deepclean.surveys import desi_targets
+
+SNRS = (5, 10, 20, 50)
+BINS = 10
+
+
+def reliability(posterior: np.ndarray, labels: np.ndarray) -> tuple[float, list]:
+    """ECE of the top class and the diagram: per confidence bin (count, confidence, accuracy)."""
+    confidence = posterior.max(1)
+    correct = posterior.argmax(1) == labels
+    which = np.clip(np.digitize(confidence, np.linspace(0, 1, BINS + 1)[1:-1]), 0, BINS - 1)
+    ece, diagram = 0.0, []
+    for b in range(BINS):
+        sel = which == b
+        if not sel.any():
+            continue
+        gap = abs(correct[sel].mean() - confidence[sel].mean())
+        ece += gap * sel.mean()
+        diagram.append(
+            {
+                "bin": [b / BINS, (b + 1) / BINS],
+                "count": int(sel.sum()),
+                "confidence": float(confidence[sel].mean()),
+                "accuracy": float(correct[sel].mean()),
+            }
+        )
+    return float(ece), diagram
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def run(model, truth, snr, rv, seed):
+    sim = Simulator(model.wavelength.to_value("Angstrom"), model.medium)
+    obs = sim.observe(truth, snr, seed=seed, stellar_rv=rv)
+    return denoise_arrays(
+        model, obs.flux, obs.sigma, obs.mask, velocity=None,
+        generator=torch.Generator().manual_seed(seed),
+    ).map  # fmt: skip
+
+
+def stars(model, library, args) -> dict:
+    wave = model.wavelength.to_value("Angstrom")
+    split = library.select(split=args.split, good=True)
+    if args.limit:
+        split = split.take(np.arange(min(args.limit, len(split))))
+    truth, valid = prepare_truth(split, wave, model.medium)
+    truth = np.where(valid, truth, np.nan)
+    merges = dict(model.prior.merges)
+    names = list(model.prior.class_names)
+    labels = np.array(
+        [names.index(merges.get(c, c)) for c in np.asarray(split.params["class"]).astype(str)]
+    )
+    rng = np.random.default_rng(args.seed)
+    out = {"n_stars": int(truth.shape[0])}
+    for i, snr in enumerate(SNRS):
+        rv = rng.uniform(-args.vmax, args.vmax, truth.shape[0])
+        fit = run(model, truth, snr, rv, args.seed + i)
+        ok = ~fit.ood_flag
+        ece, diagram = reliability(fit.class_posterior, labels)
+        row = {
+            "flagged": float(fit.ood_flag.mean()),
+            "ece": ece,
+            "ece_unflagged": reliability(fit.class_posterior[ok], labels[ok])[0],
+            "ece_uncalibrated": reliability(_softmax(fit.class_log_evidence), labels)[0],
+            "accuracy": float(np.mean(fit.map_class == labels)),
+            "median_abs_dv": float(np.median(np.abs(fit.velocity[:, 0] - rv))),
+            "max_class_probability_flagged": (
+                float(fit.class_posterior[fit.ood_flag].max()) if fit.ood_flag.any() else None
+            ),
+        }
+        if snr == 10:
+            row["reliability_diagram"] = diagram
+        print(args.split, snr, {k: v for k, v in row.items() if k != "reliability_diagram"},
+              flush=True)  # fmt: skip
+        out[str(snr)] = row
+    return out
+
+
+def negatives(model, library, args) -> dict:
+    wave = model.wavelength.to_value("Angstrom")
+    train = library.select(split="train", good=True)
+    truth, valid = prepare_truth(train, wave, model.medium)
+    truth = np.where(valid, truth, np.nan)
+    out = {}
+    for j, kind in enumerate(KINDS):
+        neg, snr, rv, _ = make(kind, args.negatives, wave, truth, args.seed + 300 + j)
+        fit = run(model, neg, snr, rv, args.seed + 400 + j)
+        out[kind] = {
+            "n": int(neg.shape[0]),
+            "flagged": float(fit.ood_flag.mean()),
+            "max_class_probability_flagged": (
+                float(fit.class_posterior[fit.ood_flag].max()) if fit.ood_flag.any() else None
+            ),
+        }
+        print(kind, out[kind], flush=True)
+    return out
+
+
+def _denoised(spectrum) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = denoise(spectrum)
+    info = result.meta["deepclean"]
+    return {
+        "ood_flag": bool(info["ood_flag"]),
+        "ood_score": info["ood_score"],
+        "fit_chi2": info["fit_chi2"],
+        "fit_structure": info["fit_structure"],
+        "snr": info["snr"],
+        "radial_velocity_kms": float(info["radial_velocity"].to_value(u.km / u.s)),
+        "map_class": info["map_class"],
+        "max_class_probability": max(info["class_posterior"].values()),
+    }
+
+
+def desi(folder: str) -> dict:
+    out = {}
+    for path in sorted(Path(folder).glob("*.fits")):
+        kind = "DESI coadd" if path.name.startswith("coadd") else "DESI spectra"
+        targets, _ = desi_targets(SpectrumList.read(path, format=kind))
+        for target in targets:
+            row = _denoised(target)
+            fibermap = target.meta["fibermap"]
+            for column in ("OBJTYPE", "DESI_TARGET", "SV3_DESI_TARGET", "BGS_TARGET"):
+                if column in fibermap.colnames:
+                    value = fibermap[column][0]
+                    row[column.lower()] = value.strip() if isinstance(value, str) else int(value)
+            out[f"{path.name} {target.meta['target']}"] = row
+            print(path.name, target.meta["target"], row, flush=True)
+    return out
+
+
+def examples() -> dict:
+    library = load_examples()
+    grid = library.wavelength.value
+    sim = Simulator(grid, library.medium, fwhm=2.5 if library.fwhm is None else library.fwhm)
+    out = {}
+    for star in range(len(library)):
+        truth, _ = prepare_truth(library.take([star]), grid, library.medium)
+        spec = sim.observe(truth, 10.0, seed=star, gap=(400, "middle"), airmass=1.5)
+        row = _denoised(spec.to_spectrum()[0])
+        names = library.params.colnames
+        out[str(library.params["name"][star]) if "name" in names else str(star)] = row
+    print("examples", {k: v["ood_flag"] for k, v in out.items()}, flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--library", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--model", default="denoiser-miles")
+    parser.add_argument("--vmax", type=float, default=600.0)
+    parser.add_argument("--negatives", type=int, default=30, help="spectra per negative kind")
+    parser.add_argument("--seed", type=int, default=1616)
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--desi", default="../shared/data/desi", help="'' to skip")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    library = load_library(args.library)
+    result = {
+        "command": "python benchmarks/benchmarks/bench_ood.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model": args.model,
+        "ood_limits": np.asarray(model.extra.get("ood_limits", [])).tolist(),
+        "class_calibration": np.asarray(model.extra.get("class_calibration", [])).tolist(),
+        "split": args.split,
+        "vmax_kms": args.vmax,
+        "seed": args.seed,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "stars": stars(model, library, args),
+        "negatives_from_train": negatives(model, library, args),
+        "examples_demo_observation": examples(),
+    }
+    if args.desi and Path(args.desi).is_dir():
+        result["desi"] = desi(args.desi)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
