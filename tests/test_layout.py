@@ -86,6 +86,16 @@ def test_no_import_cycle():
     assert _cycles(graph) == []
 
 
+def test_no_module_over_900_lines():
+    """One concept per module (issue 14): no package module grows past 900 lines."""
+    long = {
+        name: n
+        for name, path in _modules().items()
+        if (n := len(path.read_text("utf-8").splitlines())) > 900
+    }
+    assert long == {}
+
+
 def test_models_hold_no_training():
     """``models/`` keeps networks and inference: every ``fit_*``/``train_*`` is in training/."""
     found = [

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import astropy.units as u
 import numpy as np
 
 
@@ -33,7 +34,10 @@ def _arrays(prefix: str, spectrum, out: dict) -> None:
     if spectrum.mask is not None:
         out[f"{prefix}/mask"] = np.asarray(spectrum.mask)
     for key, value in spectrum.meta.get("deepclean", {}).items():
-        value = np.asarray(value)
+        try:
+            value = np.asarray(value)
+        except TypeError:  # a list of Quantities (radial_velocity, one per spectrum)
+            value = u.Quantity(value).value
         if value.dtype.kind in "fiub":
             out[f"{prefix}/meta/{key}"] = value
 

@@ -28,6 +28,7 @@ from ..provenance import Provenance
 from . import ood
 from .base import DeepCleanModel
 from .generator import IsometricAutoencoder
+from .laplace import MAPResult, eig_floor, summarise
 from .layers import missing_mask
 from .linear_terms import (
     check_term_arrays,
@@ -37,7 +38,7 @@ from .linear_terms import (
     terms_posterior,
     terms_solve,
 )
-from .noiseflow import _HALF_LOG_2PI, NoiseFlow
+from .noiseflow import NoiseFlow
 from .observations import (
     Observations,
     arrange,
@@ -45,18 +46,19 @@ from .observations import (
     choose_flow,
     der_snr_level,
     observations,
+    observed_model,
     outliers,
 )
 from .prior import KDEPrior
 from .velocity import (
     C_KMS,
+    _VELOCITY_MARGIN,
     DopplerShift,
     fixed_velocities,
-    parabola_peak,
+    refine_velocity,
     search_velocity,
     template_bank,
     to_rest,
-    velocity_error,
 )
 
 __all__ = ["Denoiser", "MAPResult"]
@@ -64,7 +66,6 @@ __all__ = ["Denoiser", "MAPResult"]
 ARCHITECTURE = "deep-bayesian"
 #: Kinds of NoiseFlow a Denoiser may hold, and whether each is whitened.
 FLOW_KINDS = {"whitened": True, "plain": False}
-_LOG_2PI = 2.0 * _HALF_LOG_2PI
 #: Latent points per chunk of likelihood derivatives, and of plain evaluations:
 #: the fastest of 8/16, 16/32, 32/64 and 64/128 for batches of 256 on a 2-core CPU
 #: (larger chunks leave the cache, smaller ones pay per-call overhead).
@@ -77,125 +78,9 @@ _EM_ITERATIONS = 50
 _EM_TOL = 1e-4
 #: Halvings of a Newton step that does not raise the log joint before the class stops.
 _HALVINGS = 3
-#: Classes with a smaller posterior are left out of the flux uncertainty's mixture.
-_MIX_FLOOR = 1e-10
 #: Velocity search: grid step (km/s) and templates per class (KDE modes).
 _VELOCITY_STEP = 40.0
 _VELOCITY_TEMPLATES = 4
-#: Largest refinement (km/s) of a searched velocity; the pixels kept are those the
-#: model reaches at every velocity this close to the searched one.
-_VELOCITY_MARGIN = 60.0
-#: Offsets (km/s) of the velocity refinement's two parabolas, and the step of the
-#: curvature that gives the velocity's uncertainty.
-_VELOCITY_COARSE = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
-_VELOCITY_FINE = np.array([-6.0, 0.0, 6.0])
-
-
-@dataclass(frozen=True)
-class MAPResult:
-    r"""What `Denoiser.map_estimate` found for a batch of B stars (NumPy arrays, CPU).
-
-    K is the number of classes, L the latent size, P the number of pixels.
-
-    Attributes
-    ----------
-    z : ndarray, shape (B, L)
-        :math:`\hat z`, the MAP latent vector of the MAP class.
-    map_class : ndarray of int, shape (B,)
-        Index of the MAP class :math:`\hat C` (the largest `class_posterior`).
-    class_names : tuple of str
-        The K class names.
-    flux : ndarray, shape (B, P)
-        The denoised spectrum :math:`G(\hat z)` (with the continuum and residual
-        terms when the model has them: `~specutils_deepclean.models.linear_terms`), in the
-        normalised units of the input.
-    flux_sigma : ndarray, shape (B, P)
-        Its per-pixel standard deviation: the Laplace covariance of each class
-        pushed through the generator, mixed over the class posterior, with the
-        generator's calibrated error (the documentation page *The denoiser's
-        inference*, section Uncertainty).
-    latent_sigma : ndarray, shape (B, P)
-        The part of it that comes from the posterior of :math:`z` and
-        :math:`C` alone, before the calibration scales and the generator's own
-        error are applied.
-    filled : ndarray of bool, shape (B, P)
-        Pixels missing in every exposure: their flux comes from the model alone.
-    rejected : ndarray of bool, shape (B, P)
-        Pixels rejected as outliers (``clip`` of `Denoiser.map_estimate`) in at
-        least one exposure; they do not count in the likelihood.
-    class_posterior : ndarray, shape (B, K)
-        :math:`p(C \mid y)` from the Laplace approximation; rows sum to 1.
-    class_z : ndarray, shape (B, K, L)
-        The optimum :math:`\hat z_C` of each class.
-    class_log_joint : ndarray, shape (B, K)
-        :math:`\log p(y \mid G(\hat z_C)) + \log p(\hat z_C \mid C) + \log p(C)`.
-    hessian : ndarray, shape (B, K, L, L)
-        :math:`H_C`, the Hessian of the negative log joint in :math:`z` at
-        :math:`\hat z_C` (exact almost everywhere, see `Denoiser.map_estimate`).
-    covariance : ndarray, shape (B, K, L, L)
-        :math:`H_C^{-1}`, the Laplace covariance of :math:`z` (eigenvalues of
-        :math:`H_C` below a small floor are raised to it first).
-    ood_score : ndarray, shape (B,)
-        `~specutils_deepclean.models.prior.KDEPrior.ood_score` of :math:`\hat z`:
-        the share of training stars whose latent is less likely than
-        :math:`\hat z`; near 0 for an input unlike the training stars.
-    steps : ndarray of int, shape (B, K)
-        Newton steps taken by each class (0: it stopped after screening).
-    converged : ndarray of bool, shape (B, K)
-        Whether the class stopped converged: its Newton decrement fell below
-        ``tol``, or no halved step raised the log joint by ``tol`` while none
-        lowered it by more (a flat optimum).
-    flow : str
-        The NoiseFlow used: ``"whitened"`` or ``"plain"``.
-    sigma_estimated : bool
-        True when ``sigma`` was not given and the whitened flow ran on a
-        DER_SNR estimate of it.
-    velocity : ndarray, shape (B, E)
-        Radial velocity of each exposure, km/s (positive: redshift, the
-        convention of `~specutils_deepclean.doppler.shift_flux`): fitted, or the
-        one given (0 at rest).
-    velocity_error : ndarray, shape (B, E)
-        Its Laplace standard deviation
-        (`~specutils_deepclean.models.velocity.velocity_error`); 0 for a given
-        velocity, inf where the data do not constrain it.
-    fit_chi2, fit_structure, snr : ndarray, shape (B,)
-        Goodness of fit at the MAP and the data's signal level
-        (`~specutils_deepclean.models.ood.goodness_of_fit`).
-    ood_flag : ndarray of bool, shape (B,)
-        True for a spectrum the model does not recognise as a star it knows
-        (`~specutils_deepclean.models.ood`): its ``class_posterior`` is uniform
-        and its result is not to be trusted.
-    class_log_evidence : ndarray, shape (B, K)
-        The Laplace log evidence of each class (up to a constant), before the
-        calibration (`~specutils_deepclean.models.ood.class_posterior`) that gives
-        ``class_posterior`` (uniform for a flagged spectrum).
-    """
-
-    z: np.ndarray
-    map_class: np.ndarray
-    class_names: tuple
-    flux: np.ndarray
-    flux_sigma: np.ndarray
-    latent_sigma: np.ndarray
-    filled: np.ndarray
-    rejected: np.ndarray
-    class_posterior: np.ndarray
-    class_z: np.ndarray
-    class_log_joint: np.ndarray
-    hessian: np.ndarray
-    covariance: np.ndarray
-    ood_score: np.ndarray
-    steps: np.ndarray
-    converged: np.ndarray
-    flow: str
-    sigma_estimated: bool
-    velocity: np.ndarray
-    velocity_error: np.ndarray
-    fit_chi2: np.ndarray
-    fit_structure: np.ndarray
-    snr: np.ndarray
-    ood_flag: np.ndarray
-    class_log_evidence: np.ndarray
 
 
 @dataclass
@@ -553,45 +438,26 @@ class Denoiser(DeepCleanModel):
             if velocity is None:
                 data = self._refine_velocity(data, state, class_margin)
                 self._newton(data, state, steps, tol)
-            return self._summarise(
-                data, state, searched=velocity_range if velocity is None else None
-            )
+            searched = velocity_range if velocity is None else None
+            return summarise(self, data, state, searched, _CHUNK)
 
     # ------------------------------------------------------------------ radial velocity
 
-    def _velocity_profile(self, data: Observations, signal, velocity, offsets) -> np.ndarray:
-        """Each exposure's log likelihood (B, E, M) of ``signal`` (B, P) at ``velocity``
-        (B, E) + ``offsets`` (M,) km/s (the data's missing pixels kept)."""
-        wave = self.wavelength.to_value(u.AA)
-        rows = torch.arange(signal.shape[0], device=signal.device)
-        values = []
-        for offset in offsets:
-            trial = DopplerShift(wave, velocity + offset, device=signal.device, dtype=signal.dtype)
-            observed = trial.apply(signal, rows)
-            values.append(_numpy(self._exposure_likelihood(observed, rows, data)))
-        return np.stack(values, axis=-1)
-
     def _refine_velocity(self, data: Observations, state: _State, margin: float) -> Observations:
-        """Refine each exposure's velocity with the star's MAP spectrum fixed (two least-
-        squares parabolas through its log likelihood, within `_VELOCITY_MARGIN` of the
-        search); reopen the classes within ``margin`` of the best for more Newton steps."""
-        n_star, n_exp = data.flux.shape[:2]
-        k = self.n_classes
+        """Refine each exposure's velocity with the star's MAP spectrum fixed
+        (`~specutils_deepclean.models.velocity.refine_velocity`); reopen the classes
+        within ``margin`` of the best for more Newton steps."""
+        n_star, k = data.flux.shape[0], self.n_classes
         best = state.obj.reshape(n_star, k).argmax(-1)
         stars = torch.arange(n_star, device=best.device)
         signal = self.generator.generate(state.z.reshape(n_star, k, -1)[stars, best])
-        start = data.shift.velocity
-        velocity = start
-        for offsets in (_VELOCITY_COARSE, _VELOCITY_FINE):
-            profile = self._velocity_profile(data, signal, velocity, offsets)
-            bound = float(np.abs(offsets).max())
-            vertex, _ = parabola_peak(offsets, profile.reshape(-1, offsets.size), bound)
-            velocity = np.clip(
-                velocity + vertex.reshape(n_star, n_exp),
-                start - _VELOCITY_MARGIN,
-                start + _VELOCITY_MARGIN,
-            )
         wave = self.wavelength.to_value(u.AA)
+        velocity = refine_velocity(
+            lambda observed, rows: self._exposure_likelihood(observed, rows, data),
+            wave,
+            signal,
+            data.shift.velocity,
+        )
         shift = DopplerShift(wave, velocity, device=data.flux.device, dtype=data.flux.dtype)
         obj = state.obj.reshape(n_star, -1)
         state.active = (obj >= obj.max(-1, keepdim=True).values - margin).reshape(-1)
@@ -746,99 +612,6 @@ class Denoiser(DeepCleanModel):
             state.converged[index] = done | ((gain > -tol) & ~moved)
             state.active[index] = moved
 
-    def _summarise(
-        self, data: Observations, state: _State, searched: float | None = None
-    ) -> MAPResult:
-        """Step 3 of `map_estimate`: the Laplace summary, the OOD flag and, when shifted,
-        the output in the first exposure's frame; ``searched``: the velocity range
-        when velocities were fitted."""
-        n_star, k, n_dim = data.flux.shape[0], self.n_classes, self.latent_dim
-        values, vectors = torch.linalg.eigh(state.hess)
-        values = values.clamp_min(_eig_floor(values))
-        cov = vectors @ torch.diag_embed(1 / values) @ vectors.transpose(-1, -2)
-        log_det = torch.log(values).sum(-1)
-        obj = state.obj.reshape(n_star, k)
-        log_post = obj + 0.5 * (n_dim * _LOG_2PI - log_det.reshape(n_star, k))
-        posterior = torch.softmax(log_post, dim=-1)
-        best = posterior.argmax(-1)
-        z = state.z.reshape(n_star, k, n_dim)
-        stars = torch.arange(n_star, device=z.device)
-        z_map = z[stars, best]
-        chosen = self.generator.generate(z_map)
-        terms, terms_var = self._linear_terms(data, chosen)
-        flux = chosen + terms
-        score = self.prior.ood_score(z_map, reference=self._ood_reference)
-        floor = self.extra.get("generator_sigma")
-        if floor is not None:
-            floor = torch.as_tensor(floor, dtype=flux.dtype, device=flux.device)
-            floor = _observed(floor.expand_as(flux), stars, data).abs()
-        fit = ood.goodness_of_fit(data, _observed(flux, stars, data), floor)
-        flag = ood.ood_flag(self.extra, score, fit)
-        if "class_calibration" in self.extra:  # calibrated (the MAP class is unchanged)
-            posterior = ood.class_posterior(self.extra, log_post, fit[2])
-        if searched is not None:  # a star beyond the range is found at its edge
-            beyond = np.abs(data.shift.velocity) > searched
-            flag = flag | torch.as_tensor(beyond.any(-1), device=flag.device)
-        # a spectrum flagged as unlike the training stars has no confident class
-        posterior = torch.where(flag[:, None], torch.full_like(posterior, 1 / k), posterior)
-        var = torch.zeros_like(chosen)
-        mixed = (posterior >= _MIX_FLOOR).reshape(-1).nonzero()[:, 0]
-        for part in mixed.split(_CHUNK):
-            signal, jac = self.generator.generate_jacobian(state.z[part])
-            spread = torch.einsum("npi,nij,npj->np", jac, cov[part], jac)
-            spread += (signal - chosen[state.rows[part]]).square()
-            weight = posterior.reshape(-1)[part, None]
-            var.index_add_(0, state.rows[part], weight * spread)
-        latent_var = var
-        scales = self.extra.get("sigma_scales", (1.0, 1.0))
-        var = float(scales[0]) ** 2 * latent_var
-        if "generator_sigma" in self.extra:
-            floor = torch.as_tensor(self.extra["generator_sigma"], dtype=var.dtype)
-            var = var + float(scales[1]) ** 2 * floor.to(var.device).square()
-        var = var + terms_var
-        velocity = np.zeros(data.flux.shape[:2])
-        error = np.zeros(data.flux.shape[:2])
-        reached = torch.ones_like(flux, dtype=torch.bool)
-        if data.shift is not None:  # the output in the first exposure's frame
-            velocity = data.shift.velocity
-            if searched is not None:
-                error = velocity_error(
-                    data.shift, flux, data.counted, data.inv_unit, floor, _VELOCITY_FINE[-1]
-                )
-            reached = data.shift.valid[:, 0]
-            flux = torch.where(reached, _observed(flux, stars, data)[:, 0], torch.nan)
-            var, latent_var = (
-                _observed(x.sqrt(), stars, data)[:, 0].square() for x in (var, latent_var)
-            )
-        as_np = _numpy
-        return MAPResult(
-            z=as_np(z_map),
-            map_class=as_np(best),
-            class_names=self.prior.class_names,
-            flux=as_np(flux),
-            flux_sigma=as_np(torch.where(reached, var.sqrt(), torch.nan)),
-            latent_sigma=as_np(torch.where(reached, latent_var.sqrt(), torch.nan)),
-            filled=as_np(_filled(data) & reached),
-            rejected=as_np(data.rejected.any(dim=1)),
-            class_posterior=as_np(posterior),
-            class_z=as_np(z),
-            class_log_joint=as_np(obj),
-            hessian=as_np(state.hess.reshape(n_star, k, n_dim, n_dim)),
-            covariance=as_np(cov.reshape(n_star, k, n_dim, n_dim)),
-            ood_score=as_np(score),
-            steps=as_np(state.steps.reshape(n_star, k)),
-            converged=as_np(state.converged.reshape(n_star, k)),
-            flow=data.flow,
-            sigma_estimated=data.sigma_estimated,
-            velocity=velocity,
-            velocity_error=error,
-            fit_chi2=as_np(fit[0]),
-            fit_structure=as_np(fit[1]),
-            snr=as_np(fit[2]),
-            ood_flag=as_np(flag),
-            class_log_evidence=as_np(log_post),
-        )
-
     def _linear_terms(self, data: Observations, signal: torch.Tensor):
         """The linear terms' posterior mean given ``signal`` (B, P) and their variance
         (`~specutils_deepclean.models.linear_terms.terms_posterior`), both at rest;
@@ -851,7 +624,7 @@ class Denoiser(DeepCleanModel):
             return terms_posterior(parts, data.flux, data.inv_unit, signal)
         stars = torch.arange(signal.shape[0], device=signal.device)
         weight = data.inv_unit.square()
-        residual = data.flux - _observed(signal, stars, data)
+        residual = data.flux - observed_model(signal, stars, data)
         residual, lost = to_rest(data.shift, residual, data.gone | (weight == 0))
         weight = torch.where(lost, 0.0, data.shift.inverse().apply_each(weight).clamp_min(0))
         return terms_solve(parts, (residual * weight).sum(1), weight.sum(1), signal)
@@ -891,7 +664,7 @@ class Denoiser(DeepCleanModel):
             signal, jac = self.generator.generate_jacobian(z)
         else:
             signal = self.generator.generate(z)
-        observed = _observed(signal, rows, data)  # (n, E or 1, P)
+        observed = observed_model(signal, rows, data)  # (n, E or 1, P)
         if not derivatives:
             return self._exposure_likelihood(observed, rows, data).sum(-1) + data.constant[rows]
         inv_unit = data.inv_unit[rows]  # (n, E, P), zero at missing pixels
@@ -1029,23 +802,6 @@ class Denoiser(DeepCleanModel):
 # ---------------------------------------------------------------------- helpers
 
 
-def _filled(data: Observations) -> torch.Tensor:
-    """Pixels (B, P) the input lacks in every exposure (not the rejected ones, nor those
-    left out because the shifted model cannot reach them at every trial velocity)."""
-    lacking = data.gone & ~data.rejected
-    if data.unreached is not None:
-        lacking = lacking & ~data.unreached
-    return lacking.all(dim=1)
-
-
-def _observed(signal: torch.Tensor, rows: torch.Tensor, data: Observations) -> torch.Tensor:
-    """Rest-frame rows (n, ..., P) of stars ``rows`` as each exposure sees them: (n, E,
-    ..., P), or (n, 1, ..., P) without a Doppler shift."""
-    if data.shift is None:
-        return signal[:, None]
-    return data.shift.apply(signal, rows)
-
-
 def _build_flows(config: dict, n_pix: int) -> dict:
     kinds = config.get("flows")
     if not isinstance(kinds, list) or not kinds or not set(kinds) <= set(FLOW_KINDS):
@@ -1076,20 +832,15 @@ def _unprefix(config: dict, prefix: str) -> dict:
     return found
 
 
-def _eig_floor(values: torch.Tensor) -> torch.Tensor:
-    """Smallest eigenvalue kept for each Hessian: 1e-6 of its largest magnitude (or tiny)."""
-    top = values.abs().amax(-1, keepdim=True)
-    return torch.clamp_min(top * 1e-6, torch.finfo(values.dtype).tiny ** 0.5)
-
-
 def _floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
-    """``hess`` (..., L, L) with its eigenvalues raised to `_eig_floor`, to ``power``.
+    """``hess`` (..., L, L) with its eigenvalues raised to their floor, to ``power``.
 
-    Positive definite (``power=1``), or its inverse (``power=-1``) built from
-    the eigendecomposition, which never fails on a near-singular matrix.
+    The floor is `~specutils_deepclean.models.laplace.eig_floor`'s.  Positive
+    definite (``power=1``), or its inverse (``power=-1``) built from the
+    eigendecomposition, which never fails on a near-singular matrix.
     """
     values, vectors = torch.linalg.eigh(hess)
-    values = values.clamp_min(_eig_floor(values)) ** power
+    values = values.clamp_min(eig_floor(values)) ** power
     return vectors @ torch.diag_embed(values) @ vectors.transpose(-1, -2)
 
 
@@ -1111,11 +862,6 @@ def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
                 "extra['sigma_scales'] must hold two positive finite numbers (latent, "
                 f"generator), got {scales.tolist()}"
             )
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    array = tensor.detach().cpu().numpy()
-    return array.astype(np.float64) if array.dtype.kind == "f" else array
 
 
 def _check_settings(integers: dict, numbers: dict) -> None:

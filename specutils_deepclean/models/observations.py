@@ -29,6 +29,7 @@ __all__ = [
     "outliers",
     "choose_flow",
     "der_snr_level",
+    "observed_model",
 ]
 
 #: DER_SNR's noise factor: 1.482602 / sqrt(6) times the median |2 f_i - f_{i-2} - f_{i+2}|.
@@ -329,3 +330,11 @@ def _der_snr_noise(flux: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
             "or zero noise): pass sigma"
         )
     return torch.where(all_gone | ~(level > 0), 1.0, level)
+
+
+def observed_model(signal: torch.Tensor, rows: torch.Tensor, data: Observations) -> torch.Tensor:
+    """Rest-frame rows (n, ..., P) of stars ``rows`` as each exposure sees them: (n, E,
+    ..., P), or (n, 1, ..., P) without a Doppler shift."""
+    if data.shift is None:
+        return signal[:, None]
+    return data.shift.apply(signal, rows)

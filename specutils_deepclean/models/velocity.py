@@ -37,6 +37,7 @@ __all__ = [
     "fixed_velocities",
     "highpass",
     "parabola_peak",
+    "refine_velocity",
     "search_velocity",
     "template_bank",
     "to_rest",
@@ -47,6 +48,13 @@ __all__ = [
 C_KMS = float(_speed_of_light.to_value("km/s"))
 #: Gaussian sigma (pixels) of the smooth continuum the search divides out.
 _CONTINUUM_PIXELS = 25.0
+#: Largest refinement (km/s) of a searched velocity; the pixels kept are those the
+#: model reaches at every velocity this close to the searched one.
+_VELOCITY_MARGIN = 60.0
+#: Offsets (km/s) of the velocity refinement's two parabolas, and the step of the
+#: curvature that gives the velocity's uncertainty.
+_VELOCITY_COARSE = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
+_VELOCITY_FINE = np.array([-6.0, 0.0, 6.0])
 
 
 def _keys_weights(t: np.ndarray) -> np.ndarray:
@@ -265,6 +273,56 @@ def parabola_peak(offsets: np.ndarray, values: np.ndarray, bound: float):
     fallback = offsets[np.nanargmax(np.where(np.isfinite(values), values, -np.inf), axis=1)]
     vertex = np.where(np.isfinite(vertex), np.clip(vertex, -bound, bound), fallback)
     return vertex, np.where(ok, -2 * a, np.nan)
+
+
+def velocity_profile(likelihood, wave: np.ndarray, signal, velocity, offsets) -> np.ndarray:
+    """Each exposure's log likelihood (B, E, M) of ``signal`` (B, P) at ``velocity``
+    (B, E) + ``offsets`` (M,) km/s; ``likelihood(observed, rows)`` gives the (B, E)
+    log likelihood of the model ``observed`` (B, E, P) of stars ``rows``."""
+    rows = torch.arange(signal.shape[0], device=signal.device)
+    values = []
+    for offset in offsets:
+        trial = DopplerShift(wave, velocity + offset, device=signal.device, dtype=signal.dtype)
+        observed = trial.apply(signal, rows)
+        values.append(likelihood(observed, rows).detach().cpu().numpy().astype(np.float64))
+    return np.stack(values, axis=-1)
+
+
+def refine_velocity(likelihood, wave: np.ndarray, signal: torch.Tensor, start) -> np.ndarray:
+    """Refined velocities (B, E), km/s, of the exposures of stars ``signal`` (B, P).
+
+    Two least-squares parabolas (`parabola_peak`) through each exposure's log
+    likelihood (``velocity_profile``) at offsets around the searched velocities, the
+    result kept within ``_VELOCITY_MARGIN`` (60 km/s) of them.
+
+    Parameters
+    ----------
+    likelihood : callable
+        ``likelihood(observed, rows)``: the (B, E) log likelihood of the shifted model
+        ``observed`` (B, E, P) of stars ``rows`` (B,), a tensor.
+    wave : ndarray, shape (P,)
+        The model grid, Angstrom.
+    signal : tensor, shape (B, P)
+        Each star's rest-frame model spectrum.
+    start : ndarray, shape (B, E)
+        The searched velocities, km/s.
+
+    Returns
+    -------
+    ndarray, shape (B, E)
+    """
+    n_star, n_exp = start.shape
+    velocity = start
+    for offsets in (_VELOCITY_COARSE, _VELOCITY_FINE):
+        profile = velocity_profile(likelihood, wave, signal, velocity, offsets)
+        bound = float(np.abs(offsets).max())
+        vertex, _ = parabola_peak(offsets, profile.reshape(-1, offsets.size), bound)
+        velocity = np.clip(
+            velocity + vertex.reshape(n_star, n_exp),
+            start - _VELOCITY_MARGIN,
+            start + _VELOCITY_MARGIN,
+        )
+    return velocity
 
 
 def fixed_velocities(velocity, n_star: int, n_exp: int) -> np.ndarray:
