@@ -40,37 +40,13 @@ from specutils import SpectrumList
 
 from specutils_deepclean import denoise
 from specutils_deepclean.datasets import load_examples, load_library
-from specutils_deepclean.benchmarking.ood_negatives import KINDS, make
+from specutils_deepclean.benchmarking.ood_negatives import KINDS, make, reliability
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.simulate import Simulator, prepare_truth
 from specutils_deepclean.surveys import desi_targets
 
 SNRS = (5, 10, 20, 50)
-BINS = 10
-
-
-def reliability(posterior: np.ndarray, labels: np.ndarray) -> tuple[float, list]:
-    """ECE of the top class and the diagram: per confidence bin (count, confidence, accuracy)."""
-    confidence = posterior.max(1)
-    correct = posterior.argmax(1) == labels
-    which = np.clip(np.digitize(confidence, np.linspace(0, 1, BINS + 1)[1:-1]), 0, BINS - 1)
-    ece, diagram = 0.0, []
-    for b in range(BINS):
-        sel = which == b
-        if not sel.any():
-            continue
-        gap = abs(correct[sel].mean() - confidence[sel].mean())
-        ece += gap * sel.mean()
-        diagram.append(
-            {
-                "bin": [b / BINS, (b + 1) / BINS],
-                "count": int(sel.sum()),
-                "confidence": float(confidence[sel].mean()),
-                "accuracy": float(correct[sel].mean()),
-            }
-        )
-    return float(ece), diagram
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -94,11 +70,8 @@ def stars(model, library, args) -> dict:
         split = split.take(np.arange(min(args.limit, len(split))))
     truth, valid = prepare_truth(split, wave, model.medium)
     truth = np.where(valid, truth, np.nan)
-    merges = dict(model.prior.merges)
-    names = list(model.prior.class_names)
-    labels = np.array(
-        [names.index(merges.get(c, c)) for c in np.asarray(split.params["class"]).astype(str)]
-    )
+    classes = np.asarray(split.params["class"]).astype(str)
+    labels = np.array([model.prior.class_index(c) for c in classes])
     rng = np.random.default_rng(args.seed)
     out = {"n_stars": int(truth.shape[0])}
     for i, snr in enumerate(SNRS):

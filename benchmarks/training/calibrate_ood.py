@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from denoiser_step import run_step
 
-from specutils_deepclean.benchmarking.ood_negatives import KINDS, make
+from specutils_deepclean.benchmarking.ood_negatives import KINDS, make, reliability
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.manipulation import DEFAULT_VELOCITY_RANGE
 from specutils_deepclean.models import ood
@@ -89,20 +89,6 @@ def flagged(stats, limits) -> np.ndarray:
     return rule | stats["beyond"]
 
 
-def expected_calibration_error(posterior, labels, bins: int = 10) -> float:
-    """ECE of the top class: sum over confidence bins of |accuracy - confidence| n_b / N."""
-    confidence = posterior.max(1)
-    correct = posterior.argmax(1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            total += abs(correct[sel].mean() - confidence[sel].mean()) * sel.mean()
-    return float(total)
-
-
 def posterior(log_evidence, snr, calibration=None) -> np.ndarray:
     """The model's class posterior (`~specutils_deepclean.models.ood.class_posterior`)."""
     extra = {} if calibration is None else {"class_calibration": np.asarray(calibration)}
@@ -135,11 +121,8 @@ def calibrate_ood(model, library, *, seed: int) -> dict:
     val = library.select(split="val", good=True)
     truth, valid = prepare_truth(val, wave, model.medium)
     truth = np.where(valid, truth, np.nan)
-    merges = dict(model.prior.merges)
-    names = list(model.prior.class_names)
-    labels = np.array(
-        [names.index(merges.get(c, c)) for c in np.asarray(val.params["class"]).astype(str)]
-    )
+    classes = np.asarray(val.params["class"]).astype(str)
+    labels = np.array([model.prior.class_index(c) for c in classes])
     rng = np.random.default_rng(seed)
     stars = {}
     for i, snr in enumerate(SNRS):
@@ -175,12 +158,12 @@ def calibrate_ood(model, library, *, seed: int) -> dict:
     calibration, nll = fit_calibration(evidence, pooled["snr"], np.tile(labels, len(SNRS)))
     ece = {
         str(s): {
-            "uncalibrated": expected_calibration_error(
+            "uncalibrated": reliability(
                 posterior(stars[s]["log_evidence"], stars[s]["snr"]), labels
-            ),
-            "fitted": expected_calibration_error(
+            )[0],
+            "fitted": reliability(
                 posterior(stars[s]["log_evidence"], stars[s]["snr"], calibration), labels
-            ),
+            )[0],
         }
         for s in SNRS
     }

@@ -18,7 +18,7 @@ where undefined) to be observed through the simulator, with the S/N to observe i
 
 Used by ``benchmarks/training/calibrate_ood.py`` (val stars) and
 ``benchmarks/benchmarks/bench_ood.py`` (train stars, other seeds): no test star is
-ever used.
+ever used.  `reliability` is the calibration metric both report.
 """
 
 from __future__ import annotations
@@ -121,3 +121,43 @@ def make(kind: str, n: int, wave, stars, seed: int):
         snr.append(rng.uniform(0.2, 1.0) if kind == "noise" else (5.0, 10.0, 20.0)[i % 3])
         params.append(info)
     return np.array(truth), np.array(snr), rv, params
+
+
+def reliability(posterior: np.ndarray, labels: np.ndarray, bins: int = 10) -> tuple[float, list]:
+    """Expected calibration error of the top class, and the reliability diagram.
+
+    Parameters
+    ----------
+    posterior : ndarray, shape (N, K)
+        Class probabilities of N spectra.
+    labels : ndarray of int, shape (N,)
+        Their true class indices.
+    bins : int
+        Equal-width confidence bins over [0, 1].
+
+    Returns
+    -------
+    ece : float
+        Sum over the bins of ``|accuracy - confidence| n_b / N``.
+    diagram : list of dict
+        Per non-empty bin: its edges, count, mean confidence and accuracy.
+    """
+    confidence = posterior.max(1)
+    correct = posterior.argmax(1) == labels
+    which = np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    ece, diagram = 0.0, []
+    for b in range(bins):
+        sel = which == b
+        if not sel.any():
+            continue
+        gap = abs(correct[sel].mean() - confidence[sel].mean())
+        ece += gap * sel.mean()
+        diagram.append(
+            {
+                "bin": [b / bins, (b + 1) / bins],
+                "count": int(sel.sum()),
+                "confidence": float(confidence[sel].mean()),
+                "accuracy": float(correct[sel].mean()),
+            }
+        )
+    return float(ece), diagram
