@@ -26,9 +26,7 @@ measures them on data it never saw:
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -37,6 +35,8 @@ import astropy.units as u
 import numpy as np
 import torch
 from specutils import SpectrumList
+
+from _common import header, select_stars, star_parser
 
 from specutils_deepclean import denoise
 from specutils_deepclean.datasets import load_examples, load_library
@@ -65,9 +65,7 @@ def run(model, truth, snr, rv, seed):
 
 def stars(model, library, args) -> dict:
     wave = model.wavelength.to_value("Angstrom")
-    split = library.select(split=args.split, good=True)
-    if args.limit:
-        split = split.take(np.arange(min(args.limit, len(split))))
+    split = select_stars(library, args)
     truth, valid = prepare_truth(split, wave, model.medium)
     truth = np.where(valid, truth, np.nan)
     classes = np.asarray(split.params["class"]).astype(str)
@@ -168,34 +166,17 @@ def examples() -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--library", default=None)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--model", default="denoiser-miles")
-    parser.add_argument("--vmax", type=float, default=600.0)
+    parser = star_parser(__doc__, seed=1616)
     parser.add_argument("--negatives", type=int, default=30, help="spectra per negative kind")
-    parser.add_argument("--seed", type=int, default=1616)
-    parser.add_argument("--limit", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--desi", default="../shared/data/desi", help="'' to skip")
-    parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     library = load_library(args.library)
     result = {
-        "command": "python benchmarks/benchmarks/bench_ood.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": args.model,
+        **header("bench_ood.py", argv, args),
         "ood_limits": np.asarray(model.extra.get("ood_limits", [])).tolist(),
         "class_calibration": np.asarray(model.extra.get("class_calibration", [])).tolist(),
-        "split": args.split,
-        "vmax_kms": args.vmax,
-        "seed": args.seed,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "stars": stars(model, library, args),
         "negatives_from_train": negatives(model, library, args),
         "examples_demo_observation": examples(),

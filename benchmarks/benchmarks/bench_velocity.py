@@ -30,9 +30,7 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -43,6 +41,8 @@ import numpy as np
 import torch
 from astropy.io import fits
 from specutils import Spectrum
+
+from _common import header, select_stars, star_parser
 
 from specutils_deepclean import denoise, metrics
 from specutils_deepclean.datasets import load_library
@@ -234,13 +234,7 @@ def run_sdss(path: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--library", default=None)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--model", default="denoiser-miles")
-    parser.add_argument("--vmax", type=float, default=600.0)
+    parser = star_parser(__doc__, seed=2026)
     parser.add_argument(
         "--velocity-range",
         type=float,
@@ -248,38 +242,25 @@ def main(argv=None) -> int:
         help="the denoiser's (and the template fit's) velocity range for the stars, km/s",
     )
     parser.add_argument("--pca-k", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--limit", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--sdss", default="../shared/data/sdss/NGC3073_SDSS_DR18.fits", help="'' to skip"
     )
-    parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     wave = model.wavelength.to_value(u.AA)
     library = load_library(args.library)
-    stars = library.select(split=args.split, good=True)
-    if args.limit:
-        stars = stars.take(np.arange(min(args.limit, len(stars))))
+    stars = select_stars(library, args)
     truth, valid = prepare_truth(stars, wave, model.medium)
     pca = load_model("miles-pca")
     basis = np.vstack(
         [pca.mean.double().numpy()[None], pca.components.double().numpy()[: args.pca_k]]
     )
     result = {
-        "command": "python benchmarks/benchmarks/bench_velocity.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "split": args.split,
+        **header("bench_velocity.py", argv, args),
         "n_spectra": int(len(stars)),
-        "model": args.model,
-        "vmax_kms": args.vmax,
         "velocity_range_kms": args.velocity_range,
         "pca_components": args.pca_k,
-        "seed": args.seed,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "stars": run_stars(args, model, Simulator(wave, model.medium), truth, valid, basis, wave),
     }
     if args.sdss and Path(args.sdss).is_file():

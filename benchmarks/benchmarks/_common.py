@@ -1,0 +1,48 @@
+"""Options, star selection and JSON header shared by the OOD and velocity benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+
+def star_parser(doc: str | None, *, seed: int) -> argparse.ArgumentParser:
+    """Options of a benchmark on simulated observations of MILES stars of one split."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--library", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--model", default="denoiser-miles")
+    parser.add_argument("--vmax", type=float, default=600.0)
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", required=True)
+    return parser
+
+
+def select_stars(library, args: argparse.Namespace):
+    """The good stars of ``args.split``, the first ``args.limit`` of them if set."""
+    stars = library.select(split=args.split, good=True)
+    if args.limit:
+        stars = stars.take(np.arange(min(args.limit, len(stars))))
+    return stars
+
+
+def header(script: str, argv: list[str] | None, args: argparse.Namespace) -> dict:
+    """The command line, the run's settings and the machine, for the JSON."""
+    return {
+        "command": f"python benchmarks/benchmarks/{script} "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model": args.model,
+        "split": args.split,
+        "vmax_kms": args.vmax,
+        "seed": args.seed,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
