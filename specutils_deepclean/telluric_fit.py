@@ -202,8 +202,10 @@ def telluric_basis(
         raise ValueError(f"resolving_power must be positive, got {resolving_power}")
     key = (edges_aa.tobytes(), medium, resolving_power, id(template))
     with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+        cached = _CACHE.get(key)
+    # the entry holds its template, so its id cannot pass to another object meanwhile
+    if cached is not None and cached[0] is template:
+        return cached[1]
     centres = 0.5 * (edges_aa[1:] + edges_aa[:-1])
     wave = _template_in_medium(template, medium)
     margin = 1 + 80.0 / C_KMS + 5.0 / resolving_power
@@ -234,7 +236,7 @@ def telluric_basis(
     with _CACHE_LOCK:
         if len(_CACHE) > 32:
             _CACHE.clear()
-        _CACHE[key] = basis
+        _CACHE[key] = (template, basis)
     return basis
 
 

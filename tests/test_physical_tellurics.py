@@ -199,3 +199,19 @@ def test_physical_mode_batch_with_an_empty_row():
     assert np.array(meta["telluric_velocity"]).shape == (2, 2)
     assert out.mask[:, 1].all() and not out.mask[:, 0].all()
     assert np.isfinite(out.flux.value[:, 0]).all()
+
+
+
+def test_basis_cache_is_per_template_object(monkeypatch):
+    """Two templates with the same id (CPython reuses a freed object's) get their own basis."""
+    import specutils_deepclean.telluric_fit as telluric_fit
+    from specutils_deepclean.telluric_template import MolecularTemplate
+
+    monkeypatch.setattr(telluric_fit, "id", lambda obj: -1, raising=False)
+    wave = 6000.0 * np.exp(np.arange(20000) / 60000.0)
+    line = np.exp(-0.5 * ((wave - 6500.0) / 0.5) ** 2)
+    edges = bin_edges(np.linspace(6200.0, 6800.0, 600))
+    first = MolecularTemplate(wave, {"H2O": line, "O2": 0 * line})
+    second = MolecularTemplate(wave, {"H2O": 0 * line, "O2": 0 * line})
+    assert telluric_basis(edges, "vacuum", 3000.0, first).tau.max() > 0
+    assert telluric_basis(edges, "vacuum", 3000.0, second).tau.max() < 1e-6
