@@ -163,11 +163,6 @@ def _template_in_medium(template: MolecularTemplate, medium: str) -> np.ndarray:
     return convert(wave * u.AA).to_value(u.AA)
 
 
-def _edges_of(centres: np.ndarray) -> np.ndarray:
-    mid = 0.5 * (centres[1:] + centres[:-1])
-    return np.concatenate([[2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]])
-
-
 def telluric_basis(
     edges_aa: np.ndarray,
     medium: str,
@@ -193,7 +188,7 @@ def telluric_basis(
     -------
     TelluricBasis
     """
-    from .resample import rebin_matrix
+    from .resample import bin_edges, rebin_matrix
 
     template = load_molecular_template() if template is None else template
     edges_aa = np.asarray(edges_aa, dtype=float)
@@ -223,7 +218,7 @@ def telluric_basis(
                 stack[m * n_k + k] = gaussian_filter1d(
                     np.exp(-power * depth), sigma_pix, mode="nearest"
                 )
-        sub_edges = _edges_of(sub)
+        sub_edges = bin_edges(sub)
         width = np.diff(edges_aa)
         for j, v in enumerate(VELOCITIES):
             matrix = rebin_matrix(sub_edges * (1 + v / C_KMS), edges_aa)
