@@ -209,10 +209,16 @@ def quicklook_file(
     pathlib.Path
         ``png_path``.
     """
-    from .files import read_result, read_targets
+    from .files import read_targets
 
     targets, _ = read_targets(input_path, file_format)
-    found = dict(targets)
+    return _quicklook_target(dict(targets), input_path, result_path, png_path, target)
+
+
+def _quicklook_target(found: dict, input_path, result_path, png_path, target) -> Path:
+    """:func:`quicklook_file` with the input file's targets (name -> spectrum) read."""
+    from .files import read_result
+
     if target not in found:
         raise ValueError(f"{input_path} has no target {target!r} (it has {list(found)})")
     result = read_result(result_path)

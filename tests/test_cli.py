@@ -92,3 +92,34 @@ def test_detelluric_physical_mode_file(survey, tmp_path, capsys):
     result = read_result(out / "star000_detelluric.fits")
     assert result.meta["deepclean"]["mode"] == "physical"
     assert set(result.meta["deepclean"]["depths"]) == {"H2O", "O2"}
+
+
+def test_plots_read_each_input_file_once(tmp_path, monkeypatch):
+    """--plot on a file of many targets (DESI) reads and combines that file once, not per target."""
+    from types import SimpleNamespace
+
+    from specutils_deepclean import files, plotting
+    from specutils_deepclean.commands.clean import _plots
+
+    reads, drawn = [], []
+
+    def read_targets(path, file_format=None):
+        reads.append(path)
+        return [(f"{path.stem}-{k}", f"spectrum {path.stem}-{k}") for k in range(3)], {}
+
+    monkeypatch.setattr(files, "read_targets", read_targets)
+    monkeypatch.setattr(files, "read_result", lambda path: f"result {path.name}")
+    monkeypatch.setattr(
+        plotting, "quicklook", lambda result, spectrum, title, path: drawn.append((result, spectrum))
+    )
+    one, two = tmp_path / "a.fits", tmp_path / "b.fits"
+    results = {
+        tmp_path / f"{path.stem}-{k}_denoised.fits": (path, f"{path.stem}-{k}")
+        for k in (0, 2, 1)
+        for path in (two, one)
+    }
+    _plots(SimpleNamespace(results=results, existing={}), tmp_path, "denoise", None)
+    assert sorted(reads) == [one, two]
+    assert sorted(drawn) == sorted(
+        (f"result {result.name}", f"spectrum {target}") for result, (_, target) in results.items()
+    )

@@ -148,17 +148,21 @@ def _run(task: str, argv) -> int:
 
 def _plots(summary, output: Path, task: str, file_format: str | None) -> None:
     """A quicklook per result written now, and per existing result that has none yet."""
-    from ..plotting import quicklook_file
+    from ..files import read_targets
+    from ..plotting import _quicklook_target
 
     missing = {
         result: source
         for result, source in summary.existing.items()
         if not result.with_suffix(".png").exists()
     }
-    for result, (path, target) in {**summary.results, **missing}.items():
-        quicklook_file(
-            path, result, result.with_suffix(".png"), file_format=file_format, target=target
-        )
+    # Grouped by input file, each read once (a DESI file holds hundreds of targets).
+    todo = sorted({**summary.results, **missing}.items(), key=lambda item: str(item[1][0]))
+    read, found = None, {}
+    for result, (path, target) in todo:
+        if path != read:
+            read, found = path, dict(read_targets(path, file_format)[0])
+        _quicklook_target(found, path, result, result.with_suffix(".png"), target)
 
 
 def denoise_main(argv=None) -> int:
