@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 
 import astropy.units as u
@@ -515,6 +516,7 @@ def desi_targets(
         )
     n_rows = len(fibermap)
     ids = [int(t) for t in fibermap["TARGETID"]]
+    repeats = Counter(ids)
     has_expid = "EXPID" in fibermap.colnames
     header = combined.meta.get("header")
     exp_fibermap = combined.meta.get("exp_fibermap")
@@ -525,7 +527,7 @@ def desi_targets(
         fiber = _fibre(entry, fibermap, exp_fibermap, targetid)
         status = _fibre_status(entry)
         state = "" if status is None else f", FIBERSTATUS {status}"
-        if ids.count(targetid) == 1:
+        if repeats[targetid] == 1:
             name = str(targetid)
         elif has_expid:
             name = f"{targetid}-{int(entry['EXPID'])}"
