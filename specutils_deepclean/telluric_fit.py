@@ -23,7 +23,16 @@ inverse variance plus a model error), alternating with :math:`C`; :math:`R` is g
 a grid by the smallest :math:`\chi^2`.  Each molecule has one depth for all its bands,
 so the transmission is deep only where the atmosphere has lines: a stellar line
 (Na D, H\ :math:`\alpha`, Mg b, Ca H and K) can change the fit only through its
-overlap with telluric lines, never become part of the transmission.
+overlap with telluric lines, never become part of the transmission.  The velocity
+has a Gaussian prior (`VELOCITY_PRIOR_KMS`).
+
+Two tests keep the correction to what the data show.  A molecule whose column is
+below `MIN_SIGNIFICANCE` standard deviations is set to 0: the stellar model's
+mismatch alone buys a small, always positive, column on a spectrum without
+tellurics.  A band (the stretches between `BAND_CUTS`) whose absorption has a
+squared signal-to-noise ratio below `MIN_BAND_CHI2` is left uncorrected: at low
+S/N, dividing a weak band even by the true transmission raises its noise more than
+it removes absorption.
 
 The non-linearity of unresolved saturated lines is kept: the template is convolved
 at a grid of column powers (`POWERS`) and velocities (`VELOCITIES`) and interpolated
@@ -42,8 +51,12 @@ from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 from .telluric_template import MOLECULES, MolecularTemplate, load_molecular_template
 
 __all__ = [
+    "BAND_CUTS",
+    "MIN_BAND_CHI2",
+    "MIN_SIGNIFICANCE",
     "POWERS",
     "VELOCITIES",
+    "VELOCITY_PRIOR_KMS",
     "RESOLVING_POWERS",
     "TelluricBasis",
     "TelluricFit",
@@ -64,11 +77,24 @@ MODEL_ERROR = 0.005
 _FIT_TAU = 1e-2
 
 #: Optical depth scale of the continuum weights ``exp(-tau / _CLEAR_TAU)``.
-_CLEAR_TAU = 0.05
+_CLEAR_TAU = 0.02
 #: Pixels clearer than this (continuum weight) are rejected at ``clip``, the others at
 #: ``clip * _BAND_CLIP``.
 _REJECT_CLEAR = 0.5
 _BAND_CLIP = 3.0
+
+#: Standard deviation (km/s) of the Gaussian prior on the atmosphere's velocity: the
+#: barycentric correction of a survey spectrum reaches 30 km/s, but without it a
+#: spectrum with no telluric line would find one in its noise somewhere in +-60 km/s.
+VELOCITY_PRIOR_KMS = 20.0
+#: A molecule whose fitted column is below this many standard deviations is set to 0.
+MIN_SIGNIFICANCE = 3.0
+#: A band whose absorption's squared signal-to-noise ratio is below this stays uncorrected.
+MIN_BAND_CHI2 = 2.0
+#: Wavelengths (Angstrom) between the bands: each stretch between two is one band for
+#: the per-band test (H2O 5900, O2 gamma, H2O 6500, O2 B, H2O 7200, O2 A, H2O 8200,
+#: H2O 9400); they fall where the atmosphere is clear, in air or vacuum alike.
+BAND_CUTS = (6100.0, 6400.0, 6800.0, 7000.0, 7500.0, 7800.0, 8600.0)
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
@@ -265,6 +291,9 @@ class TelluricFit:
         Reduced chi-square over the fitted pixels.
     fitted : ndarray of bool, shape (n,)
         Spectra with enough telluric pixels to fit (the others get ``T = 1``).
+    uncorrected_bands : ndarray of int, shape (n,)
+        Bands (stretches between `BAND_CUTS`) with some absorption weaker than
+        their noise (``min_band_chi2``): there ``T = 1``.
     """
 
     depths: np.ndarray
@@ -279,6 +308,7 @@ class TelluricFit:
     rejected: np.ndarray
     chi2: np.ndarray
     fitted: np.ndarray
+    uncorrected_bands: np.ndarray
 
 
 def _blur(values, sigma_pix):
@@ -353,9 +383,14 @@ def _model_jacobian(basis, depths, velocity, base):
     return model, jac
 
 
-def _solve(jac, weight, err):
+def _solve(jac, weight, err, velocity=None):
+    """Gauss-Newton step; with ``velocity`` (the last parameter), its Gaussian prior
+    (`VELOCITY_PRIOR_KMS`) is added."""
     hess = np.einsum("npk,nqk,nk->npq", jac, jac, weight)
     grad = np.einsum("npk,nk,nk->np", jac, weight, err)
+    if velocity is not None:
+        hess[:, -1, -1] += VELOCITY_PRIOR_KMS**-2
+        grad[:, -1] += velocity / VELOCITY_PRIOR_KMS**2
     damp = 1e-6 * np.trace(hess, axis1=1, axis2=2)[:, None, None] + 1e-30
     hess = hess + damp * np.eye(jac.shape[1])[None]
     return -np.linalg.solve(hess, grad[..., None])[..., 0], hess
@@ -371,7 +406,7 @@ def _gauss_newton(basis, depths, velocity, obs, base, weight, n_step=3):
     hess = None
     for _ in range(n_step):
         model, jac = _model_jacobian(basis, depths, velocity, base)
-        delta, hess = _solve(jac, weight, model - obs)
+        delta, hess = _solve(jac, weight, model - obs, velocity)
         depths = np.clip(depths + delta[:, :n_mol], POWERS[0], POWERS[-1])
         velocity = np.clip(velocity + delta[:, n_mol], VELOCITIES[0], VELOCITIES[-1])
     tau = basis.evaluate(depths, velocity, derivatives=False)[0]
@@ -390,7 +425,7 @@ def _velocity_start(basis, depths, obs, base, weight):
         err = model - obs
         delta, _ = _solve(jac[:, :n_mol], weight, err)
         err = err + np.einsum("npk,np->nk", jac[:, :n_mol], delta)
-        chi2 = np.einsum("nk,nk->n", weight, err**2)
+        chi2 = np.einsum("nk,nk->n", weight, err**2) + (v / VELOCITY_PRIOR_KMS) ** 2
         better = chi2 < best
         best[better], start[better] = chi2[better], v
     return start
@@ -436,7 +471,7 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
     chi2 = np.zeros(n)
     n_used = np.zeros(n)
     fitted = np.zeros(n, dtype=bool)
-    trans = _transmission(on_active, depths, velocity, active, (n, n_pix))
+    trans = np.ones((n, n_pix))  # the first continuum: no absorption assumed
     for it in range(n_iter):
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = flux / (base * trans)
@@ -484,11 +519,19 @@ def fit_transmission(
     *,
     resolving_power: float | None = None,
     template: MolecularTemplate | None = None,
-    n_iter: int = 2,
+    n_iter: int = 3,
     clip: float = 3.0,
     smooth_aa: tuple[float, float] = (60.0, 40.0),
+    min_significance: float = MIN_SIGNIFICANCE,
+    min_band_chi2: float = MIN_BAND_CHI2,
 ) -> TelluricFit:
     """Fit the molecular depths, the velocity and (optionally) the resolution per spectrum.
+
+    Two tests keep the correction to what the data show: a molecule whose column is
+    below ``min_significance`` standard deviations gets column 0, and a band (the
+    stretches between `BAND_CUTS`) whose absorption has a squared signal-to-noise
+    ratio below ``min_band_chi2`` is left uncorrected (``T = 1``): at low S/N a weak band
+    divided by even the true transmission comes out worse than it went in.
 
     Parameters
     ----------
@@ -514,6 +557,11 @@ def fit_transmission(
         Rejection threshold, in units of the row's robust residual scatter.
     smooth_aa : (float, float)
         Gaussian sigma (Angstrom) of the continuum with and without a stellar model.
+    min_significance : float
+        Smallest column, in standard deviations, that is kept.
+    min_band_chi2 : float
+        Smallest squared signal-to-noise ratio of a band's absorption for which it
+        is corrected.
 
     Returns
     -------
@@ -540,6 +588,12 @@ def fit_transmission(
     )
     cov = cov * np.maximum(chi2, 1.0)[:, None, None]
     n_mol = len(MOLECULES)
+    depth_sigma = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2)[:, :n_mol], 0))
+    # A column the data do not detect is no column: the stellar model's mismatch
+    # alone can buy a small one (always positive: depths cannot be negative).
+    depths = np.where(depths > min_significance * depth_sigma, depths, 0.0)
+    # no absorption, no velocity of it
+    velocity = np.where(depths.any(axis=1), velocity, 0.0)
     n, n_pix = flux.shape
     active = _active(basis)
     tau = np.zeros((n, n_mol, n_pix))
@@ -549,9 +603,15 @@ def fit_transmission(
         jac = np.concatenate([d_a, d_v.sum(axis=1, keepdims=True)], axis=1)
         tau[:, :, active] = t_a
         var[:, active] = np.einsum("npk,npq,nqk->nk", jac, cov, jac)
+    off = _undetected_bands(
+        basis.centres, flux, noise, valid & ~rejected, model0, np.exp(-tau.sum(axis=1)),
+        min_band_chi2,
+    )
+    tau[off[:, None, :].repeat(n_mol, axis=1)] = 0.0
+    var[off] = 0.0
     return TelluricFit(
         depths=depths,
-        depth_sigma=np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2)[:, :n_mol], 0)),
+        depth_sigma=depth_sigma,
         velocity=velocity,
         velocity_sigma=np.sqrt(np.maximum(cov[:, n_mol, n_mol], 0)),
         resolving_power=float(resolving_power),
@@ -562,7 +622,44 @@ def fit_transmission(
         rejected=rejected,
         chi2=chi2,
         fitted=fitted,
+        uncorrected_bands=_count_bands(basis.centres, off),
     )
+
+
+def _band_index(centres: np.ndarray) -> np.ndarray:
+    """Index of each pixel's band: the stretches between `BAND_CUTS`."""
+    return np.searchsorted(np.asarray(BAND_CUTS), centres)
+
+
+def _undetected_bands(centres, flux, noise, usable, model0, trans, min_chi2):
+    """Pixels of the bands whose absorption is weaker than their noise, per row.
+
+    For each band with some absorption (``T < 0.999``), the chi-square that tells
+    the fitted absorption from none, ``sum((model0 (1 - T))^2 / sigma^2)`` (``sigma``:
+    the noise plus `MODEL_ERROR`), is the band's squared signal-to-noise ratio:
+    below ``min_chi2`` the band is weaker than its noise, and dividing by it adds
+    the noise it amplifies more than it removes.  (The data's own chi-square gain
+    would also count the stellar model's mismatch, which H alpha, inside the 6500 A
+    band, dominates.)
+    """
+    band = _band_index(centres)
+    sig2 = noise**2 + (MODEL_ERROR * np.abs(model0 * trans)) ** 2
+    use = usable & np.isfinite(model0) & np.isfinite(sig2) & (sig2 > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gain = np.where(use, (model0 * (1.0 - trans)) ** 2 / sig2, 0.0)
+    off = np.zeros(flux.shape, dtype=bool)
+    absorbs = trans < 0.999
+    for b in np.unique(band[absorbs.any(axis=0)]):
+        pix = band == b
+        fails = absorbs[:, pix].any(axis=1) & (gain[:, pix].sum(axis=1) < min_chi2)
+        off[np.ix_(fails, pix)] = True
+    return off
+
+
+def _count_bands(centres, off):
+    """Per row, the number of bands with pixels in ``off``."""
+    band = _band_index(centres)
+    return np.array([np.unique(band[row]).size for row in off], dtype=int)
 
 
 def _choose_resolution(edges_aa, medium, flux, noise, valid, stellar, template, clip, smooth_aa):
@@ -728,13 +825,11 @@ def remove_physical(
                 m: per_row(fit.depth_sigma[:, k]) for k, m in enumerate(MOLECULES)
             },
             "o2_airmass": per_row(fit.depths[:, MOLECULES.index("O2")]),
-            "h2o_column": per_row(
-                fit.depths[:, MOLECULES.index("H2O")]
-                / np.maximum(fit.depths[:, MOLECULES.index("O2")], 1e-3)
-            ),
+            "h2o_column": per_row(_water_per_airmass(fit.depths)),
             "telluric_velocity": per_row(fit.velocity),
             "resolving_power": fit.resolving_power,
             "reduced_chi2": per_row(fit.chi2),
+            "uncorrected_bands": per_row(fit.uncorrected_bands),
             "telluric_pixels": np.count_nonzero(trans < 0.999, axis=1).reshape(batch_shape).tolist(),
             "medium": source,
             "masked": {
@@ -747,6 +842,13 @@ def remove_physical(
         }
     )
     return spectrum_like(spectrum, back(out_flux) * spectrum.flux.unit, unc, back(mask_out), info)
+
+
+def _water_per_airmass(depths: np.ndarray) -> np.ndarray:
+    """The water column over the O2 column (airmass); NaN where O2 is not detected."""
+    o2 = depths[:, MOLECULES.index("O2")]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(o2 > 0, depths[:, MOLECULES.index("H2O")] / o2, np.nan)
 
 
 def _as_type(variance, kind):

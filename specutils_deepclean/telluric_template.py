@@ -17,25 +17,26 @@ for H\ :sub:`2`\ O).  Between 3600 and 10000 Angstrom two absorbers matter:
 
 The components are separated with the three variants of the ESO LBLRTM model
 (:func:`~specutils_deepclean.datasets.load_transmission`: nominal, drier and wetter;
-the dry gases are the same in all three).  With optical depths
-:math:`\tau = -\ln T`, the water term is proportional to the wet-minus-dry difference,
-:math:`\tau_{\rm H_2O} = c\,(\tau_{\rm wet} - \tau_{\rm dry})`, where the scale
-:math:`c` (the nominal water column over the wet-minus-dry difference of columns) is
-the median of :math:`\tau_{\rm nominal} / (\tau_{\rm wet} - \tau_{\rm dry})` over
+the dry gases are the same in all three).  First the nominal model's smooth continuum
+(Rayleigh scattering, the ozone Chappuis band, the water continuum) is divided out with
+:func:`~specutils_deepclean.tellurics.split_transmission` (55 Angstrom window, as
+everywhere in the package): a median-normalised spectrum cannot tell it from the
+star's continuum, and left in, it would be given to whichever molecule owns a pixel
+(a water line pixel then carries the Rayleigh and ozone depth too, and the water
+template is too deep by that much where its lines are weak).  With line optical depths
+:math:`\tau = -\ln T_{\rm lines}`, the water term is proportional to the wet-minus-dry
+difference, :math:`\tau_{\rm H_2O} = c\,(\tau_{\rm wet} - \tau_{\rm dry})`, where the
+scale :math:`c` (the nominal water column over the wet-minus-dry difference of
+columns) is the median of :math:`\tau / (\tau_{\rm wet} - \tau_{\rm dry})` over
 unsaturated pixels dominated by water.  At the model's resolution (R = 60000) the
 lines are not resolved, so the ratio is not linear in the column within a saturating
 line; each model pixel is therefore given wholly to water, where
-:math:`f = c\,(\tau_{\rm wet} - \tau_{\rm dry})/\tau_{\rm nominal} > 0.5`, or wholly
-to the dry gases (the water and O\ :sub:`2` lines barely share pixels), and
-:math:`\tau_{\rm O_2} = \tau_{\rm nominal} - \tau_{\rm H_2O}`.  Where the model
+:math:`f = c\,(\tau_{\rm wet} - \tau_{\rm dry})/\tau > 0.5`, or wholly to the dry
+gases (the water and O\ :sub:`2` lines barely share pixels):
+:math:`\tau_{\rm H_2O} = \tau` or :math:`\tau_{\rm O_2} = \tau`.  Where the model
 saturates (any variant below ``1e-3``) the difference carries no information and the
-pixel takes its neighbours' assignment.
-The dry part's smooth continuum (Rayleigh scattering, the ozone Chappuis band) is
-removed with :func:`~specutils_deepclean.tellurics.split_transmission` (55
-Angstrom window, as everywhere in the package), as a median-normalised spectrum cannot tell it from the star's continuum;
-the water bands are kept whole (their broad envelopes are absorption too).  The
-optical depths are divided by the model's airmass (3), so a template holds them at
-airmass 1.
+pixel takes its neighbours' assignment.  The optical depths are divided by the
+model's airmass (3), so a template holds them at airmass 1.
 
 A compact template built this way ships with the package
 (:func:`load_molecular_template`; made by ``benchmarks/training/make_molecular_template.py``).
@@ -166,7 +167,8 @@ def build_molecular_template(
     wave_range : (float, float)
         Range to keep, Angstrom (within the model's coverage).
     continuum_window_aa : float
-        Window of the dry part's continuum (Rayleigh, ozone), see the module notes.
+        Window of the model's continuum (Rayleigh, ozone, water continuum), see the
+        module notes.
 
     Returns
     -------
@@ -202,7 +204,13 @@ def build_molecular_template(
         for t in (transmission.transmission, drier, wetter)
     ]
     saturated = np.min(on_grid, axis=0) < _SATURATED
-    tau, tau_dry, tau_wet = (-np.log(np.clip(t, _T_MIN, 1.0)) for t in on_grid)
+    # Line part of the nominal model: its smooth continuum (Rayleigh, the ozone
+    # Chappuis band, the water continuum) is no molecule's line.
+    lines = split_transmission(
+        np.clip(on_grid[0], _T_MIN, 1.0), grid, window_aa=continuum_window_aa
+    )[1]
+    tau = -np.log(np.clip(lines, _T_MIN, 1.0))
+    tau_dry, tau_wet = (-np.log(np.clip(t, _T_MIN, 1.0)) for t in on_grid[1:])
     diff = tau_wet - tau_dry
     usable = ~saturated & (diff > 0.02) & (tau > 0.02) & (tau < 1.0)
     if usable.sum() < 100:
@@ -213,14 +221,10 @@ def build_molecular_template(
     known = ~saturated & (tau > 1e-6)
     filled = np.interp(np.arange(n), np.flatnonzero(known), share[known])
     share = np.where(known, share, np.round(filled))
-    tau_h2o = share * tau
-    dry = np.exp(-(tau - tau_h2o))
-    dry_lines = split_transmission(dry, grid, window_aa=continuum_window_aa)[1]
-    tau_o2 = -np.log(np.clip(dry_lines, _T_MIN, 1.0))
     airmass = float(transmission.airmass)
     return MolecularTemplate(
         wavelength=grid,
-        optical_depth={"H2O": tau_h2o / airmass, "O2": tau_o2 / airmass},
+        optical_depth={"H2O": share * tau / airmass, "O2": (1 - share) * tau / airmass},
         resolving_power=power,
         medium=transmission.medium,
         meta={"WSCALE": scale, "SRCAIRM": airmass},

@@ -47,21 +47,33 @@ def test_build_template_needs_variants():
 
 def test_build_template_separates_synthetic_molecules():
     from specutils_deepclean.datasets import Transmission
+    from specutils_deepclean.tellurics import split_transmission
 
     wave = 3000.0 * np.exp(np.arange(80000) / 60000.0)
     water = 0.3 * np.exp(-0.5 * ((wave - 9400) / 30) ** 2) * (1 + np.sin(wave))
     dry = 0.8 * np.exp(-0.5 * ((wave - 7600) / 1.0) ** 2)
-    nominal = np.exp(-(dry + water))
+    # a smooth continuum (Rayleigh-like) under everything: no molecule's line
+    smooth = 0.1 * (5000.0 / wave) ** 4
+    nominal = np.exp(-(dry + water + smooth))
     trans = Transmission(
-        wave * u.AA, nominal, drier=np.exp(-(dry + 0.25 * water)),
-        wetter=np.exp(-(dry + 2.25 * water)),
+        wave * u.AA, nominal, drier=np.exp(-(dry + 0.25 * water + smooth)),
+        wetter=np.exp(-(dry + 2.25 * water + smooth)),
     )
     t = build_molecular_template(trans, wave_range=(3500.0, 10500.0))
     got = np.interp(wave, t.wavelength, t.optical_depth["H2O"]) * 3
     band = _in(wave, 9300, 9500)
-    assert np.allclose(got[band], water[band], atol=2e-3)
+    # water's line part (its band envelope above the 55 A upper envelope), not the
+    # continuum: the same with or without the smooth term
+    lines = -np.log(split_transmission(np.exp(-water), wave)[1])
+    assert np.allclose(got[band], lines[band], atol=3e-3)
+    assert lines[band].max() > 0.3
     assert t.optical_depth["H2O"][_in(t.wavelength, 7590, 7610)].max() < 1e-3
-    assert np.isclose(t.meta["WSCALE"], 0.5, rtol=1e-3)
+    assert t.optical_depth["O2"][_in(t.wavelength, 9300, 9500)].max() < 1e-3
+    # the dry line keeps its depth; the continuum under it is gone
+    o2 = np.interp(wave, t.wavelength, t.optical_depth["O2"]) * 3
+    assert abs(o2[_in(wave, 7599, 7601)].max() - 0.8) < 0.02
+    assert np.median(o2[_in(wave, 5000, 5500)]) < 3e-3  # 1 % of the continuum there
+    assert np.isclose(t.meta["WSCALE"], 0.5, rtol=2e-2)
 
 
 def _synthetic(depths, velocity, power=2000.0, snr=300.0, seed=0):
@@ -89,6 +101,51 @@ def test_fit_recovers_depths_and_velocity():
     corrected = flux / fit.transmission[0]
     band = _in(wave, 7590, 7700) & (fit.transmission[0] > 0.3)
     assert np.median(np.abs(corrected[band] / star[band] - 1)) < 0.02
+
+
+def test_fit_recovers_the_simulators_airmass():
+    """The template against the simulator's transmission (ESO model ``T ** (X / 3)``,
+    convolved at constant FWHM): noise-free, both columns follow the airmass.  With
+    the continuum (Rayleigh, ozone) left on the water pixels of the template, the
+    water column came out 0.93 X at X = 2.5 (and 0.84 X with the fit of before)."""
+    from specutils_deepclean.simulate import Simulator
+
+    wave = np.arange(6300.0, 7400.0, 0.9)
+    airmass = np.array([1.0, 2.5])
+    sim = Simulator(wave, "air", fwhm=2.5)
+    flux = np.array([sim.transmission_at(x) for x in airmass])
+    fit = fit_transmission(bin_edges(wave), "air", flux, np.full_like(flux, 1e-3),
+                           np.ones_like(flux, bool), np.ones_like(flux),
+                           resolving_power=2828.0)
+    ratio = fit.depths / airmass[:, None]
+    assert np.all(np.abs(ratio[:, MOLECULES.index("H2O")] - 1) < 0.06), ratio
+    assert np.all(np.abs(ratio[:, MOLECULES.index("O2")] - 1) < 0.15), ratio
+
+
+def test_fit_finds_nothing_without_tellurics():
+    """No telluric absorption: no column, no correction (T exactly 1)."""
+    wave, edges, star, flux, sigma = _synthetic([0.0, 0.0], 0.0, snr=200)
+    fit = fit_transmission(edges, "vacuum", flux[None], sigma[None],
+                           np.ones((1, wave.size), bool), resolving_power=2000.0)
+    assert np.all(fit.depths == 0)
+    assert np.all(fit.transmission == 1)
+
+
+def test_weak_band_left_alone_at_low_snr():
+    """At S/N 10 the weak 6500 A water band is left uncorrected, the O2 A band not."""
+    wave, edges, star, flux, sigma = _synthetic([1.0, 1.0], 0.0, snr=10, seed=3)
+    fit = fit_transmission(edges, "vacuum", flux[None], sigma[None],
+                           np.ones((1, wave.size), bool), resolving_power=2000.0)
+    t = fit.transmission[0]
+    assert np.all(t[_in(wave, 6400, 6800)] == 1)
+    assert t[_in(wave, 7590, 7700)].min() < 0.5
+    assert fit.uncorrected_bands[0] >= 1
+    # the same at S/N 300: every band corrected
+    wave, edges, star, flux, sigma = _synthetic([1.0, 1.0], 0.0, snr=300, seed=3)
+    fit = fit_transmission(edges, "vacuum", flux[None], sigma[None],
+                           np.ones((1, wave.size), bool), resolving_power=2000.0)
+    assert fit.transmission[0, _in(wave, 6400, 6800)].min() < 0.999
+    assert fit.uncorrected_bands[0] == 0
 
 
 def test_fit_chooses_resolution():
@@ -119,6 +176,8 @@ def test_physical_mode_outside_model_range(red_spectrum):
         assert key in meta
     assert set(meta["transmission_molecules"]) == set(MOLECULES)
     assert abs(meta["o2_airmass"] - 1.2) < 0.15
+    assert abs(meta["h2o_column"] - 1.4 / 1.2) < 0.15
+    assert meta["uncorrected_bands"] == 0
     assert abs(meta["telluric_velocity"] + 12.0) < 5.0
     t_h2o = meta["transmission_molecules"]["H2O"].flux.value
     t_o2 = meta["transmission_molecules"]["O2"].flux.value

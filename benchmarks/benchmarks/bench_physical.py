@@ -14,7 +14,8 @@
    all of M_t (clipped, as in the telluric benchmark) and Q_s.  Truth: the star times
    the smooth part of the transmission; M_t: line transmission below 0.99.
    Also the same stars without any telluric absorption (S/N 200): the depths the
-   fit finds there and the transmission it would divide by.
+   fit finds there, the transmission it would divide by and the fraction of spectra
+   it changes at all.
 2. Stellar lines at S/N 200: equivalent widths (Lick-like windows, shifted with the
    star) of Ca II H&K, Hbeta, Mg b, Na D, Halpha after each method against a perfect
    division (the observation divided by the true line transmission); median over
@@ -170,6 +171,7 @@ def miles_part(split, seed):
         "p90_depth": {m: float(np.percentile(d, 90)) for m, d in meta["depths"].items()},
         "median_min_transmission": float(np.median(np.nanmin(t, axis=1))),
         "median_rms_1_minus_t": float(np.median(np.sqrt(np.nanmean((1 - t) ** 2, axis=1)))),
+        "fraction_corrected": float(np.mean(np.nanmin(t, axis=1) < 1 - 1e-6)),
     }
     print("no tellurics", out["no_tellurics_snr200"], flush=True)
     return out

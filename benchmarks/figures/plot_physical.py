@@ -173,7 +173,12 @@ def table(result: dict, path: Path) -> None:
             f"H2O {free['median_depth']['H2O']:.2f}, O2 {free['median_depth']['O2']:.2f} "
             f"(90th percentile {free['p90_depth']['H2O']:.2f}, {free['p90_depth']['O2']:.2f}); "
             f"median smallest transmission {free['median_min_transmission']:.3f}, median rms "
-            f"of 1 - T {free['median_rms_1_minus_t']:.4f}.",
+            f"of 1 - T {free['median_rms_1_minus_t']:.4f}"
+            + (
+                f"; {100 * free['fraction_corrected']:.0f} % of the spectra changed at all."
+                if "fraction_corrected" in free
+                else "."
+            ),
         ]
     md = result["mdwarf_nad_min_transmission"]
     lines += [
