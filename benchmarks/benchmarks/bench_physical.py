@@ -8,7 +8,9 @@
    simulator at a random stellar RV in +-150 km/s, airmass uniform in 1-2.5, S/N 20,
    50, 200 (sky residuals, cosmics, correlated noise).  Per band (O2 B, H2O 6500,
    H2O 7200; MILES stops at 7410 A): median Q_t (Sedaghat et al. Eq. 12, not
-   clipped at 1) of the input, ``divide``, ``physical`` and a perfect division (the
+   clipped at 1) of the input, ``divide``, ``physical``, the physical fit given the
+   true star as its stellar model (``physical_true_star``: the template's and the
+   fit's share of the error, without the network's) and a perfect division (the
    observation divided by the true line transmission: what is possible; in a weak
    band at low S/N even it is above 1, as dividing amplifies the noise); Q_t over
    all of M_t (clipped, as in the telluric benchmark) and Q_s.  Truth: the star times
@@ -55,7 +57,9 @@ from specutils import Spectrum
 from specutils_deepclean import metrics
 from specutils_deepclean.datasets import load_examples, load_library
 from specutils_deepclean.manipulation import remove_tellurics
+from specutils_deepclean.resample import bin_edges
 from specutils_deepclean.simulate import Simulator, prepare_truth
+from specutils_deepclean.telluric_fit import fit_transmission
 from specutils_deepclean.tellurics import split_transmission
 
 C_KMS = 299792.458
@@ -114,6 +118,14 @@ def observed(sim, truth, snr, rng, wave):
     return obs, flux, lines, obs.truth * continuum, lines < 0.99
 
 
+def with_true_star(flux, obs, wave, medium):
+    """The physical fit with the true star as its stellar model instead of the network's
+    reconstruction: what the template and the fit do when the star is known."""
+    fit = fit_transmission(bin_edges(wave), medium, flux, obs.sigma, np.isfinite(flux), obs.truth)
+    t = fit.transmission
+    return flux / np.where(t < 0.05, 1.0, t)  # the floor of remove_tellurics
+
+
 def ew_per_star(flux, wave, line, shift):
     """:func:`ew` of each row, the window of row ``i`` shifted by ``shift[i]``."""
     return np.array([ew(flux[i], wave, line, shift[i])[0] for i in range(len(flux))])
@@ -133,6 +145,7 @@ def miles_part(split, seed):
         preds = {"none": flux, "perfect": flux / lines}
         for mode in METHODS:
             preds[mode] = correct(flux, obs.sigma, wave, medium, mode)[0]
+        preds["physical_true_star"] = with_true_star(flux, obs, wave, medium)
         row = {"bands": {}, "q_s": {}}
         miss = ~np.isfinite(flux)
         for band, (lo, hi) in BANDS.items():
