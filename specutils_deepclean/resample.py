@@ -309,8 +309,8 @@ def _pattern_groups(good: np.ndarray) -> list[np.ndarray]:
 def _resample(flux, in_edges, out_edges, *, variance=None, missing=None, min_coverage=0.5):
     """Core of `rebin` on explicit edges; arrays are ``(n_spec, n_in)``.
 
-    One sparse matrix is built per distinct pattern of valid pixels in the batch.
-    Everything is computed in float64 whatever the inputs' dtype and byte order: in
+    One sparse matrix is built per distinct pattern of valid pixels in the batch (none
+    when the two binnings are the same: the identity).  Everything is computed in float64 whatever the inputs' dtype and byte order: in
     float32 the coverage test's rounding allowance (`_ROUNDING`) vanishes and fully
     covered pixels are found uncovered.
     """
@@ -325,6 +325,13 @@ def _resample(flux, in_edges, out_edges, *, variance=None, missing=None, min_cov
     if variance is not None:
         bad |= ~np.isfinite(variance)
         variance = np.where(bad, 0.0, variance)
+    if in_edges.shape == out_edges.shape and np.array_equal(in_edges, out_edges):
+        # Same bins: M is diagonal, M_jj the width of bin j (a pixel's parabola has the
+        # pixel's mean), so every valid pixel comes back as it is, every missing one
+        # missing (its bin has no valid length); num / norm would only add rounding.
+        out = np.where(bad, np.nan, flux)
+        var_out = None if variance is None else np.where(bad, np.nan, variance)
+        return out, var_out, bad if min_coverage > 0 else np.zeros_like(bad)
     flux = np.where(bad, 0.0, flux)
     n_spec, n_out = flux.shape[0], out_edges.size - 1
     num = np.zeros((n_spec, n_out))

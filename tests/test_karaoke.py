@@ -447,3 +447,28 @@ def test_training_with_the_telluric_layer(tmp_path):
 def test_training_bad_telluric_lines(lines, match):
     with pytest.raises(ValueError, match=match):
         _train(telluric_lines=lines)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"variational": False, "mask_channel": False},
+        {"kernel_sizes": [9, 3], "head_channels": 1, "double_every": 1},
+    ],
+)
+def test_reconstruct_equals_the_modules_forward(options):
+    # reconstruct runs the layers channels-last (run_channels_last): same outputs as
+    # decode(encode(x)) through the nn modules, gaps included, to float32 rounding.
+    model = _tiny(97, seed=3, **options)
+    flux = _spectra(6, 97, seed=1).astype(np.float32)
+    missing = np.zeros(flux.shape, bool)
+    missing[1, 10:30] = True
+    missing[2, :5] = True
+    with torch.no_grad():
+        expected = model.decode(
+            model.encode(torch.from_numpy(flux), torch.from_numpy(missing))[0]
+        ).numpy()
+    got = model.reconstruct(flux, missing)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert np.abs(got - expected).max() < 1e-3 * np.abs(expected - expected.mean()).max()

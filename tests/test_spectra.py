@@ -132,6 +132,39 @@ def test_rebin_variance_is_propagated_through_the_matrix():
     assert np.all(np.isnan(var_out[~ok]))
 
 
+@pytest.mark.parametrize("min_coverage", [0.5, 1.0])
+def test_rebin_onto_the_same_axis_equals_the_matrix_product(min_coverage):
+    # Same bins take the identity shortcut: it must agree with the sparse matrix of
+    # the general path (built here for this pattern of valid pixels).
+    from specutils_deepclean.resample import _matrix
+
+    rng = np.random.default_rng(5)
+    wave = np.cumsum(rng.uniform(0.5, 1.5, 40))
+    flux = rng.normal(1.0, 0.2, (3, 40))
+    variance = rng.uniform(0.5, 2.0, (3, 40))
+    missing = np.zeros((3, 40), bool)
+    missing[0, [0, 5, 6, 39]] = True
+    flux[2, 17] = np.nan
+    out, var_out, miss_out = rebin(
+        flux, wave, wave, variance=variance, missing=missing, min_coverage=min_coverage
+    )
+    edges = bin_edges(wave)
+    widths = np.diff(edges)
+    for row in range(3):
+        good = ~missing[row] & np.isfinite(flux[row])
+        matrix = _matrix(edges, edges, good)
+        norm = np.asarray(matrix.sum(axis=1)).ravel()
+        np.testing.assert_array_equal(miss_out[row], norm < min_coverage * widths * (1 - 1e-9))
+        ok = ~miss_out[row]
+        zeroed = np.where(good, flux[row], 0.0)
+        expected = (matrix @ zeroed)[ok] / norm[ok]
+        np.testing.assert_allclose(out[row, ok], expected, rtol=1e-14)
+        squares = matrix.multiply(matrix) @ np.where(good, variance[row], 0.0)
+        np.testing.assert_allclose(var_out[row, ok], squares[ok] / norm[ok] ** 2, rtol=1e-14)
+        assert np.isnan(out[row, ~ok]).all() and np.isnan(var_out[row, ~ok]).all()
+    assert miss_out.sum() == 5
+
+
 def test_rebin_missing_pixels_stay_local():
     wave = np.arange(200.0)
     wave_out = np.arange(1.0, 199.0, 0.9)
