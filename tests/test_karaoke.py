@@ -229,6 +229,9 @@ def test_whitening_bad_arguments(kwargs, error, match):
         ({"latent_dim": 0}, "latent_dim"),
         ({"variational": 1}, "variational"),
         ({"colour": "red"}, "unknown KaraokeVAE option"),
+        ({"patch_stride": 3}, "power of 2"),
+        ({"patch_stride": True}, "power of 2"),
+        ({"patch_stride": 64}, "below 2\\*\\*depth"),
     ],
 )
 def test_bad_configuration(options, match):
@@ -455,6 +458,7 @@ def test_training_bad_telluric_lines(lines, match):
         {},
         {"variational": False, "mask_channel": False},
         {"kernel_sizes": [9, 3], "head_channels": 1, "double_every": 1},
+        {"patch_stride": 4},
     ],
 )
 def test_reconstruct_equals_the_modules_forward(options):
@@ -472,3 +476,30 @@ def test_reconstruct_equals_the_modules_forward(options):
     got = model.reconstruct(flux, missing)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     assert np.abs(got - expected).max() < 1e-3 * np.abs(expected - expected.mean()).max()
+
+
+def test_patch_embedding_only_for_grids_far_larger_than_miles(tmp_path):
+    from specutils_deepclean.io.models import load_model, save_model
+    from specutils_deepclean.models.karaoke import PATCH_ABOVE_PIXELS, PATCH_STRIDE
+
+    # The shipped model's file has no patch_stride: stride-2 layers only, as before.
+    shipped = load_model("karaoke-miles")
+    assert "patch_stride" not in shipped.config
+    assert all(block[0].stride == (2,) for block in shipped.encoder[:-1])
+    assert KaraokeVAE.from_grid(_wave(4300), medium="air").config["patch_stride"] == 1
+    edge = KaraokeVAE.from_grid(_wave(PATCH_ABOVE_PIXELS), medium="air", latent_dim=4)
+    assert edge.config["patch_stride"] == 1
+    big = KaraokeVAE.from_grid(_wave(327_680), medium="air", latent_dim=4)
+    assert big.config["patch_stride"] == PATCH_STRIDE == 8
+    first, last = big.encoder[0][0], big.decoder[-2][0]
+    assert first.kernel_size == first.stride == (8,)
+    assert last.kernel_size == last.stride == (8,) and last.out_channels == 4
+    # 3 stride-2 layers fewer, same total reduction (327,680 -> 20) and output length.
+    assert len(big.encoder) == 1 + 1 + 11 and (big.depth, big.bottleneck_size) == (14, 20)
+    assert big.reconstruct(np.ones(327_680)).shape == (327_680,)
+    model = _tiny(96, patch_stride=4)
+    save_model(model, tmp_path / "patched.asdf")
+    loaded = load_model(tmp_path / "patched.asdf")
+    flux = _spectra(3, 96, seed=4)
+    assert loaded.config["patch_stride"] == 4
+    np.testing.assert_array_equal(loaded.reconstruct(flux), model.reconstruct(flux))

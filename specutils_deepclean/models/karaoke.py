@@ -29,6 +29,8 @@ from .layers import (
     LEAKY_SLOPE,
     down_block,
     fill_missing,
+    patch_down,
+    patch_up,
     run_channels_last,
     same_conv,
     up_block,
@@ -39,6 +41,8 @@ __all__ = [
     "telluric_layer",
     "ARCHITECTURE",
     "HISTORY_PREFIX",
+    "PATCH_ABOVE_PIXELS",
+    "PATCH_STRIDE",
 ]
 
 #: ``config["architecture"]`` of a `KaraokeVAE`.
@@ -58,6 +62,11 @@ _DEFAULTS = {
     "variational": True,
     "mask_channel": True,
 }
+
+#: Grids longer than this (16 MILES spectra) get a patch-embedding first layer.
+PATCH_ABOVE_PIXELS = 65_536
+#: Its stride (and kernel): it stands for the first three stride-2 layers.
+PATCH_STRIDE = 8
 
 
 class KaraokeVAE(DeepCleanModel):
@@ -85,6 +94,16 @@ class KaraokeVAE(DeepCleanModel):
     Channels of strided layer ``i`` are
     ``min(base_channels * 2**(i // double_every), max_channels)``.
 
+    Very long grids (over `PATCH_ABOVE_PIXELS`, 65,536 pixels: HARPS, not MILES) get
+    a patch embedding (``patch_stride``, `PATCH_STRIDE` = 8 from `from_grid`): the
+    first strided layer is a convolution of kernel and stride 8, standing for three
+    stride-2 layers, and the decoder's last transposed convolution its mirror
+    (`~specutils_deepclean.models.layers.patch_up`).  At 327,680 pixels that runs
+    the network in about a quarter of the time of the paper's layout (14 stride-2
+    layers at full resolution first); the speed of this layout is measured
+    (``benchmarks/benchmarks/bench_tellurics_speed.py``), its telluric quality on
+    HARPS spectra is not (no HARPS training set here).
+
     Missing pixels enter the encoder filled by linear interpolation between the
     nearest valid neighbours (the nearest valid value beyond the ends), never as
     zeros, and, with ``mask_channel=True``, a second input channel is 1 at
@@ -99,7 +118,8 @@ class KaraokeVAE(DeepCleanModel):
         ``max_channels``, ``double_every``, ``kernel_sizes`` (odd kernel of strided
         layer ``i`` is ``kernel_sizes[min(i, len - 1)]``), ``bottleneck_length``,
         ``head_channels`` (channels of the last transposed convolution),
-        ``variational`` (False gives the deterministic autoencoder of the paper's
+        ``patch_stride`` (1, or a power of 2: kernel and stride of a patch-embedding
+        first layer; absent means 1), ``variational`` (False gives the deterministic autoencoder of the paper's
         Section 5.4) and ``mask_channel``. Use `from_grid` to fill in defaults.
     **kwargs
         ``wavelength``, ``medium``, ... as in
@@ -143,21 +163,29 @@ class KaraokeVAE(DeepCleanModel):
             Configuration entries overriding the defaults (``latent_dim=128``,
             ``base_channels=16``, ``max_channels=512``, ``double_every=3``,
             ``kernel_sizes=[7, 5, 5, 3]``, ``bottleneck_length=32``,
-            ``head_channels=4``, ``variational=True``, ``mask_channel=True``);
-            ``provenance`` and ``name`` go to the base class.
+            ``head_channels=4``, ``variational=True``, ``mask_channel=True``;
+            ``patch_stride``: `PATCH_STRIDE` for grids over `PATCH_ABOVE_PIXELS`
+            pixels, else 1); ``provenance`` and ``name`` go to the base class.
 
         Returns
         -------
         KaraokeVAE
         """
         base_kwargs = {key: options.pop(key) for key in ("provenance", "name") if key in options}
-        unknown = sorted(set(options) - set(_DEFAULTS))
+        unknown = sorted(set(options) - set(_DEFAULTS) - {"patch_stride"})
         if unknown:
             raise ValueError(
                 f"unknown KaraokeVAE option(s): {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_DEFAULTS))}"
+                f"known: {', '.join(sorted([*_DEFAULTS, 'patch_stride']))}"
             )
-        config = {"architecture": ARCHITECTURE, "n_pix": len(wavelength), **_DEFAULTS, **options}
+        patch = PATCH_STRIDE if len(wavelength) > PATCH_ABOVE_PIXELS else 1
+        config = {
+            "architecture": ARCHITECTURE,
+            "n_pix": len(wavelength),
+            **_DEFAULTS,
+            "patch_stride": patch,
+            **options,
+        }
         model = cls(config, wavelength=wavelength, medium=medium, **base_kwargs)
         model.reset_parameters(seed)
         return model
@@ -169,11 +197,19 @@ class KaraokeVAE(DeepCleanModel):
         self.depth = _depth(config["n_pix"], config["bottleneck_length"])
         self.bottleneck_size = -(-config["n_pix"] // 2**self.depth)
         self.padded_length = self.bottleneck_size * 2**self.depth
+        patch = config.get("patch_stride", 1)
+        if patch >= 2**self.depth:
+            raise ValueError(
+                f"patch_stride {patch} must be below 2**depth = {2**self.depth} for "
+                f"{config['n_pix']} pixels"
+            )
+        # A patch layer of stride 2**k stands for k stride-2 layers.
+        n_layers = self.depth - patch.bit_length() + 1 + (patch > 1)
         channels = [
             min(
                 config["base_channels"] * 2 ** (i // config["double_every"]), config["max_channels"]
             )
-            for i in range(self.depth)
+            for i in range(n_layers)
         ]
         kernels = config["kernel_sizes"]
         # Default torch initialisation draws from the global generator: keep the
@@ -182,9 +218,11 @@ class KaraokeVAE(DeepCleanModel):
             encoder = []
             in_channels = 2 if config["mask_channel"] else 1
             for i, out_channels in enumerate(channels):
-                encoder.append(
-                    down_block(in_channels, out_channels, kernels[min(i, len(kernels) - 1)])
-                )
+                if i == 0 and patch > 1:
+                    encoder.append(patch_down(in_channels, out_channels, patch))
+                else:
+                    kernel = kernels[min(i, len(kernels) - 1)]
+                    encoder.append(down_block(in_channels, out_channels, kernel))
                 in_channels = out_channels
             encoder.append(same_conv(in_channels, in_channels))
             self.encoder = nn.Sequential(*encoder)
@@ -197,6 +235,8 @@ class KaraokeVAE(DeepCleanModel):
             outs = channels[-2::-1] + [config["head_channels"]]
             for in_channels, out_channels in zip(channels[::-1], outs, strict=True):
                 decoder.append(up_block(in_channels, out_channels))
+            if patch > 1:
+                decoder[-1] = patch_up(channels[0], config["head_channels"], patch)
             decoder.append(same_conv(config["head_channels"], 1, activation=False))
             self.decoder = nn.Sequential(*decoder)
 
@@ -535,6 +575,14 @@ def _check_karaoke_config(config: dict, n_pix: int) -> None:
         raise ValueError(
             f"config['kernel_sizes'] must be a list of odd positive ints, got {kernels!r}"
         )
+    patch = config.get("patch_stride", 1)
+    if (
+        isinstance(patch, bool)
+        or not isinstance(patch, Integral)
+        or patch < 1
+        or patch & (patch - 1)
+    ):
+        raise ValueError(f"config['patch_stride'] must be a power of 2, got {patch!r}")
     for key in ("variational", "mask_channel"):
         if not isinstance(config[key], bool):
             raise ValueError(f"config[{key!r}] must be True or False, got {config[key]!r}")

@@ -10,6 +10,8 @@ __all__ = [
     "down_block",
     "up_block",
     "same_conv",
+    "patch_down",
+    "patch_up",
     "run_channels_last",
     "fill_missing",
     "missing_mask",
@@ -74,6 +76,61 @@ def up_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def patch_down(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """Patch embedding: a convolution of kernel = stride (no overlap), then a leaky ReLU.
+
+    Shortens the length ``stride`` times in one layer, for very long spectra where
+    the first stride-2 layers at full resolution dominate the cost.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels in and out.
+    stride : int
+        Kernel and stride (>= 2).
+
+    Returns
+    -------
+    torch.nn.Sequential
+
+    Examples
+    --------
+    >>> import torch
+    >>> patch_down(2, 4, 8)(torch.zeros(1, 2, 64)).shape
+    torch.Size([1, 4, 8])
+    """
+    return nn.Sequential(
+        nn.Conv1d(in_channels, out_channels, stride, stride=stride),
+        nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+    )
+
+
+def patch_up(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """Inverse of `patch_down`: a transposed convolution of kernel = stride, leaky ReLU.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels in and out.
+    stride : int
+        Kernel and stride (>= 2); the length grows ``stride`` times.
+
+    Returns
+    -------
+    torch.nn.Sequential
+
+    Examples
+    --------
+    >>> import torch
+    >>> patch_up(4, 2, 8)(torch.zeros(1, 4, 8)).shape
+    torch.Size([1, 2, 64])
+    """
+    return nn.Sequential(
+        nn.ConvTranspose1d(in_channels, out_channels, stride, stride=stride),
+        nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+    )
+
+
 def same_conv(
     in_channels: int, out_channels: int, kernel_size: int = 3, *, activation: bool = True
 ) -> nn.Module:
@@ -114,15 +171,17 @@ def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
     kernels avoid the layout reorders and the slow paths of the few-channel 1-D
     convolutions; the `up_block` transposed convolution (kernel 4, stride 2, padding
     1) becomes one stride-1 convolution of kernel 3 with twice the output channels
-    (even and odd output pixels), interleaved by a reshape.  Results equal the 1-D
+    (even and odd output pixels), interleaved by a reshape (`patch_up`'s likewise,
+    with kernel 1 and ``stride`` phases).  Results equal the 1-D
     modules' to float32 rounding.
 
     Parameters
     ----------
     blocks : torch.nn.Module
         A `~torch.nn.Conv1d`, `~torch.nn.ConvTranspose1d` (kernel 4, stride 2,
-        padding 1), `~torch.nn.LeakyReLU`, or an `~torch.nn.Sequential` of them
-        (nested), as built by `down_block`, `up_block` and `same_conv`.
+        padding 1, or kernel = stride without padding), `~torch.nn.LeakyReLU`, or an
+        `~torch.nn.Sequential` of them (nested), as built by `down_block`,
+        `up_block`, `patch_down`, `patch_up` and `same_conv`.
     h : torch.Tensor, shape (batch, channels, 1, length)
         Activations, preferably ``contiguous(memory_format=torch.channels_last)``.
 
@@ -136,7 +195,7 @@ def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
     TypeError
         For a module of another kind.
     ValueError
-        For a transposed convolution other than `up_block`'s.
+        For a transposed convolution other than `up_block`'s or `patch_up`'s.
 
     Examples
     --------
@@ -167,24 +226,36 @@ def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 
 def _polyphase_up(conv: nn.ConvTranspose1d, h: torch.Tensor) -> torch.Tensor:
-    """`up_block`'s transposed convolution on channels-last activations.
+    """A transposed convolution on channels-last activations, as one convolution.
 
-    Output pixel ``2m`` is ``W[..., 3] x[m - 1] + W[..., 1] x[m]``, pixel ``2m + 1``
-    is ``W[..., 2] x[m] + W[..., 0] x[m + 1]``: one kernel-3 convolution with the two
-    phases as output channels.
+    `up_block`'s (kernel 4, stride 2, padding 1): output pixel ``2m`` is
+    ``W[..., 3] x[m - 1] + W[..., 1] x[m]``, pixel ``2m + 1`` is
+    ``W[..., 2] x[m] + W[..., 0] x[m + 1]``: a kernel-3 convolution with the two
+    phases as output channels.  `patch_up`'s (kernel = stride ``s``, no padding):
+    output pixel ``s m + j`` is ``W[..., j] x[m]``, a 1x1 convolution with ``s``
+    phases.  The phases are then interleaved by a reshape.
     """
-    if (conv.kernel_size, conv.stride, conv.padding) != ((4,), (2,), (1,)):
-        raise ValueError("only up_block's transposed convolution (kernel 4, stride 2, padding 1)")
-    weight = conv.weight  # (in, out, 4)
-    zero = torch.zeros_like(weight[:, :, 0])
-    even = torch.stack([weight[:, :, 3], weight[:, :, 1], zero], dim=-1)
-    odd = torch.stack([zero, weight[:, :, 2], weight[:, :, 0]], dim=-1)
-    kernel = torch.cat([even, odd], dim=1).transpose(0, 1)[:, :, None]
-    bias = None if conv.bias is None else conv.bias.repeat(2)
-    out = nn.functional.conv2d(h, kernel, bias, padding=(0, 1))
+    weight = conv.weight  # (in, out, kernel)
+    stride, kernel = conv.stride[0], conv.kernel_size[0]
+    if (kernel, stride, conv.padding[0]) == (4, 2, 1):
+        zero = torch.zeros_like(weight[:, :, 0])
+        even = torch.stack([weight[:, :, 3], weight[:, :, 1], zero], dim=-1)
+        odd = torch.stack([zero, weight[:, :, 2], weight[:, :, 0]], dim=-1)
+        phases, padding = [even, odd], 1
+    elif kernel == stride and conv.padding[0] == 0:
+        phases, padding = [weight[:, :, j : j + 1] for j in range(stride)], 0
+    else:
+        raise ValueError(
+            "only up_block's (kernel 4, stride 2, padding 1) and patch_up's (kernel = stride) "
+            "transposed convolutions"
+        )
+    kernel = torch.cat(phases, dim=1).transpose(0, 1)[:, :, None]
+    bias = None if conv.bias is None else conv.bias.repeat(len(phases))
+    out = nn.functional.conv2d(h, kernel, bias, padding=(0, padding))
     batch, channels, _, length = out.shape
-    # (batch, 1, length, [even | odd]) -> (batch, 1, 2 * length, channels / 2)
-    pixels = out.permute(0, 2, 3, 1).reshape(batch, 1, 2 * length, channels // 2)
+    # (batch, 1, length, [phase 0 | phase 1 | ...]) -> (batch, 1, phases * length, out)
+    n = len(phases)
+    pixels = out.permute(0, 2, 3, 1).reshape(batch, 1, n * length, channels // n)
     return pixels.permute(0, 3, 1, 2)
 
 
