@@ -47,3 +47,27 @@ def test_run_channels_last_polyphase_without_bias():
 def test_run_channels_last_refuses_other_modules(module, error):
     with pytest.raises(error):
         run_channels_last(module, _channels_last(torch.zeros(1, 2, 4)))
+
+
+@pytest.mark.parametrize("shape", [(7, 50), (50,), (2, 3, 20)])
+def test_fill_missing_equals_linear_interpolation_of_each_row(shape):
+    import numpy as np
+
+    from specutils_deepclean.models.layers import fill_missing
+
+    rng = np.random.default_rng(len(shape))
+    flux = rng.normal(1.0, 0.3, shape).astype(np.float32)
+    missing = rng.random(shape) < 0.3
+    missing.reshape(-1, shape[-1])[0, :4] = True  # a gap at the blue end
+    missing.reshape(-1, shape[-1])[-1, -3:] = True  # and at the red end
+    if len(shape) > 1:
+        missing.reshape(-1, shape[-1])[1] = True  # a row without a valid pixel
+    flux[missing] = np.nan
+    got = fill_missing(torch.from_numpy(flux), torch.from_numpy(missing)).numpy()
+    x = np.arange(shape[-1])
+    for row, gone, out in zip(
+        flux.reshape(-1, shape[-1]), missing.reshape(-1, shape[-1]), got.reshape(-1, shape[-1])
+    ):
+        expected = np.interp(x, x[~gone], row[~gone]) if (~gone).any() else np.ones(x.size)
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(out[~gone], row[~gone])

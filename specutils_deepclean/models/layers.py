@@ -272,15 +272,16 @@ def fill_missing(flux: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
 
     Parameters
     ----------
-    flux : torch.Tensor, shape (batch, n)
+    flux : torch.Tensor, shape (..., n)
         Spectra; values at missing pixels are ignored (may be NaN).
-    missing : torch.Tensor of bool, shape (batch, n)
+    missing : torch.Tensor of bool, shape (..., n)
         True at missing pixels.
 
     Returns
     -------
-    torch.Tensor, shape (batch, n)
-        ``flux`` at valid pixels, interpolated values elsewhere.
+    torch.Tensor, shape (..., n)
+        ``flux`` at valid pixels, interpolated values elsewhere (``flux`` itself
+        when nothing is missing).
 
     Examples
     --------
@@ -289,21 +290,28 @@ def fill_missing(flux: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     >>> fill_missing(x, torch.tensor([[True, False, True, False, True]]))
     tensor([[1., 1., 2., 3., 3.]])
     """
-    if not bool(missing.any()):
-        return flux
     n = flux.shape[-1]
-    valid = ~missing
-    index = torch.arange(n, device=flux.device).expand_as(flux)
-    prev = torch.where(valid, index, -1).cummax(dim=-1).values
-    nxt = torch.where(valid, index, n).flip(-1).cummin(dim=-1).values.flip(-1)
-    safe = torch.where(valid, flux, torch.zeros_like(flux))
-    left = safe.gather(-1, prev.clamp(min=0))
-    right = safe.gather(-1, nxt.clamp(max=n - 1))
-    weight = (index - prev).to(flux.dtype) / (nxt - prev).clamp(min=1).to(flux.dtype)
+    rows, cols = missing.reshape(-1, n).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return flux
+    # Runs of consecutive missing pixels (nonzero is row-major): each is filled
+    # between its valid neighbours prev = first - 1 and nxt = last + 1.
+    starts = torch.ones_like(rows, dtype=torch.bool)
+    starts[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)
+    run = torch.cumsum(starts, 0) - 1
+    first = starts.nonzero(as_tuple=True)[0]
+    last = torch.cat([first[1:] - 1, first.new_tensor([rows.numel() - 1])])
+    prev = (cols[first] - 1)[run]
+    nxt = (cols[last] + 1)[run]
+    filled = flux.reshape(-1, n).clone()
+    left = filled[rows, prev.clamp(min=0)]
+    right = filled[rows, nxt.clamp(max=n - 1)]
+    weight = (cols - prev).to(flux.dtype) / (nxt - prev).to(flux.dtype)
     inside = left + weight * (right - left)
-    filled = torch.where(prev < 0, right, torch.where(nxt >= n, left, inside))
-    filled = torch.where((prev < 0) & (nxt >= n), torch.ones_like(flux), filled)
-    return torch.where(valid, flux, filled)
+    value = torch.where(prev < 0, right, torch.where(nxt >= n, left, inside))
+    value = torch.where((prev < 0) & (nxt >= n), torch.ones_like(value), value)
+    filled[rows, cols] = value
+    return filled.view(flux.shape)
 
 
 def missing_mask(flux: torch.Tensor, missing=None) -> torch.Tensor:
