@@ -91,11 +91,27 @@ def median_normalise(flux: np.ndarray, missing: np.ndarray | None = None):
     bad = ~np.isfinite(flux)
     if missing is not None:
         bad |= np.broadcast_to(np.asarray(missing, dtype=bool), flux.shape)
-    valid_rows = ~bad.all(axis=-1)
-    scale = np.full(flux.shape[:-1], np.nan)
-    scale[valid_rows] = np.nanmedian(np.where(bad, np.nan, flux)[valid_rows], axis=-1)
+    scale = _valid_median(flux.reshape(-1, flux.shape[-1]), bad.reshape(-1, flux.shape[-1]))
+    scale = scale.reshape(flux.shape[:-1])
     scale[~(scale > 0)] = np.nan
     return flux / scale[..., None], scale
+
+
+def _valid_median(flux: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Median of each row's valid pixels (NaN for none), as `numpy.nanmedian` gives it.
+
+    Rows with the same number of valid pixels are partitioned together (bad pixels
+    set to +inf sort last), not row by row.
+    """
+    filled = np.where(bad, np.inf, flux)
+    count = flux.shape[-1] - bad.sum(axis=-1)
+    scale = np.full(flux.shape[0], np.nan)
+    for n in np.unique(count[count > 0]):
+        rows = np.flatnonzero(count == n)
+        lo, hi = (n - 1) // 2, n // 2
+        part = np.partition(filled[rows], [lo, hi] if hi > lo else hi, axis=-1)
+        scale[rows] = part[:, hi] if hi == lo else (part[:, lo] + part[:, hi]) / 2
+    return scale
 
 
 def median_denormalise(normalised: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -655,3 +655,21 @@ def test_grid_to_input_keeps_exact_values_and_marks_uncovered(grid):
     assert np.all(np.isnan(out[uncovered]))
     with pytest.raises(ValueError, match="values must have shape"):
         grid_to_input(gs, values[:, :-1])
+
+
+def test_median_normalise_scale_equals_nanmedian():
+    rng = np.random.default_rng(11)
+    flux = rng.lognormal(0.0, 0.5, (40, 31))
+    flux[rng.random(flux.shape) < 0.2] = np.nan
+    flux[3] = np.nan  # no valid pixel
+    flux[4, 1:] = np.nan  # one
+    flux[5, 2:] = np.nan  # two
+    missing = rng.random(flux.shape) < 0.1
+    _, scale = median_normalise(flux, missing)
+    expected = np.array(
+        [np.median(row[~gone & np.isfinite(row)]) if (~gone & np.isfinite(row)).any() else np.nan
+         for row, gone in zip(flux, missing)]
+    )
+    np.testing.assert_array_equal(scale, expected)
+    _, scale3 = median_normalise(flux.reshape(4, 10, 31), missing.reshape(4, 10, 31))
+    np.testing.assert_array_equal(scale3, expected.reshape(4, 10))
