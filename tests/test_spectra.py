@@ -673,3 +673,25 @@ def test_median_normalise_scale_equals_nanmedian():
     np.testing.assert_array_equal(scale, expected)
     _, scale3 = median_normalise(flux.reshape(4, 10, 31), missing.reshape(4, 10, 31))
     np.testing.assert_array_equal(scale3, expected.reshape(4, 10))
+
+
+def test_resampling_geometry_cache_follows_the_axis_values_and_stays_bounded():
+    # resample._plan and _stencil_weights cache the matrix geometry by the bytes of
+    # the bin edges: an axis changed in place, or another axis, gets its own entry.
+    from specutils_deepclean.resample import _plan, _stencil_weights
+
+    wave = np.linspace(5000.0, 5100.0, 101)
+    out_wave = np.linspace(5010.0, 5090.0, 57)
+    flux = 1.0 + 0.001 * (wave - 5000.0) ** 2  # quadratic: reproduced exactly
+    first, _, _ = rebin(flux, wave, out_wave)
+    np.testing.assert_allclose(first, 1.0 + 0.001 * (out_wave - 5000.0) ** 2, rtol=1e-4)
+    wave *= 1.001  # the same array object, new values
+    moved, _, _ = rebin(flux, wave, out_wave)
+    fresh, _, _ = rebin(flux, wave.copy(), out_wave)
+    np.testing.assert_array_equal(moved, fresh)
+    assert not np.allclose(moved, first)
+    for k in range(40):  # many axes: the caches keep at most their maxsize entries
+        rebin(flux, wave + k, out_wave + k)
+    for cached in (_plan, _stencil_weights):
+        info = cached.cache_info()
+        assert info.maxsize is not None and info.currsize <= info.maxsize
