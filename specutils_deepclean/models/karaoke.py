@@ -29,8 +29,7 @@ from .layers import (
     LEAKY_SLOPE,
     down_block,
     fill_missing,
-    patch_down,
-    patch_up,
+    patch_block,
     run_channels_last,
     same_conv,
     up_block,
@@ -98,7 +97,7 @@ class KaraokeVAE(DeepCleanModel):
     a patch embedding (``patch_stride``, `PATCH_STRIDE` = 8 from `from_grid`): the
     first strided layer is a convolution of kernel and stride 8, standing for three
     stride-2 layers, and the decoder's last transposed convolution its mirror
-    (`~specutils_deepclean.models.layers.patch_up`).  At 327,680 pixels that runs
+    (`~specutils_deepclean.models.layers.patch_block`).  At 327,680 pixels that runs
     the network in about a quarter of the time of the paper's layout (14 stride-2
     layers at full resolution first); the speed of this layout is measured
     (``benchmarks/benchmarks/bench_tellurics_speed.py``), its telluric quality on
@@ -219,7 +218,7 @@ class KaraokeVAE(DeepCleanModel):
             in_channels = 2 if config["mask_channel"] else 1
             for i, out_channels in enumerate(channels):
                 if i == 0 and patch > 1:
-                    encoder.append(patch_down(in_channels, out_channels, patch))
+                    encoder.append(patch_block(in_channels, out_channels, patch))
                 else:
                     kernel = kernels[min(i, len(kernels) - 1)]
                     encoder.append(down_block(in_channels, out_channels, kernel))
@@ -236,7 +235,7 @@ class KaraokeVAE(DeepCleanModel):
             for in_channels, out_channels in zip(channels[::-1], outs, strict=True):
                 decoder.append(up_block(in_channels, out_channels))
             if patch > 1:
-                decoder[-1] = patch_up(channels[0], config["head_channels"], patch)
+                decoder[-1] = patch_block(channels[0], config["head_channels"], patch, up=True)
             decoder.append(same_conv(config["head_channels"], 1, activation=False))
             self.decoder = nn.Sequential(*decoder)
 

@@ -10,8 +10,7 @@ __all__ = [
     "down_block",
     "up_block",
     "same_conv",
-    "patch_down",
-    "patch_up",
+    "patch_block",
     "run_channels_last",
     "fill_missing",
     "missing_mask",
@@ -76,11 +75,13 @@ def up_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def patch_down(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+def patch_block(in_channels: int, out_channels: int, stride: int, *, up: bool = False):
     """Patch embedding: a convolution of kernel = stride (no overlap), then a leaky ReLU.
 
-    Shortens the length ``stride`` times in one layer, for very long spectra where
-    the first stride-2 layers at full resolution dominate the cost.
+    With ``up=False`` it shortens the length ``stride`` times in one layer, for very
+    long spectra where the first stride-2 layers at full resolution dominate the
+    cost; with ``up=True`` it is the mirror, a transposed convolution of kernel =
+    stride that lengthens ``stride`` times.
 
     Parameters
     ----------
@@ -88,6 +89,8 @@ def patch_down(in_channels: int, out_channels: int, stride: int) -> nn.Sequentia
         Channels in and out.
     stride : int
         Kernel and stride (>= 2).
+    up : bool, optional
+        The transposed (lengthening) layer.
 
     Returns
     -------
@@ -96,37 +99,14 @@ def patch_down(in_channels: int, out_channels: int, stride: int) -> nn.Sequentia
     Examples
     --------
     >>> import torch
-    >>> patch_down(2, 4, 8)(torch.zeros(1, 2, 64)).shape
+    >>> patch_block(2, 4, 8)(torch.zeros(1, 2, 64)).shape
     torch.Size([1, 4, 8])
-    """
-    return nn.Sequential(
-        nn.Conv1d(in_channels, out_channels, stride, stride=stride),
-        nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
-    )
-
-
-def patch_up(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    """Inverse of `patch_down`: a transposed convolution of kernel = stride, leaky ReLU.
-
-    Parameters
-    ----------
-    in_channels, out_channels : int
-        Channels in and out.
-    stride : int
-        Kernel and stride (>= 2); the length grows ``stride`` times.
-
-    Returns
-    -------
-    torch.nn.Sequential
-
-    Examples
-    --------
-    >>> import torch
-    >>> patch_up(4, 2, 8)(torch.zeros(1, 4, 8)).shape
+    >>> patch_block(4, 2, 8, up=True)(torch.zeros(1, 4, 8)).shape
     torch.Size([1, 2, 64])
     """
+    conv = nn.ConvTranspose1d if up else nn.Conv1d
     return nn.Sequential(
-        nn.ConvTranspose1d(in_channels, out_channels, stride, stride=stride),
+        conv(in_channels, out_channels, stride, stride=stride),
         nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
     )
 
@@ -171,7 +151,7 @@ def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
     kernels avoid the layout reorders and the slow paths of the few-channel 1-D
     convolutions; the `up_block` transposed convolution (kernel 4, stride 2, padding
     1) becomes one stride-1 convolution of kernel 3 with twice the output channels
-    (even and odd output pixels), interleaved by a reshape (`patch_up`'s likewise,
+    (even and odd output pixels), interleaved by a reshape (`patch_block`'s likewise,
     with kernel 1 and ``stride`` phases).  Results equal the 1-D
     modules' to float32 rounding.
 
@@ -181,7 +161,7 @@ def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
         A `~torch.nn.Conv1d`, `~torch.nn.ConvTranspose1d` (kernel 4, stride 2,
         padding 1, or kernel = stride without padding), `~torch.nn.LeakyReLU`, or an
         `~torch.nn.Sequential` of them (nested), as built by `down_block`,
-        `up_block`, `patch_down`, `patch_up` and `same_conv`.
+        `up_block`, `patch_block` and `same_conv`.
     h : torch.Tensor, shape (batch, channels, 1, length)
         Activations, preferably ``contiguous(memory_format=torch.channels_last)``.
 
@@ -195,7 +175,7 @@ def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
     TypeError
         For a module of another kind.
     ValueError
-        For a transposed convolution other than `up_block`'s or `patch_up`'s.
+        For a transposed convolution other than `up_block`'s or `patch_block`'s.
 
     Examples
     --------
@@ -231,7 +211,7 @@ def _polyphase_up(conv: nn.ConvTranspose1d, h: torch.Tensor) -> torch.Tensor:
     `up_block`'s (kernel 4, stride 2, padding 1): output pixel ``2m`` is
     ``W[..., 3] x[m - 1] + W[..., 1] x[m]``, pixel ``2m + 1`` is
     ``W[..., 2] x[m] + W[..., 0] x[m + 1]``: a kernel-3 convolution with the two
-    phases as output channels.  `patch_up`'s (kernel = stride ``s``, no padding):
+    phases as output channels.  `patch_block`'s (kernel = stride ``s``, no padding):
     output pixel ``s m + j`` is ``W[..., j] x[m]``, a 1x1 convolution with ``s``
     phases.  The phases are then interleaved by a reshape.
     """
@@ -246,7 +226,7 @@ def _polyphase_up(conv: nn.ConvTranspose1d, h: torch.Tensor) -> torch.Tensor:
         phases, padding = [weight[:, :, j : j + 1] for j in range(stride)], 0
     else:
         raise ValueError(
-            "only up_block's (kernel 4, stride 2, padding 1) and patch_up's (kernel = stride) "
+            "only up_block's (kernel 4, stride 2, padding 1) and patch_block's (kernel = stride) "
             "transposed convolutions"
         )
     kernel = torch.cat(phases, dim=1).transpose(0, 1)[:, :, None]
