@@ -22,6 +22,10 @@ run in turn (A B A B ...) in this one process so that a machine whose speed drif
   networks are untrained: the timing is of their arithmetic, and says nothing of
   the telluric quality of a patch-embedding network on HARPS spectra.
 
+``--quality BEFORE AFTER`` adds the largest change of Q_t and Q_s (medians and means,
+``reconstruct`` and ``divide``, every S/N and the gaps run) between two runs of
+``specutils-deepclean benchmark tellurics`` (the code before and after a change).
+
     python benchmarks/benchmarks/bench_tellurics_speed.py --threads 2 \\
         --json benchmarks/results/tellurics_speed.json
 """
@@ -265,6 +269,28 @@ def harps(repeats) -> dict:
     return result
 
 
+def quality(before: Path, after: Path) -> dict:
+    """Largest |change| of Q_t / Q_s between two telluric benchmark JSONs."""
+    old, new = json.loads(before.read_text()), json.loads(after.read_text())
+    runs = {f"snr{snr}": (old["snr"][snr], new["snr"][snr]) for snr in old["snr"]}
+    runs["gaps_snr50"] = (old["gaps_snr50"], new["gaps_snr50"])
+    changes = {}
+    for run, (a, b) in runs.items():
+        for mode in ("reconstruct", "divide"):
+            for key in ("q_t_median", "q_s_median", "q_t_mean", "q_s_mean"):
+                changes[f"{run}/{mode}/{key}"] = abs(a[mode][key] - b[mode][key])
+    worst = max(changes, key=changes.get)
+    return {
+        "before": str(before),
+        "before_command": old["command"],
+        "after": str(after),
+        "after_command": new["command"],
+        "max_abs_change": changes[worst],
+        "max_abs_change_at": worst,
+        "abs_change": changes,
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -276,6 +302,7 @@ def main(argv=None) -> int:
         "--pixels", type=int, nargs="+", default=[4300, 16_384, 65_536, 131_072, HARPS_PIXELS]
     )
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--quality", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -301,6 +328,8 @@ def main(argv=None) -> int:
         "pixels": pixels(args.pixels, args.repeats),
         "harps": harps(args.repeats),
     }
+    if args.quality:
+        result["quality"] = quality(*args.quality)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {args.json}")
     return 0
