@@ -137,7 +137,7 @@ def end_to_end(model, flux, sigma, wave, medium, batch_sizes, repeats) -> list:
     rows = []
     for batch in batch_sizes:
         spec = as_spectrum(flux[:batch], sigma[:batch], wave, medium)
-        calls = max(1, 256 // batch)
+        calls = max(1, 64 // batch)
 
         def run(spec=spec, calls=calls):
             for _ in range(calls):
@@ -165,7 +165,7 @@ def network(model, flux, batch_sizes, repeats) -> list:
     rows = []
     for batch in batch_sizes:
         part = normalised[:batch]
-        calls = max(1, 256 // batch)
+        calls = max(1, 64 // batch)
 
         def run(part=part, calls=calls):
             for _ in range(calls):
@@ -303,6 +303,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--quality", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. the machine's load)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -318,6 +319,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
+        "note": args.note,
         "model": "karaoke-miles",
         "n_pix": model.n_pix,
         "mode": "divide",
