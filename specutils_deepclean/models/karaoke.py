@@ -97,10 +97,9 @@ class KaraokeVAE(DeepCleanModel):
     a patch embedding (``patch_stride``, `PATCH_STRIDE` = 8 from `from_grid`): the
     first strided layer is a convolution of kernel and stride 8, standing for three
     stride-2 layers, and the decoder's last transposed convolution its mirror
-    (`~specutils_deepclean.models.layers.patch_block`).  At 327,680 pixels that runs
-    the network in about a quarter of the time of the paper's layout (14 stride-2
-    layers at full resolution first); the speed of this layout is measured
-    (``benchmarks/benchmarks/bench_tellurics_speed.py``), its telluric quality on
+    (``models.layers.patch_block``).  The layers at full resolution are what costs
+    at that length; the speed of this layout against the paper's is measured by
+    ``benchmarks/benchmarks/bench_tellurics_speed.py``, its telluric quality on
     HARPS spectra is not (no HARPS training set here).
 
     Missing pixels enter the encoder filled by linear interpolation between the
