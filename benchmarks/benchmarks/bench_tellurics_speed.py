@@ -22,6 +22,11 @@ run in turn (A B A B ...) in this one process so that a machine whose speed drif
   networks are untrained: the timing is of their arithmetic, and says nothing of
   the telluric quality of a patch-embedding network on HARPS spectra.
 
+``--against DIR`` adds ``remove_tellurics`` end to end at batch 256 against another
+checkout of the package (the code before a change), each timed by
+``time_remove_tellurics.py`` in its own process under ``PYTHONPATH`` = this checkout
+or ``DIR``, the two run in turn ``--repeats`` times.
+
 ``--quality BEFORE AFTER`` adds the largest change of Q_t and Q_s (medians and means,
 ``reconstruct`` and ``divide``, every S/N and the gaps run) between two runs of
 ``specutils-deepclean benchmark tellurics`` (the code before and after a change).
@@ -36,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -291,6 +297,34 @@ def quality(before: Path, after: Path) -> dict:
     }
 
 
+def against(other: Path, threads: int, repeats: int) -> dict:
+    """``time_remove_tellurics.py`` under this checkout and ``other``, in turn."""
+    timer = Path(__file__).with_name("time_remove_tellurics.py")
+    paths = {"this": Path(__file__).resolve().parents[2], "against": other.resolve()}
+    runs = {label: [] for label in paths}
+    for _ in range(repeats):
+        for label, path in paths.items():
+            env = {**os.environ, "PYTHONPATH": str(path), "OMP_NUM_THREADS": str(threads)}
+            command = [sys.executable, str(timer), "--threads", str(threads), "--repeats", "3"]
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            runs[label].append(json.loads(done.stdout.splitlines()[-1])["spectra_per_s"])
+            print("against", label, runs[label][-1], flush=True)
+    commits = {
+        label: subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        for label, path in paths.items()
+    }
+    ratios = [a / b for a, b in zip(runs["this"], runs["against"], strict=True)]
+    return {
+        "batch": 256,
+        "commits": commits,
+        "spectra_per_s": runs,
+        "median_spectra_per_s": {k: float(np.median(v)) for k, v in runs.items()},
+        "median_ratio_this_to_against": float(np.median(ratios)),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -304,6 +338,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--quality", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. the machine's load)")
+    parser.add_argument("--against", type=Path, default=None, metavar="DIR")
+    parser.add_argument(
+        "--only-against", action="store_true", help="with --against: skip the other timings"
+    )
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -325,11 +363,16 @@ def main(argv=None) -> int:
         "mode": "divide",
         "data": "MILES val stars, telluric benchmark simulator, S/N 50",
         "repeats": args.repeats,
-        "end_to_end": end_to_end(model, flux, sigma, wave, medium, args.batch_sizes, args.repeats),
-        "network": network(model, flux, args.batch_sizes, args.repeats),
-        "pixels": pixels(args.pixels, args.repeats),
-        "harps": harps(args.repeats),
     }
+    if not args.only_against:
+        result["end_to_end"] = end_to_end(
+            model, flux, sigma, wave, medium, args.batch_sizes, args.repeats
+        )
+        result["network"] = network(model, flux, args.batch_sizes, args.repeats)
+        result["pixels"] = pixels(args.pixels, args.repeats)
+        result["harps"] = harps(args.repeats)
+    if args.against is not None:
+        result["against"] = against(args.against, args.threads, args.repeats)
     if args.quality:
         result["quality"] = quality(*args.quality)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
