@@ -131,6 +131,14 @@ def denoise_arrays(
             raise ValueError(
                 f"scale must have shape {flux.shape[:-1]} (one per spectrum), got {scale.shape}"
             )
+    from .models.level import relevel  # torch, as the model passed in
+
+    gone = ~np.isfinite(flux) if missing is None else np.asarray(missing) | ~np.isfinite(flux)
+    level = relevel(model, flux, sigma, gone)  # 1 unless a wide part of the grid is missing
+    if np.any(level != 1):
+        scale = scale * level if scale.shape == level.shape else scale[:, None] * level
+        flux = flux / level[..., None]
+        sigma = None if sigma is None else sigma / level[..., None]
     result = model.map_estimate(flux, sigma, missing, **options)
     first = scale if scale.ndim == 1 else scale[:, 0]
     return Denoised(result, first)

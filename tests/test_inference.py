@@ -9,6 +9,7 @@ from astropy.utils.exceptions import AstropyDeprecationWarning
 torch = pytest.importorskip("torch")
 
 from specutils_deepclean.inference import Denoised, denoise_arrays  # noqa: E402
+from specutils_deepclean.models.level import relevel  # noqa: E402
 from specutils_deepclean.models.linear_terms import (  # noqa: E402
     check_term_arrays,
     term_parts,
@@ -34,14 +35,22 @@ def test_denoise_arrays_is_normalise_map_rescale(model):
     out = denoise_arrays(model, flux, sigma, missing, **FAST)
     assert isinstance(out, Denoised)
     normalised, scale = median_normalise(flux, missing)
-    by_hand = model.map_estimate(normalised, sigma / scale[:, None], missing, **FAST)
+    # a wide enough gap (star 1) puts the star on the generator's level first
+    level = relevel(model, normalised, sigma / scale[:, None], missing)
+    assert level[1] != 1 and np.all(level[[0, 2, 3]] == 1)
+    by_hand = model.map_estimate(
+        normalised / level[:, None], sigma / (scale * level)[:, None], missing, **FAST
+    )
+    scale = scale * level
     np.testing.assert_array_equal(out.scale, scale)
     np.testing.assert_array_equal(out.map.flux, by_hand.flux)
     np.testing.assert_array_equal(out.flux, by_hand.flux * scale[:, None])
     np.testing.assert_array_equal(out.flux_sigma, by_hand.flux_sigma * scale[:, None])
     np.testing.assert_array_equal(out.latent_sigma, by_hand.latent_sigma * scale[:, None])
     # already normalised input (as to_model_grid gives it): the same answer
-    again = denoise_arrays(model, normalised, sigma / scale[:, None], missing, scale=scale, **FAST)
+    again = denoise_arrays(
+        model, normalised, sigma / (scale / level)[:, None], missing, scale=scale / level, **FAST
+    )
     np.testing.assert_array_equal(again.flux, out.flux)
 
 

@@ -1,0 +1,154 @@
+r"""The level of a spectrum with a wide gap, from the denoiser's own training stars.
+
+The denoiser's generator makes spectra of median 1 over the whole model grid (its
+training spectra were normalised so) and cannot change a spectrum's level; the
+continuum term (`~specutils_deepclean.models.linear_terms`) corrects a few per cent.
+`~specutils_deepclean.inference.denoise_arrays` divides the input by the median of
+its *valid* pixels, which is the whole-grid median only when few are missing: with
+40 % of the grid missing at one end, the median of the rest misses the whole-grid
+median by a median 8-15 % (up to 45 %) on MILES ``val`` at S/N 10, the MAP bends
+:math:`z` to make up for it and the fill of the gap runs away.
+
+`template_level` estimates the factor :math:`a` that puts such a spectrum on the
+generator's level: the training stars' spectra as the model draws them,
+:math:`G(z_i)` at the KDE points :math:`z_i` (one per training star), and the input
+are smoothed by a Gaussian of `SMOOTH_PIXELS` (so that a Doppler shift within the
+velocity search's range, or a line the model misses, hardly moves the answer), each
+template is scaled to the observed pixels by weighted least squares,
+:math:`a_i = \sum w y g_i / \sum w g_i^2`, and :math:`a` is the median of the
+:math:`a_i` of the `TOP` templates of least weighted residual.  `relevel` applies it
+to the spectra missing at least `MIN_MISSING` of the grid.  The choices were made on
+MILES ``val`` (``benchmarks/benchmarks/bench_gaps.py --split val``).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+
+__all__ = ["MIN_MISSING", "SMOOTH_PIXELS", "TOP", "relevel", "template_level"]
+
+#: Gaussian sigma (model pixels) of the smoothing before the comparison.
+SMOOTH_PIXELS = 15.0
+#: Templates of least residual whose scales' median is the level.
+TOP = 5
+#: Share of the model grid a spectrum must miss for `relevel` to change its level.
+MIN_MISSING = 0.05
+
+#: Each model's smoothed templates (float64, CPU), built on first use.
+_TEMPLATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Rows of ``x`` (n, P) convolved with a unit-sum Gaussian of ``sigma`` pixels
+    (zero beyond the ends)."""
+    radius = int(4 * sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum())[None, None]
+    return torch.nn.functional.conv1d(x[:, None], kernel, padding=radius)[:, 0]
+
+
+def _templates(model) -> torch.Tensor:
+    """The smoothed :math:`G(z_i)` of the model's KDE points, (N, P) float64 on CPU."""
+    cached = _TEMPLATES.get(model)
+    if cached is None:
+        points = torch.as_tensor(
+            np.asarray(model.extra["kde_points"]), dtype=model._dtype, device=model.device
+        )
+        with torch.no_grad():
+            spectra = model.generator.generate(points).to("cpu", torch.float64)
+        cached = _TEMPLATES[model] = _smooth(spectra, SMOOTH_PIXELS)
+    return cached
+
+
+def template_level(model, flux: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The factor that puts each spectrum on the generator's level.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The denoiser (its generator and KDE points give the templates).
+    flux : ndarray, shape (n, P)
+        Spectra on the model grid (any value where ``weight`` is 0).
+    weight : ndarray, shape (n, P)
+        Inverse variances (or any relative weights), 0 at missing pixels; every row
+        needs a positive one.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        :math:`a` such that ``flux / a`` is on the level of the generator's spectra
+        (median 1 over the whole grid).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ from each other or from the model grid, or a row has no
+        positive weight.
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if flux.ndim != 2 or flux.shape != weight.shape or flux.shape[1] != model.n_pix:
+        raise ValueError(
+            f"flux and weight must both be (n, {model.n_pix}), got {flux.shape} and "
+            f"{weight.shape}"
+        )
+    good = np.isfinite(flux) & np.isfinite(weight) & (weight > 0)
+    if not good.any(1).all():
+        raise ValueError("every spectrum needs an observed pixel of positive weight")
+    y = torch.as_tensor(np.where(good, flux, 0.0))
+    w = torch.as_tensor(np.where(good, weight, 0.0))
+    spread = _smooth(w, SMOOTH_PIXELS)
+    # the smoothed data where enough observed pixels fall in the kernel
+    keep = spread > 1e-3 * spread.amax(1, keepdim=True)
+    smooth_y = torch.where(keep, _smooth(w * y, SMOOTH_PIXELS) / spread.clamp_min(1e-300), 0.0)
+    spread = torch.where(keep, spread, 0.0)
+    templates = _templates(model)
+    cross = (spread * smooth_y) @ templates.T  # (n, N)
+    power = spread @ templates.square().T
+    scales = cross / power
+    residual = (spread * smooth_y.square()).sum(1, keepdim=True) - scales * cross
+    best = residual.argsort(1)[:, :TOP]
+    return torch.gather(scales, 1, best).median(1).values.numpy()
+
+
+def relevel(model, flux: np.ndarray, sigma: np.ndarray | None, gone: np.ndarray) -> np.ndarray:
+    """`template_level` of the spectra missing at least `MIN_MISSING` of the grid, 1
+    for the others.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The denoiser.
+    flux : ndarray, shape (..., P)
+        Median-normalised spectra on the model grid.
+    sigma : ndarray, same shape as ``flux``, or None
+        Their standard deviations (None: equal weights).
+    gone : ndarray of bool, same shape as ``flux``
+        Missing pixels.
+
+    Returns
+    -------
+    ndarray, shape (...)
+        The factor to divide each spectrum (and its sigma) by; 1 where the spectrum
+        misses less than `MIN_MISSING` of the grid, has no valid pixel, or the
+        estimate is not a positive finite number.
+    """
+    lead, n_pix = flux.shape[:-1], flux.shape[-1]
+    flux = flux.reshape(-1, n_pix)
+    gone = np.broadcast_to(gone, lead + (n_pix,)).reshape(flux.shape) | ~np.isfinite(flux)
+    if sigma is not None:
+        sigma = sigma.reshape(-1, n_pix)
+        gone = gone | ~(np.isfinite(sigma) & (sigma > 0))
+    share = gone.mean(1)
+    rows = np.nonzero((share >= MIN_MISSING) & (share < 1))[0]
+    factor = np.ones(flux.shape[0])
+    if rows.size:
+        weight = np.ones((rows.size, n_pix)) if sigma is None else 1 / sigma[rows] ** 2
+        weight = np.where(gone[rows], 0.0, weight)
+        found = template_level(model, np.where(gone[rows], 0.0, flux[rows]), weight)
+        factor[rows] = np.where(np.isfinite(found) & (found > 0), found, 1.0)
+    return factor.reshape(lead)
