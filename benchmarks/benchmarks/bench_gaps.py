@@ -20,9 +20,9 @@ denoiser's are flagged out of distribution; the MSE over the gap of every star;
 the coverage of the denoiser's 1-sigma uncertainty over the gap's pixels (pooled
 and the median per star) and over the observed ones; the share flagged out of
 distribution.  ``--min-missing`` sets `~specutils_deepclean.models.level.MIN_MISSING`
-for the run (a study on ``val``).  ``--level median`` runs the denoiser on the input divided by the
-median of its observed pixels, as before `~specutils_deepclean.models.level`
-(``map_estimate`` called directly), for comparison.
+for the run (a study on ``val``); above 1 no spectrum is re-levelled: the denoiser
+sees the input divided by the median of its observed pixels, as before
+`~specutils_deepclean.models.level` existed.
 
     python benchmarks/benchmarks/bench_gaps.py --split test --threads 1 \\
         --json benchmarks/results/gaps_test.json
@@ -49,15 +49,13 @@ from specutils_deepclean.simulate import GAP_PLACES, GAP_WIDTHS, Simulator, gap_
 from specutils_deepclean.spectra import median_normalise
 
 
-def denoised(model, obs, velocity, level: str, seed: int):
+def denoised(model, obs, velocity, seed: int):
     """flux, sigma (input units) and the MAP result of one batch of observations."""
-    options = dict(MAP_OPTIONS, velocity=velocity, generator=torch.Generator().manual_seed(seed))
-    if level == "template":
-        out = denoise_arrays(model, obs.flux, obs.sigma, obs.mask, **options)
-        return out.flux, out.flux_sigma, out.map
-    flux, scale = median_normalise(obs.flux, obs.mask)
-    fit = model.map_estimate(flux, obs.sigma / scale[:, None], obs.mask, **options)
-    return fit.flux * scale[:, None], fit.flux_sigma * scale[:, None], fit
+    out = denoise_arrays(
+        model, obs.flux, obs.sigma, obs.mask, velocity=velocity,
+        generator=torch.Generator().manual_seed(seed), **MAP_OPTIONS,
+    )  # fmt: skip
+    return out.flux, out.flux_sigma, out.map
 
 
 def _rounded(values) -> list:
@@ -74,7 +72,7 @@ def measure(model, pca, sim, truth, valid, rv, gap, args) -> dict:
         np.where(valid, truth, np.nan), args.snr, seed=args.seed, gap=gap, stellar_rv=rv
     )
     velocity = None if args.vmax else 0.0
-    flux, sigma, fit = denoised(model, obs, velocity, args.level, args.seed)
+    flux, sigma, fit = denoised(model, obs, velocity, args.seed)
     filled = pca.reconstruct(obs.flux, obs.mask)
     in_gap = np.zeros(truth.shape[1], bool)
     if gap is not None:
@@ -129,10 +127,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--runaway", type=float, default=0.1, help="a fill runs away above this MSE in the gap"
     )
-    parser.add_argument("--level", choices=("template", "median"), default="template")
     parser.add_argument(
         "--min-missing", type=float, default=level.MIN_MISSING,
-        help="share of the grid missing from which the level is re-estimated (a val study)",
+        help="share of the grid missing from which the level is re-estimated (above 1: never)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     level.MIN_MISSING = args.min_missing
@@ -155,7 +152,6 @@ def main(argv=None) -> int:
         {
             "n_stars": int(len(rows)),
             "snr": args.snr,
-            "level": args.level,
             "min_missing": args.min_missing,
             "map_options": MAP_OPTIONS,
             "runaway_mse": args.runaway,

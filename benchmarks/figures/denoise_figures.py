@@ -1,13 +1,13 @@
 """Figures of the denoising docs page from ``benchmarks/results/denoise_test.json``.
 
-In the style of Kang et al.: Fig. 6 (MSE against gap width and position), Fig. 9
-(per-spectrum MSE of the denoising autoencoder against deepclean's, per class) and
-Fig. 10 (MSE against S/N; DER_SNR before and after denoising).
+In the style of Kang et al.: Fig. 9 (per-spectrum MSE of the denoising autoencoder
+against deepclean's, per class) and Fig. 10 (MSE against S/N; DER_SNR before and
+after denoising).  Fig. 6 (MSE against gap width and position) is drawn by
+``gaps_figures.py`` from ``bench_gaps.py``'s JSON.
 
     python benchmarks/figures/denoise_figures.py
 
-writes ``docs/_static/denoise_gaps.png``, ``denoise_vs_cdae.png`` and
-``denoise_snr.png``.
+writes ``docs/_static/denoise_vs_cdae.png`` and ``denoise_snr.png``.
 """
 
 from __future__ import annotations
@@ -28,23 +28,6 @@ STATIC = ROOT / "docs/_static"
 
 def _values(values) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=float)
-
-
-def gaps_figure(result: dict) -> Figure:
-    gaps = result["gaps_snr10"]["median_mse"]
-    fig = Figure(figsize=(6, 3.5), layout="constrained")
-    ax = fig.subplots()
-    places = sorted({key.split("_")[1] for key in gaps if key != "none"})
-    for place in places:
-        widths = sorted(int(key.split("_")[0]) for key in gaps if key.endswith(f"_{place}"))
-        ax.plot(widths, [gaps[f"{w}_{place}"] for w in widths], "o-", label=f"gap in the {place}")
-    ax.axhline(gaps["none"], color="k", ls="--", label="no gap")
-    ax.axhline(2 * gaps["none"], color="grey", ls=":", label="2 x no gap (target)")
-    ax.set_xlabel("gap width [pixels]")
-    ax.set_ylabel("median MSE, S/N 10")
-    ax.set_title(f"Missing flux ({result['gaps_snr10']['n_spectra']} test stars)")
-    ax.legend(fontsize=8)
-    return fig
 
 
 def cdae_figure(result: dict, snr: str = "10") -> Figure:
@@ -94,7 +77,6 @@ def snr_figure(result: dict) -> Figure:
 
 def main() -> int:
     result = json.loads((ROOT / "benchmarks/results/denoise_test.json").read_text())
-    gaps_figure(result).savefig(STATIC / "denoise_gaps.png", dpi=110)
     cdae_figure(result).savefig(STATIC / "denoise_vs_cdae.png", dpi=110)
     snr_figure(result).savefig(STATIC / "denoise_snr.png", dpi=110)
     return 0

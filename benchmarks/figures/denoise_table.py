@@ -64,27 +64,6 @@ def table(result: dict) -> str:
         ]
     if "cdae" in names:
         lines += ["", *class_table(result, "cdae")]
-    if "gaps_snr10" in result:
-        gaps = result["gaps_snr10"]
-        lines += [
-            "",
-            f".. list-table:: Median MSE at S/N 10 with one gap ({gaps['n_spectra']} test stars)",
-            "   :header-rows: 1",
-            "",
-            "   * - gap",
-            "     - median MSE",
-            "     - ratio to no gap",
-            "     - calibration in the gap",
-        ]
-        none = gaps["median_mse"]["none"]
-        inside = gaps.get("calibration_in_gap", {})
-        for name, value in gaps["median_mse"].items():
-            lines += [
-                f"   * - {name.replace('_', ' px, ')}",
-                f"     - {value:.2e}",
-                f"     - {value / none:.2f}",
-                f"     - {inside[name]:.2f}" if name in inside else "     - ",
-            ]
     lines += [
         "",
         f"MAP budget: at most {result['steps']} Newton steps, {result['starts']} starts per class; "

@@ -38,6 +38,7 @@ from .linear_terms import (
     terms_posterior,
     terms_solve,
 )
+from .model_error import check_model_error
 from .noiseflow import NoiseFlow
 from .observations import (
     Observations,
@@ -846,8 +847,10 @@ def _floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
 
 def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
     """``generator_sigma`` (P,) finite >= 0 and ``sigma_scales`` (2,) finite > 0, if present,
-    and the linear terms' arrays (`~specutils_deepclean.models.linear_terms.check_term_arrays`)."""
+    the linear terms' arrays (`~specutils_deepclean.models.linear_terms.check_term_arrays`)
+    and ``model_error`` (`~specutils_deepclean.models.model_error.check_model_error`)."""
     check_term_arrays(extra, n_pix)
+    check_model_error(extra)
     if "generator_sigma" in extra:
         floor = np.asarray(extra["generator_sigma"], dtype=np.float64)
         if floor.shape != (n_pix,) or not np.all(np.isfinite(floor) & (floor >= 0)):

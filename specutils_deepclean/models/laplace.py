@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import ood
+from .model_error import model_error_factor
 from .noiseflow import _HALF_LOG_2PI
 from .observations import Observations, observed_model
 from .velocity import _VELOCITY_FINE, velocity_error
@@ -54,7 +55,7 @@ class MAPResult:
         Its per-pixel standard deviation: the Laplace covariance of each class
         pushed through the generator, mixed over the class posterior, with the
         generator's calibrated error (the documentation page *The denoiser's
-        inference*, section Uncertainty).
+        inference*, section Uncertainty), widened by ``model_error_factor``.
     latent_sigma : ndarray, shape (B, P)
         The part of it that comes from the posterior of :math:`z` and
         :math:`C` alone, before the calibration scales and the generator's own
@@ -112,6 +113,10 @@ class MAPResult:
         The Laplace log evidence of each class (up to a constant), before the
         calibration (`~specutils_deepclean.models.ood.class_posterior`) that gives
         ``class_posterior`` (uniform for a flagged spectrum).
+    model_error_factor : ndarray, shape (B,)
+        The factor (>= 1) by which ``flux_sigma`` was widened for the model's own
+        error on this spectrum (`~specutils_deepclean.models.model_error`); 1 for a
+        spectrum whose residuals have no more structure than the training stars'.
     """
 
     z: np.ndarray
@@ -139,6 +144,7 @@ class MAPResult:
     snr: np.ndarray
     ood_flag: np.ndarray
     class_log_evidence: np.ndarray
+    model_error_factor: np.ndarray
 
 
 def summarise(model, data: Observations, state, searched: float | None, chunk: int) -> MAPResult:
@@ -208,7 +214,8 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     if "generator_sigma" in model.extra:
         floor = torch.as_tensor(model.extra["generator_sigma"], dtype=var.dtype)
         var = var + float(scales[1]) ** 2 * floor.to(var.device).square()
-    var = var + terms_var
+    factor = model_error_factor(model.extra, fit[1], fit[2])
+    var = (var + terms_var) * factor.square()[:, None]
     velocity = np.zeros(data.flux.shape[:2])
     error = np.zeros(data.flux.shape[:2])
     reached = torch.ones_like(flux, dtype=torch.bool)
@@ -250,6 +257,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         snr=as_np(fit[2]),
         ood_flag=as_np(flag),
         class_log_evidence=as_np(log_post),
+        model_error_factor=as_np(factor),
     )
 
 
