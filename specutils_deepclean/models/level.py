@@ -5,8 +5,8 @@ training spectra were normalised so) and cannot change a spectrum's level; the
 continuum term (`~specutils_deepclean.models.linear_terms`) corrects a few per cent.
 `~specutils_deepclean.inference.denoise_arrays` divides the input by the median of
 its *valid* pixels, which is the whole-grid median only when few are missing: with
-40 % of the grid missing at one end, the median of the rest misses the whole-grid
-median by a median 8-15 % (up to 45 %) on MILES ``val`` at S/N 10, the MAP bends
+40 % of the grid missing, the median of the rest misses the whole-grid median by a
+median 8-15 % (a tenth of the stars by 19-46 %) on MILES ``val`` at S/N 10, the MAP bends
 :math:`z` to make up for it and the fill of the gap runs away.
 
 `template_level` estimates the factor :math:`a` that puts such a spectrum on the
@@ -18,7 +18,9 @@ template is scaled to the observed pixels by weighted least squares,
 :math:`a_i = \sum w y g_i / \sum w g_i^2`, and :math:`a` is the median of the
 :math:`a_i` of the `TOP` templates of least weighted residual.  `relevel` applies it
 to the spectra missing at least `MIN_MISSING` of the grid.  The choices were made on
-MILES ``val`` (``benchmarks/benchmarks/bench_gaps.py --split val``).
+MILES ``val``: the smoothing and the number of templates by
+``benchmarks/studies/gap_level.py`` (``benchmarks/results/gap_level_val.json``), the
+threshold by ``benchmarks/benchmarks/bench_gaps.py --split val``.
 """
 
 from __future__ import annotations
