@@ -482,7 +482,10 @@ def denoise(
         for a list), ``ood_score``, ``ood_flag`` (True: the spectrum is not like the
         model's stars, its result is not to be trusted and its class posterior is
         uniform), ``fit_chi2``, ``fit_structure`` and ``snr`` (the statistics of the
-        flag, see `~specutils_deepclean.models.ood`), ``filled`` (input pixels that were
+        flag, see `~specutils_deepclean.models.ood`), ``model_error_factor`` (how much
+        the uncertainty was widened for the model's own error on a spectrum unlike its
+        training stars, `~specutils_deepclean.models.model_error`; 1 for most),
+        ``filled`` (input pixels that were
         missing and now carry model values), ``rejected`` (input pixels left out
         as outliers, in any exposure), ``converged`` (whether the MAP class's
         optimisation converged), ``class_converged`` (class -> the same for each
@@ -599,6 +602,7 @@ def denoise(
         "fit_chi2": _per_star(index, lambda i: float(result.fit_chi2[i])),
         "fit_structure": _per_star(index, lambda i: float(result.fit_structure[i])),
         "snr": _per_star(index, lambda i: float(result.snr[i])),
+        "model_error_factor": _per_star(index, lambda i: float(result.model_error_factor[i])),
         "converged": converged,
         "class_converged": _per_star(
             index,
@@ -641,6 +645,7 @@ _PER_ROW = (
     "fit_chi2",
     "fit_structure",
     "snr",
+    "model_error_factor",
     "converged",
     "class_converged",
 )
