@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .exposures import exposure_scales
 from .spectra import median_normalise
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,10 +132,20 @@ def denoise_arrays(
             raise ValueError(
                 f"scale must have shape {flux.shape[:-1]} (one per spectrum), got {scale.shape}"
             )
+    if flux.ndim == 3 and flux.shape[1] > 1:  # one level for all exposures of a star
+        scale = np.broadcast_to(scale.reshape(len(scale), -1), flux.shape[:2])
+        usable = np.isfinite(scale) & (scale > 0)
+        factor = exposure_scales(flux, sigma, missing, np.where(usable, scale, 1.0))
+        factor = np.where(usable, factor, 1.0)
+        flux = flux / factor[..., None]
+        sigma = None if sigma is None else np.asarray(sigma, dtype=float) / factor[..., None]
+        scale = scale * factor
     from .models.level import relevel  # torch, as the model passed in
 
     gone = ~np.isfinite(flux) if missing is None else np.asarray(missing) | ~np.isfinite(flux)
     level = relevel(model, flux, sigma, gone)  # 1 unless a wide part of the grid is missing
+    if level.ndim == 2:  # the exposures of a star keep their one level
+        level = np.broadcast_to(np.median(level, axis=1, keepdims=True), level.shape)
     if np.any(level != 1):
         scale = scale * level if scale.shape == level.shape else scale[:, None] * level
         flux = flux / level[..., None]

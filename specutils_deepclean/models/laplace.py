@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..exposures import random_effects
 from . import ood
 from .model_error import model_error_factor
 from .noiseflow import _HALF_LOG_2PI
@@ -187,10 +188,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     terms, terms_var = model._linear_terms(data, chosen)
     flux = chosen + terms
     score = model.prior.ood_score(z_map, reference=model._ood_reference)
-    floor = model.extra.get("generator_sigma")
-    if floor is not None:
-        floor = torch.as_tensor(floor, dtype=flux.dtype, device=flux.device)
-        floor = observed_model(floor.expand_as(flux), stars, data).abs()
+    floor = model._floor(data)
     fit = ood.goodness_of_fit(data, observed_model(flux, stars, data), floor)
     flag = ood.ood_flag(model.extra, score, fit)
     if "class_calibration" in model.extra:  # calibrated (the MAP class is unchanged)
@@ -225,6 +223,8 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
             error = velocity_error(
                 data.shift, flux, data.counted, data.inv_unit, floor, _VELOCITY_FINE[-1]
             )
+            if data.unpooled is not None:  # the pooled velocities' error
+                error = np.sqrt(random_effects(data.unpooled, np.square(error))[1])
         reached = data.shift.valid[:, 0]
         flux = torch.where(reached, observed_model(flux, stars, data)[:, 0], torch.nan)
         var, latent_var = (

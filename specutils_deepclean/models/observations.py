@@ -64,6 +64,10 @@ class Observations:
     unreached : bool tensor, shape (B, E, P), or None
         Observed pixels left out (in ``gone``) because the shifted model does not
         reach them; None at rest.
+    unpooled : ndarray, shape (B, E), or None
+        With fitted velocities of several exposures: each exposure's own velocity,
+        before the exposures that agree were pooled
+        (`~specutils_deepclean.exposures.random_effects`) into ``shift``; else None.
     """
 
     flux: torch.Tensor
@@ -76,6 +80,7 @@ class Observations:
     sigma_estimated: bool
     shift: DopplerShift | None = None
     unreached: torch.Tensor | None = None
+    unpooled: np.ndarray | None = None
 
 
 def observations(flux, sigma, gone, rejected, flows, flow: str, estimated: bool) -> Observations:
