@@ -185,3 +185,20 @@ def test_ood_rule_and_class_calibration_follow_the_signal():
                 {"class_calibration": np.array([1.0, 1.0, 1.0])}):
         with pytest.raises(ValueError, match="ood_limits|class_calibration"):
             ood.check_extra(bad)
+
+
+def test_exposures_at_one_velocity_are_pooled(shipped):
+    """Three noisy exposures of a star at one velocity: their fitted velocities agree
+    better than those of the exposures fitted alone, with smaller errors (pooled where
+    they agree within their errors, `~specutils_deepclean.exposures.pool_velocities`)."""
+    exposures, sigmas = [], []
+    for seed in range(3):
+        _, _, flux, sigma = _star(shipped, 150.0, snr=5.0, seed=10 + seed)
+        exposures.append(flux / np.nanmedian(flux))
+        sigmas.append(sigma / np.nanmedian(flux))
+    flux, sigma = np.stack(exposures), np.stack(sigmas)
+    alone = shipped.map_estimate(flux, sigma, velocity=None)
+    joint = shipped.map_estimate(flux[None], sigma[None], velocity=None)
+    assert np.ptp(joint.velocity[0]) < 0.5 * np.ptp(alone.velocity[:, 0])
+    assert np.all(joint.velocity_error[0] < alone.velocity_error[:, 0])
+    np.testing.assert_allclose(joint.velocity[0], 150.0, atol=10.0)

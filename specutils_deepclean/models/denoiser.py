@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..exposures import random_effects
+from ..exposures import pool_velocities
 from ..provenance import Provenance
 from . import ood
 from .base import DeepCleanModel
@@ -84,9 +84,6 @@ _HALVINGS = 3
 #: Velocity search: grid step (km/s) and templates per class (KDE modes).
 _VELOCITY_STEP = 40.0
 _VELOCITY_TEMPLATES = 4
-#: Factor on the exposures' velocity errors when they are pooled: the Laplace error
-#: with the spectrum fixed is too small by about this much on MILES val at S/N 2.
-_POOL_ERROR_SCALE = 1.3
 
 
 @dataclass
@@ -469,7 +466,7 @@ class Denoiser(DeepCleanModel):
         if velocity.shape[1] > 1:  # exposures that agree within their errors share one
             error = velocity_error(shift, signal, data.counted, data.inv_unit, self._floor(data))
             unpooled = velocity
-            velocity, _ = random_effects(velocity, np.square(_POOL_ERROR_SCALE * error))
+            velocity, _ = pool_velocities(velocity, error)
             shift = DopplerShift(wave, velocity, device=data.flux.device, dtype=data.flux.dtype)
         obj = state.obj.reshape(n_star, -1)
         state.active = (obj >= obj.max(-1, keepdim=True).values - margin).reshape(-1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..exposures import random_effects
+from ..exposures import pool_velocities
 from . import ood
 from .model_error import model_error_factor
 from .noiseflow import _HALF_LOG_2PI
@@ -224,7 +224,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
                 data.shift, flux, data.counted, data.inv_unit, floor, _VELOCITY_FINE[-1]
             )
             if data.unpooled is not None:  # the pooled velocities' error
-                error = np.sqrt(random_effects(data.unpooled, np.square(error))[1])
+                error = pool_velocities(data.unpooled, error)[1]
         reached = data.shift.valid[:, 0]
         flux = torch.where(reached, observed_model(flux, stars, data)[:, 0], torch.nan)
         var, latent_var = (

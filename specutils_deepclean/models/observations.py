@@ -67,7 +67,7 @@ class Observations:
     unpooled : ndarray, shape (B, E), or None
         With fitted velocities of several exposures: each exposure's own velocity,
         before the exposures that agree were pooled
-        (`~specutils_deepclean.exposures.random_effects`) into ``shift``; else None.
+        (`~specutils_deepclean.exposures.pool_velocities`) into ``shift``; else None.
     """
 
     flux: torch.Tensor
