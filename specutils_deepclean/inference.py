@@ -37,8 +37,9 @@ class Denoised:
     map : `~specutils_deepclean.models.denoiser.MAPResult`
         The MAP result, in the normalised units (the input divided by ``scale``).
     scale : ndarray, shape (B,)
-        Each star's median (of its first exposure): the factor back to the input's
-        units.
+        Each star's median (of its first exposure; with several exposures, the first
+        exposure's throughput times the median of their co-add): the factor back to
+        the input's units.
     """
 
     map: MAPResult
@@ -88,7 +89,9 @@ def denoise_arrays(
         `~specutils_deepclean.spectra.to_model_grid` returns them): these medians.
         Without it the medians are computed here
         (`~specutils_deepclean.spectra.median_normalise` of each exposure's valid
-        pixels).
+        pixels).  Several exposures of a star are then put on one level, that of
+        their co-add (`~specutils_deepclean.exposures.exposure_scales`): each one's
+        own median is biased by its noise.
     **options
         Passed to `~specutils_deepclean.models.denoiser.Denoiser.map_estimate`
         (``steps``, ``n_starts``, ``tol``, ``class_margin``, ``clip``,
@@ -99,7 +102,9 @@ def denoise_arrays(
     -------
     Denoised
         ``flux`` and ``flux_sigma`` on the input's scale (each star by the median of
-        its first exposure); ``map`` in the normalised units.
+        its first exposure; with several exposures, by the first exposure's share of
+        their common level, `~specutils_deepclean.exposures.exposure_scales`);
+        ``map`` in the normalised units.
 
     Raises
     ------

@@ -430,7 +430,9 @@ def denoise(
     spectrum : `~specutils.Spectrum` or list of `~specutils.Spectrum`
         One spectrum, a batch (N-D flux: one star per row), or a list (e.g. a
         `~specutils.SpectrumList`) of 1-D exposures of ONE star, which share one
-        posterior (Eq. 7 sums their likelihoods).  Masked and non-finite pixels are
+        posterior (Eq. 7 sums their likelihoods; each exposure has its own
+        throughput and velocity, pooled where the exposures agree: the documentation
+        page *Denoising*, section Several exposures).  Masked and non-finite pixels are
         missing data.  A list of spectra covering different ranges is not
         exposures but the arms of one target, or of a batch (a DESI file: one row
         per fibre): they are put on one axis by

@@ -1,4 +1,5 @@
-"""Options, star selection and JSON header shared by the OOD and velocity benchmarks."""
+"""Options, star selection and JSON header shared by the OOD, velocity and exposure
+benchmarks."""
 
 from __future__ import annotations
 
@@ -46,3 +47,18 @@ def header(script: str, argv: list[str] | None, args: argparse.Namespace) -> dic
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def load_stars(args: argparse.Namespace):
+    """Torch threads set; the model, its grid (Angstrom), the stars of ``args.split`` and
+    their truth on the grid with its valid pixels (`select_stars`, ``prepare_truth``)."""
+    from specutils_deepclean.datasets import load_library
+    from specutils_deepclean.io.models import load_model
+    from specutils_deepclean.simulate import prepare_truth
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    wave = model.wavelength.to_value("AA")
+    stars = select_stars(load_library(args.library), args)
+    truth, valid = prepare_truth(stars, wave, model.medium)
+    return model, wave, stars, truth, valid

@@ -40,14 +40,12 @@ import astropy.units as u
 import numpy as np
 import torch
 
-from _common import header, select_stars, star_parser
+from _common import header, load_stars, star_parser
 
 from specutils_deepclean import metrics
-from specutils_deepclean.datasets import load_library
 from specutils_deepclean.inference import denoise_arrays
-from specutils_deepclean.io.models import load_model
 from specutils_deepclean.manipulation import DEFAULT_VELOCITY_RANGE
-from specutils_deepclean.simulate import Simulator, prepare_truth
+from specutils_deepclean.simulate import Simulator
 
 
 def coadd(flux: np.ndarray, sigma: np.ndarray, mask: np.ndarray) -> tuple:
@@ -155,12 +153,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if min(args.exposures) < 2 or min(args.snr) <= 0:
         parser.error("--exposures must be >= 2 and --snr positive")
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    wave = model.wavelength.to_value(u.AA)
-    library = load_library(args.library)
-    stars = select_stars(library, args)
-    truth, valid = prepare_truth(stars, wave, model.medium)
+    model, wave, stars, truth, valid = load_stars(args)
     start = time.perf_counter()
     result = {
         **header("bench_exposures.py", argv, args),

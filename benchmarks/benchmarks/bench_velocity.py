@@ -42,15 +42,14 @@ import torch
 from astropy.io import fits
 from specutils import Spectrum
 
-from _common import header, select_stars, star_parser
+from _common import header, load_stars, star_parser
 
 from specutils_deepclean import denoise, metrics
-from specutils_deepclean.datasets import load_library
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.manipulation import DEFAULT_VELOCITY_RANGE
 from specutils_deepclean.models.velocity import C_KMS, DopplerShift, parabola_peak
-from specutils_deepclean.simulate import Simulator, prepare_truth
+from specutils_deepclean.simulate import Simulator
 from specutils_deepclean.spectra import median_normalise
 
 SNRS = (5, 10, 20)
@@ -246,12 +245,7 @@ def main(argv=None) -> int:
         "--sdss", default="../shared/data/sdss/NGC3073_SDSS_DR18.fits", help="'' to skip"
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    wave = model.wavelength.to_value(u.AA)
-    library = load_library(args.library)
-    stars = select_stars(library, args)
-    truth, valid = prepare_truth(stars, wave, model.medium)
+    model, wave, stars, truth, valid = load_stars(args)
     pca = load_model("miles-pca")
     basis = np.vstack(
         [pca.mean.double().numpy()[None], pca.components.double().numpy()[: args.pca_k]]

@@ -47,9 +47,11 @@ from .observations import (
     check_usable,
     choose_flow,
     der_snr_level,
+    generator_floor,
     observations,
     observed_model,
     outliers,
+    rest_coadd,
 )
 from .prior import KDEPrior
 from .velocity import (
@@ -464,7 +466,8 @@ class Denoiser(DeepCleanModel):
         shift = DopplerShift(wave, velocity, device=data.flux.device, dtype=data.flux.dtype)
         unpooled = None
         if velocity.shape[1] > 1:  # exposures that agree within their errors share one
-            error = velocity_error(shift, signal, data.counted, data.inv_unit, self._floor(data))
+            floor = generator_floor(self.extra, data)
+            error = velocity_error(shift, signal, data.counted, data.inv_unit, floor)
             unpooled = velocity
             velocity, _ = pool_velocities(velocity, error)
             shift = DopplerShift(wave, velocity, device=data.flux.device, dtype=data.flux.dtype)
@@ -472,34 +475,13 @@ class Denoiser(DeepCleanModel):
         state.active = (obj >= obj.max(-1, keepdim=True).values - margin).reshape(-1)
         return dataclasses.replace(data, shift=shift, unpooled=unpooled)
 
-    def _floor(self, data: Observations) -> torch.Tensor | None:
-        """The generator's error :math:`\\sigma_G` in each exposure's frame (B, E or 1,
-        P), or None without one."""
-        floor = self.extra.get("generator_sigma")
-        if floor is None:
-            return None
-        floor = torch.as_tensor(floor, dtype=self._dtype, device=data.flux.device)
-        stars = torch.arange(data.flux.shape[0], device=data.flux.device)
-        return observed_model(floor.expand(len(stars), -1), stars, data).abs()
-
     # ------------------------------------------------------------------ steps of the MAP
 
     def _encoder_guess(self, data: Observations) -> torch.Tensor:
-        """:math:`E(y)` of each star (B, L), of the data put back to rest when shifted;
-        of several exposures, the code of their inverse-variance co-add (at S/N 2 the
-        mean of the exposures' codes is a worse start, see the denoising docs)."""
-        n_pix = data.flux.shape[-1]
-        flux, gone = data.flux, data.gone
-        if data.shift is not None:
-            flux, gone = to_rest(data.shift, flux, gone)
-        if data.flux.shape[1] > 1:
-            weight = data.inv_unit.square()
-            if data.shift is not None:
-                weight = data.shift.inverse().apply_each(weight).clamp_min(0)
-            weight = torch.where(gone, 0.0, weight)
-            total = weight.sum(1)
-            gone = total == 0
-            flux = (flux * weight).sum(1) / torch.where(gone, 1.0, total)
+        """:math:`E(y)` of each star (B, L): the code of the data at rest, of several
+        exposures their co-add (`~specutils_deepclean.models.observations.rest_coadd`)."""
+        flux, gone = rest_coadd(data)
+        n_pix = flux.shape[-1]
         return self.generator.encode(flux.reshape(-1, n_pix), gone.reshape(-1, n_pix))
 
     def _extra_starts(self, n_star, n_starts, random_starts, generator) -> torch.Tensor:

@@ -22,7 +22,7 @@ from ..exposures import pool_velocities
 from . import ood
 from .model_error import model_error_factor
 from .noiseflow import _HALF_LOG_2PI
-from .observations import Observations, observed_model
+from .observations import Observations, generator_floor, observed_model
 from .velocity import _VELOCITY_FINE, velocity_error
 
 __all__ = ["MAPResult", "eig_floor", "summarise"]
@@ -188,7 +188,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     terms, terms_var = model._linear_terms(data, chosen)
     flux = chosen + terms
     score = model.prior.ood_score(z_map, reference=model._ood_reference)
-    floor = model._floor(data)
+    floor = generator_floor(model.extra, data)
     fit = ood.goodness_of_fit(data, observed_model(flux, stars, data), floor)
     flag = ood.ood_flag(model.extra, score, fit)
     if "class_calibration" in model.extra:  # calibrated (the MAP class is unchanged)

@@ -30,6 +30,8 @@ __all__ = [
     "choose_flow",
     "der_snr_level",
     "observed_model",
+    "generator_floor",
+    "rest_coadd",
 ]
 
 #: DER_SNR's noise factor: 1.482602 / sqrt(6) times the median |2 f_i - f_{i-2} - f_{i+2}|.
@@ -343,3 +345,42 @@ def observed_model(signal: torch.Tensor, rows: torch.Tensor, data: Observations)
     if data.shift is None:
         return signal[:, None]
     return data.shift.apply(signal, rows)
+
+
+def generator_floor(extra: dict, data: Observations) -> torch.Tensor | None:
+    """The generator's error :math:`\\sigma_G` (``extra["generator_sigma"]``) as each
+    exposure sees it, (B, E or 1, P), or None when the model has none."""
+    floor = extra.get("generator_sigma")
+    if floor is None:
+        return None
+    floor = torch.as_tensor(floor, dtype=data.flux.dtype, device=data.flux.device)
+    stars = torch.arange(data.flux.shape[0], device=data.flux.device)
+    return observed_model(floor.expand(len(stars), -1), stars, data).abs()
+
+
+def rest_coadd(data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exposures at rest and, of several, their inverse-variance co-add (at S/N 2 on
+    MILES val a better start of the MAP than the mean of the exposures' codes).
+
+    Parameters
+    ----------
+    data : Observations
+        The batch, (B, E, P).
+
+    Returns
+    -------
+    flux, gone : tensor, shape (B, 1, P)
+        The flux (0 where gone) and the pixels without data.
+    """
+    flux, gone = data.flux, data.gone
+    if data.shift is not None:
+        flux, gone = to_rest(data.shift, flux, gone)
+    if flux.shape[1] == 1:
+        return flux, gone
+    weight = data.inv_unit.square()
+    if data.shift is not None:
+        weight = data.shift.inverse().apply_each(weight).clamp_min(0)
+    weight = torch.where(gone, 0.0, weight)
+    total = weight.sum(1, keepdim=True)
+    gone = total == 0
+    return (flux * weight).sum(1, keepdim=True) / torch.where(gone, 1.0, total), gone
