@@ -7,7 +7,8 @@ one exposure to the result:
 * the flux level.  The model works on median-normalised spectra, and the median of
   a noisy spectrum is biased by the noise (the noise is symmetric, a spectrum's
   distribution of fluxes is not: on MILES val the median of an S/N 5 spectrum is
-  3 % off, of an S/N 10 one 1.4 %, ``benchmarks/results/normalisation_level_val.json``).
+  3 % off, of an S/N 10 one 1.4 %,
+  ``benchmarks/results/normalisation_level_val.json``).
   Normalising each exposure by its own median gives every exposure the bias, and the
   scatter, of one exposure's S/N.  `exposure_scales` instead measures each
   exposure's throughput relative to the others with a linear (so unbiased) statistic,
@@ -32,11 +33,12 @@ _CLIP = 5.0
 #: Rounds of the throughput ratios (each against the co-add of the previous ones).
 _ROUNDS = 3
 #: Relative level differences between exposures that are not throughput (sky
-#: subtraction residuals, flat fielding): added in quadrature to each ratio's error.
+#: subtraction residuals: the simulator's reach 0.5 % of the star's level), added in
+#: quadrature to each ratio's error.
 _LEVEL_FLOOR = 0.005
 #: Factor on the exposures' velocity errors when they are pooled: the Laplace error with
-#: the spectrum fixed is too small (on MILES val at S/N 2 the exposures' velocities
-#: scatter 1.3 times their errors); 1.3 against 1.0 in
+#: the spectrum fixed is too small (0.43-0.53 of MILES val stars within one error at
+#: S/N 5-10, ``benchmarks/results/velocity_val40_range2000.json``); 1.3 against 1.0 in
 #: ``benchmarks/results/exposures_val.json`` and ``exposures_val_pool1.0.json``.
 _VELOCITY_ERROR_SCALE = 1.3
 

@@ -359,8 +359,8 @@ def generator_floor(extra: dict, data: Observations) -> torch.Tensor | None:
 
 
 def rest_coadd(data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exposures at rest and, of several, their inverse-variance co-add (at S/N 2 on
-    MILES val a better start of the MAP than the mean of the exposures' codes).
+    """The exposures at rest and, of several, their inverse-variance co-add (the encoder's
+    input for the MAP's start).
 
     Parameters
     ----------
