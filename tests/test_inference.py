@@ -11,9 +11,12 @@ torch = pytest.importorskip("torch")
 from specutils_deepclean.inference import Denoised, denoise_arrays  # noqa: E402
 from specutils_deepclean.models.level import relevel  # noqa: E402
 from specutils_deepclean.models.linear_terms import (  # noqa: E402
+    _PACKED_FROM,
     check_term_arrays,
+    term_columns,
     term_parts,
     terms_posterior,
+    terms_solve,
 )
 from specutils_deepclean.models.noiseflow import NoiseFlow, counted_pixels  # noqa: E402
 from specutils_deepclean.spectra import median_normalise  # noqa: E402
@@ -146,6 +149,32 @@ def test_terms_posterior_recovers_a_residual_component():
     np.testing.assert_allclose(fit.numpy(), coef @ basis.T, atol=1e-5)
     assert np.all(variance[0].numpy() == 0) and np.all(variance[1, :8].numpy() > 0)
     assert np.all(variance[1, 8:].numpy() == 0)
+
+
+@pytest.mark.parametrize("n_star", [3, _PACKED_FROM + 2])
+def test_terms_solve_matches_the_dense_normal_equations(n_star):
+    """Both ways of building the residual basis's normal matrix (per star, and the packed
+    products for a batch) give the dense solution with both terms, gaps included."""
+    rng = np.random.default_rng(7)
+    basis, _ = np.linalg.qr(rng.normal(size=(N_PIX, 5)))
+    extra = {
+        "residual_basis": basis.T,
+        "residual_variance": rng.uniform(0.01, 1.0, 5),
+        "continuum_sigma": np.array([0.05, 0.02, 0.01]),
+    }
+    parts = term_parts(extra, N_PIX, torch.float64, "cpu")
+    signal = torch.as_tensor(1 + 0.2 * rng.random((n_star, N_PIX)))
+    weight = torch.as_tensor(rng.uniform(10.0, 1e3, (n_star, N_PIX)))
+    weight[0, 5:15] = 0.0
+    target = weight * torch.as_tensor(rng.normal(scale=0.03, size=(n_star, N_PIX)))
+    fit, variance = terms_solve(parts, target, weight, signal)
+    columns = term_columns(parts, signal)  # (n, K, P), the normal equations written out
+    system = (columns * weight[:, None]) @ columns.transpose(1, 2) + parts.precision
+    coef = torch.linalg.solve(system, columns @ target[..., None])
+    np.testing.assert_allclose(fit.numpy(), (coef.transpose(1, 2) @ columns)[:, 0], atol=1e-10)
+    spread = ((torch.linalg.inv(system) @ columns) * columns).sum(1)
+    np.testing.assert_allclose(variance[0, 5:15].numpy(), spread[0, 5:15].numpy(), rtol=1e-9)
+    assert np.all(variance[0, :5].numpy() == 0) and np.all(variance[1:].numpy() == 0)
 
 
 def test_term_parts_continuum_rows_and_errors():

@@ -693,10 +693,15 @@ class Denoiser(DeepCleanModel):
     def _exposure_likelihood(self, observed, rows, data: Observations) -> torch.Tensor:
         """Each exposure's flow log likelihood (n, E) of the model ``observed`` (n, E or 1,
         P) of stars ``rows``, without ``data.constant``."""
-        n, n_exp, n_pix = rows.shape[0], data.flux.shape[1], data.flux.shape[2]
-        counted = data.counted[rows].reshape(n * n_exp, n_pix)
-        u = ((data.flux[rows] - observed) * data.inv_unit[rows]).reshape(n * n_exp, n_pix)
-        return self.flows[data.flow].log_likelihood(u, counted).reshape(n, n_exp)
+        n_exp, n_pix = data.flux.shape[1], data.flux.shape[2]
+        out = []
+        for part in torch.arange(rows.shape[0], device=rows.device).split(_EVAL_CHUNK):
+            n, chunk = part.numel(), rows[part]  # chunks: the flow's temporaries stay small
+            counted = data.counted[chunk].reshape(n * n_exp, n_pix)
+            u = (data.flux[chunk] - observed[part]) * data.inv_unit[chunk]
+            lik = self.flows[data.flow].log_likelihood(u.reshape(n * n_exp, n_pix), counted)
+            out.append(lik.reshape(n, n_exp))
+        return torch.cat(out) if out else observed.new_zeros((0, n_exp))
 
     # ------------------------------------------------------------------ inputs
 

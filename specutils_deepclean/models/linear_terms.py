@@ -41,6 +41,11 @@ __all__ = [
 
 #: Stars per chunk of the normal equations ((n, K, P) temporaries).
 _CHUNK = 32
+#: Stars from which the residual basis's normal matrix is one product with the packed
+#: products of its rows (cheaper per star, but those cost K^2 P / 2 to build), and the
+#: pixels per chunk of them.
+_PACKED_FROM = 16
+_PIXEL_CHUNK = 512
 #: Most Legendre orders of the continuum term a model file may declare.
 MAX_CONTINUUM_TERMS = 16
 
@@ -214,24 +219,83 @@ def terms_solve(
     """
     fit = torch.empty_like(signal)
     spread = torch.zeros_like(signal)
+    gram = None if parts.basis is None else _basis_gram(parts.basis, weight)
     for part in torch.arange(signal.shape[0], device=signal.device).split(_CHUNK):
-        columns = term_columns(parts, signal[part])  # (n, K, P)
-        scaled = columns * weight[part, None]
-        system = (scaled @ columns.transpose(-1, -2)).double() + parts.precision
+        continuum = None if parts.legendre is None else signal[part, None] * parts.legendre
+        basis_block = None if gram is None else gram[part]
+        system = _normal_matrix(parts, basis_block, continuum, weight[part]) + parts.precision
         # Cholesky, not linalg.solve: batched LU fails on K >= ~130 with some MKL builds
         factor = torch.linalg.cholesky(system)
-        rhs = (columns @ target[part, :, None]).double()
-        coef = torch.cholesky_solve(rhs, factor).to(signal.dtype)  # (n, K, 1)
-        fit[part] = (coef.transpose(-1, -2) @ columns)[:, 0]
+        rhs = _columns_times(parts, continuum, target[part]).double()[..., None]
+        coef = torch.cholesky_solve(rhs, factor).to(signal.dtype)[..., 0]  # (n, K)
+        fit[part] = _combine(parts, continuum, coef)
         # the variance where the star has no data, on those pixels only (cheap)
         empty = weight[part] == 0
         pixels = empty.any(0).nonzero()[:, 0]
         if pixels.numel():
+            n = part.numel()
+            sub = [] if parts.basis is None else [parts.basis[:, pixels].expand(n, -1, -1)]
+            sub = torch.cat(sub + ([] if continuum is None else [continuum[..., pixels]]), 1)
             covariance = torch.cholesky_inverse(factor).to(signal.dtype)  # (n, K, K)
-            sub = columns[..., pixels]
             value = ((covariance @ sub) * sub).sum(1)
             spread[part[:, None], pixels] = torch.where(empty[:, pixels], value, 0.0)
     return fit, spread
+
+
+def _normal_matrix(parts: TermParts, basis_block, continuum, weight) -> torch.Tensor:
+    """:math:`M W M^\\top` (n, K, K), float64, with the columns of `term_columns` (the
+    residual basis, then ``continuum`` (n, D + 1, P) or None), ``weight`` (n, P) and
+    the basis's block ``basis_block`` (`_basis_gram`, or None without a basis)."""
+    if continuum is None:
+        return basis_block
+    scaled = continuum * weight[:, None]
+    corner = (scaled @ continuum.transpose(-1, -2)).double()
+    if basis_block is None:
+        return corner
+    cross = (scaled @ parts.basis.T).double()  # (n, D + 1, K)
+    top = torch.cat([basis_block, cross.transpose(-1, -2)], 2)
+    return torch.cat([top, torch.cat([cross, corner], 2)], 1)
+
+
+def _basis_gram(basis: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:math:`B W B^\\top` (n, K, K), float64, of ``basis`` (K, P) and ``weight`` (n, P).
+
+    The costly part of the normal equations (K^2 P per star): from `_PACKED_FROM`
+    stars on, one matrix product of the weights with the packed products of the basis
+    rows, :math:`(B_i B_j)_{i \\le j}` (built per pixel chunk, shared by all stars),
+    instead of a K x P by P x K product per star."""
+    n, k = weight.shape[0], basis.shape[0]
+    if n < _PACKED_FROM:
+        return torch.matmul(basis * weight[:, None], basis.T).double()
+    upper = torch.triu_indices(k, k, device=basis.device)
+    packed = weight.new_zeros((n, upper.shape[1]), dtype=torch.float64)
+    for start in range(0, basis.shape[1], _PIXEL_CHUNK):
+        rows = basis[:, start : start + _PIXEL_CHUNK]
+        # row i times rows i..K-1, in the order of triu_indices: (K (K + 1) / 2, pixels)
+        products = torch.cat([rows[i:] * rows[i] for i in range(k)])
+        packed += (weight[:, start : start + _PIXEL_CHUNK] @ products.T).double()
+    gram = packed.new_zeros((n, k, k))
+    gram[:, upper[0], upper[1]] = packed
+    gram[:, upper[1], upper[0]] = packed
+    return gram
+
+
+def _columns_times(parts: TermParts, continuum, x: torch.Tensor) -> torch.Tensor:
+    """:math:`M x` (n, K) for ``x`` (n, P), the columns as in `_normal_matrix`."""
+    out = [] if parts.basis is None else [x @ parts.basis.T]
+    return torch.cat(out + ([] if continuum is None else [(continuum @ x[..., None])[..., 0]]), 1)
+
+
+def _combine(parts: TermParts, continuum, coef: torch.Tensor) -> torch.Tensor:
+    """:math:`M^\\top c` (n, P) of coefficients ``coef`` (n, K), the columns as in
+    `_normal_matrix`."""
+    if parts.basis is None:
+        return (coef[..., None] * continuum).sum(1)
+    k = parts.basis.shape[0]
+    out = coef[:, :k] @ parts.basis
+    if continuum is not None:
+        out = out + (coef[:, k:, None] * continuum).sum(1)
+    return out
 
 
 def check_term_arrays(extra: dict, n_pix: int) -> None:

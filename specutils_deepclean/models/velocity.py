@@ -57,17 +57,18 @@ _VELOCITY_COARSE = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
 _VELOCITY_FINE = np.array([-6.0, 0.0, 6.0])
 
 
-def _keys_weights(t: np.ndarray) -> np.ndarray:
-    """Cubic-convolution weights of the taps at -1, 0, 1, 2 for fractions ``t``, (..., 4)."""
+def _keys_weights(t: torch.Tensor) -> torch.Tensor:
+    """Cubic-convolution weights of the taps at -1, 0, 1, 2 for fractions ``t`` (..., P):
+    (..., 4, P)."""
     t2, t3 = t * t, t * t * t
-    return np.stack(
+    return torch.stack(
         [
             -0.5 * t3 + t2 - 0.5 * t,
             1.5 * t3 - 2.5 * t2 + 1.0,
             -1.5 * t3 + 2.0 * t2 + 0.5 * t,
             0.5 * t3 - 0.5 * t2,
         ],
-        axis=-2,
+        dim=-2,
     )
 
 
@@ -105,19 +106,18 @@ class DopplerShift:
         self.velocity = velocity
         self.wave = wave
         pixels = np.arange(wave.size, dtype=np.float64)
-        index, weight = [], None
         valid = np.ones(velocity.shape + (wave.size,), dtype=bool)
-        for v in (velocity - margin, velocity + margin, velocity):
+        for v in (velocity - margin, velocity + margin, velocity) if margin else (velocity,):
             source = wave * (1.0 - v[..., None] / C_KMS)  # (B, E, P)
             pos = np.interp(source, wave, pixels)
             base = np.floor(pos).astype(np.int64)
             inside = (source >= wave[0]) & (source <= wave[-1])
             valid &= inside & (base >= 1) & (base <= wave.size - 3)
-        frac = pos - base
-        index = np.clip(base[..., None, :] + np.arange(-1, 3)[:, None], 0, wave.size - 1)
-        weight = _keys_weights(frac)
-        self.index = torch.as_tensor(index, device=device)  # (B, E, 4, P)
-        self.weight = torch.as_tensor(weight, dtype=dtype, device=device)  # (B, E, 4, P)
+        base = torch.as_tensor(base, device=device)
+        taps = torch.arange(-1, 3, device=device)[:, None]
+        self.index = (base[..., None, :] + taps).clamp_(0, wave.size - 1)  # (B, E, 4, P)
+        frac = torch.as_tensor(pos, device=device) - base
+        self.weight = _keys_weights(frac.to(dtype or torch.float64))  # (B, E, 4, P)
         self.valid = torch.as_tensor(valid, device=device)
 
     @property
@@ -131,14 +131,19 @@ class DopplerShift:
         Invalid pixels hold a value from the grid's edge; callers mask them.
         """
         n, mid, n_pix = x.shape[0], x.shape[1:-1], x.shape[-1]
-        # pixels first, so one index gathers whole rows of the other axes
-        pixels_first = x.reshape(n, -1, n_pix).transpose(1, 2).contiguous()  # (n, P, M)
+        flat = x.reshape(n, -1, n_pix)
         index, weight = self.index[rows], self.weight[rows]  # (n, E, 4, P)
-        stars = torch.arange(n, device=x.device)[:, None]
         out = []
         for e in range(self.n_exposures):
-            taps = pixels_first[stars, index[:, e].reshape(n, -1)].reshape(n, 4, n_pix, -1)
-            out.append((taps * weight[:, e, :, :, None]).sum(1).transpose(1, 2))
+            shifted = None
+            for tap in range(4):  # a gather along the pixels per tap, all other axes at once
+                value = torch.gather(flat, 2, index[:, e, tap, None].expand(flat.shape))
+                tap_weight = weight[:, e, tap, None]
+                if shifted is None:
+                    shifted = value * tap_weight
+                else:
+                    shifted.addcmul_(value, tap_weight)
+            out.append(shifted)
         return torch.stack(out, 1).reshape(n, self.n_exposures, *mid, n_pix)
 
     def apply_each(self, x: torch.Tensor) -> torch.Tensor:
