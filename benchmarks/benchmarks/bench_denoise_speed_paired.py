@@ -1,0 +1,90 @@
+"""Paired speed comparison of the denoiser's MAP: this checkout against an older one.
+
+Runs ``bench_denoise_speed.py`` of the ``--baseline`` source tree (a checkout of the
+older code, for example ``git archive <commit> | tar -x -C DIR``) and of this
+checkout in turn, baseline first, ``--pairs`` times, each in a fresh process with
+``PYTHONPATH`` set to its tree and the same settings (``--threads``, ``--snr``,
+``--batch``, ``--repeats``, ``--fit-velocity``).  On a machine shared with other work,
+the ratio of each pair (new / baseline spectra per second, taken back to back) is the
+figure to trust; their median is reported with the medians of both.
+
+    python benchmarks/benchmarks/bench_denoise_speed_paired.py --baseline /tmp/old \\
+        --threads 2 --snr 10 --pairs 5 --json benchmarks/results/denoise_speed_paired.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[2]
+SCRIPT = Path("benchmarks/benchmarks/bench_denoise_speed.py")
+
+
+def run_once(tree: Path, settings: list[str]) -> float:
+    """Spectra per second of one ``bench_denoise_speed.py`` run of ``tree``'s code."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "speed.json"
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        command = [sys.executable, str(tree / SCRIPT), *settings, "--json", str(out)]
+        subprocess.run(command, env=env, cwd=HERE, check=True, capture_output=True)
+        runs = json.loads(out.read_text())["snr"]
+    (run,) = runs.values()
+    return float(run["spectra_per_second"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--baseline", required=True, help="source tree of the older code")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--snr", default="10", help="one S/N")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2, help="per run, the best kept")
+    parser.add_argument("--fit-velocity", action="store_true")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    baseline = Path(args.baseline).resolve()
+    if not (baseline / SCRIPT).is_file():
+        parser.error(f"{baseline} has no {SCRIPT}")
+    settings = [
+        f"--threads={args.threads}",
+        f"--snr={args.snr}",
+        f"--batch={args.batch}",
+        f"--n={args.n}",
+        f"--repeats={args.repeats}",
+    ] + ["--fit-velocity"] * args.fit_velocity
+    old, new = [], []
+    for _ in range(args.pairs):
+        old.append(run_once(baseline, settings))
+        new.append(run_once(HERE, settings))
+    ratios = [b / a for a, b in zip(old, new, strict=True)]
+    out = {
+        "command": "python benchmarks/benchmarks/bench_denoise_speed_paired.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "baseline": str(baseline),
+        "settings": settings,
+        "cpu_count": os.cpu_count(),
+        "baseline_spectra_per_second": old,
+        "new_spectra_per_second": new,
+        "ratio_per_pair": ratios,
+        "baseline_median": statistics.median(old),
+        "new_median": statistics.median(new),
+        "ratio_median": statistics.median(ratios),
+    }
+    print(json.dumps(out, indent=2))
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
