@@ -202,3 +202,24 @@ def test_exposures_at_one_velocity_are_pooled(shipped):
     assert np.ptp(joint.velocity[0]) < 0.5 * np.ptp(alone.velocity[:, 0])
     assert np.all(joint.velocity_error[0] < alone.velocity_error[:, 0])
     np.testing.assert_allclose(joint.velocity[0], 150.0, atol=10.0)
+
+
+def test_exposure_likelihood_in_chunks_is_one_pass():
+    """The velocity refinement sends a whole batch to the exposure likelihood, which runs
+    it in chunks: the same numbers as one pass of the flow over every row."""
+    from specutils_deepclean.models.denoiser import _EVAL_CHUNK
+
+    from test_denoiser_model import LATENT, draw, make_model
+
+    model = make_model()
+    n = _EVAL_CHUNK + 9
+    _, _, _, flux, sigma = draw(model, n, seed=5)
+    data = model._prepare(flux, sigma, None, None)
+    rows = torch.arange(n).flip(0)  # stars in any order
+    with torch.no_grad():
+        observed = model.generator.generate(torch.zeros(n, LATENT))[:, None]
+        got = model._exposure_likelihood(observed, rows, data)
+        whitened = ((data.flux[rows] - observed) * data.inv_unit[rows]).reshape(n, -1)
+        want = model.flows[data.flow].log_likelihood(whitened, data.counted[rows].reshape(n, -1))
+    assert got.shape == (n, 1)
+    np.testing.assert_allclose(got[:, 0].numpy(), want.numpy(), rtol=1e-6)
