@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         new.append(run_once(HERE, settings))
     out = {
         "command": "python benchmarks/benchmarks/bench_denoise_speed_paired.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "baseline": str(baseline),
         "settings": settings,
         "cpu_count": os.cpu_count(),
