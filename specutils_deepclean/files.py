@@ -14,13 +14,14 @@ as the indices where they are True), and for telluric results an extension
 ``TRANSMISSION`` holds the estimated transmission in the same table layout
 (``Spectrum.read(path, format="tabular-fits", hdu=3)``).  Every file is written under a
 temporary name in the output folder and renamed when complete, so an interrupted run
-never leaves a half-written result.
+never leaves a half-written result.  The result tables are built in memory in the
+layout specutils' writer gives; files of known layouts are read without specutils
+trying every format it knows on them (which cost ten times the reading itself).
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import shutil
@@ -31,6 +32,8 @@ from pathlib import Path
 import astropy.units as u
 import numpy as np
 from astropy.io import fits, registry
+from astropy.nddata import StdDevUncertainty
+from astropy.table import Table
 from specutils import Spectrum, SpectrumList
 
 from ._atomic import atomic_path
@@ -137,11 +140,81 @@ def _readable(format: str, cls) -> bool:
     return True
 
 
+def _known_format(path: Path) -> str | None:
+    """The format of a file of a layout this package knows, from its headers (one open).
+
+    Recognised: LAMOST LRS files (:data:`LAMOST_FORMAT`), SDSS-III/IV ``spec`` files,
+    DESI ``spectra`` and ``coadd`` files (each by specutils' own identifier, run on
+    the one open file), and files in the layout of specutils' ``tabular-fits`` writer
+    (HDU 1 a table named ``DATA`` whose columns are the spectral axis, ``flux`` and
+    optionally ``uncertainty`` and ``mask``: mock surveys and this package's results).
+    Anything else gives None: specutils then identifies the file by trying all its
+    formats, which opens it once per format.
+    """
+    from specutils.io.default_loaders.desi import coadd_identify, spectra_identify
+    from specutils.io.default_loaders.sdss import spec_identify
+    from specutils.io.default_loaders.tabular_fits import identify_tabular_fits
+
+    from .surveys import _lamost_layout
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            telescope = str(hdul[0].header.get("TELESCOP", "")).strip().upper()
+            if telescope == "LAMOST":
+                return LAMOST_FORMAT if _lamost_layout(hdul) is not None else None
+            for name, identify in (
+                ("SDSS-III/IV spec", spec_identify),
+                ("DESI spectra", spectra_identify),
+                ("DESI coadd", coadd_identify),
+            ):
+                if _identifies(identify, path, hdul):
+                    return name
+            if _writer_layout(hdul) and _identifies(identify_tabular_fits, path, hdul):
+                return "tabular-fits"
+    except (OSError, ValueError):
+        return None  # not FITS, or damaged: specutils' identification reports it
+    return None
+
+
+def _identifies(identify, path: Path, hdul) -> bool:
+    """A specutils identifier's answer for an open file; False where it raises (as the
+    registry's identification counts it)."""
+    try:
+        return bool(identify("read", str(path), hdul))
+    except Exception:  # identifiers index headers freely (KeyError, IndexError...)
+        return False
+
+
+#: first column names of specutils' ``tabular-fits`` writer (by the axis' physical type)
+_AXIS_COLUMNS = ("wavelength", "frequency", "energy", "wavenumber")
+
+
+def _writer_layout(hdul) -> bool:
+    """Whether HDU 1 is a table as specutils' ``tabular-fits`` writer lays it out."""
+    if len(hdul) < 2 or hdul[0].header.get("NAXIS", 0) != 0:
+        return False
+    table = hdul[1]
+    if not isinstance(table, fits.BinTableHDU) or table.header.get("EXTNAME") != "DATA":
+        return False
+    names = [name.lower() for name in table.columns.names]
+    rest = names[2:]
+    return (
+        len(names) >= 2
+        and names[0] in _AXIS_COLUMNS
+        and names[1] == "flux"
+        and rest in ([], ["uncertainty"], ["mask"], ["uncertainty", "mask"])
+    )
+
+
 def _read(path: Path, format: str | None):
     """``Spectrum.read`` or, for formats specutils reads only as a list, ``SpectrumList.read``
-    (LAMOST, which specutils does not read: :func:`~specutils_deepclean.surveys.read_lamost`)."""
+    (LAMOST, which specutils does not read: :func:`~specutils_deepclean.surveys.read_lamost`).
+    Without ``format``, a file of a known layout (:func:`_known_format`) is read in that
+    format; others are identified by specutils."""
     from .surveys import is_lamost, read_lamost
 
+    if not format:
+        format = _known_format(path)
     if format == LAMOST_FORMAT or (not format and is_lamost(path)):
         return read_lamost(path), LAMOST_FORMAT
     if format:
@@ -179,7 +252,9 @@ def read_targets(
         Any file specutils can read.
     format : str, optional
         A specutils format name (``Spectrum.read``'s or ``SpectrumList.read``'s
-        ``format``) or :data:`LAMOST_FORMAT`; default: identify it.
+        ``format``) or :data:`LAMOST_FORMAT`; default: identify it (SDSS, DESI,
+        LAMOST and ``tabular-fits`` files, this package's results among them, from
+        their headers in one open; others by specutils, which tries every format).
 
     Returns
     -------
@@ -379,20 +454,42 @@ def _jsonable(value):
 
 
 def _table_hdus(spectrum: Spectrum, header: fits.Header | None) -> list:
-    """The ``tabular-fits`` HDUs specutils writes for ``spectrum`` (in memory)."""
-    plain = Spectrum(
-        flux=spectrum.flux,
-        spectral_axis=spectrum.spectral_axis,
-        uncertainty=spectrum.uncertainty,
-        mask=None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool),
-        meta={"header": header if header is not None else fits.Header()},
-    )
-    buffer = io.BytesIO()
-    with np.errstate(divide="ignore"):  # an inverse variance of 0 is an infinite sigma
-        plain.write(buffer, format="tabular-fits")
-    buffer.seek(0)
-    with fits.open(buffer) as hdul:
-        return [hdu.copy() for hdu in hdul]
+    """The HDUs specutils' ``tabular-fits`` writer makes for ``spectrum``, built in memory.
+
+    The same primary header (``header`` less ``NAXIS*``) and ``DATA`` table as
+    ``Spectrum.write(path, format="tabular-fits")`` gives (column names, types,
+    units, 2-D columns transposed), without its write to a file and read back.
+    """
+    header = fits.Header() if header is None else header.copy()
+    for keyword in ("NAXIS", "NAXIS1", "NAXIS2"):
+        header.remove(keyword, ignore_missing=True)
+    axis = u.Quantity(spectrum.spectral_axis)
+    name = str(axis.unit.physical_type)
+    if name == "length":
+        name = "wavelength"
+    elif "energy" in name:
+        name = "energy"
+    flux = u.Quantity(spectrum.flux)
+    columns, names = [axis, flux], [name, "flux"]
+    if spectrum.uncertainty is not None:
+        with np.errstate(divide="ignore"):  # an inverse variance of 0 is an infinite sigma
+            sigma = spectrum.uncertainty.represent_as(StdDevUncertainty).quantity
+        sigma = sigma.to(flux.unit, equivalencies=u.spectral_density(axis))
+        columns.append(sigma.astype(flux.dtype))
+        names.append("uncertainty")
+    if spectrum.mask is not None:
+        columns.append(np.asarray(spectrum.mask, dtype=bool))
+        names.append("mask")
+    columns[1:] = [column.T if column.ndim > 1 else column for column in columns[1:]]
+    # Dimensionless columns get no TUNIT, as in results written through a file and read
+    # back (astropy drops the empty TUNIT specutils writes).
+    columns = [
+        column.value if getattr(column, "unit", None) == u.dimensionless_unscaled else column
+        for column in columns
+    ]
+    table = fits.BinTableHDU(data=Table(columns, names=names))
+    table.header.update(EXTNAME="DATA")
+    return [fits.PrimaryHDU(header=header), table]
 
 
 def write_result(
@@ -443,9 +540,6 @@ def write_result(
 
 
 def _table_spectrum(hdu) -> Spectrum:
-    from astropy.nddata import StdDevUncertainty
-    from astropy.table import Table
-
     table = Table.read(hdu)
     axis, flux = table.columns[0], table["flux"]
     uncertainty = None

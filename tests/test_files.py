@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.nddata import StdDevUncertainty
-from specutils import Spectrum
+from specutils import Spectrum, SpectrumList
 
 from specutils_deepclean import files
 from specutils_deepclean.files import (
@@ -16,8 +16,11 @@ from specutils_deepclean.files import (
     output_path,
     read_result,
     read_spectrum,
+    read_targets,
     write_result,
 )
+
+from data_needs import data_file, needs_data_file
 
 
 def result_spectrum(n=50, unit=u.Jy, transmission=True):
@@ -187,3 +190,128 @@ def test_remove_partial_writes(tmp_path):
         path.write_bytes(b"x")
     assert files.remove_partial_writes([out]) == [mine]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, out.name])
+
+
+def _specutils_round_trip_hdus(spectrum, header):
+    """The HDUs results were built from before the in-memory writer: specutils' own
+    ``tabular-fits`` writer into a buffer, read back and copied."""
+    import io
+
+    plain = Spectrum(
+        flux=spectrum.flux,
+        spectral_axis=spectrum.spectral_axis,
+        uncertainty=spectrum.uncertainty,
+        mask=None if spectrum.mask is None else np.asarray(spectrum.mask, dtype=bool),
+        meta={"header": header if header is not None else fits.Header()},
+    )
+    buffer = io.BytesIO()
+    plain.write(buffer, format="tabular-fits")
+    buffer.seek(0)
+    with fits.open(buffer) as hdul:
+        return [hdu.copy() for hdu in hdul]
+
+
+@pytest.mark.parametrize("unit", [u.Jy, u.dimensionless_unscaled])
+@pytest.mark.parametrize("rows", [None, 3])
+@pytest.mark.parametrize("parts", ["all", "no uncertainty", "no mask"])
+def test_in_memory_table_matches_specutils_writer(unit, rows, parts, tmp_path):
+    """The result table HDUs built in memory write the same bytes as specutils'
+    ``tabular-fits`` writer's HDUs read back (today's result files)."""
+    spec = result_spectrum(unit=unit)
+    if rows:  # a batch: 2-D flux, uncertainty and mask
+        spec = Spectrum(
+            flux=np.tile(spec.flux, (rows, 1)),
+            spectral_axis=spec.spectral_axis,
+            uncertainty=StdDevUncertainty(np.tile(spec.uncertainty.array, (rows, 1))),
+            mask=np.tile(spec.mask, (rows, 1)),
+            meta=spec.meta,
+        )
+    if parts == "no uncertainty":
+        spec.uncertainty = None
+    if parts == "no mask":
+        spec.mask = None
+    header = files._header(spec)
+    header["NAXIS"] = 0  # an input header's structural keyword, dropped by both
+    ours = fits.HDUList(files._table_hdus(spec, header))
+    theirs = fits.HDUList(_specutils_round_trip_hdus(spec, header))
+    ours.writeto(tmp_path / "ours.fits")
+    theirs.writeto(tmp_path / "theirs.fits")
+    assert (tmp_path / "ours.fits").read_bytes() == (tmp_path / "theirs.fits").read_bytes()
+
+
+def _same_spectrum(a, b):
+    np.testing.assert_array_equal(a.spectral_axis, b.spectral_axis)
+    assert a.spectral_axis.unit == b.spectral_axis.unit and a.flux.unit == b.flux.unit
+    np.testing.assert_array_equal(a.flux, b.flux)
+    assert type(a.uncertainty) is type(b.uncertainty)
+    if a.uncertainty is not None:
+        np.testing.assert_array_equal(a.uncertainty.array, b.uncertainty.array)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert set(a.meta) == set(b.meta)
+    assert repr(a.meta.get("header")) == repr(b.meta.get("header"))
+
+
+def _specutils_read(path):
+    """specutils' reader, identifying the format among all it knows."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SDSS unit strings
+        return Spectrum.read(path)
+
+
+def test_known_layouts_read_as_specutils_identifies_them(tmp_path):
+    """Results (physical and dimensionless flux) and a mock survey file are recognised
+    from their headers and read exactly as specutils' identification reads them."""
+    from specutils_deepclean.datasets import load_examples
+    from specutils_deepclean.simulate import Simulator, prepare_truth
+
+    result = write_result(result_spectrum(), tmp_path / "r.fits")
+    normalised = write_result(result_spectrum(unit=u.dimensionless_unscaled), tmp_path / "n.fits")
+    library = load_examples()
+    truth, _ = prepare_truth(library, library.wavelength.value, library.medium)
+    simulator = Simulator(library.wavelength.value, library.medium, fwhm=library.fwhm.value)
+    (mock,) = simulator.observe(truth[:1], [50.0], seed=1).write_files(tmp_path / "mock")
+    for path in (result, mock):
+        assert files._known_format(path) == "tabular-fits"
+        (name, fast), = read_targets(path)[0]
+        assert name is None
+        _same_spectrum(fast, _specutils_read(path))
+    # specutils cannot read dimensionless flux from a table (no unit to find it by);
+    # the layout is still recognised and the reading fails with the format named
+    assert files._known_format(normalised) == "tabular-fits"
+    with pytest.raises(ValueError, match="specutils cannot read"):
+        read_spectrum(normalised)
+
+
+@needs_data_file("sdss/NGC3073_SDSS_DR18.fits")
+def test_sdss_file_read_as_specutils_identifies_it():
+    import warnings
+
+    path = data_file("sdss/NGC3073_SDSS_DR18.fits")
+    assert files._known_format(path) == "SDSS-III/IV spec"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = read_spectrum(path)
+    _same_spectrum(fast, _specutils_read(path))
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [("spectra-5-169-thru20210419.fits", "DESI spectra"), ("coadd-sv3-dark-26065.fits", "DESI coadd")],
+)
+def test_desi_files_are_recognised(name, kind):
+    path = data_file(f"desi/{name}")
+    if path is None:
+        pytest.skip(f"needs desi/{name} of the data folder")
+    assert files._known_format(path) == kind
+    assert files._formats(SpectrumList, path) == ["tabular-fits", kind]  # list-only: kind
+
+
+def test_unknown_files_fall_back_to_identification(tmp_path):
+    """A FITS file of no known layout, and a text file: no format from the headers."""
+    image = tmp_path / "image.fits"
+    fits.PrimaryHDU(np.ones((5, 5))).writeto(image)
+    text = tmp_path / "spec.txt"
+    text.write_text("1 2\n")
+    assert files._known_format(image) is None and files._known_format(text) is None
