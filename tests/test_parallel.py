@@ -1,5 +1,7 @@
 """Survey runs: batches, failures reported not fatal, resume, Dask workers."""
 
+import sys
+
 import numpy as np
 import pytest
 from specutils import Spectrum
@@ -91,6 +93,30 @@ def test_dask_workers_finish_and_report(survey, tmp_path):
     b = read_result(tmp_path / "local" / "star000_detelluric.fits")
     # same numbers on a worker (float32 network: batch 2 there, 1 here)
     np.testing.assert_allclose(a.flux.value, b.flux.value, rtol=1e-5)
+
+
+def _has_loaded_models():
+    from specutils_deepclean import manipulation
+
+    return sorted(name for name, _ in manipulation._CACHE)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers forked on Linux")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_local_workers_start_with_the_model_loaded():
+    """On Linux the local workers are forked after the model is loaded here: each one
+    holds it before its first batch (spawned workers start with an empty cache)."""
+    pytest.importorskip("distributed")
+    from specutils_deepclean.parallel import _client
+
+    client, cluster = _client(2, None, "detelluric", {"device": "cpu"})
+    try:
+        models = client.run(_has_loaded_models)
+    finally:
+        client.close()
+        cluster.close()
+    assert len(models) == 2
+    assert all(names == ["karaoke-miles"] for names in models.values())
 
 
 def test_row_a_batch_call_masks_is_reported_as_failed(tmp_path):
