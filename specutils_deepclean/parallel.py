@@ -15,7 +15,8 @@ with ``scheduler="tcp://host:8786"`` any running Dask scheduler (so the same cal
 on dask-jobqueue or Kubernetes clusters; the workers must see the input and output
 paths).  A model named by its shipped name or path is loaded once per worker process
 and reused by every batch that worker runs; a loaded model object is sent to every
-worker once.
+worker once.  On Linux, with the model on the CPU, the local cluster's workers are
+forked from the calling process after it loaded the model, so they start with it.
 
 Files are written under a temporary name and renamed when complete; before a run,
 inputs whose result file exists are skipped (unless ``overwrite``), so rerunning an
@@ -447,10 +448,10 @@ def _client(workers: int | None, scheduler: str | None, task: str = "", options=
 
     On Linux, with the model on the CPU, the local cluster's workers are forked from
     this process after it imported the cleaning code and loaded the model
-    (:func:`_warm_parent`): they start in well under a second, where spawned workers
-    each import torch, astropy and specutils and load the model again (several
-    seconds each, which on a 2-core machine cost a 1,000-file run all that two
-    workers saved).
+    (:func:`_warm_parent`): they start with both, where spawned workers each import
+    torch, astropy and specutils and load the model again (seconds each, which on a
+    2-core machine cost a 1,000-file run what two workers saved).  A ``distributed.worker.multiprocessing-method`` other than Dask's
+    default (``spawn``) set in the Dask configuration is kept.
     """
     if not workers and scheduler is None:
         return None, None
@@ -464,7 +465,8 @@ def _client(workers: int | None, scheduler: str | None, task: str = "", options=
     if scheduler is not None:
         return Client(scheduler), None
     method = dask.config.get("distributed.worker.multiprocessing-method")
-    if sys.platform.startswith("linux") and task and _warm_parent(task, options or {}):
+    linux = sys.platform.startswith("linux")
+    if method == "spawn" and linux and task and _warm_parent(task, options or {}):
         method = "fork"
     with dask.config.set({"distributed.worker.multiprocessing-method": method}):
         cluster = LocalCluster(

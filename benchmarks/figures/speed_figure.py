@@ -20,6 +20,37 @@ from matplotlib.figure import Figure  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _pairs(result: dict) -> list[str]:
+    """The paired runs of ``--repeats`` (one process and Dask, in the order run) and the
+    speed-up of each pair; nothing for a JSON without them."""
+    if "speedup" not in result:
+        return []
+    speedup = result["speedup"]
+    rows = [
+        "",
+        f".. list-table:: Paired runs: one process against {speedup['workers']} Dask workers "
+        f"(median speed-up {speedup['median']:.2f})",
+        "   :header-rows: 1",
+        "",
+        "   * - pair",
+        "     - run (in the order run)",
+        "     - wall time (s)",
+        "     - load average before, after",
+        "     - machine CPU busy",
+    ]
+    for run in result["runs"]:
+        load = ", ".join(f"{value:.1f}" for value in run["load_average_1min_before_after"])
+        rows += [
+            f"   * - {run['pair'] + 1}",
+            f"     - {run['run'].replace('_', ' ')}",
+            f"     - {run['seconds']:.1f}",
+            f"     - {load}",
+            f"     - {100 * run['machine_cpu_busy_fraction']:.0f} %",
+        ]
+    rows += ["", "Speed-up per pair: " + ", ".join(f"{r:.2f}" for r in speedup["per_pair"]) + "."]
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     default = ROOT / "benchmarks/results/speed.json"
@@ -48,6 +79,7 @@ def main(argv=None) -> int:
             f"     - {run['peak_rss_mib']:.0f}",
             f"     - {run['rss_trend_mib_per_1000_files']:+.1f}",
         ]
+    rows += _pairs(result)
     (ROOT / f"docs/_generated/{args.stem}_table.rst").write_text("\n".join(rows) + "\n")
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.subplots()

@@ -11,7 +11,10 @@ load average and the fraction of the machine's CPU time in use (by anything) dur
 the run, and the resident memory of this process and its children (the Dask workers)
 sampled every 0.25 s, whose peak and whose trend over the second half of the run
 (MiB per 1,000 files) show whether memory stays flat.  The speed-up is the median
-over pairs of one-process time / Dask time.
+over pairs of one-process time / Dask time.  ``cpu_seconds`` (user and system time of this process and
+its children, the Dask workers) is the run's work whatever the load: on an idle
+machine, a Dask run whose CPU seconds match the one-process run's spreads them over
+its workers.
 
     specutils-deepclean benchmark speed --files 1000 --workers 2 --repeats 3 --json speed.json
 """
@@ -22,7 +25,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -94,6 +99,7 @@ def _timed(files, output: Path, task: str, options: dict, **kwargs) -> dict:
 
     load_before = os.getloadavg()[0]
     busy_before = _busy()
+    cpu_before = os.times()
     sampler = _Sampler()
     sampler.start()
     start = time.perf_counter()
@@ -101,6 +107,8 @@ def _timed(files, output: Path, task: str, options: dict, **kwargs) -> dict:
     seconds = time.perf_counter() - start
     samples = sampler.stop()
     busy_after = _busy()
+    cpu_after = os.times()  # children: the Dask workers, joined when the cluster closed
+    cpu = sum(b - a for a, b in zip(cpu_before[:4], cpu_after[:4], strict=True))
     shutil.rmtree(output, ignore_errors=True)  # the next run writes all files again
     late = samples[samples[:, 0] > samples[-1, 0] / 2]
     slope = np.polyfit(late[:, 0], late[:, 1], 1)[0] if len(late) > 3 else float("nan")
@@ -113,6 +121,7 @@ def _timed(files, output: Path, task: str, options: dict, **kwargs) -> dict:
         "peak_rss_mib": round(float(samples[:, 1].max()), 1),
         "rss_trend_mib_per_1000_files": round(float(slope / rate * 1000), 2),
         "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpu_seconds": round(cpu, 1),
         "machine_cpu_busy_fraction": round(
             (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1e-9), 3
         ),
@@ -251,7 +260,9 @@ def main(argv=None) -> int:
     )
     if args.note:
         results["note"] = args.note
-    results["command"] = "specutils-deepclean benchmark speed " + " ".join(argv or [])
+    results["command"] = "specutils-deepclean benchmark speed " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
     brief = {key: _without_trace(value) for key, value in results.items()}  # traces: JSON only
     print(json.dumps(brief, indent=2))
     if args.json is not None:
