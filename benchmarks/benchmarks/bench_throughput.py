@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     )
     result = {
         "command": "python benchmarks/benchmarks/bench_throughput.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "machine": {

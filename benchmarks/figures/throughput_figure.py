@@ -46,8 +46,13 @@ def main(argv=None) -> int:
     machine = result["machine"]
     functions = [name for name in FUNCTIONS if name in result]
     pixel_batch = result[functions[0]]["pixel_batch"]
-    where = f"{machine['cpu_count']} CPU cores, torch {machine['torch']}, " \
-        f"{machine['torch_threads']} threads"
+    threads = machine["torch_threads"]
+    where = (
+        f"{machine['cpu_count']} CPU cores, torch {machine['torch']}, {threads} torch "
+        f"thread{'s' if threads != 1 else ''}, load average "
+        f"{machine['load_average_1min_at_start']:.1f} at the start, "
+        f"{machine['load_average_1min_at_end']:.1f} at the end"
+    )
     rows = table(result, "batch", f"Spectra per second against the batch size ({where})")
     rows += table(
         result, "pixels",
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
         ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
     by_batch.legend()
-    fig.suptitle(where, fontsize="medium")
+    fig.suptitle(where, fontsize="small")
     fig.savefig(ROOT / "docs/_static/throughput.png", dpi=110)
     return 0
 
