@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -62,3 +63,17 @@ def load_stars(args: argparse.Namespace):
     stars = select_stars(load_library(args.library), args)
     truth, valid = prepare_truth(stars, wave, model.medium)
     return model, wave, stars, truth, valid
+
+
+def interleaved(jobs: dict, repeats: int) -> dict:
+    """Seconds of every job (name -> callable), run in turn ``repeats`` times after
+    one warm-up round, so that other work on the machine slows all of them alike."""
+    for job in jobs.values():
+        job()
+    seconds = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds

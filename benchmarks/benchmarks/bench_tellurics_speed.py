@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _common import interleaved
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model
@@ -117,17 +118,9 @@ def modules_path(model: KaraokeVAE):
         del model._decode_mean
 
 
-def interleaved(functions: dict, repeats: int) -> dict:
-    """Median seconds of every function, run in turn ``repeats`` times after a warm-up."""
-    for function in functions.values():
-        function()
-    seconds = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: float(np.median(values)) for name, values in seconds.items()}
+def medians(functions: dict, repeats: int) -> dict:
+    """Median seconds of every function, run in turn (`_common.interleaved`)."""
+    return {name: float(np.median(v)) for name, v in interleaved(functions, repeats).items()}
 
 
 def observations(n: int, seed: int):
@@ -153,7 +146,7 @@ def end_to_end(model, flux, sigma, wave, medium, batch_sizes, repeats) -> list:
             with modules_path(model):
                 run()
 
-        med = interleaved({"channels_last": run, "modules": run_modules}, repeats)
+        med = medians({"channels_last": run, "modules": run_modules}, repeats)
         rows.append(
             {
                 "batch": batch,
@@ -181,7 +174,7 @@ def network(model, flux, batch_sizes, repeats) -> list:
             with modules_path(model):
                 run()
 
-        med = interleaved({"channels_last": run, "modules": run_modules}, repeats)
+        med = medians({"channels_last": run, "modules": run_modules}, repeats)
         fast = model.reconstruct(part)
         with modules_path(model):
             slow = model.reconstruct(part)
@@ -218,7 +211,7 @@ def pixels(lengths, repeats) -> list:
         model = KaraokeVAE.from_grid(np.linspace(3800.0, 6900.0, n_pix) * u.AA, medium="air")
         for batch in (1, 16):
             fast, modules = _timed_net(model, batch)
-            med = interleaved({"channels_last": fast, "modules": modules}, repeats)
+            med = medians({"channels_last": fast, "modules": modules}, repeats)
             rows.append(
                 {
                     "n_pix": n_pix,
@@ -248,7 +241,7 @@ def harps(repeats) -> dict:
         with torch.inference_mode():
             paper.forward_channels_last(x_last)
 
-    med = interleaved(
+    med = medians(
         {
             "ours": fast,
             "ours_modules": modules,

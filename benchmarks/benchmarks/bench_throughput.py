@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import interleaved
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.manipulation import denoise, remove_tellurics
@@ -63,19 +64,6 @@ def resampled(flux, sigma, wave, n_pix: int):
         return np.stack([np.interp(grid, wave, row) for row in values])
 
     return interp(flux), interp(sigma), grid
-
-
-def interleaved(jobs: dict, repeats: int) -> dict:
-    """Seconds of every job, run in turn ``repeats`` times after one warm-up round."""
-    for job in jobs.values():
-        job()
-    seconds = {name: [] for name in jobs}
-    for _ in range(repeats):
-        for name, job in jobs.items():
-            start = time.perf_counter()
-            job()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
 
 
 def calls(function, spectrum, n_calls: int):
