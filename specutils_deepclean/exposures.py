@@ -36,11 +36,6 @@ _ROUNDS = 3
 #: subtraction residuals: the simulator's reach 0.5 % of the star's level), added in
 #: quadrature to each ratio's error.
 _LEVEL_FLOOR = 0.005
-#: Factor on the exposures' velocity errors when they are pooled: the Laplace error with
-#: the spectrum fixed is too small (0.43-0.53 of MILES val stars within one error at
-#: S/N 5-10, ``benchmarks/results/velocity_val40_range2000.json``); 1.3 against 1.0 in
-#: ``benchmarks/results/exposures_val.json`` and ``exposures_val_pool1.0.json``.
-_VELOCITY_ERROR_SCALE = 1.3
 
 
 def random_effects(values, variances) -> tuple[np.ndarray, np.ndarray]:
@@ -109,16 +104,15 @@ def pool_velocities(velocity, error) -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     velocity, error : array_like, shape (B, E)
-        Each exposure's fitted velocity and its Laplace error (km/s), which is scaled
-        by 1.3 first (`_VELOCITY_ERROR_SCALE`).
+        Each exposure's fitted velocity and its calibrated error (km/s,
+        `~specutils_deepclean.models.velocity.velocity_error`).
 
     Returns
     -------
     velocity, error : ndarray, shape (B, E)
         The pooled velocities and their standard deviations.
     """
-    scaled = _VELOCITY_ERROR_SCALE * np.asarray(error, dtype=np.float64)
-    pooled, variance = random_effects(velocity, np.square(scaled))
+    pooled, variance = random_effects(velocity, np.square(np.asarray(error, dtype=np.float64)))
     return pooled, np.sqrt(variance)
 
 

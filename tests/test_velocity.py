@@ -64,7 +64,8 @@ def test_velocity_recovered_and_fixed_velocity(shipped):
     fitted = shipped.map_estimate(flux / np.nanmedian(flux), sigma / np.nanmedian(flux),
                                   velocity=None)
     assert abs(fitted.velocity[0, 0] - 310.0) < 5.0
-    assert 0 < fitted.velocity_error[0, 0] < 5.0
+    floor = shipped.extra["velocity_error"][1]  # the calibration's km/s in quadrature
+    assert floor <= fitted.velocity_error[0, 0] < floor + 5.0
     assert not fitted.ood_flag[0]
     # the output is in the observed frame: close to the shifted truth
     truth = shift_flux(signal, wave, 310.0)[0] / np.nanmedian(flux)
@@ -223,3 +224,58 @@ def test_exposure_likelihood_in_chunks_is_one_pass():
         want = model.flows[data.flow].log_likelihood(whitened, data.counted[rows].reshape(n, -1))
     assert got.shape == (n, 1)
     np.testing.assert_allclose(got[:, 0].numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_velocity_error_calibration_from_the_model_file(shipped, tmp_path):
+    """extra["velocity_error"] = (a, f) gives sqrt((a sigma_L)^2 + f^2); without it sigma_L."""
+    from specutils_deepclean.io.models import save_model
+
+    _, _, flux, sigma = _star(shipped, 310.0, snr=20.0)
+    scale = np.nanmedian(flux)
+    saved = shipped.extra.get("velocity_error")
+    errors = {}
+    try:
+        for name, value in (("bare", None), ("calibrated", np.array([2.0, 3.0]))):
+            shipped.extra.pop("velocity_error", None)
+            if value is not None:
+                shipped.extra["velocity_error"] = value
+            save_model(shipped, tmp_path / f"{name}.asdf")
+            model = load_model(tmp_path / f"{name}.asdf")
+            fit = model.map_estimate(flux / scale, sigma / scale, velocity=None,
+                                     generator=torch.Generator().manual_seed(0))
+            errors[name] = fit.velocity_error[0, 0], fit.velocity[0, 0]
+    finally:
+        shipped.extra.pop("velocity_error", None)
+        if saved is not None:
+            shipped.extra["velocity_error"] = saved
+    (bare, v_bare), (calibrated, v_calibrated) = errors["bare"], errors["calibrated"]
+    assert v_calibrated == pytest.approx(v_bare, abs=1e-6)
+    assert 0 < bare < 5.0
+    assert calibrated == pytest.approx(np.hypot(2 * bare, 3.0), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad", [[1.0], [0.0, 1.0], [-1.0, 1.0], [1.0, -0.5], [np.nan, 1.0], [1.0, np.inf]]
+)
+def test_check_velocity_error_refuses(bad):
+    from specutils_deepclean.models.velocity import check_velocity_error
+
+    with pytest.raises(ValueError, match="velocity_error"):
+        check_velocity_error({"velocity_error": bad})
+    check_velocity_error({"velocity_error": [1.2, 2.5]})
+    check_velocity_error({})
+
+
+def test_bad_velocity_error_refused_on_load(shipped, tmp_path):
+    from specutils_deepclean.io.models import save_model
+
+    saved = shipped.extra.get("velocity_error")
+    shipped.extra["velocity_error"] = np.array([1.0, -2.0])
+    try:
+        save_model(shipped, tmp_path / "bad.asdf")
+    finally:
+        shipped.extra.pop("velocity_error")
+        if saved is not None:
+            shipped.extra["velocity_error"] = saved
+    with pytest.raises(ValueError, match="velocity_error"):
+        load_model(tmp_path / "bad.asdf")

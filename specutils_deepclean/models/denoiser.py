@@ -58,6 +58,7 @@ from .velocity import (
     C_KMS,
     _VELOCITY_MARGIN,
     DopplerShift,
+    check_velocity_error,
     fixed_velocities,
     refine_velocity,
     search_velocity,
@@ -467,7 +468,10 @@ class Denoiser(DeepCleanModel):
         unpooled = None
         if velocity.shape[1] > 1:  # exposures that agree within their errors share one
             floor = generator_floor(self.extra, data)
-            error = velocity_error(shift, signal, data.counted, data.inv_unit, floor)
+            error = velocity_error(
+                shift, signal, data.counted, data.inv_unit, floor,
+                calibration=self.extra.get("velocity_error"),
+            )
             unpooled = velocity
             velocity, _ = pool_velocities(velocity, error)
             shift = DopplerShift(wave, velocity, device=data.flux.device, dtype=data.flux.dtype)
@@ -858,9 +862,11 @@ def _floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
 def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
     """``generator_sigma`` (P,) finite >= 0 and ``sigma_scales`` (2,) finite > 0, if present,
     the linear terms' arrays (`~specutils_deepclean.models.linear_terms.check_term_arrays`)
-    and ``model_error`` (`~specutils_deepclean.models.model_error.check_model_error`)."""
+    ``model_error`` (`~specutils_deepclean.models.model_error.check_model_error`) and
+    ``velocity_error`` (`~specutils_deepclean.models.velocity.check_velocity_error`)."""
     check_term_arrays(extra, n_pix)
     check_model_error(extra)
+    check_velocity_error(extra)
     if "generator_sigma" in extra:
         floor = np.asarray(extra["generator_sigma"], dtype=np.float64)
         if floor.shape != (n_pix,) or not np.all(np.isfinite(floor) & (floor >= 0)):

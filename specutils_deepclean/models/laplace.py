@@ -221,7 +221,8 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         velocity = data.shift.velocity
         if searched is not None:
             error = velocity_error(
-                data.shift, flux, data.counted, data.inv_unit, floor, _VELOCITY_FINE[-1]
+                data.shift, flux, data.counted, data.inv_unit, floor, _VELOCITY_FINE[-1],
+                calibration=model.extra.get("velocity_error"),
             )
             if data.unpooled is not None:  # the pooled velocities' error
                 error = pool_velocities(data.unpooled, error)[1]

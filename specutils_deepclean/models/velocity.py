@@ -20,6 +20,12 @@ the best template and grid velocity by :math:`\chi^2` (free positive amplitude),
 refined by a parabola through the grid's best three points.  All stars, templates
 and velocities are one pair of matrix products.
 
+`velocity_error` is the Laplace error of a fitted velocity, calibrated by the model
+file's ``extra["velocity_error"]`` = :math:`(a, f)`: :math:`\sqrt{(a\,\sigma_L)^2 +
+f^2}` with :math:`\sigma_L` the Laplace error and :math:`f` in km/s (chosen on MILES
+``val`` by ``benchmarks/training/calibrate_velocity_error.py``; without it
+:math:`(1, 0)`).
+
 Torch is imported here: this module is loaded only with the models.
 """
 
@@ -34,6 +40,7 @@ from astropy.constants import c as _speed_of_light
 __all__ = [
     "C_KMS",
     "DopplerShift",
+    "check_velocity_error",
     "fixed_velocities",
     "highpass",
     "parabola_peak",
@@ -360,15 +367,17 @@ def velocity_error(
     inv_unit: torch.Tensor,
     floor=None,
     step: float = 6.0,
+    calibration=None,
 ) -> np.ndarray:
-    r"""Laplace standard deviation (B, E) of each exposure's velocity, km/s.
+    r"""Calibrated Laplace standard deviation (B, E) of each exposure's velocity, km/s.
 
-    :math:`(\sum_p (\partial_v \hat s_p)^2 / (t_p^2 + \sigma_{G,p}^2))^{-1/2}` over
-    the pixels that count, with :math:`\hat s` the MAP spectrum shifted to the
+    :math:`\sigma_L = (\sum_p (\partial_v \hat s_p)^2 / (t_p^2 + \sigma_{G,p}^2))^{-1/2}`
+    over the pixels that count, with :math:`\hat s` the MAP spectrum shifted to the
     exposure's velocity (the derivative by central differences of ``step`` km/s),
     :math:`t` the likelihood's noise unit and :math:`\sigma_G` the generator's
     error: the Gauss-Newton curvature of the likelihood in :math:`v` with the
-    model's own error counted as noise, the spectrum fixed.
+    model's own error counted as noise, the spectrum fixed.  The result is
+    :math:`\sqrt{(a \sigma_L)^2 + f^2}` with ``calibration`` :math:`(a, f)`.
 
     Parameters
     ----------
@@ -382,6 +391,8 @@ def velocity_error(
         :math:`\sigma_G` in the exposures' frame.
     step : float
         The difference step, km/s.
+    calibration : array_like, shape (2,), optional
+        :math:`(a, f)`, the model's ``extra["velocity_error"]``; default (1, 0).
 
     Returns
     -------
@@ -402,5 +413,24 @@ def velocity_error(
         var = var + floor.square()
     info = torch.where(use, slope.square() / var, 0.0).sum(-1)
     info = info.detach().cpu().numpy().astype(np.float64)
+    scale, added = (1.0, 0.0) if calibration is None else np.asarray(calibration, np.float64)
     with np.errstate(divide="ignore"):
-        return 1 / np.sqrt(info)
+        return np.hypot(scale / np.sqrt(info), added)
+
+
+def check_velocity_error(extra: dict) -> None:
+    """``extra["velocity_error"]``, when present: two finite numbers, scale a > 0, f >= 0 km/s.
+
+    Raises
+    ------
+    ValueError
+        If it is not.
+    """
+    if "velocity_error" not in extra:
+        return
+    values = np.asarray(extra["velocity_error"], dtype=np.float64)
+    if values.shape != (2,) or not np.all(np.isfinite(values)) or values[0] <= 0 or values[1] < 0:
+        raise ValueError(
+            "extra['velocity_error'] must hold two finite numbers (scale > 0, floor >= 0 "
+            f"km/s), got {values.tolist()}"
+        )
