@@ -77,3 +77,17 @@ def interleaved(jobs: dict, repeats: int) -> dict:
             job()
             seconds[name].append(time.perf_counter() - start)
     return seconds
+
+
+def observations(n: int, seed: int):
+    """``n`` observations (flux, sigma, wavelength, medium) of the MILES val stars at
+    S/N 50 (the telluric benchmark's simulator), repeated as needed."""
+    from specutils_deepclean.datasets import load_library
+    from specutils_deepclean.training.telluric_data import observe_split
+
+    library = load_library(None)
+    stars = library.select(split="val", good=True)
+    wave, medium = library.wavelength.value, library.medium
+    survey = observe_split(stars, wave, medium, copies=1, seed=seed, snr=50)
+    rows = np.resize(np.arange(len(survey.flux)), n)
+    return survey.flux[rows], survey.sigma[rows], wave, medium

@@ -53,14 +53,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from _common import interleaved
+from _common import interleaved, observations
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
-from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.manipulation import remove_tellurics
 from specutils_deepclean.models.karaoke import KaraokeVAE
 from specutils_deepclean.models.layers import down_block, run_channels_last, up_block
-from specutils_deepclean.training.telluric_data import observe_split
 
 HARPS_PIXELS = 327_680
 
@@ -121,15 +119,6 @@ def modules_path(model: KaraokeVAE):
 def medians(functions: dict, repeats: int) -> dict:
     """Median seconds of every function, run in turn (`_common.interleaved`)."""
     return {name: float(np.median(v)) for name, v in interleaved(functions, repeats).items()}
-
-
-def observations(n: int, seed: int):
-    library = load_library(None)
-    stars = library.select(split="val", good=True)
-    wave, medium = library.wavelength.value, library.medium
-    survey = observe_split(stars, wave, medium, copies=1, seed=seed, snr=50)
-    rows = np.resize(np.arange(len(survey.flux)), n)
-    return survey.flux[rows], survey.sigma[rows], wave, medium
 
 
 def end_to_end(model, flux, sigma, wave, medium, batch_sizes, repeats) -> list:

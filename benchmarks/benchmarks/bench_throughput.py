@@ -37,23 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import interleaved
+from _common import interleaved, observations
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
-from specutils_deepclean.datasets import load_library
 from specutils_deepclean.manipulation import denoise, remove_tellurics
-from specutils_deepclean.training.telluric_data import observe_split
 
 FUNCTIONS = {"remove_tellurics": remove_tellurics, "denoise": denoise}
-
-
-def observations(n: int, seed: int):
-    """``n`` observations (flux, sigma) of the MILES val stars, repeated as needed."""
-    library = load_library(None)
-    stars = library.select(split="val", good=True)
-    wave, medium = library.wavelength.value, library.medium
-    survey = observe_split(stars, wave, medium, copies=1, seed=seed, snr=50)
-    rows = np.resize(np.arange(len(survey.flux)), n)
-    return survey.flux[rows], survey.sigma[rows], wave, medium
 
 
 def resampled(flux, sigma, wave, n_pix: int):
