@@ -484,9 +484,11 @@ def denoise(
         for a list), ``ood_score``, ``ood_flag`` (True: the spectrum is not like the
         model's stars, its result is not to be trusted and its class posterior is
         uniform), ``fit_chi2``, ``fit_structure`` and ``snr`` (the statistics of the
-        flag, see `~specutils_deepclean.models.ood`), ``model_error_factor`` (how much
-        the uncertainty was widened for the model's own error on a spectrum unlike its
-        training stars, `~specutils_deepclean.models.model_error`; 1 for most),
+        flag, see `~specutils_deepclean.models.ood`), ``model_error_share`` (the
+        median share of the uncertainty's variance that is the model's own error on
+        a spectrum unlike its training stars, `~specutils_deepclean.models.model_error`;
+        0 for most) and ``model_error_scale`` (the factor, at most 1, on the variance
+        of a star the model fits better than its noise budget assumes),
         ``filled`` (input pixels that were
         missing and now carry model values), ``rejected`` (input pixels left out
         as outliers, in any exposure), ``converged`` (whether the MAP class's
@@ -604,7 +606,8 @@ def denoise(
         "fit_chi2": _per_star(index, lambda i: float(result.fit_chi2[i])),
         "fit_structure": _per_star(index, lambda i: float(result.fit_structure[i])),
         "snr": _per_star(index, lambda i: float(result.snr[i])),
-        "model_error_factor": _per_star(index, lambda i: float(result.model_error_factor[i])),
+        "model_error_share": _per_star(index, lambda i: _model_error_share(result, i)),
+        "model_error_scale": _per_star(index, lambda i: float(result.model_error_scale[i])),
         "converged": converged,
         "class_converged": _per_star(
             index,
@@ -621,6 +624,13 @@ def denoise(
         _all_stars(result.flux_sigma, good, np.nan),
         meta=info,
     )
+
+
+def _model_error_share(result, i: int) -> float:
+    """Median over star ``i``'s pixels of ``model_sigma^2 / flux_sigma^2`` (0 if none)."""
+    share = np.square(result.model_sigma[i] / result.flux_sigma[i])
+    share = share[np.isfinite(share)]
+    return float(np.median(share)) if share.size else 0.0
 
 
 def _per_star(index: list, value) -> list:
@@ -647,7 +657,8 @@ _PER_ROW = (
     "fit_chi2",
     "fit_structure",
     "snr",
-    "model_error_factor",
+    "model_error_share",
+    "model_error_scale",
     "converged",
     "class_converged",
 )

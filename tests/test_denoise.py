@@ -188,7 +188,8 @@ def test_out_of_distribution_warns(model):
     info = out.meta["deepclean"]
     assert info["ood_flag"] is True
     assert list(info["class_posterior"].values()) == pytest.approx([1 / 3] * 3)
-    assert info["model_error_factor"] == 1.0  # the test model states no model-error term
+    # the test model states no model-error term
+    assert info["model_error_share"] == 0.0 and info["model_error_scale"] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ flux-calibration tilt, `~specutils_deepclean.benchmarking.degrade.degrade`), obs
 at S/N 2, 5, 10, 20 and 50 with the denoise benchmark's seeds and MAP settings and
 denoised at rest.  Per S/N and kind: the coverage of the 1-sigma uncertainty (pooled
 over pixels, and the median per star), the median MSE, the share flagged out of
-distribution and the median of ``model_error_factor`` (the model-error term,
-`~specutils_deepclean.models.model_error`; ``--without-model-error`` leaves it
-out).  ``miles`` repeats the denoise
+distribution, the share of stars given the model-error variance and the median
+``model_error_scale`` (the model-error term, `~specutils_deepclean.models.model_error`;
+``--without-model-error`` leaves it out).  ``miles`` repeats the denoise
 benchmark's runs, so its coverage is comparable with ``denoise_test.json``'s.
 
     python benchmarks/benchmarks/bench_model_error.py --split test --threads 1 \\
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     if args.without_model_error:
-        model.extra.pop("model_error", None)
+        model.extra.pop("model_error_terms", None)
     stars = select_stars(load_library(args.library), args)
     truth, valid = prepare_truth(stars, model.wavelength.to_value("Angstrom"), model.medium)
     result = header("bench_model_error.py", argv, args)
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     result.update(
         {
             "n_stars": int(len(truth)),
-            "model_error": np.asarray(model.extra.get("model_error", [])).tolist(),
+            "model_error_terms": np.asarray(model.extra.get("model_error_terms", [])).tolist(),
             "degraded": {"fwhm_aa": 3.4, "tilt_sigma": 0.1, "tilt_seed": args.seed + 7},
             "snr": {},
         }
@@ -65,8 +65,8 @@ def main(argv=None) -> int:
             "calibration_median": float(np.nanmedian(coverage.per_spectrum)),
             "median_mse": float(np.nanmedian(metrics.mse(out.flux, clean, mask=~valid))),
             "ood_rate": float(np.mean(out.map.ood_flag)),
-            "median_model_error_factor": float(np.median(out.map.model_error_factor)),
-            "share_widened": float(np.mean(out.map.model_error_factor > 1)),
+            "median_model_error_scale": float(np.median(out.map.model_error_scale)),
+            "share_widened": float(np.mean(np.nanmax(out.map.model_sigma, axis=1) > 0)),
         }
         result["snr"].setdefault(str(snr), {})[kind] = row
         print(snr, kind, row, flush=True)

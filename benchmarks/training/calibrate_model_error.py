@@ -3,7 +3,8 @@
 Runs :func:`specutils_deepclean.training.model_error.calibrate_model_error` on an
 existing model file: every good ``val`` star observed at S/N 2, 5, 10, 20 and 50, as
 it is and degraded to 3.4 A FWHM with smooth tilts, and denoised; the term's
-``(k, c, p)`` go into the file's ``extra["model_error"]``, the coverage after per
+``(k, c, L)`` go into the file's ``extra["model_error_terms"]`` (an earlier version's
+``extra["model_error"]`` is removed), the coverage after per
 S/N and kind into its provenance metrics (``val_model_error_coverage_*``), and the
 command into its notes.  The test split is never read.  The shipped model was
 calibrated with

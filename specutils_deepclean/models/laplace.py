@@ -20,7 +20,7 @@ import torch
 
 from ..exposures import pool_velocities
 from . import ood
-from .model_error import model_error_factor
+from .model_error import model_error
 from .noiseflow import _HALF_LOG_2PI
 from .observations import Observations, generator_floor, observed_model
 from .velocity import _VELOCITY_FINE, velocity_error
@@ -56,7 +56,8 @@ class MAPResult:
         Its per-pixel standard deviation: the Laplace covariance of each class
         pushed through the generator, mixed over the class posterior, with the
         generator's calibrated error (the documentation page *The denoiser's
-        inference*, section Uncertainty), widened by ``model_error_factor``.
+        inference*, section Uncertainty), scaled by ``model_error_scale``, with
+        ``model_sigma`` added in quadrature.
     latent_sigma : ndarray, shape (B, P)
         The part of it that comes from the posterior of :math:`z` and
         :math:`C` alone, before the calibration scales and the generator's own
@@ -114,10 +115,18 @@ class MAPResult:
         The Laplace log evidence of each class (up to a constant), before the
         calibration (`~specutils_deepclean.models.ood.class_posterior`) that gives
         ``class_posterior`` (uniform for a flagged spectrum).
-    model_error_factor : ndarray, shape (B,)
-        The factor (>= 1) by which ``flux_sigma`` was widened for the model's own
-        error on this spectrum (`~specutils_deepclean.models.model_error`); 1 for a
-        spectrum whose residuals have no more structure than the training stars'.
+    model_sigma : ndarray, shape (B, P)
+        :math:`\sigma_M`, the model's own error added in quadrature to
+        ``flux_sigma`` for a star whose residuals have more structure than the
+        noise (`~specutils_deepclean.models.model_error`); 0 for the others and
+        without the model file's ``model_error_terms``.
+    noise_sigma : ndarray, shape (B, P)
+        :math:`u`, the standard deviation of the residual under the likelihood
+        (noise and generator error, `~specutils_deepclean.models.model_error`);
+        NaN where no exposure has data.
+    model_error_scale : ndarray, shape (B,)
+        The factor (<= 1) on the variance of a star fitted better than the noise
+        and generator error assume (`~specutils_deepclean.models.model_error`).
     """
 
     z: np.ndarray
@@ -145,7 +154,9 @@ class MAPResult:
     snr: np.ndarray
     ood_flag: np.ndarray
     class_log_evidence: np.ndarray
-    model_error_factor: np.ndarray
+    model_sigma: np.ndarray
+    noise_sigma: np.ndarray
+    model_error_scale: np.ndarray
 
 
 def summarise(model, data: Observations, state, searched: float | None, chunk: int) -> MAPResult:
@@ -189,7 +200,9 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     flux = chosen + terms
     score = model.prior.ood_score(z_map, reference=model._ood_reference)
     floor = generator_floor(model.extra, data)
-    fit = ood.goodness_of_fit(data, observed_model(flux, stars, data), floor)
+    observed = observed_model(flux, stars, data)
+    fit = ood.goodness_of_fit(data, observed, floor)
+    scale, model_var, noise = model_error(model.extra, data, observed, floor, fit[1])
     flag = ood.ood_flag(model.extra, score, fit)
     if "class_calibration" in model.extra:  # calibrated (the MAP class is unchanged)
         posterior = ood.class_posterior(model.extra, log_post, fit[2])
@@ -198,13 +211,17 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         flag = flag | torch.as_tensor(beyond.any(-1), device=flag.device)
     # a spectrum flagged as unlike the training stars has no confident class
     posterior = torch.where(flag[:, None], torch.full_like(posterior, 1 / k), posterior)
+    # the flux mixes the classes by their Laplace evidence: the calibration above is
+    # the label's (flattened, uniform when flagged) and would mix in optima the data
+    # reject
+    mixture = torch.softmax(log_post, dim=-1)
     var = torch.zeros_like(chosen)
-    mixed = (posterior >= _MIX_FLOOR).reshape(-1).nonzero()[:, 0]
+    mixed = (mixture >= _MIX_FLOOR).reshape(-1).nonzero()[:, 0]
     for part in mixed.split(chunk):
         signal, jac = model.generator.generate_jacobian(state.z[part])
         spread = torch.einsum("npi,nij,npj->np", jac, cov[part], jac)
         spread += (signal - chosen[state.rows[part]]).square()
-        weight = posterior.reshape(-1)[part, None]
+        weight = mixture.reshape(-1)[part, None]
         var.index_add_(0, state.rows[part], weight * spread)
     latent_var = var
     scales = model.extra.get("sigma_scales", (1.0, 1.0))
@@ -212,8 +229,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     if "generator_sigma" in model.extra:
         floor = torch.as_tensor(model.extra["generator_sigma"], dtype=var.dtype)
         var = var + float(scales[1]) ** 2 * floor.to(var.device).square()
-    factor = model_error_factor(model.extra, fit[1], fit[2])
-    var = (var + terms_var) * factor.square()[:, None]
+    var = var + terms_var
     velocity = np.zeros(data.flux.shape[:2])
     error = np.zeros(data.flux.shape[:2])
     reached = torch.ones_like(flux, dtype=torch.bool)
@@ -231,6 +247,8 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         var, latent_var = (
             observed_model(x.sqrt(), stars, data)[:, 0].square() for x in (var, latent_var)
         )
+    # the model-error terms where some exposure has data (the frame of ``noise``)
+    var = torch.where(torch.isfinite(noise), var * scale[:, None], var) + model_var
     as_np = _numpy
     return MAPResult(
         z=as_np(z_map),
@@ -258,7 +276,9 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         snr=as_np(fit[2]),
         ood_flag=as_np(flag),
         class_log_evidence=as_np(log_post),
-        model_error_factor=as_np(factor),
+        model_sigma=as_np(torch.where(reached, model_var.sqrt(), torch.nan)),
+        noise_sigma=as_np(noise),
+        model_error_scale=as_np(scale),
     )
 
 

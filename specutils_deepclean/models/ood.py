@@ -53,6 +53,7 @@ __all__ = [
     "goodness_of_fit",
     "class_posterior",
     "ood_flag",
+    "whitened_residual",
 ]
 
 #: Pixels per run of the structure statistic.
@@ -82,13 +83,8 @@ def goodness_of_fit(data, observed: torch.Tensor, generator_sigma=None) -> tuple
     generator_sigma : array_like, shape (P,) or (B, E or 1, P), optional
         The generator's error, in the exposures' frame.
     """
-    use = data.counted > 0
+    r, var, use = whitened_residual(data, observed, generator_sigma)
     unit = torch.where(use, 1 / torch.where(use, data.inv_unit, 1.0), 1.0)
-    var = unit.square()
-    if generator_sigma is not None:
-        floor = torch.as_tensor(generator_sigma, dtype=var.dtype, device=var.device)
-        var = var + floor.square()
-    r = torch.where(use, (data.flux - observed) / var.sqrt(), 0.0)
     weight = use.to(r.dtype)
     count = weight.sum((-1, -2)).clamp_min(1.0)
     chi2 = r.square().sum((-1, -2)) / count
@@ -101,6 +97,30 @@ def goodness_of_fit(data, observed: torch.Tensor, generator_sigma=None) -> tuple
     level = torch.where(use, data.flux / unit, torch.nan).nanmedian(-1).values  # (B, E)
     snr = torch.nan_to_num(level, nan=0.0).clamp_min(0.0).square().sum(-1).sqrt()
     return chi2, structure, snr
+
+
+def whitened_residual(data, observed: torch.Tensor, generator_sigma=None) -> tuple:
+    r"""The whitened residual :math:`r` of the module docstring, its variance and where it counts.
+
+    Parameters
+    ----------
+    data, observed, generator_sigma
+        As for `goodness_of_fit`.
+
+    Returns
+    -------
+    r, variance : tensor, shape (B, E, P)
+        :math:`r` (0 where it does not count) and :math:`t^2 + \sigma_G^2`.
+    use : bool tensor, shape (B, E, P)
+        The pixels that count in the likelihood.
+    """
+    use = data.counted > 0
+    unit = torch.where(use, 1 / torch.where(use, data.inv_unit, 1.0), 1.0)
+    var = unit.square()
+    if generator_sigma is not None:
+        floor = torch.as_tensor(generator_sigma, dtype=var.dtype, device=var.device)
+        var = var + floor.square()
+    return torch.where(use, (data.flux - observed) / var.sqrt(), 0.0), var, use
 
 
 def ood_flag(extra: dict, score, statistics: tuple):
