@@ -47,7 +47,13 @@ from .ood import whitened_residual
 __all__ = ["check_model_error", "model_error"]
 
 
-def model_error(extra: dict, data, observed, generator_sigma, structure) -> tuple:
+def model_error(
+    extra: dict,
+    data,
+    observed: torch.Tensor,
+    generator_sigma: torch.Tensor | np.ndarray | None,
+    structure: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The terms of the module docstring for each star and pixel.
 
     Parameters
