@@ -13,7 +13,9 @@ each pixel; :math:`v` a velocity of the atmosphere relative to the spectrum's fr
 (zero in the topocentric frame; the barycentric correction of a survey spectrum, up
 to about 30 km/s, otherwise), :math:`S` the stellar model and :math:`C` a smooth
 continuum.  Inside the Stellar Karaoke model's range :math:`S` is its reconstruction
-of the star (:mod:`specutils_deepclean.models.karaoke`); outside it (and for spectra
+of the star (:mod:`specutils_deepclean.models.karaoke`), moved to the velocity where
+it matches the observation (:mod:`specutils_deepclean.telluric_star`: the network
+draws the star near its rest wavelengths); outside it (and for spectra
 that do not reach it) :math:`S = 1` and :math:`C` alone, a Gaussian-smoothed continuum
 that iteratively rejects stellar features, is the star.
 
@@ -48,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 
+from .telluric_star import align_stellar
 from .telluric_template import MOLECULES, MolecularTemplate, load_molecular_template
 
 __all__ = [
@@ -294,6 +297,9 @@ class TelluricFit:
     uncorrected_bands : ndarray of int, shape (n,)
         Bands (stretches between `BAND_CUTS`) with some absorption weaker than
         their noise (``min_band_chi2``): there ``T = 1``.
+    stellar_shift : ndarray, shape (n,)
+        Velocity (km/s) by which the stellar model was moved to match the
+        observation (0 where it was not).
     """
 
     depths: np.ndarray
@@ -309,6 +315,7 @@ class TelluricFit:
     chi2: np.ndarray
     fitted: np.ndarray
     uncorrected_bands: np.ndarray
+    stellar_shift: np.ndarray
 
 
 def _blur(values, sigma_pix):
@@ -524,6 +531,7 @@ def fit_transmission(
     smooth_aa: tuple[float, float] = (60.0, 40.0),
     min_significance: float = MIN_SIGNIFICANCE,
     min_band_chi2: float = MIN_BAND_CHI2,
+    align: bool = True,
 ) -> TelluricFit:
     """Fit the molecular depths, the velocity and (optionally) the resolution per spectrum.
 
@@ -562,6 +570,9 @@ def fit_transmission(
     min_band_chi2 : float
         Smallest squared signal-to-noise ratio of a band's absorption for which it
         is corrected.
+    align : bool
+        Move the stellar model to the velocity where it matches the observation
+        best (:func:`~specutils_deepclean.telluric_star.align_stellar`) before the fit.
 
     Returns
     -------
@@ -578,6 +589,11 @@ def fit_transmission(
         else np.broadcast_to(np.asarray(stellar, dtype=float), flux.shape)
     )
     noise = _noise(flux, None if sigma is None else np.asarray(sigma, dtype=float), valid)
+    stellar_shift = np.zeros(flux.shape[0])
+    if align and np.isfinite(stellar).any():
+        clear = _clear_pixels(edges_aa, medium, resolving_power, template)
+        centres = 0.5 * (edges_aa[1:] + edges_aa[:-1])
+        stellar, stellar_shift = align_stellar(centres, flux, stellar, valid & clear[None, :])
     if resolving_power is None:
         resolving_power = _choose_resolution(
             edges_aa, medium, flux, noise, valid, stellar, template, clip, smooth_aa
@@ -623,7 +639,19 @@ def fit_transmission(
         chi2=chi2,
         fitted=fitted,
         uncorrected_bands=_count_bands(basis.centres, off),
+        stellar_shift=stellar_shift,
     )
+
+
+def _clear_pixels(edges_aa, medium, resolving_power, template) -> np.ndarray:
+    """Pixels the atmosphere leaves clear (optical depth below `_FIT_TAU` at 3 airmasses);
+    at the candidate resolving power nearest the sampling's limit if none is given."""
+    if resolving_power is None:
+        centres = 0.5 * (edges_aa[1:] + edges_aa[:-1])
+        nyquist = float(np.median(centres / (2.0 * np.diff(edges_aa))))
+        resolving_power = min(RESOLVING_POWERS, key=lambda r: abs(np.log(r / nyquist)))
+    basis = telluric_basis(edges_aa, medium, resolving_power, template)
+    return basis.tau[VELOCITIES.size // 2, :, np.searchsorted(POWERS, 3.0)].sum(axis=0) < _FIT_TAU
 
 
 def _band_index(centres: np.ndarray) -> np.ndarray:
@@ -827,6 +855,7 @@ def remove_physical(
             "o2_airmass": per_row(fit.depths[:, MOLECULES.index("O2")]),
             "h2o_column": per_row(_water_per_airmass(fit.depths)),
             "telluric_velocity": per_row(fit.velocity),
+            "stellar_model_shift": per_row(fit.stellar_shift),
             "resolving_power": fit.resolving_power,
             "reduced_chi2": per_row(fit.chi2),
             "uncorrected_bands": per_row(fit.uncorrected_bands),

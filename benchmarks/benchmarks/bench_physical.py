@@ -10,11 +10,15 @@
    H2O 7200; MILES stops at 7410 A): median Q_t (Sedaghat et al. Eq. 12, not
    clipped at 1) of the input, ``divide``, ``physical``, the physical fit given the
    true star as its stellar model (``physical_true_star``: the template's and the
-   fit's share of the error, without the network's) and a perfect division (the
+   fit's share of the error, without the network's), a second physical fit whose
+   stellar model is the network's reconstruction of the first fit's corrected
+   spectrum (``physical_iterated``), and a perfect division (the
    observation divided by the true line transmission: what is possible; in a weak
    band at low S/N even it is above 1, as dividing amplifies the noise); Q_t over
    all of M_t (clipped, as in the telluric benchmark) and Q_s.  Truth: the star times
    the smooth part of the transmission; M_t: line transmission below 0.99.
+   ``physical_meta``: the fraction of spectra with a band left uncorrected, and the
+   shift by which the stellar model was moved against the star's velocity.
    Also the same stars without any telluric absorption (S/N 200): the depths the
    fit finds there, the transmission it would divide by and the fraction of spectra
    it changes at all.
@@ -126,14 +130,29 @@ def with_true_star(flux, obs, wave, medium):
     return flux / np.where(t < 0.05, 1.0, t)  # the floor of remove_tellurics
 
 
+def iterated(flux, obs, wave, medium, first):
+    """A second physical fit whose stellar model is the network's reconstruction of
+    the observation divided by the first fit's transmission (``first``: the
+    corrected spectrum): the iteration the issue proposed, kept to show what it does."""
+    t = first.meta["deepclean"]["transmission"].flux.value
+    corrected = flux / np.where(t < 0.05, 1.0, t)
+    star = correct(corrected, obs.sigma, wave, medium, "reconstruct")[0]
+    fit = fit_transmission(bin_edges(wave), medium, flux, obs.sigma, np.isfinite(flux), star,
+                           resolving_power=first.meta["deepclean"]["resolving_power"])
+    t = fit.transmission
+    return flux / np.where(t < 0.05, 1.0, t)
+
+
 def ew_per_star(flux, wave, line, shift):
     """:func:`ew` of each row, the window of row ``i`` shifted by ``shift[i]``."""
     return np.array([ew(flux[i], wave, line, shift[i])[0] for i in range(len(flux))])
 
 
-def miles_part(split, seed):
+def miles_part(split, seed, limit=None):
     library = load_library()
     stars = library.select(split=split, good=True)
+    if limit:
+        stars = stars.take(np.arange(min(limit, len(stars))))
     wave, medium = library.wavelength.value, library.medium
     truth, valid = prepare_truth(stars, wave, medium)
     truth = np.where(valid, truth, np.nan)
@@ -144,9 +163,18 @@ def miles_part(split, seed):
         obs, flux, lines, ideal, mt = observed(sim, truth, snr, rng, wave)
         preds = {"none": flux, "perfect": flux / lines}
         for mode in METHODS:
-            preds[mode] = correct(flux, obs.sigma, wave, medium, mode)[0]
+            preds[mode], spec = correct(flux, obs.sigma, wave, medium, mode)
+        meta = spec.meta["deepclean"]
         preds["physical_true_star"] = with_true_star(flux, obs, wave, medium)
-        row = {"bands": {}, "q_s": {}}
+        preds["physical_iterated"] = iterated(flux, obs, wave, medium, spec)
+        shift = np.asarray(meta["stellar_model_shift"])
+        row = {"bands": {}, "q_s": {}, "physical_meta": {
+            "fraction_with_uncorrected_band": float(np.mean(np.asarray(meta["uncorrected_bands"]) > 0)),
+            "stellar_model_shift_vs_stellar_rv": {
+                "slope": float(np.polyfit(obs.stellar_rv, shift, 1)[0]),
+                "median_abs_difference_kms": float(np.median(np.abs(shift - obs.stellar_rv))),
+            },
+        }}
         miss = ~np.isfinite(flux)
         for band, (lo, hi) in BANDS.items():
             sel = mt & ((wave > lo) & (wave < hi))[None]
@@ -166,7 +194,7 @@ def miles_part(split, seed):
                 ref = ew_per_star(perfect, wave, line, shift)
                 use = np.abs(ref) > 0.3
                 row["ew_change_vs_perfect"][name] = {"n_stars": int(use.sum())}
-                for mode in ("none",) + METHODS:
+                for mode in ("none",) + METHODS + ("physical_iterated",):
                     got = ew_per_star(preds[mode], wave, line, shift)
                     change = np.abs(got - ref)[use] / np.abs(ref[use])
                     row["ew_change_vs_perfect"][name][mode] = float(np.median(change))
@@ -396,6 +424,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sdss", default="../shared/data/sdss/NGC3073_SDSS_DR18.fits")
     parser.add_argument("--desi", default="../shared/data/desi")
     parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N stars of the split (development)")
+    parser.add_argument("--miles-only", action="store_true",
+                        help="only part 1-2 (MILES stars; development)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
@@ -406,12 +438,13 @@ def main(argv=None) -> int:
         "command": "python benchmarks/benchmarks/bench_physical.py " + " ".join(argv or sys.argv[1:]),
         "split": args.split,
     }
-    result["miles"] = miles_part(args.split, args.seed)
-    result["red_simulated"] = red_part(args.split, args.seed + 1)
-    result["mdwarf_nad_min_transmission"] = mdwarf_part()
-    print(result["mdwarf_nad_min_transmission"])
-    result["sdss_ngc3073"] = sdss_part(args.sdss)
-    result["desi"] = desi_part(args.desi)
+    result["miles"] = miles_part(args.split, args.seed, args.limit)
+    if not args.miles_only:
+        result["red_simulated"] = red_part(args.split, args.seed + 1)
+        result["mdwarf_nad_min_transmission"] = mdwarf_part()
+        print(result["mdwarf_nad_min_transmission"])
+        result["sdss_ngc3073"] = sdss_part(args.sdss)
+        result["desi"] = desi_part(args.desi)
     if args.speed:
         result["speed"] = speed_part()
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
