@@ -12,7 +12,8 @@
    true star as its stellar model (``physical_true_star``: the template's and the
    fit's share of the error, without the network's), a second physical fit whose
    stellar model is the network's reconstruction of the first fit's corrected
-   spectrum (``physical_iterated``), and a perfect division (the
+   spectrum (``physical_iterated``), the fit with the reconstruction left where
+   the network draws it (``physical_unaligned``), and a perfect division (the
    observation divided by the true line transmission: what is possible; in a weak
    band at low S/N even it is above 1, as dividing amplifies the noise); Q_t over
    all of M_t (clipped, as in the telluric benchmark) and Q_s.  Truth: the star times
@@ -130,15 +131,22 @@ def with_true_star(flux, obs, wave, medium):
     return flux / np.where(t < 0.05, 1.0, t)  # the floor of remove_tellurics
 
 
-def iterated(flux, obs, wave, medium, first):
-    """A second physical fit whose stellar model is the network's reconstruction of
-    the observation divided by the first fit's transmission (``first``: the
-    corrected spectrum): the iteration the issue proposed, kept to show what it does."""
+def refit(flux, obs, wave, medium, first, iterate):
+    """The physical fit again, with the network's reconstruction as stellar model.
+
+    ``iterate``: the reconstruction of the observation divided by the first fit's
+    transmission (``first``: the corrected spectrum), the iteration the issue
+    proposed (``physical_iterated``); else the reconstruction of the observation
+    itself, not moved to the star's velocity (``physical_unaligned``: the fit before
+    `~specutils_deepclean.telluric_star.align_stellar`).  Both kept to show what
+    they do.
+    """
     t = first.meta["deepclean"]["transmission"].flux.value
-    corrected = flux / np.where(t < 0.05, 1.0, t)
-    star = correct(corrected, obs.sigma, wave, medium, "reconstruct")[0]
+    source = flux / np.where(t < 0.05, 1.0, t) if iterate else flux
+    star = correct(source, obs.sigma, wave, medium, "reconstruct")[0]
     fit = fit_transmission(bin_edges(wave), medium, flux, obs.sigma, np.isfinite(flux), star,
-                           resolving_power=first.meta["deepclean"]["resolving_power"])
+                           resolving_power=first.meta["deepclean"]["resolving_power"],
+                           align=iterate)
     t = fit.transmission
     return flux / np.where(t < 0.05, 1.0, t)
 
@@ -166,7 +174,8 @@ def miles_part(split, seed, limit=None):
             preds[mode], spec = correct(flux, obs.sigma, wave, medium, mode)
         meta = spec.meta["deepclean"]
         preds["physical_true_star"] = with_true_star(flux, obs, wave, medium)
-        preds["physical_iterated"] = iterated(flux, obs, wave, medium, spec)
+        preds["physical_iterated"] = refit(flux, obs, wave, medium, spec, iterate=True)
+        preds["physical_unaligned"] = refit(flux, obs, wave, medium, spec, iterate=False)
         shift = np.asarray(meta["stellar_model_shift"])
         row = {"bands": {}, "q_s": {}, "physical_meta": {
             "fraction_with_uncorrected_band": float(np.mean(np.asarray(meta["uncorrected_bands"]) > 0)),
@@ -194,7 +203,7 @@ def miles_part(split, seed, limit=None):
                 ref = ew_per_star(perfect, wave, line, shift)
                 use = np.abs(ref) > 0.3
                 row["ew_change_vs_perfect"][name] = {"n_stars": int(use.sum())}
-                for mode in ("none",) + METHODS + ("physical_iterated",):
+                for mode in ("none",) + METHODS + ("physical_iterated", "physical_unaligned"):
                     got = ew_per_star(preds[mode], wave, line, shift)
                     change = np.abs(got - ref)[use] / np.abs(ref[use])
                     row["ew_change_vs_perfect"][name][mode] = float(np.median(change))

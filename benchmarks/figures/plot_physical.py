@@ -105,11 +105,13 @@ def table(result: dict, path: Path) -> None:
         ),
     ]
     for snr, values in miles.items():
-        methods = ("none", "divide", "physical", "physical_true_star", "perfect")
-        for method in (m for m in methods if m in values["q_s"]):
+        methods = {"none": "none", "divide": "divide", "physical": "physical",
+                   "physical_iterated": "physical, iterated",
+                   "physical_unaligned": "physical, star not moved",
+                   "physical_true_star": "physical, true star", "perfect": "perfect"}
+        for method, name in ((m, n) for m, n in methods.items() if m in values["q_s"]):
             cells = [values["bands"][b][method] for b in ("O2_B", "H2O_6500", "H2O_7200")]
             cells += [values["q_t_all"][method], values["q_s"][method]]
-            name = "physical, true star" if method == "physical_true_star" else method
             lines += row(snr, name, *(f"{c:.3f}" for c in cells))
     ew = miles["200"]["ew_change_vs_perfect"]
     lines += [
