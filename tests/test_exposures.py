@@ -4,7 +4,7 @@ as the co-add (exposures.py, inference.denoise_arrays, the denoiser's velocity p
 import numpy as np
 import pytest
 
-from specutils_deepclean.exposures import exposure_scales, random_effects
+from specutils_deepclean.exposures import exposure_scales, pool_velocities, random_effects
 from specutils_deepclean.spectra import median_normalise
 
 torch = pytest.importorskip("torch")
@@ -35,6 +35,27 @@ def test_random_effects_leaves_out_missing_and_rejects_bad_input():
         random_effects([[1.0, 2.0]], [[0.0, 1.0]])
     with pytest.raises(ValueError, match="2-D"):
         random_effects([1.0, 2.0], [1.0, 1.0])
+
+
+def test_pool_velocities_keep_the_shared_floor():
+    """The floor (star/model mismatch, shared by the exposures) does not shrink with
+    their number; only each exposure's own error is pooled."""
+    own, floor = 3.0, 5.2
+    for n in (2, 4, 16):
+        velocity = np.full((1, n), 10.0) + np.linspace(-0.5, 0.5, n)
+        error = np.full((1, n), np.hypot(own, floor))
+        pooled, pooled_error = pool_velocities(velocity, error, floor)
+        np.testing.assert_allclose(pooled, velocity.mean(), rtol=1e-12)
+        np.testing.assert_allclose(pooled_error, np.hypot(own / np.sqrt(n), floor))
+        assert np.all(pooled_error > floor)
+    # without a floor: the plain random-effects pooling, the error shrinks by sqrt(n)
+    _, plain = pool_velocities(np.zeros((1, 4)), np.full((1, 4), 2.0))
+    np.testing.assert_allclose(plain, 1.0)
+    # an exposure without information keeps its inf; an error at the floor is valid
+    v, e = pool_velocities([[1.0, 2.0, 3.0]], [[np.inf, floor, 6.0]], floor)
+    assert np.isinf(e[0, 0]) and np.all(np.isfinite(e[0, 1:])) and np.all(e[0, 1:] >= floor)
+    with pytest.raises(ValueError, match="floor"):
+        pool_velocities([[1.0, 2.0]], [[1.0, 1.0]], -1.0)
 
 
 def _lined(n_star, n_exp, snr, throughput, rng):

@@ -80,3 +80,47 @@ def test_denoise_arrays_fills_a_wide_red_gap_at_the_right_level(shipped):
     error = np.sqrt(np.mean((out.flux[0, gap] - 3.0 * signal[0, gap]) ** 2)) / 3.0
     assert error < 0.05
     assert np.all(np.isfinite(out.flux_sigma[0, gap])) and np.all(out.flux_sigma[0, gap] > 0)
+
+
+def test_template_starts_pick_each_classes_nearest_training_star(shipped):
+    """Training stars' own spectra with 40 % of the grid missing: every start is a
+    point of its class, and that of the star's class draws a spectrum close to the
+    star's over the observed pixels (closer than most of the class's points)."""
+    points = np.asarray(shipped.extra["kde_points"])
+    ends = np.cumsum(shipped.extra["kde_counts"])
+    begins = np.concatenate([[0], ends[:-1]])
+    chosen = np.array([3, ends[2] + 5, ends[5] - 2])  # stars of three classes
+    classes = np.searchsorted(ends, chosen, side="right")
+
+    def draw(z):
+        with torch.no_grad():
+            return shipped.generator.generate(torch.as_tensor(z, dtype=shipped._dtype)).double().numpy()
+
+    signal = draw(points[chosen])
+    _, _, missing = _gappy(signal, "blue")
+    found = level.template_starts(shipped, np.where(missing, 0, signal), (~missing) * 1.0)
+    assert found.shape == (3, shipped.n_classes, shipped.latent_dim)
+    for c in range(shipped.n_classes):
+        ours = points[begins[c] : ends[c]]
+        assert all(np.any(np.all(ours == z, axis=1)) for z in found[:, c])
+    observed = ~missing[0]
+    near = draw(found[np.arange(3), classes])
+    for i, c in enumerate(classes):
+        rms = np.sqrt(np.mean((near[i, observed] - signal[i, observed]) ** 2))
+        every = draw(points[begins[c] : ends[c]])
+        spread = np.sqrt(np.mean((every[:, observed] - signal[i, observed]) ** 2, axis=1))
+        assert rms < 0.5 * np.median(spread)
+
+
+def test_gap_starts_only_for_wide_gaps(shipped):
+    signal = _stars(shipped)
+    flux, sigma, missing = _gappy(signal, "blue")
+    missing[0] = False  # complete
+    missing[1] = False
+    missing[1, :100] = True  # 2 % missing: below MIN_MISSING
+    data = shipped._prepare(flux, sigma, missing, None)
+    starts, wide = level.gap_starts(shipped, data)
+    k = shipped.n_classes
+    assert starts.shape == (3 * k, shipped.latent_dim)
+    np.testing.assert_array_equal(wide.numpy(), np.repeat([False, False, True], k))
+    assert torch.all(starts[~wide] == 0) and torch.all(torch.isfinite(starts[wide]))

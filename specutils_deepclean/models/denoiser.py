@@ -31,6 +31,7 @@ from .base import DeepCleanModel
 from .generator import IsometricAutoencoder
 from .laplace import MAPResult, eig_floor, summarise
 from .layers import missing_mask
+from .level import gap_starts
 from .linear_terms import (
     check_term_arrays,
     has_terms,
@@ -62,6 +63,7 @@ from .velocity import (
     fixed_velocities,
     refine_velocity,
     search_velocity,
+    shared_floor,
     template_bank,
     to_rest,
     velocity_error,
@@ -473,7 +475,7 @@ class Denoiser(DeepCleanModel):
                 calibration=self.extra.get("velocity_error"),
             )
             unpooled = velocity
-            velocity, _ = pool_velocities(velocity, error)
+            velocity, _ = pool_velocities(velocity, error, shared_floor(self.extra))
             shift = DopplerShift(wave, velocity, device=data.flux.device, dtype=data.flux.dtype)
         obj = state.obj.reshape(n_star, -1)
         state.active = (obj >= obj.max(-1, keepdim=True).values - margin).reshape(-1)
@@ -522,6 +524,11 @@ class Denoiser(DeepCleanModel):
                 classes.repeat_interleave(n_extra),
                 data,
             ).reshape(n_star * k, n_extra)
+        column, wide = gap_starts(self, data)  # a wide gap: each class's best template too
+        if wide.any():
+            value = torch.full_like(column[:, 0], -math.inf)
+            value[wide] = self._objective(column[wide], rows[wide], classes[wide], data)
+            cand, obj = torch.cat([cand, column[:, None]], 1), torch.cat([obj, value[:, None]], 1)
         centre = z_enc
         for _ in range(_SCREEN_ROUNDS):
             lik, grad, hess = self._likelihood(centre, stars, data, derivatives=True)

@@ -23,7 +23,7 @@ from . import ood
 from .model_error import model_error
 from .noiseflow import _HALF_LOG_2PI
 from .observations import Observations, generator_floor, observed_model
-from .velocity import _VELOCITY_FINE, velocity_error
+from .velocity import _VELOCITY_FINE, shared_floor, velocity_error
 
 __all__ = ["MAPResult", "eig_floor", "summarise"]
 
@@ -241,7 +241,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
                 calibration=model.extra.get("velocity_error"),
             )
             if data.unpooled is not None:  # the pooled velocities' error
-                error = pool_velocities(data.unpooled, error)[1]
+                error = pool_velocities(data.unpooled, error, shared_floor(model.extra))[1]
         reached = data.shift.valid[:, 0]
         flux = torch.where(reached, observed_model(flux, stars, data)[:, 0], torch.nan)
         var, latent_var = (

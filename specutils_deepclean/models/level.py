@@ -30,7 +30,10 @@ import weakref
 import numpy as np
 import torch
 
-__all__ = ["MIN_MISSING", "SMOOTH_PIXELS", "TOP", "relevel", "template_level"]
+from .observations import Observations, rest_coadd
+
+__all__ = ["MIN_MISSING", "SMOOTH_PIXELS", "TOP", "gap_starts", "relevel", "template_level",
+           "template_starts"]
 
 #: Gaussian sigma (model pixels) of the smoothing before the comparison.
 SMOOTH_PIXELS = 15.0
@@ -66,6 +69,21 @@ def _templates(model) -> torch.Tensor:
     return cached
 
 
+def _check(model, flux, weight) -> tuple[np.ndarray, np.ndarray]:
+    """``flux`` and ``weight`` as float64 arrays, checked for `template_level`."""
+    flux = np.asarray(flux, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if flux.ndim != 2 or flux.shape != weight.shape or flux.shape[1] != model.n_pix:
+        raise ValueError(
+            f"flux and weight must both be (n, {model.n_pix}), got {flux.shape} and "
+            f"{weight.shape}"
+        )
+    good = np.isfinite(flux) & np.isfinite(weight) & (weight > 0)
+    if not good.any(1).all():
+        raise ValueError("every spectrum needs an observed pixel of positive weight")
+    return flux, weight
+
+
 def template_level(model, flux: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """The factor that puts each spectrum on the generator's level.
 
@@ -91,16 +109,16 @@ def template_level(model, flux: np.ndarray, weight: np.ndarray) -> np.ndarray:
         If the shapes differ from each other or from the model grid, or a row has no
         positive weight.
     """
-    flux = np.asarray(flux, dtype=np.float64)
-    weight = np.asarray(weight, dtype=np.float64)
-    if flux.ndim != 2 or flux.shape != weight.shape or flux.shape[1] != model.n_pix:
-        raise ValueError(
-            f"flux and weight must both be (n, {model.n_pix}), got {flux.shape} and "
-            f"{weight.shape}"
-        )
+    flux, weight = _check(model, flux, weight)
+    scales, residual = _template_fits(model, flux, weight)
+    best = residual.argsort(1)[:, :TOP]
+    return torch.gather(scales, 1, best).median(1).values.numpy()
+
+
+def _template_fits(model, flux: np.ndarray, weight: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each template's least-squares scale to each smoothed spectrum and its weighted
+    residual, both (n, N) float64 (the comparison of `template_level`)."""
     good = np.isfinite(flux) & np.isfinite(weight) & (weight > 0)
-    if not good.any(1).all():
-        raise ValueError("every spectrum needs an observed pixel of positive weight")
     y = torch.as_tensor(np.where(good, flux, 0.0))
     w = torch.as_tensor(np.where(good, weight, 0.0))
     spread = _smooth(w, SMOOTH_PIXELS)
@@ -113,8 +131,47 @@ def template_level(model, flux: np.ndarray, weight: np.ndarray) -> np.ndarray:
     power = spread @ templates.square().T
     scales = cross / power
     residual = (spread * smooth_y.square()).sum(1, keepdim=True) - scales * cross
-    best = residual.argsort(1)[:, :TOP]
-    return torch.gather(scales, 1, best).median(1).values.numpy()
+    return scales, residual
+
+
+def template_starts(model, flux: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Each class's training star whose spectrum best fits each spectrum's observed pixels.
+
+    The comparison is `template_level`'s (smoothed spectra, each template scaled to
+    the observed pixels by weighted least squares); per class, the KDE point of least
+    weighted residual is returned.  With a wide part of the grid missing, the
+    encoder's guess and the densest training points can all lie far from the star,
+    and the MAP settles on a wrong class or a fill that runs away; a start from the
+    star's nearest neighbour of each class avoids that (the documentation page
+    *Denoising spectra*, section Wide gaps).
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The denoiser.
+    flux, weight : ndarray, shape (n, P)
+        As for `template_level`.
+
+    Returns
+    -------
+    ndarray, shape (n, K, L)
+        The latent vectors (the KDE points) of the K classes' best templates.
+
+    Raises
+    ------
+    ValueError
+        As `template_level`.
+    """
+    _check(model, flux, weight)
+    _, residual = _template_fits(model, flux, weight)
+    points = np.asarray(model.extra["kde_points"])
+    ends = np.cumsum(np.asarray(model.extra["kde_counts"]))
+    residual = residual.numpy()
+    best = [
+        start + residual[:, start:end].argmin(1)
+        for start, end in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True)
+    ]
+    return points[np.stack(best, 1)]
 
 
 def relevel(model, flux: np.ndarray, sigma: np.ndarray | None, gone: np.ndarray) -> np.ndarray:
@@ -154,3 +211,37 @@ def relevel(model, flux: np.ndarray, sigma: np.ndarray | None, gone: np.ndarray)
         found = template_level(model, np.where(gone[rows], 0.0, flux[rows]), weight)
         factor[rows] = np.where(np.isfinite(found) & (found > 0), found, 1.0)
     return factor.reshape(lead)
+
+
+def gap_starts(model, data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAP starts for the stars missing at least `MIN_MISSING` of the grid (at rest, in
+    every exposure): each class's best template (`template_starts`).
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The denoiser.
+    data : `~specutils_deepclean.models.observations.Observations`
+        The batch of B stars.
+
+    Returns
+    -------
+    starts : tensor, shape (B * K, L)
+        Star-major (star, class) pairs: the start of each pair of a star with a wide
+        gap, zeros for the others.
+    wide : tensor of bool, shape (B * K,)
+        The pairs that have a start.
+    """
+    flux, gone = (x[:, 0] for x in rest_coadd(data))
+    share = gone.to(torch.float64).mean(-1).cpu().numpy()
+    rows = np.nonzero((share >= MIN_MISSING) & (share < 1))[0]
+    k, n_dim = model.n_classes, model.latent_dim
+    starts = torch.zeros((flux.shape[0] * k, n_dim), dtype=model._dtype, device=flux.device)
+    wide = torch.zeros(flux.shape[0] * k, dtype=torch.bool, device=flux.device)
+    if rows.size:
+        observed = ~gone[rows].cpu().numpy()
+        found = template_starts(model, flux[rows].cpu().double().numpy(), observed * 1.0)
+        pairs = torch.as_tensor((rows[:, None] * k + np.arange(k)).reshape(-1), device=flux.device)
+        starts[pairs] = torch.as_tensor(found.reshape(-1, n_dim), dtype=starts.dtype).to(flux.device)
+        wide[pairs] = True
+    return starts, wide

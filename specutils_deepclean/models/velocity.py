@@ -46,6 +46,7 @@ __all__ = [
     "parabola_peak",
     "refine_velocity",
     "search_velocity",
+    "shared_floor",
     "template_bank",
     "to_rest",
     "velocity_error",
@@ -434,3 +435,20 @@ def check_velocity_error(extra: dict) -> None:
             "extra['velocity_error'] must hold two finite numbers (scale > 0, floor >= 0 "
             f"km/s), got {values.tolist()}"
         )
+
+
+def shared_floor(extra: dict) -> float:
+    """The velocity error's floor :math:`f`, km/s (``extra["velocity_error"][1]``; 0
+    without it): the part all exposures of one star share
+    (`~specutils_deepclean.exposures.pool_velocities`).
+
+    Parameters
+    ----------
+    extra : dict
+        A denoiser's extra arrays.
+
+    Returns
+    -------
+    float
+    """
+    return float(np.asarray(extra.get("velocity_error", (1.0, 0.0)), np.float64)[1])
