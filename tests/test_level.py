@@ -94,7 +94,8 @@ def test_template_starts_pick_each_classes_nearest_training_star(shipped):
 
     def draw(z):
         with torch.no_grad():
-            return shipped.generator.generate(torch.as_tensor(z, dtype=shipped._dtype)).double().numpy()
+            z = torch.as_tensor(z, dtype=shipped._dtype)
+            return shipped.generator.generate(z).double().numpy()
 
     signal = draw(points[chosen])
     _, _, missing = _gappy(signal, "blue")

@@ -32,8 +32,16 @@ import torch
 
 from .observations import Observations, rest_coadd
 
-__all__ = ["MIN_MISSING", "SMOOTH_PIXELS", "TOP", "gap_starts", "relevel", "template_level",
-           "template_starts"]
+__all__ = [
+    "MIN_MISSING",
+    "SMOOTH_PIXELS",
+    "TEMPLATE_STARTS",
+    "TOP",
+    "gap_starts",
+    "relevel",
+    "template_level",
+    "template_starts",
+]
 
 #: Gaussian sigma (model pixels) of the smoothing before the comparison.
 SMOOTH_PIXELS = 15.0
@@ -41,6 +49,9 @@ SMOOTH_PIXELS = 15.0
 TOP = 5
 #: Share of the model grid a spectrum must miss for `relevel` to change its level.
 MIN_MISSING = 0.05
+#: Whether such a spectrum's MAP also starts from each class's best template
+#: (`gap_starts`; off only for studies).
+TEMPLATE_STARTS = True
 
 #: Each model's smoothed templates (float64, CPU), built on first use.
 _TEMPLATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -115,7 +126,9 @@ def template_level(model, flux: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return torch.gather(scales, 1, best).median(1).values.numpy()
 
 
-def _template_fits(model, flux: np.ndarray, weight: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _template_fits(
+    model, flux: np.ndarray, weight: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each template's least-squares scale to each smoothed spectrum and its weighted
     residual, both (n, N) float64 (the comparison of `template_level`)."""
     good = np.isfinite(flux) & np.isfinite(weight) & (weight > 0)
@@ -230,11 +243,11 @@ def gap_starts(model, data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
         Star-major (star, class) pairs: the start of each pair of a star with a wide
         gap, zeros for the others.
     wide : tensor of bool, shape (B * K,)
-        The pairs that have a start.
+        The pairs that have a start (none when `TEMPLATE_STARTS` is False).
     """
     flux, gone = (x[:, 0] for x in rest_coadd(data))
     share = gone.to(torch.float64).mean(-1).cpu().numpy()
-    rows = np.nonzero((share >= MIN_MISSING) & (share < 1))[0]
+    rows = np.nonzero((share >= MIN_MISSING) & (share < 1) & TEMPLATE_STARTS)[0]
     k, n_dim = model.n_classes, model.latent_dim
     starts = torch.zeros((flux.shape[0] * k, n_dim), dtype=model._dtype, device=flux.device)
     wide = torch.zeros(flux.shape[0] * k, dtype=torch.bool, device=flux.device)
@@ -242,6 +255,7 @@ def gap_starts(model, data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
         observed = ~gone[rows].cpu().numpy()
         found = template_starts(model, flux[rows].cpu().double().numpy(), observed * 1.0)
         pairs = torch.as_tensor((rows[:, None] * k + np.arange(k)).reshape(-1), device=flux.device)
-        starts[pairs] = torch.as_tensor(found.reshape(-1, n_dim), dtype=starts.dtype).to(flux.device)
+        found = torch.as_tensor(found.reshape(-1, n_dim), dtype=starts.dtype)
+        starts[pairs] = found.to(flux.device)
         wide[pairs] = True
     return starts, wide
