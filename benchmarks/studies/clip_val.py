@@ -13,13 +13,11 @@ read.  The default ``clip=5`` of ``Denoiser.map_estimate`` was chosen from this 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import numpy as np
-import torch
-from val_study import observations, val_setup, write_result
+from val_study import observations, study_args, val_setup, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.inference import denoise_arrays
@@ -29,15 +27,7 @@ CLIPS = (5.0, 8.0)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="denoiser-miles")
-    parser.add_argument("--seed", type=int, default=901)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = study_args(__doc__, argv, seed=901, threads=2)
     model, truth, valid, sim = val_setup(args.model)
     rows = {}
     for snr, obs in observations(sim, truth, valid, args.seed):

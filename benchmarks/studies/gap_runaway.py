@@ -17,12 +17,11 @@ above 0.1) without template starts are denoised again with six KDE-mode starts
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
-from val_study import val_setup, write_result
+from val_study import study_args, val_setup, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
@@ -71,15 +70,7 @@ def _summary(run: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="denoiser-miles")
-    parser.add_argument("--seed", type=int, default=2076)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = study_args(__doc__, argv, seed=2076, threads=1)
     model, truth, valid, sim = val_setup(args.model)
     _, whole = median_normalise(truth, ~valid)
     truth = truth / whole[:, None]  # whole-grid median 1, as in bench_gaps.py

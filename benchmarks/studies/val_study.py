@@ -1,6 +1,7 @@
 """The setup and the JSON file of the studies on simulated MILES ``val`` observations.
 
-Shared by ``clip_val.py``, ``map_convergence.py`` and ``normalisation_level.py``:
+Shared by ``clip_val.py``, ``gap_runaway.py``, ``map_convergence.py`` and
+``normalisation_level.py`` (the options of ``clip_val.py`` and ``gap_runaway.py`` too):
 every good ``val`` star on a model's grid (`~specutils_deepclean.simulate.prepare_truth`),
 the simulator on that grid, the observations at each S/N of
 `~specutils_deepclean.simulate.SNR_LEVELS` (seed ``seed + i`` for the i-th), and the
@@ -9,6 +10,7 @@ JSON file that starts with the command that wrote it.  The test split is never r
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Iterator
@@ -19,6 +21,23 @@ import numpy as np
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.simulate import SNR_LEVELS, Observation, Simulator, prepare_truth
+
+
+def study_args(doc: str | None, argv, *, seed: int, threads: int) -> argparse.Namespace:
+    """The options of a study (``--model``, ``--seed``, ``--threads``, ``--json``), parsed
+    from ``argv``, with torch's threads set."""
+    import torch
+
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="denoiser-miles")
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def val_setup(model_name: str) -> tuple[object, np.ndarray, np.ndarray, Simulator]:
