@@ -1,4 +1,4 @@
-"""Choose the denoiser's out-of-distribution limits and class temperature on MILES ``val``.
+"""Choose the denoiser's out-of-distribution limits on MILES ``val``.
 
 Every good ``val`` star is observed through the simulator at S/N 5, 10, 20 and 50,
 Doppler-shifted by a velocity drawn uniformly within the default fitting range
@@ -15,17 +15,11 @@ noise, stars beyond the range) are observed and fitted the same way.
   ``val`` stars at all four S/N (each rule flags about 1 - ``QUANTILE`` of them); the
   smallest latent ``ood_score`` stays 0.01 (the previous rule); the smallest ``snr`` is
   1 per pixel (a design choice: the model was built for S/N >= 2).
-* ``extra["class_calibration"]`` = (T0, gamma, floor): the class posterior is
-  ``(1 - floor) softmax(log_evidence / T) + floor / K`` with ``T = T0 (snr /
-  10)^gamma`` (`~specutils_deepclean.models.ood.class_posterior`), the triple (on a
-  grid) minimising the negative log likelihood of the true classes of the ``val``
-  stars at the four S/N.  A temperature alone (floor 0) left the expected calibration
-  error near 0.10 at every S/N: a few stars whose class the model gets confidently
-  wrong force it to flatten every posterior.
 
-The limits, the rates of flagged stars and negatives per S/N and the expected
-calibration error before and after the temperature go to the JSON; the limits and the
-temperature into the model file (``extra``), the rates into its provenance metrics.
+The class posterior's calibration is ``calibrate_class_posterior.py``'s (it uses `fit`).
+
+The limits and the rates of flagged stars and negatives per S/N go to the JSON; the
+limits into the model file (``extra``), the rates into its provenance metrics.
 The test split is never read.  The shipped model was calibrated with
 
     python benchmarks/training/calibrate_ood.py --threads 2 \
@@ -40,7 +34,7 @@ import numpy as np
 import torch
 from denoiser_step import run_step
 
-from specutils_deepclean.benchmarking.ood_negatives import KINDS, make, reliability
+from specutils_deepclean.benchmarking.ood_negatives import KINDS, make
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.manipulation import DEFAULT_VELOCITY_RANGE
 from specutils_deepclean.models import ood
@@ -76,6 +70,7 @@ def fit(model, truth, snr, rv, seed):
         "beyond": np.abs(result.velocity[:, 0]) > VRANGE,
         "log_evidence": result.class_log_evidence,
         "velocity": result.velocity[:, 0],
+        "flag": result.ood_flag,
     }
 
 
@@ -89,40 +84,11 @@ def flagged(stats, limits) -> np.ndarray:
     return rule | stats["beyond"]
 
 
-def posterior(log_evidence, snr, calibration=None) -> np.ndarray:
-    """The model's class posterior (`~specutils_deepclean.models.ood.class_posterior`)."""
-    extra = {} if calibration is None else {"class_calibration": np.asarray(calibration)}
-    value = ood.class_posterior(
-        extra, torch.as_tensor(log_evidence, dtype=torch.float64), torch.as_tensor(snr)
-    )
-    return value.numpy()
-
-
-def _nll(log_evidence, snr, labels, calibration) -> float:
-    p = posterior(log_evidence, snr, calibration)[np.arange(labels.size), labels]
-    return float(-np.mean(np.log(p + 1e-300)))
-
-
-def fit_calibration(log_evidence, snr, labels) -> tuple[list, dict]:
-    """(T0, gamma, floor) on a grid (T0 log-spaced 0.1-1000, gamma 0-2, floor 0-0.1)
-    by the negative log likelihood of the true classes."""
-    best = (np.inf, None)
-    for floor in (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1):
-        for gamma in np.linspace(0.0, 2.0, 11):
-            for t0 in np.exp(np.linspace(np.log(0.1), np.log(1000.0), 80)):
-                value = _nll(log_evidence, snr, labels, (t0, gamma, floor))
-                if value < best[0]:
-                    best = (value, [float(t0), float(gamma), floor])
-    return best[1], {"nll_uncalibrated": _nll(log_evidence, snr, labels, None), "nll": best[0]}
-
-
 def calibrate_ood(model, library, *, seed: int) -> dict:
     wave = model.wavelength.to_value("Angstrom")
     val = library.select(split="val", good=True)
     truth, valid = prepare_truth(val, wave, model.medium)
     truth = np.where(valid, truth, np.nan)
-    classes = np.asarray(val.params["class"]).astype(str)
-    labels = np.array([model.prior.class_index(c) for c in classes])
     rng = np.random.default_rng(seed)
     stars = {}
     for i, snr in enumerate(SNRS):
@@ -154,22 +120,7 @@ def calibrate_ood(model, library, *, seed: int) -> dict:
             "structure_median": float(np.median(stats["structure"])),
         }
         print(kind, negatives[kind], flush=True)
-    evidence = np.concatenate([stars[s]["log_evidence"] for s in SNRS])
-    calibration, nll = fit_calibration(evidence, pooled["snr"], np.tile(labels, len(SNRS)))
-    ece = {
-        str(s): {
-            "uncalibrated": reliability(
-                posterior(stars[s]["log_evidence"], stars[s]["snr"]), labels
-            )[0],
-            "fitted": reliability(
-                posterior(stars[s]["log_evidence"], stars[s]["snr"], calibration), labels
-            )[0],
-        }
-        for s in SNRS
-    }
-    model.extra.pop("class_temperature", None)
     model.extra["ood_limits"] = np.array(limits, dtype=np.float64)
-    model.extra["class_calibration"] = np.array(calibration, dtype=np.float64)
     return {
         "limits": dict(
             zip(("a_chi2", "a_structure", "power", "score_min", "snr_min"), limits, strict=True)
@@ -186,9 +137,6 @@ def calibrate_ood(model, library, *, seed: int) -> dict:
         },
         "negatives": negatives,
         "n_negatives": N_NEGATIVES,
-        "class_calibration": dict(zip(("T0", "gamma", "floor"), calibration, strict=True)),
-        "nll": nll,
-        "val_ece": ece,
     }
 
 
@@ -204,9 +152,8 @@ def main(argv=None) -> int:
                 f"val_ood_negative_{k}_flagged": v["flagged"]
                 for k, v in summary["negatives"].items()
             },
-            **{f"val_class_ece_snr{k}": v["fitted"] for k, v in summary["val_ece"].items()},
         },
-        note="out-of-distribution limits and class temperature fitted by",
+        note="out-of-distribution limits fitted by",
         seed=16,
     )
 

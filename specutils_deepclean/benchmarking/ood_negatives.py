@@ -18,7 +18,9 @@ where undefined) to be observed through the simulator, with the S/N to observe i
 
 Used by ``benchmarks/training/calibrate_ood.py`` (val stars) and
 ``benchmarks/benchmarks/bench_ood.py`` (train stars, other seeds): no test star is
-ever used.  `reliability` is the calibration metric both report.
+ever used.  `reliability` is the calibration metric both report (and
+``benchmarks/training/calibrate_class_posterior.py``), `ece_interval` its spread over
+stars.
 """
 
 from __future__ import annotations
@@ -161,3 +163,33 @@ def reliability(posterior: np.ndarray, labels: np.ndarray, bins: int = 10) -> tu
             }
         )
     return float(ece), diagram
+
+
+def ece_interval(
+    posterior: np.ndarray, labels: np.ndarray, *, draws: int = 1000, seed: int = 0
+) -> list[float]:
+    """The 5th and 95th percentiles of `reliability`'s ECE over stars drawn with replacement.
+
+    Parameters
+    ----------
+    posterior : ndarray, shape (R, N, K)
+        Class probabilities of R realisations (noise draws) of each of N stars.
+    labels : ndarray of int, shape (N,)
+        The stars' true class indices.
+    draws : int
+        Bootstrap samples; each draws N stars with replacement, with all their
+        realisations.
+    seed : int
+        Seed of the draws.
+    """
+    posterior = np.asarray(posterior)
+    if posterior.ndim != 3 or posterior.shape[1] != len(labels):
+        raise ValueError(f"posterior must be (R, N={len(labels)}, K), got {posterior.shape}")
+    rng = np.random.default_rng(seed)
+    n_real, n_star, k = posterior.shape
+    values = []
+    for _ in range(draws):
+        pick = rng.integers(0, n_star, n_star)
+        chosen = posterior[:, pick].reshape(-1, k)
+        values.append(reliability(chosen, np.tile(labels[pick], n_real))[0])
+    return np.percentile(values, [5, 95]).tolist()

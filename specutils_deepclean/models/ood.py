@@ -157,17 +157,23 @@ def ood_flag(extra: dict, score, statistics: tuple):
 def class_posterior(extra: dict, log_evidence: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
     r"""The calibrated class posterior (B, K) from the Laplace log evidences (B, K).
 
-    ``extra["class_calibration"]`` = :math:`(T_0, \gamma, \epsilon)`:
+    ``extra["class_calibration"]`` = :math:`(T_0, \gamma, \epsilon, \alpha)` (a file
+    with three numbers has :math:`\alpha = 1`):
 
     .. math::
 
-        p(C \mid y) = (1 - \epsilon)\, \operatorname{softmax}(\log Z_C / T)
-            + \epsilon / K, \qquad T = T_0 (\max(\text{snr}, 1) / 10)^\gamma,
+        p(C \mid y) = (1 - \epsilon)\, \operatorname{softmax}_C\bigl(-(\Delta_C /
+            T)^\alpha\bigr) + \epsilon / K, \qquad
+        \Delta_C = \max_{C'} \log Z_{C'} - \log Z_C, \qquad
+        T = T_0 (\max(\text{snr}, 1) / 10)^\gamma,
 
     a temperature that may grow with the signal (the classes' evidences part more with
-    more signal; their confusion on real stars does not shrink as fast) and a floor
-    :math:`\epsilon` for the stars whose label the model gets confidently wrong (the
-    temperature alone would have to flatten every posterior for them).  Without it,
+    more signal; their confusion on real stars does not shrink as fast), a power
+    :math:`\alpha < 1` that compresses the large evidence gaps more than the small
+    ones (with :math:`\alpha = 1` it is :math:`\operatorname{softmax}(\log Z_C / T)`)
+    and a floor :math:`\epsilon` for the stars whose label the model gets confidently
+    wrong (the temperature alone would have to flatten every posterior for them).  The
+    MAP class is unchanged.  Without a calibration,
     :math:`\operatorname{softmax}(\log Z_C)`.
 
     Parameters
@@ -185,15 +191,22 @@ def class_posterior(extra: dict, log_evidence: torch.Tensor, snr: torch.Tensor) 
     """
     if "class_calibration" not in extra:
         return torch.softmax(log_evidence, dim=-1)
-    t0, gamma, floor = (float(x) for x in np.asarray(extra["class_calibration"], np.float64))
+    t0, gamma, floor, power = _calibration(extra["class_calibration"])
     temperature = t0 * (snr.clamp_min(1.0) / 10.0) ** gamma
-    posterior = torch.softmax(log_evidence / temperature[:, None], dim=-1)
+    gap = log_evidence.max(-1, keepdim=True).values - log_evidence
+    posterior = torch.softmax(-((gap / temperature[:, None]) ** power), dim=-1)
     return (1 - floor) * posterior + floor / log_evidence.shape[-1]
+
+
+def _calibration(value) -> tuple[float, float, float, float]:
+    """``class_calibration`` as (T0, gamma, floor, alpha), alpha 1 when not given."""
+    value = np.asarray(value, dtype=np.float64)
+    return (*(float(x) for x in value[:3]), float(value[3]) if value.size == 4 else 1.0)
 
 
 def check_extra(extra: dict) -> None:
     r"""``ood_limits`` (5,) finite with :math:`a_\chi, a_S, p \ge 0`, and
-    ``class_calibration`` (3,) (`class_posterior`), if present.
+    ``class_calibration`` (3,) or (4,) (`class_posterior`), if present.
 
     Raises
     ------
@@ -211,12 +224,13 @@ def check_extra(extra: dict) -> None:
     if "class_calibration" in extra:
         value = np.asarray(extra["class_calibration"], dtype=np.float64)
         if (
-            value.shape != (3,)
+            value.shape not in ((3,), (4,))
             or not np.all(np.isfinite(value))
             or value[0] <= 0
             or not 0 <= value[2] < 1
+            or (value.size == 4 and value[3] <= 0)
         ):
             raise ValueError(
-                "extra['class_calibration'] must hold T0 > 0, a finite power and a floor "
-                f"in [0, 1), got {value.tolist()}"
+                "extra['class_calibration'] must hold T0 > 0, a finite power, a floor "
+                f"in [0, 1) and optionally alpha > 0, got {value.tolist()}"
             )

@@ -1,0 +1,139 @@
+"""The class posterior's calibration (models/ood.py ``class_posterior``, extra["class_calibration"])
+and the ECE interval of the OOD benchmark."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from specutils_deepclean.benchmarking.ood_negatives import ece_interval, reliability  # noqa: E402
+from specutils_deepclean.io.models import load_model, save_model  # noqa: E402
+from specutils_deepclean.models import ood  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model("denoiser-miles")
+
+
+def _reference(log_evidence, snr, t0, gamma, floor, alpha):
+    """The docstring's formula in NumPy."""
+    temperature = t0 * (np.maximum(snr, 1.0) / 10) ** gamma
+    gap = log_evidence.max(1, keepdims=True) - log_evidence
+    weight = np.exp(-((gap / temperature[:, None]) ** alpha))
+    return (1 - floor) * weight / weight.sum(1, keepdims=True) + floor / log_evidence.shape[1]
+
+
+def test_power_family_follows_the_formula():
+    rng = np.random.default_rng(3)
+    log_evidence = rng.normal(0, 30, (7, 6))
+    snr = np.array([0.5, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0])
+    value = (2.9, 0.24, 0.011, 0.74)
+    got = ood.class_posterior(
+        {"class_calibration": np.array(value)},
+        torch.as_tensor(log_evidence),
+        torch.as_tensor(snr),
+    ).numpy()
+    np.testing.assert_allclose(got, _reference(log_evidence, snr, *value), rtol=1e-10)
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-12)
+    assert (got.argmax(1) == log_evidence.argmax(1)).all()  # the MAP class is kept
+    # three numbers: alpha = 1, i.e. the softmax of log Z / T
+    three = ood.class_posterior(
+        {"class_calibration": np.array(value[:3])},
+        torch.as_tensor(log_evidence),
+        torch.as_tensor(snr),
+    ).numpy()
+    np.testing.assert_allclose(three, _reference(log_evidence, snr, *value[:3], 1.0), rtol=1e-10)
+    # alpha < 1 lifts the classes far behind more than those close behind
+    far = np.array([[0.0, -2.0, -60.0]])
+    one, power = (
+        ood.class_posterior(
+            {"class_calibration": np.array([3.0, 0.0, 0.0, alpha])},
+            torch.as_tensor(far),
+            torch.tensor([10.0]),
+        ).numpy()[0]
+        for alpha in (1.0, 0.5)
+    )
+    assert power[2] / power[1] > 100 * one[2] / one[1]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [3.0, 0.2, 0.01, 0.0],
+        [3.0, 0.2, 0.01, -0.5],
+        [3.0, 0.2, 0.01, np.nan],
+        [3.0, 0.2, 1.0, 0.7],
+        [0.0, 0.2, 0.01, 0.7],
+        [3.0, 0.2, 0.01, 0.7, 1.0],
+        [3.0, 0.2],
+    ],
+)
+def test_check_extra_refuses_bad_calibration(bad):
+    with pytest.raises(ValueError, match="class_calibration"):
+        ood.check_extra({"class_calibration": np.array(bad)})
+
+
+def test_calibration_from_the_model_file_is_applied(shipped, tmp_path):
+    """map_estimate's class_posterior is class_posterior(extra) of its log evidences."""
+    sim_rng = np.random.default_rng(1)
+    wave = shipped.wavelength.to_value("AA")
+    with torch.no_grad():
+        z = shipped.prior.starts(1)[shipped.prior.class_names.index("G"), 0]
+        signal = shipped.generator.generate(z[None]).double().numpy()[0]
+    sigma = np.full(wave.size, np.median(signal) / 8.0)
+    flux = signal + sigma * sim_rng.normal(size=wave.size)
+    saved = shipped.extra.get("class_calibration")
+    posteriors = {}
+    try:
+        for name, value in (
+            ("bare", None),
+            ("three", np.array([4.0, 0.2, 0.02])),
+            ("four", np.array([2.9, 0.24, 0.011, 0.74])),
+        ):
+            shipped.extra.pop("class_calibration", None)
+            if value is not None:
+                shipped.extra["class_calibration"] = value
+            save_model(shipped, tmp_path / f"{name}.asdf")
+            model = load_model(tmp_path / f"{name}.asdf")
+            fit = model.map_estimate(flux, sigma, generator=torch.Generator().manual_seed(0))
+            assert not fit.ood_flag[0]
+            extra = {} if value is None else {"class_calibration": value}
+            want = ood.class_posterior(
+                extra, torch.as_tensor(fit.class_log_evidence), torch.as_tensor(fit.snr)
+            ).numpy()
+            np.testing.assert_allclose(fit.class_posterior, want, rtol=1e-5, atol=1e-7)
+            posteriors[name] = fit.class_posterior[0]
+    finally:
+        shipped.extra.pop("class_calibration", None)
+        if saved is not None:
+            shipped.extra["class_calibration"] = saved
+    assert posteriors["four"].max() < 1 - 0.011 * 5 / 6 + 1e-6  # the floor
+    assert not np.allclose(posteriors["three"], posteriors["four"], atol=1e-3)
+
+
+def test_bad_calibration_refused_on_load(shipped, tmp_path):
+    saved = shipped.extra.get("class_calibration")
+    shipped.extra["class_calibration"] = np.array([3.0, 0.2, 0.01, -1.0])
+    try:
+        save_model(shipped, tmp_path / "bad.asdf")
+    finally:
+        shipped.extra.pop("class_calibration")
+        if saved is not None:
+            shipped.extra["class_calibration"] = saved
+    with pytest.raises(ValueError, match="class_calibration"):
+        load_model(tmp_path / "bad.asdf")
+
+
+def test_ece_interval():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 40)
+    sure = np.zeros((2, 40, 3))
+    sure[:, np.arange(40), labels] = 1.0
+    assert ece_interval(sure, labels, draws=50) == [0.0, 0.0]
+    noisy = rng.dirichlet(np.ones(3), (4, 40))
+    low, high = ece_interval(noisy, labels, draws=200, seed=1)
+    point = reliability(noisy.reshape(-1, 3), np.tile(labels, 4))[0]
+    assert 0 <= low < high and low <= point + 0.05
+    with pytest.raises(ValueError, match="posterior must be"):
+        ece_interval(noisy[0], labels)
