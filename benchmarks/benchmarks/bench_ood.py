@@ -4,13 +4,17 @@
 measures them on data it never saw:
 
 1. every good star of ``--split`` (default ``test``) observed through the simulator at
-   S/N 5, 10, 20 and 50, Doppler-shifted by a velocity drawn uniformly in +-``--vmax``
-   km/s (default 600) and denoised as ``denoise`` does (``denoise_arrays`` with the
-   velocity fitted): the share flagged per S/N, and per S/N the expected calibration
-   error (ECE, 10 confidence bins of the top class) of the class posterior as
-   returned (flagged rows uniform), of the unflagged rows, and of the uncalibrated
-   posterior (the softmax of ``class_log_evidence``); the reliability diagram
-   (per bin: count, mean confidence, accuracy) at S/N 10;
+   S/N 5, 10, 20 and 50, ``--realisations`` times (default 8; each its own noise and a
+   velocity drawn uniformly in +-``--vmax`` km/s, default 600) and denoised as
+   ``denoise`` does (``denoise_arrays`` with the velocity fitted): per S/N the share
+   flagged (``flagged``: the first realisation, the same draws as the runs with one
+   realisation; ``flagged_all_realisations``), and, over all realisations pooled, the
+   expected calibration error (ECE, 10 confidence bins of the top class) of the class
+   posterior as returned (flagged rows uniform) with its 5-95 % interval over stars
+   drawn with replacement (`~specutils_deepclean.benchmarking.ood_negatives.ece_interval`),
+   of the unflagged rows, and of the uncalibrated posterior (the softmax of
+   ``class_log_evidence``), and that of the first realisation alone; the reliability
+   diagram (per bin: count of star realisations, mean confidence, accuracy) at S/N 10;
 2. negatives (`~specutils_deepclean.benchmarking.ood_negatives`) built from MILES ``train`` stars with other seeds
    than the calibration's: the share of each kind flagged;
 3. every target of the DESI files in ``--desi`` (``SpectrumList.read(path,
@@ -40,7 +44,12 @@ from _common import header, select_stars, star_parser
 
 from specutils_deepclean import denoise
 from specutils_deepclean.datasets import load_examples, load_library
-from specutils_deepclean.benchmarking.ood_negatives import KINDS, make, reliability
+from specutils_deepclean.benchmarking.ood_negatives import (
+    KINDS,
+    ece_interval,
+    make,
+    reliability,
+)
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.simulate import Simulator, prepare_truth
@@ -70,23 +79,34 @@ def stars(model, library, args) -> dict:
     truth = np.where(valid, truth, np.nan)
     classes = np.asarray(split.params["class"]).astype(str)
     labels = np.array([model.prior.class_index(c) for c in classes])
+    n_real = args.realisations
+    pooled = np.tile(labels, n_real)
     rng = np.random.default_rng(args.seed)
-    out = {"n_stars": int(truth.shape[0])}
+    more = np.random.default_rng((args.seed, 1))  # the realisations after the first
+    out = {"n_stars": int(truth.shape[0]), "realisations": n_real}
     for i, snr in enumerate(SNRS):
-        rv = rng.uniform(-args.vmax, args.vmax, truth.shape[0])
-        fit = run(model, truth, snr, rv, args.seed + i)
-        ok = ~fit.ood_flag
-        ece, diagram = reliability(fit.class_posterior, labels)
+        fits, velocities = [], []
+        for r in range(n_real):
+            draw = rng if r == 0 else more
+            velocities.append(draw.uniform(-args.vmax, args.vmax, truth.shape[0]))
+            fits.append(run(model, truth, snr, velocities[-1], args.seed + i + 1000 * r))
+        flag = np.concatenate([f.ood_flag for f in fits])
+        posterior = np.stack([f.class_posterior for f in fits])
+        flat = posterior.reshape(-1, posterior.shape[-1])
+        evidence = np.concatenate([f.class_log_evidence for f in fits])
+        error = np.concatenate([f.velocity[:, 0] for f in fits]) - np.concatenate(velocities)
+        ece, diagram = reliability(flat, pooled)
         row = {
-            "flagged": float(fit.ood_flag.mean()),
+            "flagged": float(fits[0].ood_flag.mean()),
+            "flagged_all_realisations": float(flag.mean()),
             "ece": ece,
-            "ece_unflagged": reliability(fit.class_posterior[ok], labels[ok])[0],
-            "ece_uncalibrated": reliability(_softmax(fit.class_log_evidence), labels)[0],
-            "accuracy": float(np.mean(fit.map_class == labels)),
-            "median_abs_dv": float(np.median(np.abs(fit.velocity[:, 0] - rv))),
-            "max_class_probability_flagged": (
-                float(fit.class_posterior[fit.ood_flag].max()) if fit.ood_flag.any() else None
-            ),
+            "ece_interval": ece_interval(posterior, labels, seed=args.seed),
+            "ece_first_realisation": reliability(posterior[0], labels)[0],
+            "ece_unflagged": reliability(flat[~flag], pooled[~flag])[0],
+            "ece_uncalibrated": reliability(_softmax(evidence), pooled)[0],
+            "accuracy": float(np.mean(flat.argmax(1) == pooled)),
+            "median_abs_dv": float(np.median(np.abs(error))),
+            "max_class_probability_flagged": float(flat[flag].max()) if flag.any() else None,
         }
         if snr == 10:
             row["reliability_diagram"] = diagram
@@ -168,6 +188,9 @@ def examples() -> dict:
 def main(argv=None) -> int:
     parser = star_parser(__doc__, seed=1616)
     parser.add_argument("--negatives", type=int, default=30, help="spectra per negative kind")
+    parser.add_argument(
+        "--realisations", type=int, default=8, help="noise and velocity draws per star and S/N"
+    )
     parser.add_argument("--desi", default="../shared/data/desi", help="'' to skip")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
