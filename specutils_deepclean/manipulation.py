@@ -21,6 +21,7 @@ from specutils import Spectrum
 from .provenance import package_version
 from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
 from .surveys import resolve_input
+from .telluric_star import align_stellar
 from .tellurics import estimate_transmission, telluric_region
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "TELLURIC_MODES",
     "MIN_COVERAGE",
     "TRANSMISSION_FLOOR",
+    "MAX_COLUMN",
     "ConvergenceWarning",
 ]
 
@@ -43,6 +45,9 @@ DEFAULT_DENOISER_MODEL = "denoiser-miles"
 MIN_COVERAGE = 0.2
 #: `remove_tellurics` (``divide``) masks the pixels whose transmission is below this.
 TRANSMISSION_FLOOR = 0.05
+#: `remove_tellurics` (``divide``) keeps the transmission at or above the model's
+#: reference line transmission (airmass 2.5) to this power: three times its column.
+MAX_COLUMN = 3.0
 #: `denoise` fits radial velocities within plus or minus this by default.
 DEFAULT_VELOCITY_RANGE = 2000.0 * u.km / u.s
 _C_KMS = float(const.c.to_value(u.km / u.s))
@@ -160,6 +165,7 @@ def remove_tellurics(
     region_threshold: float = 0.995,
     batch_size: int = 256,
     resolution=None,
+    max_column: float | None = MAX_COLUMN,
 ) -> Spectrum:
     """Remove telluric absorption from a spectrum with a Stellar Karaoke model.
 
@@ -203,6 +209,12 @@ def remove_tellurics(
     resolution : float or `~astropy.units.Quantity`, optional
         ``physical``: the resolving power, or a FWHM; default
         ``meta["resolving_power"]``, else fitted.
+    max_column : float or None
+        ``divide``: the largest telluric column accepted, in units of the model's
+        reference (the line transmission at airmass 2.5): ``T`` is kept at or above
+        that transmission raised to ``max_column`` (default `MAX_COLUMN`), so a
+        stellar line the reconstruction misses cannot pass for absorption deeper
+        than the atmosphere's lines at that wavelength.  None: no bound.
 
     Returns
     -------
@@ -257,6 +269,8 @@ def remove_tellurics(
         raise ValueError(f"mode must be one of {TELLURIC_MODES}, got {mode!r}")
     if not (isinstance(batch_size, int) and batch_size > 0):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if max_column is not None and not max_column > 0:
+        raise ValueError(f"max_column must be positive or None, got {max_column!r}")
     from .models.karaoke import KaraokeVAE
 
     device = _device(device)
@@ -277,9 +291,8 @@ def remove_tellurics(
         raise ValueError(
             f"model {net.name} has no 'telluric_lines' array: it cannot locate the bands"
         )
-    region = telluric_region(
-        np.asarray(net.extra["telluric_lines"], dtype=float), threshold=region_threshold
-    )
+    lines = np.asarray(net.extra["telluric_lines"], dtype=float)
+    region = telluric_region(lines, threshold=region_threshold)
     info = {
         "operation": "remove_tellurics",
         "mode": mode,
@@ -290,7 +303,32 @@ def remove_tellurics(
     }
     if mode == "reconstruct":
         return _reconstruct_result(gs, recon, region, info)
-    return _divide_result(spectrum, gs, recon, region, smooth_pixels, info)
+    recon, shift = _aligned_reconstruction(gs, recon, region)
+    info["stellar_model_shift"] = _per_spectrum(gs, shift)
+    info["max_column"] = max_column
+    lower = None if max_column is None else np.clip(lines, 0.0, 1.0) ** max_column
+    return _divide_result(spectrum, gs, recon, region, smooth_pixels, lower, info)
+
+
+def _aligned_reconstruction(gs, recon: np.ndarray, region: np.ndarray):
+    """The reconstruction moved to the velocity where it matches the observation.
+
+    The network draws a star near its rest wavelengths whatever its velocity
+    (:mod:`specutils_deepclean.telluric_star`); unmoved, its lines sit beside the
+    observed ones and ``divide`` takes the difference for transmission.  The shift
+    is measured on the valid pixels outside the telluric region.  The few pixels at
+    the grid's ends that the move leaves without a model keep the unmoved one.
+    """
+    use = ~gs.missing & ~region[None, :]
+    moved, shift = align_stellar(gs.grid.wave_aa, gs.flux, recon, use)
+    return np.where(np.isfinite(moved), moved, recon), shift
+
+
+def _per_spectrum(gs, values: np.ndarray):
+    """A float for a single spectrum, else a nested list in the input's batch shape."""
+    batch_shape = tuple(n for i, n in enumerate(gs.shape) if i != gs.spectral_axis_index % len(gs.shape))
+    values = np.asarray(values, dtype=float)
+    return float(values[0]) if not batch_shape else values.reshape(batch_shape).tolist()
 
 
 def _reconstruct_result(gs, recon, region, info) -> Spectrum:
@@ -301,7 +339,7 @@ def _reconstruct_result(gs, recon, region, info) -> Spectrum:
     return from_model_grid(gs, recon, sigma, meta=info)
 
 
-def _divide_result(spectrum, gs, recon, region, smooth_pixels, info) -> Spectrum:
+def _divide_result(spectrum, gs, recon, region, smooth_pixels, lower, info) -> Spectrum:
     t_grid, unusable = estimate_transmission(
         gs.flux,
         recon,
@@ -309,6 +347,7 @@ def _divide_result(spectrum, gs, recon, region, smooth_pixels, info) -> Spectrum
         missing=gs.missing,
         smooth_pixels=smooth_pixels,
         floor=TRANSMISSION_FLOOR,
+        lower=lower,
     )
     # Resample T - 1: exactly zero outside the bands, so those pixels stay untouched.
     # Input pixels overlapping a grid pixel without a usable T are uncovered.

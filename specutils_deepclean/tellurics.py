@@ -133,11 +133,14 @@ def estimate_transmission(
     missing: np.ndarray | None = None,
     smooth_pixels: float = 1.0,
     floor: float = 0.05,
+    lower: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Transmission ``T = observed / reconstruction`` inside the telluric region.
 
     Inside ``region`` the ratio is smoothed with a Gaussian of ``smooth_pixels``
-    (valid pixels only) and clipped to at most 1; outside it ``T`` is exactly 1.
+    (valid pixels only) and clipped to at most 1, and to at least ``lower`` (the
+    deepest the atmosphere can absorb there) where given; outside it ``T`` is
+    exactly 1.
     Pixels where ``T`` falls below ``floor`` (saturated lines: no stellar flux
     reaches the telescope) cannot be corrected and are flagged.
 
@@ -154,6 +157,10 @@ def estimate_transmission(
         Gaussian sigma (grid pixels) of the smoothing; 0 for none.
     floor : float
         Smallest usable transmission.
+    lower : ndarray, shape (n_pix,), optional
+        Lower bound of ``T`` per pixel: a reconstruction whose stellar line is
+        deeper or shallower than the observed one cannot make ``T`` deeper than the
+        atmosphere's lines.
 
     Returns
     -------
@@ -171,6 +178,9 @@ def estimate_transmission(
     ...                                smooth_pixels=0)
     >>> t
     array([[1. , 0.5, 1. , 1. ]])
+    >>> estimate_transmission(obs, rec, np.array([False, True, True, False]),
+    ...                       smooth_pixels=0, lower=np.full(4, 0.8))[0]
+    array([[1. , 0.8, 1. , 1. ]])
     """
     observed = np.atleast_2d(np.asarray(observed, dtype=float))
     reconstruction = np.atleast_2d(np.asarray(reconstruction, dtype=float))
@@ -189,6 +199,11 @@ def estimate_transmission(
         ratio = observed / reconstruction
     smooth = _smooth_valid(ratio, valid, smooth_pixels)
     inside = np.broadcast_to(region, observed.shape)
+    if lower is not None:
+        lower = np.asarray(lower, dtype=float)
+        if lower.shape != region.shape:
+            raise ValueError(f"lower has shape {lower.shape}, region ({region.size},)")
+        smooth = np.maximum(smooth, lower)  # NaN (unknown) stays NaN
     transmission = np.where(inside, np.minimum(smooth, 1.0), 1.0)
     unusable = inside & ~(transmission >= floor)
     transmission = np.where(inside & (transmission < floor), floor, transmission)

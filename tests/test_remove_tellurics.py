@@ -115,6 +115,78 @@ def test_divide_corrects_the_band(model):
     assert after < 0.5 * before
 
 
+C_KMS = 299792.458
+
+
+def lined_star(velocity, lines):
+    """A sloped continuum with Gaussian lines ``(centre, depth)`` at ``velocity``."""
+    flux = 1 + 0.1 * (WAVE - WAVE.mean()) / np.ptp(WAVE)
+    for centre, depth in lines:
+        centre = centre * (1 + velocity / C_KMS)
+        flux = flux * (1 - depth * np.exp(-0.5 * ((WAVE - centre) / 1.5) ** 2))
+    return flux
+
+
+# lines outside the telluric region (to measure the shift by) and one inside it
+CLEAR_LINES = [(6815, 0.3), (6835, 0.4), (6852, 0.25), (6960, 0.4), (6985, 0.3), (7010, 0.35)]
+BAND_LINE = (6905.0, 0.4)
+
+
+def with_reconstruction(model, reconstruction):
+    """The tiny model, its reconstruction replaced by a given (rest-frame) star."""
+    from specutils_deepclean.io.models import load_model
+
+    net = load_model(model)
+    net.reconstruct = lambda flux, missing, batch_size=256: np.broadcast_to(
+        reconstruction, np.shape(flux)
+    ).copy()
+    return net
+
+
+@pytest.mark.parametrize("velocity", [-120.0, 90.0])
+def test_divide_moves_the_reconstruction_to_the_star(model, velocity):
+    """The network draws the star near rest: divided unmoved, the line of a star at
+    ``velocity`` inside the band would enter T; moved, T is the atmosphere's."""
+    lines = CLEAR_LINES + [BAND_LINE]
+    observed = lined_star(velocity, lines) * tellurics(0.2)
+    spec = Spectrum(flux=observed * u.one, spectral_axis=WAVE * u.AA, meta={"medium": "air"})
+    net = with_reconstruction(model, lined_star(0.0, lines))
+    out = remove_tellurics(spec, net, device="cpu", smooth_pixels=0, max_column=None)
+    info = out.meta["deepclean"]
+    assert abs(info["stellar_model_shift"] - velocity) < 5.0
+    t = info["transmission"].flux.value
+    line = np.abs(WAVE - BAND_LINE[0] * (1 + velocity / C_KMS)) < 4.0
+    # unmoved, the ratio there is off by tens of per cent; moved, what is left is
+    # the linear interpolation of a 1.5 A line on 0.9 A pixels
+    unmoved = np.abs(observed / lined_star(0.0, lines) - tellurics(0.2))[line].max()
+    moved = np.abs(t - tellurics(0.2))[line].max()
+    assert unmoved > 0.1 and moved < 0.04 and moved < 0.25 * unmoved
+    # reconstruct returns the network's output as it is
+    rec = remove_tellurics(spec, net, mode="reconstruct", device="cpu")
+    np.testing.assert_allclose(rec.flux.value, lined_star(0.0, lines) * np.median(observed),
+                               rtol=1e-6)
+    assert "stellar_model_shift" not in rec.meta["deepclean"]
+
+
+def test_divide_transmission_no_deeper_than_the_atmosphere(model):
+    """A stellar line the reconstruction lacks, where the atmosphere's lines are weak:
+    T stays above the reference line transmission to the power ``max_column``."""
+    weak = (6910.0, 0.3)  # reference line transmission 0.987 there
+    observed = lined_star(0.0, CLEAR_LINES + [weak]) * tellurics(0.2)
+    spec = Spectrum(flux=observed * u.one, spectral_axis=WAVE * u.AA, meta={"medium": "air"})
+    net = with_reconstruction(model, lined_star(0.0, CLEAR_LINES))
+    near = np.abs(WAVE - weak[0]) < 3.0
+    free = remove_tellurics(spec, net, device="cpu", smooth_pixels=0, max_column=None)
+    deepest = np.nanmin(free.meta["deepclean"]["transmission"].flux.value[near])
+    assert deepest < 0.85
+    for max_column in (1.0, 3.0):
+        out = remove_tellurics(spec, net, device="cpu", smooth_pixels=0, max_column=max_column)
+        t = out.meta["deepclean"]["transmission"].flux.value
+        assert out.meta["deepclean"]["max_column"] == max_column
+        assert np.all(t >= tellurics(0.3) ** max_column - 1e-6)  # float32 reference
+        assert np.nanmin(t[near]) > deepest + 0.05
+
+
 @pytest.mark.parametrize("mode", ["divide", "reconstruct"])
 def test_contract(model, mode):
     rng = np.random.default_rng(4)
@@ -201,6 +273,7 @@ def test_partial_overlap_masks_uncovered_pixels(model):
         ({"mode": "subtract"}, ValueError, "mode must be one of"),
         ({"device": "tpu"}, ValueError, "device must be"),
         ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
+        ({"max_column": 0.0}, ValueError, "max_column must be positive"),
     ],
 )
 def test_bad_arguments(model, kwargs, error, match):
