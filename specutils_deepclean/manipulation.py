@@ -190,10 +190,14 @@ def remove_tellurics(
         outside it, and divides by it wherever the atmosphere has lines, over the
         whole input (3500-10500 Angstrom); see :mod:`specutils_deepclean.telluric_fit`.
         ``"reconstruct"`` returns the network's reconstruction (the paper's output);
-        ``"divide"`` estimates the transmission ``T = observed / reconstruction``
-        only where the atmosphere can absorb, smooths it, clips it to at most 1 and
-        divides the observed spectrum by it: outside the telluric bands the
-        spectrum comes back unchanged, inside them it keeps its own detail and noise.
+        ``"divide"`` moves the reconstruction to the velocity where it matches the
+        observation (:func:`~specutils_deepclean.telluric_star.align_stellar`: the
+        network draws stars near rest), estimates the transmission
+        ``T = observed / reconstruction`` only where the atmosphere can absorb,
+        smooths it, clips it to at most 1 (and to at least the atmosphere's bound,
+        ``max_column``) and divides the observed spectrum by it: outside the
+        telluric bands the spectrum comes back unchanged, inside them it keeps its
+        own detail and noise.
     device : str, optional
         ``"auto"``/None (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     medium : {"air", "vacuum"}, optional
@@ -223,19 +227,22 @@ def remove_tellurics(
         ``meta["deepclean"]`` holds ``transmission`` (a Spectrum on the input's axis,
         ``divide`` only), ``mode``, ``model``, ``model_version``, ``telluric_pixels``
         (pixels changed per spectrum) and the package version; ``divide`` also
-        ``transmission_floor`` and ``below_floor`` (bool, the input's shape: pixels
-        masked because their transmission is below the floor).
+        ``transmission_floor``, ``below_floor`` (bool, the input's shape: pixels
+        masked because their transmission is below the floor),
+        ``stellar_model_shift`` (km/s, the shift applied to the reconstruction, per
+        spectrum) and ``max_column``.
 
     Raises
     ------
     TypeError
         If ``spectrum`` is not a Spectrum or ``model`` not a telluric model.
     ValueError
-        If ``mode`` or ``device`` is unknown, the spectrum does not overlap the
-        model's wavelength range (the message names both), has no valid pixel, or
-        covers less than `MIN_COVERAGE` of the model's pixels with valid data (for a
-        batch: if no row does); for a list holding several exposures (spectra of the
-        same range), or mixing arms and exposures.
+        If ``mode`` or ``device`` is unknown, ``max_column`` is not positive, the
+        spectrum does not overlap the model's wavelength range (the message names
+        both), has no valid pixel, or covers less than `MIN_COVERAGE` of the
+        model's pixels with valid data (for a batch: if no row does); for a list
+        holding several exposures (spectra of the same range), or mixing arms and
+        exposures.
 
     Warns
     -----
@@ -326,7 +333,8 @@ def _aligned_reconstruction(gs, recon: np.ndarray, region: np.ndarray):
 
 def _per_spectrum(gs, values: np.ndarray):
     """A float for a single spectrum, else a nested list in the input's batch shape."""
-    batch_shape = tuple(n for i, n in enumerate(gs.shape) if i != gs.spectral_axis_index % len(gs.shape))
+    axis = gs.spectral_axis_index % len(gs.shape)
+    batch_shape = tuple(n for i, n in enumerate(gs.shape) if i != axis)
     values = np.asarray(values, dtype=float)
     return float(values[0]) if not batch_shape else values.reshape(batch_shape).tolist()
 
