@@ -32,6 +32,7 @@ Torch is imported here: this module is loaded only with the models.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -63,21 +64,21 @@ _VELOCITY_MARGIN = 60.0
 #: curvature that gives the velocity's uncertainty.
 _VELOCITY_COARSE = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
 _VELOCITY_FINE = np.array([-6.0, 0.0, 6.0])
+#: Rows per star (latent dimensions of a Jacobian) from which `DopplerShift.apply`
+#: multiplies by a sparse matrix instead of gathering each tap (16 rows: 4x faster).
+_SPARSE_ROWS = 4
 
 
 def _keys_weights(t: torch.Tensor) -> torch.Tensor:
     """Cubic-convolution weights of the taps at -1, 0, 1, 2 for fractions ``t`` (..., P):
-    (..., 4, P)."""
-    t2, t3 = t * t, t * t * t
-    return torch.stack(
-        [
-            -0.5 * t3 + t2 - 0.5 * t,
-            1.5 * t3 - 2.5 * t2 + 1.0,
-            -1.5 * t3 + 2.0 * t2 + 0.5 * t,
-            0.5 * t3 - 0.5 * t2,
-        ],
-        dim=-2,
-    )
+    (..., 4, P), in ``t``'s dtype (Horner form, written in place)."""
+    out = t.new_empty(t.shape[:-1] + (4, t.shape[-1]))
+    t2 = t * t
+    torch.mul(t, t.mul(-0.5).add_(1.0).mul_(t).sub_(0.5), out=out[..., 0, :])
+    torch.mul(t2, t.mul(1.5).sub_(2.5), out=out[..., 1, :]).add_(1.0)
+    torch.mul(t, t.mul(-1.5).add_(2.0).mul_(t).add_(0.5), out=out[..., 2, :])
+    torch.mul(t2, t.mul(0.5).sub_(0.5), out=out[..., 3, :])
+    return out
 
 
 class DopplerShift:
@@ -114,18 +115,19 @@ class DopplerShift:
         self.velocity = velocity
         self.wave = wave
         pixels = np.arange(wave.size, dtype=np.float64)
-        valid = np.ones(velocity.shape + (wave.size,), dtype=bool)
-        for v in (velocity - margin, velocity + margin, velocity) if margin else (velocity,):
-            source = wave * (1.0 - v[..., None] / C_KMS)  # (B, E, P)
-            pos = np.interp(source, wave, pixels)
-            base = np.floor(pos).astype(np.int64)
-            inside = (source >= wave[0]) & (source <= wave[-1])
-            valid &= inside & (base >= 1) & (base <= wave.size - 3)
-        base = torch.as_tensor(base, device=device)
+        source = wave * (1.0 - velocity[..., None] / C_KMS)  # (B, E, P)
+        pos = np.interp(source, wave, pixels)
+        base = np.floor(pos)
+        # all four taps inside the grid (wave[1] <= source < wave[P - 2]) at v and at
+        # v -+ margin: the source position falls as v rises
+        low = source if not margin else wave * (1.0 - (velocity[..., None] + margin) / C_KMS)
+        high = source if not margin else wave * (1.0 - (velocity[..., None] - margin) / C_KMS)
+        valid = (low >= wave[1]) & (high < wave[-2])
+        frac = torch.as_tensor(pos - base, device=device).to(dtype or torch.float64)
+        base = torch.as_tensor(base.astype(np.int64), device=device)
         taps = torch.arange(-1, 3, device=device)[:, None]
         self.index = (base[..., None, :] + taps).clamp_(0, wave.size - 1)  # (B, E, 4, P)
-        frac = torch.as_tensor(pos, device=device) - base
-        self.weight = _keys_weights(frac.to(dtype or torch.float64))  # (B, E, 4, P)
+        self.weight = _keys_weights(frac)  # (B, E, 4, P)
         self.valid = torch.as_tensor(valid, device=device)
 
     @property
@@ -140,7 +142,13 @@ class DopplerShift:
         """
         n, mid, n_pix = x.shape[0], x.shape[1:-1], x.shape[-1]
         flat = x.reshape(n, -1, n_pix)
-        index, weight = self.index[rows], self.weight[rows]  # (n, E, 4, P)
+        if flat.shape[1] >= _SPARSE_ROWS:
+            return self._apply_sparse(flat, rows).reshape(n, self.n_exposures, *mid, n_pix)
+        index, weight = self.index, self.weight  # (n, E, 4, P); copied only for a subset
+        if rows.numel() != index.shape[0] or not torch.equal(
+            rows, torch.arange(rows.numel(), device=rows.device)
+        ):
+            index, weight = index[rows], weight[rows]
         out = []
         for e in range(self.n_exposures):
             shifted = None
@@ -154,6 +162,25 @@ class DopplerShift:
             out.append(shifted)
         return torch.stack(out, 1).reshape(n, self.n_exposures, *mid, n_pix)
 
+    def _apply_sparse(self, flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`apply` of many rows per star, ``flat`` (n, M, P) -> (n, E, M, P): per exposure
+        one product of the block-diagonal (n P, n P) interpolation matrix (four entries
+        a row, compressed sparse rows) with the (n P, M) columns."""
+        n, m, n_pix = flat.shape
+        columns = flat.transpose(1, 2).reshape(n * n_pix, m)  # a view for Jacobians
+        offset = (torch.arange(n, device=flat.device) * n_pix)[:, None, None]
+        starts = torch.arange(0, 4 * n * n_pix + 1, 4, device=flat.device)
+        out = []
+        for e in range(self.n_exposures):
+            matrix = _csr(
+                starts,
+                (self.index[rows, e] + offset).transpose(1, 2).reshape(-1),
+                self.weight[rows, e].transpose(1, 2).reshape(-1).to(flat.dtype),
+                n * n_pix,
+            )
+            out.append((matrix @ columns).reshape(n, n_pix, m).transpose(1, 2))
+        return out[0][:, None] if len(out) == 1 else torch.stack(out, 1)
+
     def apply_each(self, x: torch.Tensor) -> torch.Tensor:
         """Shift each exposure's own rest-frame spectrum, ``x`` (B, E, P) -> (B, E, P)."""
         rows = torch.arange(x.shape[0], device=x.device)
@@ -163,14 +190,27 @@ class DopplerShift:
         return out
 
     def inverse(self, margin: float = 0.0) -> DopplerShift:
-        """The shift back to rest: its velocity is :math:`-v / (1 - v/c)`."""
-        v = self.velocity
-        return DopplerShift(
-            self.wave,
-            -v / (1.0 - v / C_KMS),
-            margin=margin,
-            device=self.index.device,
-            dtype=self.weight.dtype,
+        """The shift back to rest: its velocity is :math:`-v / (1 - v/c)` (built once
+        per ``margin``: the data's interpolation to rest and its weights' share it)."""
+        cache = self.__dict__.setdefault("_inverse", {})
+        if margin not in cache:
+            v = self.velocity
+            cache[margin] = DopplerShift(
+                self.wave,
+                -v / (1.0 - v / C_KMS),
+                margin=margin,
+                device=self.index.device,
+                dtype=self.weight.dtype,
+            )
+        return cache[margin]
+
+
+def _csr(starts, columns, values, size: int) -> torch.Tensor:
+    """A square sparse matrix from its compressed rows (torch's beta warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(
+            starts, columns, values, (size, size), check_invariants=False
         )
 
 
