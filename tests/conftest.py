@@ -31,6 +31,28 @@ def seeded_torch():
 
 
 @pytest.fixture
+def saved_with_extra(tmp_path):
+    """``save(model, key, value, name)``: ``model`` saved to ``tmp_path / name.asdf`` with
+    ``extra[key] = value`` (without ``key`` for None), ``model`` left as it was; the path."""
+    from specutils_deepclean.io.models import save_model
+
+    def save(model, key, value, name):
+        saved = model.extra.pop(key, None)
+        if value is not None:
+            model.extra[key] = value
+        try:
+            path = tmp_path / f"{name}.asdf"
+            save_model(model, path)
+            return path
+        finally:
+            model.extra.pop(key, None)
+            if saved is not None:
+                model.extra[key] = saved
+
+    return save
+
+
+@pytest.fixture
 def survey(tmp_path):
     """Four readable spectrum files and one corrupted one, in ``tmp_path / "in"``."""
     paths = write_survey(tmp_path / "in", 4)

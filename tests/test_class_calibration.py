@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from specutils_deepclean.benchmarking.ood_negatives import ece_interval, reliability  # noqa: E402
-from specutils_deepclean.io.models import load_model, save_model  # noqa: E402
+from specutils_deepclean.io.models import load_model  # noqa: E402
 from specutils_deepclean.models import ood  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def test_check_extra_refuses_bad_calibration(bad):
         ood.check_extra({"class_calibration": np.array(bad)})
 
 
-def test_calibration_from_the_model_file_is_applied(shipped, tmp_path):
+def test_calibration_from_the_model_file_is_applied(shipped, saved_with_extra):
     """map_estimate's class_posterior is class_posterior(extra) of its log evidences."""
     sim_rng = np.random.default_rng(1)
     wave = shipped.wavelength.to_value("AA")
@@ -83,46 +83,30 @@ def test_calibration_from_the_model_file_is_applied(shipped, tmp_path):
         signal = shipped.generator.generate(z[None]).double().numpy()[0]
     sigma = np.full(wave.size, np.median(signal) / 8.0)
     flux = signal + sigma * sim_rng.normal(size=wave.size)
-    saved = shipped.extra.get("class_calibration")
     posteriors = {}
-    try:
-        for name, value in (
-            ("bare", None),
-            ("three", np.array([4.0, 0.2, 0.02])),
-            ("four", np.array([2.9, 0.24, 0.011, 0.74])),
-        ):
-            shipped.extra.pop("class_calibration", None)
-            if value is not None:
-                shipped.extra["class_calibration"] = value
-            save_model(shipped, tmp_path / f"{name}.asdf")
-            model = load_model(tmp_path / f"{name}.asdf")
-            fit = model.map_estimate(flux, sigma, generator=torch.Generator().manual_seed(0))
-            assert not fit.ood_flag[0]
-            extra = {} if value is None else {"class_calibration": value}
-            want = ood.class_posterior(
-                extra, torch.as_tensor(fit.class_log_evidence), torch.as_tensor(fit.snr)
-            ).numpy()
-            np.testing.assert_allclose(fit.class_posterior, want, rtol=1e-5, atol=1e-7)
-            posteriors[name] = fit.class_posterior[0]
-    finally:
-        shipped.extra.pop("class_calibration", None)
-        if saved is not None:
-            shipped.extra["class_calibration"] = saved
+    for name, value in (
+        ("bare", None),
+        ("three", np.array([4.0, 0.2, 0.02])),
+        ("four", np.array([2.9, 0.24, 0.011, 0.74])),
+    ):
+        model = load_model(saved_with_extra(shipped, "class_calibration", value, name))
+        fit = model.map_estimate(flux, sigma, generator=torch.Generator().manual_seed(0))
+        assert not fit.ood_flag[0]
+        extra = {} if value is None else {"class_calibration": value}
+        want = ood.class_posterior(
+            extra, torch.as_tensor(fit.class_log_evidence), torch.as_tensor(fit.snr)
+        ).numpy()
+        np.testing.assert_allclose(fit.class_posterior, want, rtol=1e-5, atol=1e-7)
+        posteriors[name] = fit.class_posterior[0]
     assert posteriors["four"].max() < 1 - 0.011 * 5 / 6 + 1e-6  # the floor
     assert not np.allclose(posteriors["three"], posteriors["four"], atol=1e-3)
 
 
-def test_bad_calibration_refused_on_load(shipped, tmp_path):
-    saved = shipped.extra.get("class_calibration")
-    shipped.extra["class_calibration"] = np.array([3.0, 0.2, 0.01, -1.0])
-    try:
-        save_model(shipped, tmp_path / "bad.asdf")
-    finally:
-        shipped.extra.pop("class_calibration")
-        if saved is not None:
-            shipped.extra["class_calibration"] = saved
+def test_bad_calibration_refused_on_load(shipped, saved_with_extra):
+    bad = np.array([3.0, 0.2, 0.01, -1.0])
+    path = saved_with_extra(shipped, "class_calibration", bad, "bad")
     with pytest.raises(ValueError, match="class_calibration"):
-        load_model(tmp_path / "bad.asdf")
+        load_model(path)
 
 
 def test_ece_interval():

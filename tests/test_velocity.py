@@ -246,28 +246,16 @@ def test_exposure_likelihood_in_chunks_is_one_pass():
     np.testing.assert_allclose(got[:, 0].numpy(), want.numpy(), rtol=1e-6)
 
 
-def test_velocity_error_calibration_from_the_model_file(shipped, tmp_path):
+def test_velocity_error_calibration_from_the_model_file(shipped, saved_with_extra):
     """extra["velocity_error"] = (a, f) gives sqrt((a sigma_L)^2 + f^2); without it sigma_L."""
-    from specutils_deepclean.io.models import save_model
-
     _, _, flux, sigma = _star(shipped, 310.0, snr=20.0)
     scale = np.nanmedian(flux)
-    saved = shipped.extra.get("velocity_error")
     errors = {}
-    try:
-        for name, value in (("bare", None), ("calibrated", np.array([2.0, 3.0]))):
-            shipped.extra.pop("velocity_error", None)
-            if value is not None:
-                shipped.extra["velocity_error"] = value
-            save_model(shipped, tmp_path / f"{name}.asdf")
-            model = load_model(tmp_path / f"{name}.asdf")
-            fit = model.map_estimate(flux / scale, sigma / scale, velocity=None,
-                                     generator=torch.Generator().manual_seed(0))
-            errors[name] = fit.velocity_error[0, 0], fit.velocity[0, 0]
-    finally:
-        shipped.extra.pop("velocity_error", None)
-        if saved is not None:
-            shipped.extra["velocity_error"] = saved
+    for name, value in (("bare", None), ("calibrated", np.array([2.0, 3.0]))):
+        model = load_model(saved_with_extra(shipped, "velocity_error", value, name))
+        fit = model.map_estimate(flux / scale, sigma / scale, velocity=None,
+                                 generator=torch.Generator().manual_seed(0))
+        errors[name] = fit.velocity_error[0, 0], fit.velocity[0, 0]
     (bare, v_bare), (calibrated, v_calibrated) = errors["bare"], errors["calibrated"]
     assert v_calibrated == pytest.approx(v_bare, abs=1e-6)
     assert 0 < bare < 5.0
@@ -286,16 +274,7 @@ def test_check_velocity_error_refuses(bad):
     check_velocity_error({})
 
 
-def test_bad_velocity_error_refused_on_load(shipped, tmp_path):
-    from specutils_deepclean.io.models import save_model
-
-    saved = shipped.extra.get("velocity_error")
-    shipped.extra["velocity_error"] = np.array([1.0, -2.0])
-    try:
-        save_model(shipped, tmp_path / "bad.asdf")
-    finally:
-        shipped.extra.pop("velocity_error")
-        if saved is not None:
-            shipped.extra["velocity_error"] = saved
+def test_bad_velocity_error_refused_on_load(shipped, saved_with_extra):
+    path = saved_with_extra(shipped, "velocity_error", np.array([1.0, -2.0]), "bad")
     with pytest.raises(ValueError, match="velocity_error"):
-        load_model(tmp_path / "bad.asdf")
+        load_model(path)
