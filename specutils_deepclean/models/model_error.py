@@ -103,8 +103,8 @@ def check_model_error(extra: dict) -> None:
     if "model_error" in extra:
         warnings.warn(
             "extra['model_error'] (the whole-spectrum factor of earlier versions) is "
-            "ignored; benchmarks/training/calibrate_model_error.py replaces it with "
-            "extra['model_error_terms']",
+            "ignored; specutils_deepclean.training.model_error.calibrate_model_error "
+            "writes its replacement, extra['model_error_terms']",
             stacklevel=2,
         )
     if "model_error_terms" not in extra:
