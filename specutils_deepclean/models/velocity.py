@@ -129,6 +129,7 @@ class DopplerShift:
         self.index = (base[..., None, :] + taps).clamp_(0, wave.size - 1)  # (B, E, 4, P)
         self.weight = _keys_weights(frac)  # (B, E, 4, P)
         self.valid = torch.as_tensor(valid, device=device)
+        self._inverses: dict[float, DopplerShift] = {}
 
     @property
     def n_exposures(self) -> int:
@@ -192,17 +193,16 @@ class DopplerShift:
     def inverse(self, margin: float = 0.0) -> DopplerShift:
         """The shift back to rest: its velocity is :math:`-v / (1 - v/c)` (built once
         per ``margin``: the data's interpolation to rest and its weights' share it)."""
-        cache = self.__dict__.setdefault("_inverse", {})
-        if margin not in cache:
+        if margin not in self._inverses:
             v = self.velocity
-            cache[margin] = DopplerShift(
+            self._inverses[margin] = DopplerShift(
                 self.wave,
                 -v / (1.0 - v / C_KMS),
                 margin=margin,
                 device=self.index.device,
                 dtype=self.weight.dtype,
             )
-        return cache[margin]
+        return self._inverses[margin]
 
 
 def _csr(starts, columns, values, size: int) -> torch.Tensor:
