@@ -175,7 +175,7 @@ def template_starts(model, flux: np.ndarray, weight: np.ndarray) -> np.ndarray:
     ValueError
         As `template_level`.
     """
-    _check(model, flux, weight)
+    flux, weight = _check(model, flux, weight)
     _, residual = _template_fits(model, flux, weight)
     points = np.asarray(model.extra["kde_points"])
     ends = np.cumsum(np.asarray(model.extra["kde_counts"]))
