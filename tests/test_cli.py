@@ -40,6 +40,10 @@ def test_denoise_with_plots(survey, tmp_path, capsys):
     assert not result.meta["deepclean"]["rejected"].any()
     assert result.meta["deepclean"]["operation"] == "denoise"
     assert result.meta["header"]["DCCLASS"] == result.meta["deepclean"]["map_class"]
+    assert result.meta["header"]["DCRVERR"] > 0  # the velocity was fitted
+    assert cli.main([*argv, "--radial-velocity", "0", "--overwrite"]) == 0
+    result = read_result(out / "star003_denoised.fits")
+    assert result.meta["header"]["DCRV"] == 0 and result.meta["header"]["DCRVERR"] == 0
     png = out / "star003_denoised.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -55,6 +59,10 @@ def test_usage_errors_exit_2(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             cli.main(["denoise", "x.fits", "-o", str(tmp_path), *bad])
         assert info.value.code == 2 and "--clip must be" in capsys.readouterr().err
+    for bad in (["--velocity-range", "0"], ["--velocity-range", "1e5"], ["--radial-velocity", "nan"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["denoise", "x.fits", "-o", str(tmp_path), *bad])
+        assert info.value.code == 2 and bad[0] in capsys.readouterr().err
     assert cli.main(["detelluric", str(tmp_path / "*.none"), "-o", str(tmp_path)]) == 2
     assert "no file matches" in capsys.readouterr().err
     blocker = tmp_path / "file"

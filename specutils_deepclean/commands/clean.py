@@ -12,6 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+import astropy.constants as const
+import astropy.units as u
+
 __all__ = ["denoise_main", "detelluric_main"]
 
 _EXAMPLES = {
@@ -20,6 +23,7 @@ _EXAMPLES = {
   specutils-deepclean denoise "survey/**/*.fits" --format tabular-fits --output out/ --workers 2
   specutils-deepclean denoise @files.txt --output out/ --model my-denoiser.asdf --plot
   specutils-deepclean denoise "desi/coadd-*.fits" --output out/
+  specutils-deepclean denoise "rest/*.fits" --radial-velocity 0 --output out/
 """,
     "detelluric": """examples:
   specutils-deepclean detelluric star.fits --output cleaned/
@@ -71,6 +75,15 @@ def _parser(task: str) -> argparse.ArgumentParser:
             help="outlier threshold in noise units (default 5; cosmic-ray hits)",
         )
         parser.add_argument("--no-clip", action="store_true", help="keep every pixel")
+        parser.add_argument(
+            "--radial-velocity", type=float, default=None, metavar="KMS",
+            help="every spectrum's radial velocity, km/s (e.g. 0 for spectra at rest); "
+            "default: fitted per spectrum",
+        )
+        parser.add_argument(
+            "--velocity-range", type=float, default=None, metavar="KMS",
+            help="search the radial velocity within +-KMS km/s (default 2000)",
+        )
     parser.add_argument(
         "--medium", choices=("air", "vacuum"), default=None,
         help="medium of the wavelengths when the files do not state it",
@@ -96,6 +109,11 @@ def _options(task: str, args) -> dict:
             options["clip"] = None
         elif args.clip is not None:
             options["clip"] = args.clip
+        kms = u.km / u.s
+        if args.radial_velocity is not None:
+            options["radial_velocity"] = args.radial_velocity * kms
+        if args.velocity_range is not None:
+            options["velocity_range"] = args.velocity_range * kms
     return options
 
 
@@ -110,6 +128,17 @@ def _run(task: str, argv) -> int:
         parser.error(f"--steps must be at least 0, got {args.steps}")
     if task == "denoise" and args.clip is not None and (args.no_clip or not args.clip > 0):
         parser.error(f"--clip must be a positive number without --no-clip, got {args.clip}")
+    if task == "denoise":
+        c_kms = const.c.to_value(u.km / u.s)
+        if args.velocity_range is not None and not 0 < args.velocity_range < 0.1 * c_kms:
+            parser.error(
+                f"--velocity-range must be positive and below 0.1 c, got {args.velocity_range}"
+            )
+        if args.radial_velocity is not None and not abs(args.radial_velocity) < c_kms:
+            parser.error(
+                "--radial-velocity must be finite and below the speed of light, got "
+                f"{args.radial_velocity}"
+            )
     if args.plot:
         try:
             import matplotlib  # noqa: F401
