@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 from specutils_deepclean.inference import denoise_arrays  # noqa: E402
 from specutils_deepclean.io.models import load_model  # noqa: E402
 from specutils_deepclean.models import level  # noqa: E402
+from specutils_deepclean.models.observations import rest_coadd  # noqa: E402
 from specutils_deepclean.simulate import gap_slice  # noqa: E402
 from specutils_deepclean.spectra import median_normalise  # noqa: E402
 
@@ -120,7 +121,7 @@ def test_gap_starts_only_for_wide_gaps(shipped):
     missing[1] = False
     missing[1, :100] = True  # 2 % missing: below MIN_MISSING
     data = shipped._prepare(flux, sigma, missing, None)
-    starts, wide = level.gap_starts(shipped, data)
+    starts, wide = level.gap_starts(shipped, *rest_coadd(data))
     k = shipped.n_classes
     assert starts.shape == (3 * k, shipped.latent_dim)
     np.testing.assert_array_equal(wide.numpy(), np.repeat([False, False, True], k))

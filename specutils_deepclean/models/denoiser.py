@@ -440,9 +440,10 @@ class Denoiser(DeepCleanModel):
             )
         with torch.no_grad():
             data = self._prepare(flux, sigma, missing, exposures, clip, velocity, velocity_range)
-            z_enc = self._encoder_guess(data)
+            coadd = rest_coadd(data)
+            z_enc = self._encoder_guess(*coadd)
             extra = self._extra_starts(data.flux.shape[0], n_starts, random_starts, generator)
-            state = self._screen(data, z_enc, extra, class_margin)
+            state = self._screen(data, z_enc, extra, class_margin, coadd)
             if velocity is None:  # refined from the screened spectrum: one Newton ascent
                 data = self._refine_velocity(data, state)
             self._newton(data, state, steps, tol)
@@ -483,10 +484,9 @@ class Denoiser(DeepCleanModel):
 
     # ------------------------------------------------------------------ steps of the MAP
 
-    def _encoder_guess(self, data: Observations) -> torch.Tensor:
+    def _encoder_guess(self, flux: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
         """:math:`E(y)` of each star (B, L): the code of the data at rest, of several
         exposures their co-add (`~specutils_deepclean.models.observations.rest_coadd`)."""
-        flux, gone = rest_coadd(data)
         n_pix = flux.shape[-1]
         return self.generator.encode(flux.reshape(-1, n_pix), gone.reshape(-1, n_pix))
 
@@ -506,7 +506,7 @@ class Denoiser(DeepCleanModel):
             return torch.zeros((n_star, k, 0, self.latent_dim), dtype=self._dtype)
         return torch.cat(parts, dim=2).to(self.device)
 
-    def _screen(self, data: Observations, z_enc, extra, margin) -> _State:
+    def _screen(self, data: Observations, z_enc, extra, margin, coadd) -> _State:
         """Step 1 of `map_estimate`: a start per (star, class) and the classes that go on."""
         n_star, k, n_dim = z_enc.shape[0], self.n_classes, self.latent_dim
         stars = torch.arange(n_star, device=z_enc.device)
@@ -524,7 +524,7 @@ class Denoiser(DeepCleanModel):
                 classes.repeat_interleave(n_extra),
                 data,
             ).reshape(n_star * k, n_extra)
-        column, wide = gap_starts(self, data)  # a wide gap: each class's best template too
+        column, wide = gap_starts(self, *coadd)  # wide gaps: each class's best template too
         if wide.any():
             value = torch.full_like(column[:, 0], -math.inf)
             value[wide] = self._objective(column[wide], rows[wide], classes[wide], data)

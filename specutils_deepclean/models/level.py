@@ -30,7 +30,6 @@ import weakref
 import numpy as np
 import torch
 
-from .observations import Observations, rest_coadd
 
 __all__ = [
     "MIN_MISSING",
@@ -226,7 +225,7 @@ def relevel(model, flux: np.ndarray, sigma: np.ndarray | None, gone: np.ndarray)
     return factor.reshape(lead)
 
 
-def gap_starts(model, data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
+def gap_starts(model, flux: torch.Tensor, gone: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """MAP starts for the stars missing at least `MIN_MISSING` of the grid (at rest, in
     every exposure): each class's best template (`template_starts`).
 
@@ -234,8 +233,10 @@ def gap_starts(model, data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
     ----------
     model : `~specutils_deepclean.models.denoiser.Denoiser`
         The denoiser.
-    data : `~specutils_deepclean.models.observations.Observations`
-        The batch of B stars.
+    flux, gone : tensor, shape (B, 1, P)
+        The batch's spectra at rest, of several exposures their co-add, and the
+        pixels without data (`~specutils_deepclean.models.observations.rest_coadd`,
+        computed once per batch for the encoder's start too).
 
     Returns
     -------
@@ -245,7 +246,7 @@ def gap_starts(model, data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
     wide : tensor of bool, shape (B * K,)
         The pairs that have a start (none when `TEMPLATE_STARTS` is False).
     """
-    flux, gone = (x[:, 0] for x in rest_coadd(data))
+    flux, gone = flux[:, 0], gone[:, 0]
     share = gone.to(torch.float64).mean(-1).cpu().numpy()
     rows = np.nonzero((share >= MIN_MISSING) & (share < 1) & TEMPLATE_STARTS)[0]
     k, n_dim = model.n_classes, model.latent_dim
