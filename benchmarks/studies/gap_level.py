@@ -17,11 +17,10 @@ over the shifted gaps.  The test split is never read::
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
-from val_study import val_setup, write_result
+from val_study import study_args, val_setup, write_result
 
 from specutils_deepclean.models import level
 from specutils_deepclean.spectra import median_normalise
@@ -37,13 +36,7 @@ def _summary(error: np.ndarray) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="denoiser-miles")
-    parser.add_argument("--seed", type=int, default=2076)
-    parser.add_argument("--json", required=True)
-    args = parser.parse_args(argv)
+    args = study_args(__doc__, argv, seed=2076, threads=2)
     model, truth, valid, sim = val_setup(args.model)
     _, whole = median_normalise(truth, ~valid)
     rows = {}
