@@ -142,10 +142,16 @@ def reliability(posterior: np.ndarray, labels: np.ndarray, bins: int = 10) -> tu
     ece : float
         Sum over the bins of ``|accuracy - confidence| n_b / N``.
     diagram : list of dict
-        Per non-empty bin: its edges, count, mean confidence and accuracy.
+        Per non-empty bin: its edges, count, mean confidence and accuracy (the share
+        of its spectra whose top class is the true one; a tie for the top, such as a
+        flagged spectrum's uniform posterior, counts 1 / (number tied) when the true
+        class is among the tied ones, the accuracy of a random pick among them).
     """
     confidence = posterior.max(1)
-    correct = posterior.argmax(1) == labels
+    # a tie for the top (a flagged spectrum's uniform posterior) is a random pick
+    # among the tied classes: it is right with probability 1 / (number tied)
+    top = posterior == confidence[:, None]
+    correct = top[np.arange(len(labels)), labels] / top.sum(1)
     which = np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
     ece, diagram = 0.0, []
     for b in range(bins):

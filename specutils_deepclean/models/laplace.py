@@ -205,7 +205,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     scale, model_var, noise = model_error(model.extra, data, observed, floor, fit[1])
     flag = ood.ood_flag(model.extra, score, fit)
     if "class_calibration" in model.extra:  # calibrated (the MAP class is unchanged)
-        posterior = ood.class_posterior(model.extra, log_post, fit[2])
+        posterior = ood.class_posterior(model.extra, log_post, fit[2], score)
     if searched is not None:  # a star beyond the range is found at its edge
         beyond = np.abs(data.shift.velocity) > searched
         flag = flag | torch.as_tensor(beyond.any(-1), device=flag.device)

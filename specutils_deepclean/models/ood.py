@@ -154,27 +154,36 @@ def ood_flag(extra: dict, score, statistics: tuple):
     )
 
 
-def class_posterior(extra: dict, log_evidence: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+def class_posterior(
+    extra: dict,
+    log_evidence: torch.Tensor,
+    snr: torch.Tensor,
+    score: torch.Tensor | None = None,
+) -> torch.Tensor:
     r"""The calibrated class posterior (B, K) from the Laplace log evidences (B, K).
 
-    ``extra["class_calibration"]`` = :math:`(T_0, \gamma, \epsilon, \alpha)` (a file
-    with three numbers has :math:`\alpha = 1`):
+    ``extra["class_calibration"]`` = :math:`(T_0, \gamma, \epsilon, \alpha, \beta)`
+    (a file with three numbers has :math:`\alpha = 1`, one with three or four
+    :math:`\beta = 0`):
 
     .. math::
 
         p(C \mid y) = (1 - \epsilon)\, \operatorname{softmax}_C\bigl(-(\Delta_C /
             T)^\alpha\bigr) + \epsilon / K, \qquad
         \Delta_C = \max_{C'} \log Z_{C'} - \log Z_C, \qquad
-        T = T_0 (\max(\text{snr}, 1) / 10)^\gamma,
+        T = T_0 (\max(\text{snr}, 1) / 10)^\gamma\, \max(s, s_0)^{-\beta},
 
     a temperature that may grow with the signal (the classes' evidences part more with
-    more signal; their confusion on real stars does not shrink as fast), a power
-    :math:`\alpha < 1` that compresses the large evidence gaps more than the small
-    ones (with :math:`\alpha = 1` it is :math:`\operatorname{softmax}(\log Z_C / T)`)
-    and a floor :math:`\epsilon` for the stars whose label the model gets confidently
-    wrong (the temperature alone would have to flatten every posterior for them).  The
-    MAP class is unchanged.  Without a calibration,
-    :math:`\operatorname{softmax}(\log Z_C)`.
+    more signal; their confusion on real stars does not shrink as fast) and, with
+    :math:`\beta > 0`, as the latent's `ood_score` :math:`s` drops (a star in a sparse
+    part of the latent space is classified less reliably than one among many
+    training stars; :math:`s_0` = `DEFAULT_SCORE_LIMIT`, below which a spectrum is
+    flagged), a power :math:`\alpha < 1` that compresses the large evidence gaps more
+    than the small ones (with :math:`\alpha = 1` it is
+    :math:`\operatorname{softmax}(\log Z_C / T)`) and a floor :math:`\epsilon` for
+    the stars whose label the model gets confidently wrong (the temperature alone
+    would have to flatten every posterior for them).  The MAP class is unchanged.
+    Without a calibration, :math:`\operatorname{softmax}(\log Z_C)`.
 
     Parameters
     ----------
@@ -184,29 +193,44 @@ def class_posterior(extra: dict, log_evidence: torch.Tensor, snr: torch.Tensor) 
         :math:`\log Z_C`, up to a constant per star.
     snr : tensor, shape (B,)
         `goodness_of_fit`'s ``snr``.
+    score : tensor, shape (B,), optional
+        The MAP latent's ``ood_score``; needed by a calibration with five numbers.
 
     Returns
     -------
     tensor, shape (B, K)
+
+    Raises
+    ------
+    ValueError
+        If the calibration has five numbers and ``score`` is not given.
     """
     if "class_calibration" not in extra:
         return torch.softmax(log_evidence, dim=-1)
-    t0, gamma, floor, power = _calibration(extra["class_calibration"])
+    t0, gamma, floor, power, beta = _calibration(extra["class_calibration"])
     temperature = t0 * (snr.clamp_min(1.0) / 10.0) ** gamma
+    if beta != 0.0:
+        if score is None:
+            raise ValueError("a class calibration with a score power needs the ood_score")
+        density = score.to(temperature).clamp_min(DEFAULT_SCORE_LIMIT)
+        temperature = temperature * density**-beta
     gap = log_evidence.max(-1, keepdim=True).values - log_evidence
     posterior = torch.softmax(-((gap / temperature[:, None]) ** power), dim=-1)
     return (1 - floor) * posterior + floor / log_evidence.shape[-1]
 
 
-def _calibration(value) -> tuple[float, float, float, float]:
-    """``class_calibration`` as (T0, gamma, floor, alpha), alpha 1 when not given."""
+def _calibration(value) -> tuple[float, float, float, float, float]:
+    """``class_calibration`` as (T0, gamma, floor, alpha, beta); alpha 1 and beta 0
+    when not given."""
     value = np.asarray(value, dtype=np.float64)
-    return (*(float(x) for x in value[:3]), float(value[3]) if value.size == 4 else 1.0)
+    alpha = float(value[3]) if value.size >= 4 else 1.0
+    beta = float(value[4]) if value.size == 5 else 0.0
+    return (*(float(x) for x in value[:3]), alpha, beta)
 
 
 def check_extra(extra: dict) -> None:
     r"""``ood_limits`` (5,) finite with :math:`a_\chi, a_S, p \ge 0`, and
-    ``class_calibration`` (3,) or (4,) (`class_posterior`), if present.
+    ``class_calibration`` (3,), (4,) or (5,) (`class_posterior`), if present.
 
     Raises
     ------
@@ -224,13 +248,14 @@ def check_extra(extra: dict) -> None:
     if "class_calibration" in extra:
         value = np.asarray(extra["class_calibration"], dtype=np.float64)
         if (
-            value.shape not in ((3,), (4,))
+            value.shape not in ((3,), (4,), (5,))
             or not np.all(np.isfinite(value))
             or value[0] <= 0
             or not 0 <= value[2] < 1
-            or (value.size == 4 and value[3] <= 0)
+            or (value.size >= 4 and value[3] <= 0)
         ):
             raise ValueError(
                 "extra['class_calibration'] must hold T0 > 0, a finite power, a floor "
-                f"in [0, 1) and optionally alpha > 0, got {value.tolist()}"
+                "in [0, 1), optionally alpha > 0 and then a finite score power beta, "
+                f"got {value.tolist()}"
             )
