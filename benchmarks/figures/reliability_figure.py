@@ -2,8 +2,9 @@
 
 Reads ``benchmarks/results/ood_test.json``: left, the reliability diagram at S/N 10
 (per confidence bin of the top class: its accuracy against its mean confidence, the
-marker's area the bin's count; the flagged spectra, uniform, sit at 1/6); right, the expected calibration error per S/N with
-its 5-95 % interval over stars, and the uncalibrated one.
+marker's area the bin's count; the flagged spectra, uniform, sit at 1/6, right a
+sixth of the time); right, the expected calibration error per S/N with its 5-95 %
+interval over stars, and the uncalibrated one.
 
     python benchmarks/figures/reliability_figure.py
 
