@@ -188,7 +188,10 @@ def remove_tellurics(
         velocity of the atmosphere, the resolution) with the network's
         reconstruction as the star inside the model's range and a smooth continuum
         outside it, and divides by it wherever the atmosphere has lines, over the
-        whole input (3500-10500 Angstrom); see :mod:`specutils_deepclean.telluric_fit`.
+        whole input (3500-10500 Angstrom); inside 6300-7400 Angstrom the stellar model
+        is corrected by the MILES principal components (``miles-pca``) and the fit made
+        again; see :mod:`specutils_deepclean.telluric_fit` and
+        :mod:`specutils_deepclean.telluric_physical`.
         ``"reconstruct"`` returns the network's reconstruction (the paper's output);
         ``"divide"`` moves the reconstruction to the velocity where it matches the
         observation (:func:`~specutils_deepclean.telluric_star.align_stellar`: the
@@ -283,12 +286,15 @@ def remove_tellurics(
     device = _device(device)
     net = _model(model, KaraokeVAE, DEFAULT_TELLURIC_MODEL, device)
     if mode == "physical":
-        from .telluric_fit import remove_physical
+        from .models.baselines import PCADenoiser
+        from .telluric_physical import STELLAR_BASIS, remove_physical
 
         info = {"operation": "remove_tellurics", "mode": mode, "model": net.name,
                 "model_version": net.version, "package_version": package_version()}
+        basis = _model(STELLAR_BASIS, PCADenoiser, STELLAR_BASIS, device)
         return remove_physical(spectrum, net, medium=medium, resolution=resolution,
-                               batch_size=batch_size, floor=TRANSMISSION_FLOOR, info=info)
+                               batch_size=batch_size, floor=TRANSMISSION_FLOOR, info=info,
+                               basis=basis)
     grid = ModelGrid(net.wavelength, net.medium)
     gs = to_model_grid(spectrum, grid, medium=medium)
     _drop_rows(gs, ~_covered_rows([gs], len(grid), "remove_tellurics"))
