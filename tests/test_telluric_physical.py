@@ -23,11 +23,16 @@ def _stars(wave, depths, velocity=0.0):
     return (wave / 6800.0) ** -1.0 * (1 - np.atleast_2d(depths) @ profile)
 
 
+def _basis(rng, n_stars, n_components):
+    """A principal-component basis of synthetic stars at rest, 6000-7700 A (air)."""
+    rest = np.arange(6000.0, 7700.0, 0.9)
+    return PCADenoiser.fit(_stars(rest, _depths(rng, n_stars)), rest * u.AA,
+                           n_components=n_components, medium="air")
+
+
 def test_refine_stellar_recovers_the_star_under_absorption():
     rng = np.random.default_rng(3)
-    rest = np.arange(6000.0, 7700.0, 0.9)
-    basis = PCADenoiser.fit(_stars(rest, _depths(rng, 300)),
-                            rest * u.AA, n_components=40, medium="air")
+    basis = _basis(rng, 300, 40)
     wave = np.arange(6100.0, 7600.0, 0.9)
     velocity = 60.0
     star = _stars(wave, _depths(rng, 2), velocity)
@@ -52,9 +57,7 @@ def test_refine_stellar_recovers_the_star_under_absorption():
 
 def test_refine_stellar_leaves_rows_without_enough_clear_pixels():
     rng = np.random.default_rng(4)
-    rest = np.arange(6000.0, 7700.0, 0.9)
-    basis = PCADenoiser.fit(_stars(rest, _depths(rng, 100)),
-                            rest * u.AA, n_components=10, medium="air")
+    basis = _basis(rng, 100, 10)
     wave = np.arange(6100.0, 7600.0, 0.9)
     star = _stars(wave, _depths(rng, 1))
     trans = np.full(star.shape, 0.5)  # everything absorbed below min_transmission
