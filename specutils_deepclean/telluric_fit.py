@@ -361,16 +361,17 @@ def _continuum(ratio, usable, segments, sigma_pix):
 def _noise(flux, sigma, valid):
     """The given sigma; for rows without one, a robust estimate from the point-to-point
     scatter of the log flux."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log = np.where(valid & (flux > 0), np.log(flux), np.nan)
-    relative = 1.4826 * _row_nanmedian(np.abs(np.diff(log, axis=1))) / np.sqrt(2.0)
-    estimate = np.abs(flux) * np.nan_to_num(relative, nan=0.01)[:, None]
     if sigma is None:
-        return estimate
+        sigma = np.full(flux.shape, np.nan)
     with np.errstate(invalid="ignore"):
         sigma = np.where(valid & np.isfinite(sigma) & (sigma > 0), sigma, np.nan)
-    given = np.isfinite(sigma).any(axis=1)
-    return np.where(given[:, None], sigma, estimate)
+    missing = ~np.isfinite(sigma).any(axis=1)
+    if missing.any():  # the estimate only for the rows that need it
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log = np.where(valid[missing] & (flux[missing] > 0), np.log(flux[missing]), np.nan)
+        relative = 1.4826 * _row_nanmedian(np.abs(np.diff(log, axis=1))) / np.sqrt(2.0)
+        sigma[missing] = np.abs(flux[missing]) * np.nan_to_num(relative, nan=0.01)[:, None]
+    return sigma
 
 
 def _row_nanmedian(values: np.ndarray) -> np.ndarray:
@@ -454,7 +455,9 @@ def _transmission(basis, depths, velocity, active, shape):
     return trans
 
 
-def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
+def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa, start=None):
+    """Continuum, fit and rejection rounds; ``start``: (depths, velocity) to start from
+    instead of unit depths and the velocity search."""
     n, n_pix = flux.shape
     n_mol = len(MOLECULES)
     star_seg = np.isfinite(stellar)
@@ -470,15 +473,18 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
     # The continuum leans on pixels the atmosphere leaves clear even at a large column,
     # so that it cannot take up the broad envelope of a band.
     clear = np.exp(-strongest / _CLEAR_TAU)[None, :]
-    depths = np.ones((n, n_mol))
-    velocity = np.zeros(n)
+    depths = np.ones((n, n_mol)) if start is None else np.where(start[0] > 0, start[0], 1.0)
+    velocity = np.zeros(n) if start is None else np.asarray(start[1], dtype=float).copy()
     rejected = np.zeros((n, n_pix), dtype=bool)
     usable = valid & np.isfinite(noise)
     cov = np.zeros((n, n_mol + 1, n_mol + 1))
     chi2 = np.zeros(n)
     n_used = np.zeros(n)
     fitted = np.zeros(n, dtype=bool)
-    trans = np.ones((n, n_pix))  # the first continuum: no absorption assumed
+    # the first continuum: no absorption assumed, or the starting fit's
+    trans = np.ones((n, n_pix))
+    if start is not None:
+        trans = _transmission(on_active, start[0], velocity, active, (n, n_pix))
     for it in range(n_iter):
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = flux / (base * trans)
@@ -495,7 +501,7 @@ def _fit_once(basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa):
             base_fit = np.where(use, model0[sub], 0.0)
             n_used = (weight > 0).sum(axis=1)
             fitted = n_used >= 10
-            if it == 0:
+            if it == 0 and start is None:
                 velocity = _velocity_start(on_fit, depths, obs, base_fit, weight)
             depths, velocity, cov, chi2 = _gauss_newton(
                 on_fit, depths, velocity, obs, base_fit, weight
@@ -532,6 +538,7 @@ def fit_transmission(
     min_significance: float = MIN_SIGNIFICANCE,
     min_band_chi2: float = MIN_BAND_CHI2,
     align: bool = True,
+    start: TelluricFit | None = None,
 ) -> TelluricFit:
     """Fit the molecular depths, the velocity and (optionally) the resolution per spectrum.
 
@@ -573,6 +580,9 @@ def fit_transmission(
     align : bool
         Move the stellar model to the velocity where it matches the observation
         best (:func:`~specutils_deepclean.telluric_star.align_stellar`) before the fit.
+    start : TelluricFit, optional
+        A fit of the same spectra whose depths (unit depth where it found none) and
+        velocities start this one, in place of the search over `VELOCITIES`.
 
     Returns
     -------
@@ -600,7 +610,8 @@ def fit_transmission(
         )
     basis = telluric_basis(edges_aa, medium, resolving_power, template)
     depths, velocity, cov, chi2, model0, rejected, fitted = _fit_once(
-        basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa
+        basis, flux, noise, valid, stellar, n_iter, clip, smooth_aa,
+        None if start is None else (start.depths, start.velocity),
     )
     cov = cov * np.maximum(chi2, 1.0)[:, None, None]
     n_mol = len(MOLECULES)

@@ -14,7 +14,10 @@ to the star's velocity), times a smooth polynomial (`refine_stellar`); the secon
 fit, with that model, gives the transmission that divides the spectrum.  Pixels
 where the first transmission is below ``min_transmission`` are left out of the
 least squares, so the components fit the star between and beside the deepest
-lines, not the atmosphere.
+lines, not the atmosphere.  The first fit runs two rounds of continuum, fit and
+rejection, the second two more, started from the first's depths and velocity: the
+cost of the mode is then about 1.8 times that of a single three-round fit, and on
+MILES ``val`` the transmission as good as with three rounds each.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .telluric_fit import _clear_pixels, _noise, fit_transmission
-from .telluric_star import align_stellar
+from .telluric_star import MAX_SHIFT_KMS, align_stellar
 from .telluric_template import MOLECULES
 
 __all__ = ["STELLAR_BASIS", "STELLAR_REGION", "refine_stellar", "remove_physical"]
@@ -103,48 +106,89 @@ def refine_stellar(
         return refined, np.zeros(n)
     vectors = np.vstack(
         [basis.mean.detach().cpu().numpy(), basis.components.detach().cpu().numpy()]
-    ).astype(float)
+    ).astype(np.float32)
     clear = np.asarray(transmission) > 0.999
     mean = np.interp(centres_aa, wave, vectors[0], left=np.nan, right=np.nan)
     _, velocity = align_stellar(centres_aa, flux, np.broadcast_to(mean, flux.shape), valid & clear)
-    # the components at each row's velocity on the region's pixels: (n, k, m)
-    position = np.interp(
-        np.log(centres_aa[pix])[None, :] - np.log1p(velocity[:, None] / C_KMS),
-        np.log(wave), np.arange(wave.size),
-    )
-    comps = _cubic(vectors, position).transpose(1, 0, 2)
-    trans = transmission[:, pix]
-    model = stellar[:, pix]
+    # The least squares run on the basis's own pixels in the region, at rest: the
+    # observation, the weights and the model are moved there (3 arrays per row, not
+    # the basis's 41), the fitted model back.
+    rest = np.flatnonzero((wave > lo) & (wave < hi))
+    doppler = np.log1p(velocity / C_KMS)[:, None]
+    # the observed pixels those can move to (align_stellar's largest shift)
+    reach = 1.0 + MAX_SHIFT_KMS / C_KMS
+    window = np.flatnonzero((centres_aa > wave[rest[0]] / reach - 5.0)
+                            & (centres_aa < wave[rest[-1]] * reach + 5.0))
+    to_obs = np.interp(np.log(wave[rest])[None, :] + doppler, np.log(centres_aa[window]),
+                       np.arange(window.size), left=-np.inf, right=np.inf)
+    trans, model = transmission[:, window], stellar[:, window]
     with np.errstate(divide="ignore", invalid="ignore"):
-        target = flux[:, pix] / trans
-        weight = (trans / sigma[:, pix]) ** 2
-    use = valid[:, pix] & (trans >= min_transmission) & np.isfinite(model)
+        target = flux[:, window] / trans
+        weight = (trans / sigma[:, window]) ** 2
+    use = valid[:, window] & (trans >= min_transmission) & np.isfinite(model)
     use &= np.isfinite(target) & np.isfinite(weight)
-    weight = np.where(use, weight, 0.0)
-    target = np.where(use, target, 0.0)
-    model = np.where(np.isfinite(model), model, 0.0)
-    legendre = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, pix.size), degree).T
+    target, weight = _cubic(np.where(use, target, 0.0), to_obs, np.where(use, weight, 0.0))
+    model, _ = _cubic(np.where(np.isfinite(model), model, 0.0), to_obs)
+    legendre = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, rest.size), degree).T
     poly = _least_squares(model[:, None, :] * legendre[None], target, weight) @ legendre
-    design = np.concatenate([model[:, None, :], comps], axis=1) * poly[:, None, :]
-    fitted = np.einsum("np,npm->nm", _least_squares(design, target, weight), design)
-    rows = np.flatnonzero(use.sum(axis=1) >= _MIN_PIXELS)
-    refined[np.ix_(rows, pix)] = fitted[rows]
+    fitted = _basis_fit(model, vectors[:, rest], poly, target, weight)
+    to_rest = np.interp(np.log(centres_aa[pix])[None, :] - doppler, np.log(wave[rest]),
+                        np.arange(rest.size), left=-np.inf, right=np.inf)
+    back, inside = _cubic(fitted, to_rest, np.ones(fitted.shape))
+    rows = (weight > 0).sum(axis=1) >= _MIN_PIXELS
+    inside = (inside > 0) & rows[:, None] & np.isfinite(stellar[:, pix])
+    refined[:, pix] = np.where(inside, back, stellar[:, pix])
     return refined, velocity
 
 
-def _cubic(values: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """``values`` (k, n_grid) at fractional grid ``position`` (any shape): cubic
+def _cubic(values: np.ndarray, position: np.ndarray, weight: np.ndarray | None = None):
+    """Each row of ``values`` (n, n_grid) at fractional grid ``position`` (n, m): cubic
     convolution (Keys 1981, ``a = -1/2``), which unlike linear interpolation keeps a
-    line of two pixels' width when it moves by part of a pixel."""
-    low = np.clip(np.floor(position).astype(int), 1, values.shape[1] - 3)
-    t = np.clip(position - low, 0.0, 1.0)
-    weights = (
+    line of two pixels' width when it moves by part of a pixel.
+
+    With ``weight`` (n, n_grid), also the smallest weight of the four pixels used
+    (0 where ``position`` is not at least one pixel inside the grid)."""
+    rows = np.arange(values.shape[0])[:, None]
+    finite = np.isfinite(position)
+    low = np.clip(np.floor(np.where(finite, position, 0.0)).astype(int), 1, values.shape[1] - 3)
+    t = np.clip(np.where(finite, position, 0.0) - low, 0.0, 1.0)
+    taps = (-1, 0, 1, 2)
+    coefficients = (
         ((-0.5 * t + 1.0) * t - 0.5) * t,
         (1.5 * t - 2.5) * t * t + 1.0,
         ((-1.5 * t + 2.0) * t + 0.5) * t,
         (0.5 * t - 0.5) * t * t,
     )
-    return sum(w * values[:, low + d] for w, d in zip(weights, (-1, 0, 1, 2)))
+    out = sum(c * values[rows, low + d] for c, d in zip(coefficients, taps))
+    if weight is None:
+        return out, None
+    inside = finite & (position >= 1.0) & (position <= values.shape[1] - 2.0)
+    least = np.min([weight[rows, low + d] for d in taps], axis=0)
+    return out, np.where(inside, least, 0.0)
+
+
+def _basis_fit(model, vectors, poly, target, weight) -> np.ndarray:
+    """Per row, ``poly (b model + c @ vectors)`` with ``b, c`` minimising
+    ``sum weight (target - poly (b model + c @ vectors))^2``.
+
+    The normal equations are built blockwise (the basis ``vectors`` (k, m) is the
+    same for every row), in single precision for the largest block.
+    """
+    n = model.shape[0]
+    k = vectors.shape[0]
+    wp = weight * poly
+    wp2 = (wp * poly).astype(np.float32)
+    basis32 = vectors.astype(np.float32)
+    hess = np.empty((n, k + 1, k + 1))
+    hess[:, 1:, 1:] = (basis32[None] * wp2[:, None, :]) @ basis32.T
+    hess[:, 0, 1:] = hess[:, 1:, 0] = (model * wp2) @ basis32.T
+    hess[:, 0, 0] = np.einsum("nm,nm->n", model * model, wp2)
+    grad = np.empty((n, k + 1))
+    grad[:, 0] = np.einsum("nm,nm->n", model, wp * target)
+    grad[:, 1:] = (wp * target) @ vectors.T
+    ridge = 1e-9 * np.trace(hess, axis1=1, axis2=2)[:, None, None] + 1e-300
+    coef = np.linalg.solve(hess + ridge * np.eye(k + 1), grad[..., None])[..., 0]
+    return poly * (coef[:, :1] * model + coef[:, 1:] @ vectors)
 
 
 def _least_squares(design: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -255,9 +299,12 @@ def remove_physical(
     if resolution is None and spectrum.meta and spectrum.meta.get("resolving_power") is not None:
         resolution = float(spectrum.meta["resolving_power"])
     power = _resolving_power(resolution, float(np.median(edges)))
-    fit = fit_transmission(edges, source, flux, sigma, valid, stellar, resolving_power=power)
+    refine = basis is not None and stellar is not None
+    # with a second fit to come, two rounds suffice for the first (as good on val)
+    fit = fit_transmission(edges, source, flux, sigma, valid, stellar, resolving_power=power,
+                           n_iter=2 if refine else 3)
     shift = fit.stellar_shift
-    if basis is not None and stellar is not None:
+    if refine:
         centres = 0.5 * (edges[1:] + edges[:-1])
         defined = np.isfinite(stellar)
         refined, _ = refine_stellar(
@@ -266,7 +313,7 @@ def remove_physical(
         )
         fit = fit_transmission(
             edges, source, flux, sigma, valid, np.where(defined, refined, np.nan),
-            resolving_power=fit.resolving_power, align=False,
+            resolving_power=fit.resolving_power, align=False, start=fit, n_iter=2,
         )
     trans = fit.transmission
     below = trans < floor

@@ -70,3 +70,40 @@ def test_refine_stellar_leaves_rows_without_enough_clear_pixels():
                                     np.ones((1, far.size), bool), np.ones((1, far.size)),
                                     np.ones((1, far.size)), basis)
     assert np.array_equal(same, np.ones((1, far.size))) and velocity[0] == 0.0
+
+
+def test_fit_started_from_a_fit_skips_the_velocity_search(monkeypatch):
+    import specutils_deepclean.telluric_fit as telluric_fit
+    from specutils_deepclean.resample import bin_edges
+    from specutils_deepclean.simulate import Simulator
+
+    wave = np.arange(6300.0, 7400.0, 0.9)
+    sim = Simulator(wave, "air", fwhm=2.5)
+    flux = np.array([sim.transmission_at(x) for x in (1.2, 2.0)])
+    args = (bin_edges(wave), "air", flux, np.full_like(flux, 1e-3), np.ones_like(flux, bool),
+            np.ones_like(flux))
+    cold = telluric_fit.fit_transmission(*args, resolving_power=2828.0)
+
+    def no_search(*_):
+        raise AssertionError("the velocity search ran")
+
+    monkeypatch.setattr(telluric_fit, "_velocity_start", no_search)
+    warm = telluric_fit.fit_transmission(*args, resolving_power=2828.0, start=cold, n_iter=1)
+    assert np.allclose(warm.depths, cold.depths, rtol=0.02)
+    assert np.allclose(warm.velocity, cold.velocity, atol=0.5)
+
+
+def test_remove_tellurics_physical_uses_the_stellar_basis():
+    from astropy.nddata import StdDevUncertainty
+    from specutils import Spectrum
+
+    from specutils_deepclean import remove_tellurics
+    from specutils_deepclean.datasets import load_examples
+
+    lib = load_examples()
+    flux = lib.flux[:2].astype(float)
+    spec = Spectrum(flux=flux * u.one, spectral_axis=lib.wavelength,
+                    uncertainty=StdDevUncertainty(0.01 * flux), meta={"medium": "air"})
+    out = remove_tellurics(spec, mode="physical", device="cpu")
+    assert out.meta["deepclean"]["stellar_basis"] == "miles-pca"
+    assert np.isfinite(out.flux.value[~out.mask]).all()
