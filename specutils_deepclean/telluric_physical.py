@@ -15,9 +15,10 @@ fit, with that model, gives the transmission that divides the spectrum.  Pixels
 where the first transmission is below ``min_transmission`` are left out of the
 least squares, so the components fit the star between and beside the deepest
 lines, not the atmosphere.  The first fit runs two rounds of continuum, fit and
-rejection, the second two more, started from the first's depths and velocity: the
-cost of the mode is then about 1.8 times that of a single three-round fit, and on
-MILES ``val`` the transmission as good as with three rounds each.
+rejection, the second two more, started from the first's depths, velocity and
+transmission: the mode then costs about 1.3 times the single three-round fit per
+CPU-second (``benchmarks/results/physical_speed.json``), and on MILES ``val`` the
+transmission is about as good as with three rounds each.
 """
 
 from __future__ import annotations
@@ -60,8 +61,11 @@ def refine_stellar(
     basis's range where ``transmission`` is at least ``min_transmission``, the
     observation divided by the transmission is fitted in weighted least squares
     (weights ``(T / sigma)^2``) by :math:`P (b_0 S + \sum_j c_j V_j)`: :math:`S` the
-    stellar model, :math:`V_j` the basis's components moved to the star's velocity,
-    :math:`P` a Legendre polynomial of ``degree``, found first from :math:`S` alone.
+    stellar model, :math:`V_j` the basis's mean and components at the star's
+    velocity, :math:`P` a Legendre polynomial of ``degree``, found first from
+    :math:`S` alone.  The least squares run on the basis's own pixels, at rest: the
+    observation, the weights and the model are moved there (cubic convolution; a
+    weight is the smallest of the four pixels it is drawn from), the result back.
 
     Parameters
     ----------
