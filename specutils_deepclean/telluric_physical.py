@@ -102,8 +102,9 @@ def refine_stellar(
     stellar = np.asarray(stellar, dtype=float)
     refined = stellar.copy()
     n = stellar.shape[0]
-    rest = np.asarray(basis.wavelength.to_value("AA"), dtype=float)
-    wave = _convert_medium(rest, basis.medium, medium)
+    wave = _convert_medium(
+        np.asarray(basis.wavelength.to_value("AA"), dtype=float), basis.medium, medium
+    )
     lo, hi = _convert_medium(np.asarray(region, dtype=float), basis.medium, medium)
     pix = np.flatnonzero((centres_aa > max(lo, wave[0])) & (centres_aa < min(hi, wave[-1])))
     if pix.size < _MIN_PIXELS:
