@@ -29,7 +29,7 @@ from ..provenance import Provenance
 from . import ood
 from .base import DeepCleanModel
 from .generator import IsometricAutoencoder
-from .laplace import MAPResult, eig_floor, summarise
+from .laplace import MAPResult, summarise
 from .layers import missing_mask
 from .level import gap_starts
 from .linear_terms import (
@@ -55,6 +55,7 @@ from .observations import (
     rest_coadd,
 )
 from .prior import KDEPrior
+from .surrogate import floored, surrogate_optimum
 from .velocity import (
     C_KMS,
     _VELOCITY_MARGIN,
@@ -81,9 +82,6 @@ _CHUNK = 16
 _EVAL_CHUNK = 32
 #: Screening rounds, each around the star's best point so far.
 _SCREEN_ROUNDS = 2
-#: EM iterations of the screening, and the largest move (latent units) that stops them.
-_EM_ITERATIONS = 50
-_EM_TOL = 1e-4
 #: Halvings of a Newton step that does not raise the log joint before the class stops.
 _HALVINGS = 3
 #: Velocity search: grid step (km/s) and templates per class (KDE modes).
@@ -533,7 +531,7 @@ class Denoiser(DeepCleanModel):
         for _ in range(_SCREEN_ROUNDS):
             lik, grad, hess = self._likelihood(centre, stars, data, derivatives=True)
             prior = self.prior.log_prob(centre[rows], c=classes)
-            surrogate = self._surrogate_optimum(centre, grad, hess, precision, rows, classes)
+            surrogate = surrogate_optimum(self.prior, centre, grad, hess, precision, rows, classes)
             value = self._objective(surrogate, rows, classes, data)
             cand = torch.cat([cand, centre[rows, None], surrogate[:, None]], dim=1)
             obj = torch.cat(
@@ -559,39 +557,6 @@ class Denoiser(DeepCleanModel):
             converged=torch.zeros(n_star * k, dtype=torch.bool, device=z.device),
         )
 
-    def _surrogate_optimum(self, centre, grad, hess, precision, rows, classes) -> torch.Tensor:
-        r"""Optimum of the quadratic likelihood at ``centre`` plus each class's log prior.
-
-        For every (star ``rows[i]``, class ``classes[i]``), the maximum of the
-        likelihood's second-order expansion at the star's ``centre`` plus
-        :math:`\log p(z \mid C)`, by EM on the KDE
-        kernels: with the responsibility-weighted mean :math:`m` of the
-        class's kernel centres at the current :math:`z`, the next one is
-        :math:`(A + P)^{-1} (A c + g + P m)`, :math:`A` the floored Hessian of
-        the negative log likelihood at the centre :math:`c`, :math:`g` its
-        gradient and :math:`P` the class's kernel precision. Each iteration
-        raises the surrogate; they stop after `_EM_ITERATIONS` or when no
-        coordinate moves by more than `_EM_TOL`. The L x L algebra runs in
-        float64: a narrow kernel's precision can be ~1e9 times the likelihood's
-        curvature, beyond float32.
-        """
-        curvature = _floored(hess.double())[rows]  # (n, L, L), positive definite
-        system = _floored(curvature + precision, power=-1)
-        fixed = (curvature @ centre[rows, :, None].double())[..., 0] + grad[rows].double()
-        z = centre[rows].double()
-        for _ in range(_EM_ITERATIONS):
-            _, prior_grad, _ = self.prior.log_prob_derivatives(
-                z.to(self._dtype), classes, hessian=False
-            )
-            # P m = P z + grad log p(z | C)
-            target = fixed + (precision @ z[..., None])[..., 0] + prior_grad.double()
-            new = (system @ target[..., None])[..., 0]
-            moved = float((new - z).abs().max())
-            z = new
-            if moved < _EM_TOL:
-                break
-        return z.to(self._dtype)
-
     def _newton(self, data: Observations, state: _State, steps: int, tol: float) -> None:
         """Step 2 of `map_estimate`: safeguarded Newton ascent of the active classes, in place."""
         for step in range(steps + 1):
@@ -605,7 +570,7 @@ class Denoiser(DeepCleanModel):
             obj = lik + prior - math.log(self.n_classes)
             state.obj[index] = obj
             state.hess[index] = hess
-            step_matrix = _floored(hess.double(), power=-1)
+            step_matrix = floored(hess.double(), power=-1)
             delta = (step_matrix @ grad.double()[..., None])[..., 0].to(self._dtype)
             done = 0.5 * (grad * delta).sum(-1) < tol
             if step == steps:
@@ -852,18 +817,6 @@ def _unprefix(config: dict, prefix: str) -> dict:
     if not found:
         raise ValueError(f"config has no entries starting with {prefix!r}")
     return found
-
-
-def _floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
-    """``hess`` (..., L, L) with its eigenvalues raised to their floor, to ``power``.
-
-    The floor is `~specutils_deepclean.models.laplace.eig_floor`'s.  Positive
-    definite (``power=1``), or its inverse (``power=-1``) built from the
-    eigendecomposition, which never fails on a near-singular matrix.
-    """
-    values, vectors = torch.linalg.eigh(hess)
-    values = values.clamp_min(eig_floor(values)) ** power
-    return vectors @ torch.diag_embed(values) @ vectors.transpose(-1, -2)
 
 
 def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:

@@ -312,25 +312,36 @@ class NoiseFlow(nn.Module):
         xi, scale, terms = _pixel_terms(u, params[:, 0], params[:, 1])
         lik = (counted * terms).sum(-1)
         context, n_pix = self.context, u.shape[-1]
-        # J_e and J_a from the banded window derivatives
-        je, ja = jacobian.clone(), torch.zeros_like(jacobian)
-        head, tail = je[..., context:], ja[..., context:]
+        # pixel-major (N, P, M) throughout (the denoiser's Jacobians come so: a pixel's
+        # M derivatives side by side, so each window tap below is one contiguous
+        # run); J_e and J_a one above the other, (N, 2 P, M): each sum over pixels
+        # below is one product over 2 P
+        jt = jacobian.transpose(1, 2)
+        both = jt.new_empty((jt.shape[0], 2 * n_pix, jt.shape[2]))
+        je, ja = both[:, :n_pix], both[:, n_pix:]
+        je.copy_(jt)
+        ja[:, :context].zero_()
+        head, tail = je[:, context:], ja[:, context:]
         for k in range(context):
-            shifted = jacobian[..., k : n_pix - context + k]
-            head.addcmul_(window[:, None, 0, k, context:], shifted, value=-1.0)
-            tail.addcmul_(window[:, None, 1, k, context:], shifted)
-        grad = -(
-            je @ (counted * xi * scale)[..., None] + ja @ (counted * (1 - xi.square()))[..., None]
-        )
-        weighted = je * (counted * scale)[:, None]
-        spread = ja * (counted * xi)[:, None]
-        cross = (je * (counted * xi * scale)[:, None]) @ ja.transpose(1, 2)
-        hess = (
-            weighted @ weighted.transpose(1, 2)
-            + 2 * spread @ spread.transpose(1, 2)
-            - 2 * (cross + cross.transpose(1, 2))
-        )
-        return lik, grad[..., 0], hess
+            shifted = jt[:, k : n_pix - context + k]
+            head.addcmul_(window[:, 0, k, context:, None], shifted, value=-1.0)
+            if k:
+                tail.addcmul_(window[:, 1, k, context:, None], shifted)
+            else:
+                torch.mul(window[:, 1, 0, context:, None], shifted, out=tail)
+        # per pixel, the Hessian's weights of (J_e, J_a) pairs: [[s^2, -2 xi s],
+        # [-2 xi s, 2 xi^2]] (counted pixels only), applied to the left factor
+        weight_e, weight_x = counted * scale.square(), counted * xi * scale
+        weight_a = 2 * counted * xi.square()
+        left = torch.empty_like(both)
+        torch.mul(je, weight_e[..., None], out=left[:, :n_pix])
+        left[:, :n_pix].addcmul_(ja, weight_x[..., None], value=-2.0)
+        torch.mul(ja, weight_a[..., None], out=left[:, n_pix:])
+        left[:, n_pix:].addcmul_(je, weight_x[..., None], value=-2.0)
+        hess = left.transpose(1, 2) @ both
+        slope = torch.cat([weight_x, counted * (1 - xi.square())], -1)
+        grad = -(slope[:, None] @ both)[:, 0]
+        return lik, grad, 0.5 * (hess + hess.transpose(1, 2))
 
 
 class NoiseFlowDistribution(Distribution):
