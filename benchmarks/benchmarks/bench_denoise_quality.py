@@ -9,7 +9,11 @@ subprocess with ``PYTHONPATH`` set to it, for example ``git archive main | tar -
 DIR``) and through this checkout's.  Per S/N: the median MSE against the truth in the
 observed frame (pixels where both are defined) of both and its ratio, the share of
 stars whose MAP class is the same, the median ``|v - v_true|`` of both and the median
-per-star change of the velocity.
+per-star change of the velocity, and the issue-16 measures of both: the class
+posterior's ECE against the stars' classes (10 confidence bins,
+`~specutils_deepclean.benchmarking.ood_negatives.reliability`), the share of pixels
+within one ``flux_sigma`` of the truth (0.683 when calibrated) and the share of stars
+whose velocity is within one ``velocity_error`` of the truth.
 
     python benchmarks/benchmarks/bench_denoise_quality.py --baseline /tmp/main \\
         --json benchmarks/results/denoise_quality_val.json
@@ -38,10 +42,13 @@ def run(args) -> dict:
     """Per S/N: each star's MSE, MAP class and velocity error (arrays) with the package
     on ``sys.path``."""
     from specutils_deepclean import metrics
+    from specutils_deepclean.benchmarking.ood_negatives import reliability
     from specutils_deepclean.inference import denoise_arrays
     from specutils_deepclean.simulate import Simulator
 
-    model, wave, _, truth, valid = load_stars(args)
+    model, wave, stars, truth, valid = load_stars(args)
+    classes = np.asarray(stars.params["class"]).astype(str)
+    labels = np.array([model.prior.class_index(c) for c in classes])
     sim = Simulator(wave, model.medium)
     v_true = np.random.default_rng(args.seed).uniform(-args.vmax, args.vmax, truth.shape[0])
     out = {}
@@ -56,10 +63,14 @@ def run(args) -> dict:
         pred = result.flux
         bad = ~np.isfinite(obs.truth) | ~np.isfinite(pred)
         mse = metrics.mse(np.where(bad, 0, pred), np.where(bad, 0, obs.truth), mask=bad)
+        within = np.abs(pred - obs.truth) <= result.flux_sigma
         out[f"{snr:g}"] = {
             "mse": np.asarray(mse, dtype=np.float64),
             "map_class": np.asarray(result.map.map_class),
             "velocity": result.map.velocity[:, 0] - v_true,
+            "velocity_error": result.map.velocity_error[:, 0],
+            "ece": np.array(reliability(result.map.class_posterior, labels)[0]),
+            "coverage": np.array(within[~bad].mean()),
         }
     return out
 
@@ -83,6 +94,10 @@ def compare(old: dict, new: dict) -> dict:
                 np.median(np.abs(b["velocity"] - a["velocity"]))
             ),
         }
+        for name in ("ece", "coverage"):
+            out[snr][f"{name}_baseline"], out[snr][name] = float(a[name]), float(b[name])
+        within = [float(np.mean(np.abs(x["velocity"]) <= x["velocity_error"])) for x in (a, b)]
+        out[snr]["velocity_within_error_baseline"], out[snr]["velocity_within_error"] = within
     return out
 
 

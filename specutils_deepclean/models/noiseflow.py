@@ -166,8 +166,9 @@ class NoiseFlow(nn.Module):
         out, _ = self._network(u)
         return out[:, 0], out[:, 1]
 
-    def _network(self, u: torch.Tensor):
-        """Both heads (N, 2, L - K) for pixels ``K..L-1`` and where each ReLU is open.
+    def _network(self, u: torch.Tensor, masks: bool = False):
+        """Both heads (N, 2, L - K) for pixels ``K..L-1`` and, with ``masks``, where each
+        ReLU is open (else an empty list).
 
         Column ``j`` of the convolution sees ``u[j:j+K]`` and gives pixel ``j + K``.
         The convolution and the first linear layer (no activation between them)
@@ -180,15 +181,16 @@ class NoiseFlow(nn.Module):
             weight = linears[0].weight @ weight
             bias = linears[0].weight @ bias + linears[0].bias
         h = nn.functional.conv1d(u.unsqueeze(1), weight.unsqueeze(1), bias)[..., :-1]
-        masks = []
+        opened = []
         for i, layer in enumerate(linears):
             if i:
                 h = torch.matmul(layer.weight, h) + layer.bias[:, None]
             h = torch.relu(h)
-            masks.append(h > 0)
+            if masks:
+                opened.append(h > 0)
         heads = torch.cat([self.head_mu.weight, self.head_alpha.weight])  # (2, C')
         head_bias = torch.cat([self.head_mu.bias, self.head_alpha.bias])
-        return torch.matmul(heads, h) + head_bias[:, None], masks
+        return torch.matmul(heads, h) + head_bias[:, None], opened
 
     def window_derivatives(self, u: torch.Tensor):
         r"""Conditional means and log standard deviations, and their derivatives in the window.
@@ -216,7 +218,7 @@ class NoiseFlow(nn.Module):
         n, n_pix = u.shape
         k = self.context
         with torch.no_grad():
-            out, masks = self._network(u)
+            out, masks = self._network(u, masks=True)
             heads = torch.cat([self.head_mu.weight, self.head_alpha.weight])  # (2, C')
             linears = [layer for layer in self.mlp if isinstance(layer, nn.Linear)]
             weights = [layer.weight for layer in linears[1:]]
@@ -305,9 +307,12 @@ class NoiseFlow(nn.Module):
         """
         if not isinstance(counted, torch.Tensor) or counted.dtype == torch.bool:
             counted = torch.as_tensor(counted, device=u.device).to(u.dtype)
-        if jacobian is None:
-            _, _, terms = _pixel_terms(u, *self._params(u))
-            return (counted * terms).sum(-1)
+        if jacobian is None:  # the first K pixels (learned scalars) apart: no concatenation
+            k = self.context
+            out, _ = self._network(u)
+            _, _, head = _pixel_terms(u[:, :k], self.mu0, self.alpha0)
+            _, _, tail = _pixel_terms(u[:, k:], out[:, 0], out[:, 1])
+            return (counted[:, :k] * head).sum(-1) + (counted[:, k:] * tail).sum(-1)
         params, window = self.window_derivatives(u)
         xi, scale, terms = _pixel_terms(u, params[:, 0], params[:, 1])
         lik = (counted * terms).sum(-1)
