@@ -22,7 +22,8 @@ from .provenance import package_version
 from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
 from .surveys import resolve_input
 from .telluric_star import align_stellar
-from .tellurics import estimate_transmission, telluric_region
+from .telluric_template import MOLECULES, molecule_labels
+from .tellurics import column_bounds, estimate_transmission, telluric_region
 
 __all__ = [
     "denoise",
@@ -33,6 +34,7 @@ __all__ = [
     "MIN_COVERAGE",
     "TRANSMISSION_FLOOR",
     "MAX_COLUMN",
+    "COLUMN_FACTOR",
     "ConvergenceWarning",
 ]
 
@@ -48,6 +50,9 @@ TRANSMISSION_FLOOR = 0.05
 #: `remove_tellurics` (``divide``) keeps the transmission at or above the model's
 #: reference line transmission (airmass 2.5) to this power: three times its column.
 MAX_COLUMN = 3.0
+#: `remove_tellurics` (``divide``) holds the transmission between the reference line
+#: transmission at the fitted column divided and multiplied by this.
+COLUMN_FACTOR = 1.25
 #: `denoise` fits radial velocities within plus or minus this by default.
 DEFAULT_VELOCITY_RANGE = 2000.0 * u.km / u.s
 _C_KMS = float(const.c.to_value(u.km / u.s))
@@ -166,6 +171,7 @@ def remove_tellurics(
     batch_size: int = 256,
     resolution=None,
     max_column: float | None = MAX_COLUMN,
+    column_factor: float | None = COLUMN_FACTOR,
 ) -> Spectrum:
     """Remove telluric absorption from a spectrum with a Stellar Karaoke model.
 
@@ -222,6 +228,14 @@ def remove_tellurics(
         that transmission raised to ``max_column`` (default `MAX_COLUMN`), so a
         stellar line the reconstruction misses cannot pass for absorption deeper
         than the atmosphere's lines at that wavelength.  None: no bound.
+    column_factor : float or None
+        ``divide``: a column of the reference line transmission is fitted per
+        spectrum and molecule (H2O, O2) and ``T`` is held between that transmission
+        at the column times and divided by ``column_factor`` (default
+        `COLUMN_FACTOR`): ``T`` can then only be deep where the atmosphere has lines,
+        is 1 where it has none, and a band whose expected absorption is below the
+        noise keeps ``T = 1`` (:func:`~specutils_deepclean.tellurics.column_bounds`).
+        None: no such bounds (the paper's blind estimate within ``max_column``).
 
     Returns
     -------
@@ -233,7 +247,9 @@ def remove_tellurics(
         ``transmission_floor``, ``below_floor`` (bool, the input's shape: pixels
         masked because their transmission is below the floor),
         ``stellar_model_shift`` (km/s, the shift applied to the reconstruction, per
-        spectrum) and ``max_column``.
+        spectrum), ``max_column``, ``column_factor`` and ``columns`` (per molecule,
+        the fitted column relative to the reference at airmass 2.5, per spectrum;
+        absent when ``column_factor`` is None).
 
     Raises
     ------
@@ -281,6 +297,8 @@ def remove_tellurics(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if max_column is not None and not max_column > 0:
         raise ValueError(f"max_column must be positive or None, got {max_column!r}")
+    if column_factor is not None and not column_factor >= 1:
+        raise ValueError(f"column_factor must be at least 1 or None, got {column_factor!r}")
     from .models.karaoke import KaraokeVAE
 
     device = _device(device)
@@ -320,7 +338,16 @@ def remove_tellurics(
     info["stellar_model_shift"] = _per_spectrum(gs, shift)
     info["max_column"] = max_column
     lower = None if max_column is None else np.clip(lines, 0.0, 1.0) ** max_column
-    return _divide_result(spectrum, gs, recon, region, smooth_pixels, lower, info)
+    upper = None
+    info["column_factor"] = column_factor
+    if column_factor is not None:
+        low, upper, columns = column_bounds(
+            gs.flux, recon, lines, region, molecule_labels(grid.wave_aa, grid.medium),
+            wave_aa=grid.wave_aa, sigma=gs.sigma, factor=column_factor, max_column=max_column,
+        )
+        lower = low if lower is None else np.maximum(lower, low)
+        info["columns"] = {name: _per_spectrum(gs, columns[:, m]) for m, name in enumerate(MOLECULES)}
+    return _divide_result(spectrum, gs, recon, region, smooth_pixels, (lower, upper), info)
 
 
 def _aligned_reconstruction(gs, recon: np.ndarray, region: np.ndarray):
@@ -353,7 +380,7 @@ def _reconstruct_result(gs, recon, region, info) -> Spectrum:
     return from_model_grid(gs, recon, sigma, meta=info)
 
 
-def _divide_result(spectrum, gs, recon, region, smooth_pixels, lower, info) -> Spectrum:
+def _divide_result(spectrum, gs, recon, region, smooth_pixels, bounds, info) -> Spectrum:
     t_grid, unusable = estimate_transmission(
         gs.flux,
         recon,
@@ -361,7 +388,8 @@ def _divide_result(spectrum, gs, recon, region, smooth_pixels, lower, info) -> S
         missing=gs.missing,
         smooth_pixels=smooth_pixels,
         floor=TRANSMISSION_FLOOR,
-        lower=lower,
+        lower=bounds[0],
+        upper=bounds[1],
     )
     # Resample T - 1: exactly zero outside the bands, so those pixels stay untouched.
     # Input pixels overlapping a grid pixel without a usable T are uncovered.

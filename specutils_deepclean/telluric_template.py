@@ -57,6 +57,7 @@ __all__ = [
     "MolecularTemplate",
     "build_molecular_template",
     "load_molecular_template",
+    "molecule_labels",
 ]
 
 #: The template's components, in this order everywhere.
@@ -269,3 +270,51 @@ def load_molecular_template(path: str | os.PathLike | None = None) -> MolecularT
                 meta={"WSCALE": float(header.get("WSCALE", np.nan))},
             )
     return _LOADED[key]
+
+
+_LABELS: dict = {}
+
+
+def molecule_labels(wave_aa: np.ndarray, medium: str) -> np.ndarray:
+    """Index (into `MOLECULES`) of the molecule whose lines dominate each pixel.
+
+    From the shipped template (`load_molecular_template`): each molecule's optical
+    depth averaged over the pixel, smoothed by a Gaussian of one pixel (line wings
+    at a resolution like the model's), the largest wins.  Pixels
+    beyond the template or without any line get the first molecule.  Cached per grid.
+
+    Parameters
+    ----------
+    wave_aa : ndarray, shape (n_pix,)
+        Pixel centres, Angstrom, increasing.
+    medium : {"air", "vacuum"}
+        Medium of ``wave_aa``.
+
+    Returns
+    -------
+    ndarray of int, shape (n_pix,)
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    from .resample import bin_edges
+
+    wave_aa = np.asarray(wave_aa, dtype=float)
+    key = (wave_aa.tobytes(), medium)
+    if key not in _LABELS:
+        template = load_molecular_template()
+        wave = template.wavelength
+        if medium != template.medium:
+            from specutils.utils.wcs_utils import air_to_vac, vac_to_air
+
+            convert = vac_to_air if medium == "air" else air_to_vac
+            wave = convert(wave * u.AA).to_value(u.AA)
+        index = np.searchsorted(wave, bin_edges(wave_aa))
+        count = np.maximum(np.diff(index), 1)
+        depth = []
+        for name in MOLECULES:
+            total = np.concatenate([[0.0], np.cumsum(template.optical_depth[name])])
+            depth.append(gaussian_filter1d(np.diff(total[index]) / count, 1.0, mode="nearest"))
+        if len(_LABELS) > 16:
+            _LABELS.clear()
+        _LABELS[key] = np.argmax(np.array(depth), axis=0)
+    return _LABELS[key]

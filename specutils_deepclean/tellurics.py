@@ -8,18 +8,40 @@ spectrum cannot tell the smooth part from the star's continuum, and no method re
 it, so, like Sedaghat et al. (2023, Sect. 5.2), everything here works with the *line*
 transmission: the transmission divided by its own smooth upper envelope.
 
+``remove_tellurics(mode="divide")`` bounds its transmission by the atmosphere's own
+shape: the model's reference line transmission raised to a column fitted per spectrum
+and molecule (`column_bounds`), so ``T`` can only be deep where the atmosphere has
+lines, and is exactly 1 in a band whose expected absorption is below the noise.
+
 All functions work on arrays on one wavelength grid (last axis spectral) and never
 see a `~specutils.Spectrum`.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.ndimage import binary_dilation, percentile_filter, uniform_filter1d
 
 from ._deprecated import moved
 
-__all__ = ["split_transmission", "telluric_region", "estimate_transmission"]
+__all__ = [
+    "split_transmission",
+    "telluric_region",
+    "estimate_transmission",
+    "band_segments",
+    "fit_columns",
+    "column_bounds",
+]
+
+#: Runs of the telluric region closer than this (Angstrom) form one band.
+BAND_GAP_AA = 30.0
+#: A band whose expected absorption (sum over its pixels of ``(ln T / noise)**2`` at
+#: the fitted column) is below this keeps ``T = 1``: it cannot be told from noise.
+MIN_BAND_SIGNAL = 1.0
+#: Smallest relative noise assumed (noiseless or perfectly reconstructed spectra).
+MIN_NOISE = 1e-3
 
 
 def _window_pixels(wave_aa: np.ndarray, window_aa: float) -> int:
@@ -134,13 +156,14 @@ def estimate_transmission(
     smooth_pixels: float = 1.0,
     floor: float = 0.05,
     lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Transmission ``T = observed / reconstruction`` inside the telluric region.
 
     Inside ``region`` the ratio is smoothed with a Gaussian of ``smooth_pixels``
-    (valid pixels only) and clipped to at most 1, and to at least ``lower`` (the
-    deepest the atmosphere can absorb there) where given; outside it ``T`` is
-    exactly 1.
+    (valid pixels only) and clipped to at most 1, to at least ``lower`` (the
+    deepest the atmosphere can absorb there) and to at most ``upper`` (the
+    shallowest) where given; outside it ``T`` is exactly 1.
     Pixels where ``T`` falls below ``floor`` (saturated lines: no stellar flux
     reaches the telescope) cannot be corrected and are flagged.
 
@@ -157,10 +180,14 @@ def estimate_transmission(
         Gaussian sigma (grid pixels) of the smoothing; 0 for none.
     floor : float
         Smallest usable transmission.
-    lower : ndarray, shape (n_pix,), optional
+    lower : ndarray, shape (n_pix,) or (n, n_pix), optional
         Lower bound of ``T`` per pixel: a reconstruction whose stellar line is
         deeper or shallower than the observed one cannot make ``T`` deeper than the
         atmosphere's lines.
+    upper : ndarray, shape (n_pix,) or (n, n_pix), optional
+        Upper bound of ``T`` per pixel (`column_bounds`); where it is below
+        ``lower``, ``lower`` wins.  A pixel with ``lower == upper == 1`` keeps
+        ``T = 1`` whatever the ratio.
 
     Returns
     -------
@@ -181,6 +208,9 @@ def estimate_transmission(
     >>> estimate_transmission(obs, rec, np.array([False, True, True, False]),
     ...                       smooth_pixels=0, lower=np.full(4, 0.8))[0]
     array([[1. , 0.8, 1. , 1. ]])
+    >>> estimate_transmission(obs, rec, np.array([False, True, True, False]),
+    ...                       smooth_pixels=0, upper=np.full(4, 0.9))[0]
+    array([[1. , 0.5, 0.9, 1. ]])
     """
     observed = np.atleast_2d(np.asarray(observed, dtype=float))
     reconstruction = np.atleast_2d(np.asarray(reconstruction, dtype=float))
@@ -199,15 +229,223 @@ def estimate_transmission(
         ratio = observed / reconstruction
     smooth = _smooth_valid(ratio, valid, smooth_pixels)
     inside = np.broadcast_to(region, observed.shape)
-    if lower is not None:
-        lower = np.asarray(lower, dtype=float)
-        if lower.shape != region.shape:
-            raise ValueError(f"lower has shape {lower.shape}, region ({region.size},)")
-        smooth = np.maximum(smooth, lower)  # NaN (unknown) stays NaN
+    bounds = {}
+    for name, bound in (("lower", lower), ("upper", upper)):
+        if bound is not None:
+            bound = np.asarray(bound, dtype=float)
+            if bound.shape not in (region.shape, observed.shape):
+                raise ValueError(
+                    f"{name} has shape {bound.shape}, expected ({region.size},) or "
+                    f"{observed.shape}"
+                )
+            bounds[name] = bound
+    if "upper" in bounds:
+        smooth = np.minimum(smooth, bounds["upper"])  # NaN (unknown) stays NaN
+    if "lower" in bounds:
+        smooth = np.maximum(smooth, bounds["lower"])
     transmission = np.where(inside, np.minimum(smooth, 1.0), 1.0)
     unusable = inside & ~(transmission >= floor)
     transmission = np.where(inside & (transmission < floor), floor, transmission)
     return transmission, unusable
+
+
+def band_segments(region: np.ndarray, wave_aa: np.ndarray, *, gap_aa: float = BAND_GAP_AA) -> list:
+    """The telluric region cut into bands: runs closer than ``gap_aa`` join.
+
+    Parameters
+    ----------
+    region : ndarray of bool, shape (n_pix,)
+        The telluric region (`telluric_region`).
+    wave_aa : ndarray, shape (n_pix,)
+        Grid wavelengths (Angstrom), increasing.
+    gap_aa : float
+        Largest gap inside one band.
+
+    Returns
+    -------
+    list of ndarray of bool, shape (n_pix,)
+        One mask per band, each a subset of ``region``, in increasing wavelength.
+
+    Examples
+    --------
+    >>> wave = np.arange(10.0) * 10
+    >>> region = np.array([1, 1, 0, 1, 0, 0, 0, 0, 1, 1], bool)
+    >>> [m.nonzero()[0].tolist() for m in band_segments(region, wave, gap_aa=25)]
+    [[0, 1, 3], [8, 9]]
+    """
+    region = np.asarray(region, dtype=bool)
+    wave_aa = np.asarray(wave_aa, dtype=float)
+    where = np.flatnonzero(region)
+    if where.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(wave_aa[where]) > gap_aa) + 1
+    masks = []
+    for run in np.split(where, cuts):
+        mask = np.zeros(region.shape, dtype=bool)
+        mask[run] = True
+        masks.append(mask)
+    return masks
+
+
+
+def fit_columns(
+    observed: np.ndarray,
+    reconstruction: np.ndarray,
+    lines: np.ndarray,
+    groups: list,
+    *,
+    noise: np.ndarray,
+    clip: float = 3.0,
+    iterations: int = 3,
+) -> np.ndarray:
+    r"""Column of each group of pixels relative to a reference: ``observed = reconstruction * lines**p``.
+
+    Per spectrum and group, :math:`p` is the weighted least-squares solution of
+    :math:`\ln(y / \bar S) = p \ln T_0` over the group's valid pixels where
+    :math:`T_0 < 1` (weights ``1 / noise**2``), refitted ``iterations`` times without
+    the pixels whose residual exceeds ``clip`` times their noise (stellar lines the
+    reconstruction misses; a row left without pixels keeps its previous fit); at
+    least 0.
+
+    Parameters
+    ----------
+    observed, reconstruction : ndarray, shape (n, n_pix)
+        Normalised observation and telluric-free model (NaN where missing).
+    lines : ndarray, shape (n_pix,)
+        Reference line transmission :math:`T_0`.
+    groups : list of ndarray of bool, shape (n_pix,)
+        The pixels of each group (a molecule's lines).
+    noise : ndarray, shape (n, n_pix)
+        Standard deviation of :math:`\ln y` (relative noise); pixels where it is not
+        positive and finite are left out.
+    clip : float
+        Rejection threshold, in units of ``noise``.
+    iterations : int
+        Fits (the first with every pixel).
+
+    Returns
+    -------
+    ndarray, shape (n, len(groups))
+        0 where a group has no usable pixel.
+
+    Examples
+    --------
+    >>> ref = np.array([1.0, 0.9, 0.5, 0.8])
+    >>> star = np.ones((1, 4))
+    >>> obs = star * ref**0.6
+    >>> fit_columns(obs, star, ref, [np.ones(4, bool)], noise=np.full((1, 4), 0.01)).round(6)
+    array([[0.6]])
+    """
+    observed = np.atleast_2d(np.asarray(observed, dtype=float))
+    reconstruction = np.atleast_2d(np.asarray(reconstruction, dtype=float))
+    log_ref = np.log(np.clip(np.asarray(lines, dtype=float), 1e-6, 1.0))
+    noise = np.atleast_2d(np.asarray(noise, dtype=float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        valid = (observed > 0) & (reconstruction > 0) & (noise > 0) & np.isfinite(noise)
+        log_ratio = np.log(np.where(valid, observed / reconstruction, 1.0))
+    noise = np.where(valid, noise, 1.0)
+    columns = np.zeros((observed.shape[0], len(groups)))
+    for j, group in enumerate(groups):
+        use = valid & (np.asarray(group, dtype=bool) & (log_ref < 0))[None]
+        p = np.zeros(observed.shape[0])
+        for _ in range(iterations):
+            weight = np.where(use, noise**-2, 0.0)
+            den = (weight * log_ref**2).sum(axis=1)
+            # a row whose every pixel was rejected keeps its previous fit
+            p = np.where(den > 0, (weight * log_ref * log_ratio).sum(axis=1) / np.where(
+                den > 0, den, 1.0), p)
+            use &= np.abs(log_ratio - p[:, None] * log_ref) < clip * noise
+        columns[:, j] = np.maximum(p, 0.0)
+    return columns
+
+
+def column_bounds(
+    observed: np.ndarray,
+    reconstruction: np.ndarray,
+    lines: np.ndarray,
+    region: np.ndarray,
+    molecules: np.ndarray,
+    *,
+    wave_aa: np.ndarray,
+    sigma: np.ndarray | None = None,
+    factor: float = 1.25,
+    max_column: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Bounds on the transmission from the reference atmosphere at a fitted column.
+
+    For each spectrum and molecule :math:`s` a column :math:`p_s` of the reference
+    line transmission :math:`T_0` (the model's, at airmass 2.5) is fitted over the
+    region's pixels that molecule dominates (`fit_columns`,
+    :func:`~specutils_deepclean.telluric_template.molecule_labels`);
+    each pixel's transmission is then held between :math:`T_0^{p_s \kappa}` and
+    :math:`T_0^{p_s / \kappa}` (:math:`\kappa` = ``factor``): only as deep as the
+    atmosphere can be there, and exactly 1 where it has no lines.  A band
+    (`band_segments`) whose expected absorption at those columns is below its noise
+    (`MIN_BAND_SIGNAL`) is held at 1.
+
+    Parameters
+    ----------
+    observed, reconstruction : ndarray, shape (n, n_pix)
+        Normalised observation and (aligned) telluric-free reconstruction.
+    lines : ndarray, shape (n_pix,)
+        Reference line transmission :math:`T_0`.
+    region : ndarray of bool, shape (n_pix,)
+        The telluric region.
+    molecules : ndarray of int, shape (n_pix,)
+        The dominant molecule of each pixel
+        (:func:`~specutils_deepclean.telluric_template.molecule_labels`).
+    wave_aa : ndarray, shape (n_pix,)
+        Grid wavelengths (Angstrom), for the bands.
+    sigma : ndarray, shape (n, n_pix), optional
+        Uncertainty of ``observed``; where it is missing or not finite, each
+        spectrum's robust scatter of :math:`\ln(y / \bar S)` outside the region;
+        never below `MIN_NOISE`.
+    factor : float
+        :math:`\kappa \ge 1`.
+    max_column : float, optional
+        Largest column fitted.
+
+    Returns
+    -------
+    lower, upper : ndarray, shape (n, n_pix)
+        The bounds (1 outside the region).
+    columns : ndarray, shape (n, n_molecule)
+        The fitted :math:`p_s`, per molecule index.
+    """
+    if not factor >= 1:
+        raise ValueError(f"factor must be at least 1, got {factor}")
+    observed = np.atleast_2d(np.asarray(observed, dtype=float))
+    reconstruction = np.atleast_2d(np.asarray(reconstruction, dtype=float))
+    region = np.asarray(region, dtype=bool)
+    molecules = np.asarray(molecules)
+    log_ref = np.log(np.clip(np.asarray(lines, dtype=float), 1e-6, 1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ratio = np.log(observed / reconstruction)
+        noise = np.full(observed.shape, np.nan) if sigma is None else sigma / observed
+    outside = np.where(region[None, :] | ~np.isfinite(log_ratio), np.nan, log_ratio)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a valid pixel
+        centre = np.nanmedian(outside, axis=1, keepdims=True)
+        scatter = 1.4826 * np.nanmedian(np.abs(outside - centre), axis=1, keepdims=True)
+    noise = np.where((noise > 0) & np.isfinite(noise), noise, scatter)
+    noise = np.maximum(noise, MIN_NOISE)  # NaN (no estimate) stays NaN
+    n_molecule = int(molecules.max()) + 1 if molecules.size else 1
+    groups = [region & (molecules == m) for m in range(n_molecule)]
+    columns = fit_columns(observed, reconstruction, lines, groups, noise=noise)
+    if max_column is not None:
+        columns = np.minimum(columns, max_column)
+    power = np.zeros(observed.shape)
+    for m, group in enumerate(groups):
+        power[:, group] = columns[:, m : m + 1]
+    lower = np.exp(power * factor * log_ref)
+    upper = np.exp(power / factor * log_ref)
+    valid = np.isfinite(log_ratio) & (noise > 0) & np.isfinite(noise)
+    expected = np.where(valid, power * log_ref / np.where(valid, noise, 1.0), 0.0) ** 2
+    for band in band_segments(region, wave_aa):
+        quiet = expected[:, band].sum(axis=1) < MIN_BAND_SIGNAL
+        lower[np.ix_(quiet, band)] = 1.0
+        upper[np.ix_(quiet, band)] = 1.0
+    return lower, upper, columns
 
 
 __getattr__ = moved(__name__, {"reference_lines": "specutils_deepclean.training.karaoke"})

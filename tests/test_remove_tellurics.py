@@ -176,15 +176,49 @@ def test_divide_transmission_no_deeper_than_the_atmosphere(model):
     spec = Spectrum(flux=observed * u.one, spectral_axis=WAVE * u.AA, meta={"medium": "air"})
     net = with_reconstruction(model, lined_star(0.0, CLEAR_LINES))
     near = np.abs(WAVE - weak[0]) < 3.0
-    free = remove_tellurics(spec, net, device="cpu", smooth_pixels=0, max_column=None)
+    free = remove_tellurics(spec, net, device="cpu", smooth_pixels=0, max_column=None,
+                            column_factor=None)
     deepest = np.nanmin(free.meta["deepclean"]["transmission"].flux.value[near])
     assert deepest < 0.85
     for max_column in (1.0, 3.0):
-        out = remove_tellurics(spec, net, device="cpu", smooth_pixels=0, max_column=max_column)
+        out = remove_tellurics(spec, net, device="cpu", smooth_pixels=0, max_column=max_column,
+                               column_factor=None)
         t = out.meta["deepclean"]["transmission"].flux.value
         assert out.meta["deepclean"]["max_column"] == max_column
         assert np.all(t >= tellurics(0.3) ** max_column - 1e-6)  # float32 reference
         assert np.nanmin(t[near]) > deepest + 0.05
+
+
+def test_divide_transmission_within_the_fitted_column(model):
+    """The same missing stellar line: with the column bounds (the default) T follows
+    the atmosphere at the column fitted over the band, not the stellar line, and the
+    column is in the meta; where the fitted column is zero, T is exactly 1."""
+    weak = (6910.0, 0.3)
+    observed = lined_star(0.0, CLEAR_LINES + [weak]) * tellurics(0.2)
+    spec = Spectrum(flux=observed * u.one, spectral_axis=WAVE * u.AA, meta={"medium": "air"})
+    net = with_reconstruction(model, lined_star(0.0, CLEAR_LINES))
+    near = np.abs(WAVE - weak[0]) < 3.0
+    out = remove_tellurics(spec, net, device="cpu", smooth_pixels=0)
+    info = out.meta["deepclean"]
+    t = info["transmission"].flux.value
+    reference = tellurics(0.3)
+    # the band is O2 B: the true column is ln(0.8)/ln(0.7) = 0.63-0.67 of the
+    # reference's (the ratio varies across the line); the missing line and the
+    # noiseless fit's rejections pull it a little lower
+    assert info["column_factor"] == 1.25 and 0.55 < info["columns"]["O2"] < 0.75
+    column = info["columns"]["O2"]
+    assert np.all(t >= reference ** (1.25 * column) - 1e-6)
+    changed = t < 1  # the telluric region
+    assert changed[near].all() and np.all((t <= reference ** (column / 1.25) + 1e-6)[changed])
+    assert np.max(np.abs(t - tellurics(0.2))[near]) < 0.02
+    # no atmosphere in the observation: column 0, T = 1 everywhere
+    clear = Spectrum(flux=lined_star(0.0, CLEAR_LINES) * u.one, spectral_axis=WAVE * u.AA,
+                     meta={"medium": "air"})
+    out = remove_tellurics(clear, net, device="cpu", smooth_pixels=0)
+    assert out.meta["deepclean"]["columns"]["O2"] == 0.0
+    np.testing.assert_array_equal(out.meta["deepclean"]["transmission"].flux.value, 1.0)
+    with pytest.raises(ValueError, match="column_factor"):
+        remove_tellurics(spec, net, device="cpu", column_factor=0.5)
 
 
 @pytest.mark.parametrize("mode", ["divide", "reconstruct"])

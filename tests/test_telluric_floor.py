@@ -52,7 +52,7 @@ def test_resampling_overshoot_below_the_floor_is_masked(tmp_path):
     gs = to_model_grid(spectrum, grid)
     recon = np.ones_like(gs.flux) / gs.scale[:, None]  # the star: flat, level 1
     region = np.ones(len(grid), dtype=bool)
-    result = _divide_result(spectrum, gs, recon, region, 0.0, None, {})
+    result = _divide_result(spectrum, gs, recon, region, 0.0, (None, None), {})
     t = result.meta["deepclean"]["transmission"].flux.value
     below = result.meta["deepclean"]["below_floor"]
     assert np.nanmin(t) < 0  # the construct overshoots below zero on the input axis

@@ -83,3 +83,51 @@ def test_estimate_bad_arguments(kwargs, match):
 def test_estimate_shape_mismatch():
     with pytest.raises(ValueError, match="do not match"):
         estimate_transmission(np.ones((1, 3)), np.ones((1, 4)), np.ones(3, bool))
+
+
+def test_molecule_labels_o2_and_water_bands():
+    from specutils_deepclean.telluric_template import MOLECULES, molecule_labels
+
+    wave = np.arange(6850.0, 7300.0, 0.9)
+    labels = molecule_labels(wave, "air")
+    assert labels.shape == wave.shape
+    o2_b = (wave > 6868) & (wave < 6880)  # the O2 B band head
+    water = (wave > 7180) & (wave < 7280)
+    assert np.all(labels[o2_b] == MOLECULES.index("O2"))
+    assert np.mean(labels[water] == MOLECULES.index("H2O")) > 0.9
+    assert molecule_labels(wave, "air") is labels  # cached per grid
+
+
+def test_column_bounds_follow_the_column_and_hold_quiet_bands():
+    """Two bands of one molecule: the column is fitted over both (a stellar line the
+    reconstruction misses rejected), the bounds bracket the truth; a spectrum whose
+    absorption is far below its noise keeps T = 1 in the weak band."""
+    from specutils_deepclean.tellurics import column_bounds
+
+    wave = np.arange(5000.0, 5400.0, 1.0)
+    ref = 1 - 0.5 * np.exp(-0.5 * ((wave - 5100) / 3) ** 2) - 0.01 * np.exp(
+        -0.5 * ((wave - 5300) / 3) ** 2
+    )
+    region = ref < 0.995
+    molecules = np.zeros(wave.size, dtype=int)
+    rng = np.random.default_rng(3)
+    star = np.ones((2, wave.size))
+    observed = star * ref**0.7
+    observed[:, 95:98] *= 0.8  # a stellar line missing from the reconstruction
+    sigma = np.array([[1e-3], [0.05]]) * np.ones(wave.size)
+    observed = observed + sigma * rng.normal(size=observed.shape)
+    lower, upper, columns = column_bounds(
+        observed, star, ref, region, molecules, wave_aa=wave, sigma=sigma, factor=1.25
+    )
+    assert columns.shape == (2, 1) and abs(columns[0, 0] - 0.7) < 0.02
+    truth = ref**0.7
+    strong = region & (wave < 5200)
+    assert np.all((lower[0] <= truth + 1e-9)[strong]) and np.all((upper[0] >= truth - 1e-9)[strong])
+    np.testing.assert_array_equal(lower[:, ~region], 1.0)
+    np.testing.assert_array_equal(upper[:, ~region], 1.0)
+    weak = region & (wave > 5200)
+    assert np.all(lower[0, weak] < 1)  # 1 % deep at noise 0.1 %: corrected
+    np.testing.assert_array_equal(lower[1, weak], 1.0)  # at noise 5 %: held at 1
+    np.testing.assert_array_equal(upper[1, weak], 1.0)
+    with pytest.raises(ValueError, match="factor"):
+        column_bounds(observed, star, ref, region, molecules, wave_aa=wave, factor=0.9)
