@@ -33,6 +33,9 @@ __all__ = [
     "band_segments",
     "fit_columns",
     "column_bounds",
+    "BAND_GAP_AA",
+    "MIN_BAND_SIGNAL",
+    "MIN_NOISE",
 ]
 
 #: Runs of the telluric region closer than this (Angstrom) form one band.
