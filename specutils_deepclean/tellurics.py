@@ -350,15 +350,16 @@ def fit_columns(
     inverse = noise**-2
     columns = np.zeros((observed.shape[0], len(groups)))
     for j, group in enumerate(groups):
-        use = valid & (np.asarray(group, dtype=bool) & (log_ref < 0))[None]
+        cols = np.flatnonzero(np.asarray(group, dtype=bool) & (log_ref < 0))
+        g, y, limit = log_ref[cols], log_ratio[:, cols], clip * noise[:, cols]
+        use, inv = valid[:, cols], inverse[:, cols]
         p = np.zeros(observed.shape[0])
         for _ in range(iterations):
-            weight = np.where(use, inverse, 0.0)
-            den = (weight * log_ref**2).sum(axis=1)
+            weight = np.where(use, inv, 0.0)
+            den = weight @ g**2
             # a row whose every pixel was rejected keeps its previous fit
-            p = np.where(den > 0, (weight * log_ref * log_ratio).sum(axis=1) / np.where(
-                den > 0, den, 1.0), p)
-            use &= np.abs(log_ratio - p[:, None] * log_ref) < clip * noise
+            p = np.where(den > 0, (weight * y) @ g / np.where(den > 0, den, 1.0), p)
+            use &= np.abs(y - p[:, None] * g) < limit
         columns[:, j] = np.maximum(p, 0.0)
     return columns
 
