@@ -52,7 +52,7 @@ TRANSMISSION_FLOOR = 0.05
 MAX_COLUMN = 3.0
 #: `remove_tellurics` (``divide``) holds the transmission between the reference line
 #: transmission at the fitted column divided and multiplied by this.
-COLUMN_FACTOR = 1.25
+COLUMN_FACTOR = 1.1
 #: `denoise` fits radial velocities within plus or minus this by default.
 DEFAULT_VELOCITY_RANGE = 2000.0 * u.km / u.s
 _C_KMS = float(const.c.to_value(u.km / u.s))
