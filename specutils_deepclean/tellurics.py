@@ -25,6 +25,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, percentile_filter, uniform_filter1d
 
 from ._deprecated import moved
+from .metrics import _row_median as _sorted_row_median
 
 __all__ = [
     "split_transmission",
@@ -290,16 +291,13 @@ def band_segments(region: np.ndarray, wave_aa: np.ndarray, *, gap_aa: float = BA
     return masks
 
 
-
 def _row_median(values: np.ndarray) -> np.ndarray:
     """Median of each row over its finite values (0 for a row without any); a sort,
     much faster than `numpy.nanmedian` along an axis."""
-    ordered = np.sort(np.where(np.isfinite(values), values, np.inf), axis=1)
-    count = np.isfinite(values).sum(axis=1)
-    rows = np.arange(values.shape[0])
-    low = ordered[rows, np.maximum(count - 1, 0) // 2]
-    high = ordered[rows, np.minimum(count // 2, values.shape[1] - 1)]
-    return np.where(count > 0, 0.5 * (low + high), 0.0)
+    finite = np.isfinite(values)
+    count = finite.sum(axis=1)
+    ordered = np.sort(np.where(finite, values, np.inf), axis=1)
+    return np.where(count > 0, _sorted_row_median(ordered, np.maximum(count, 1)), 0.0)
 
 
 def fit_columns(
