@@ -26,12 +26,11 @@ from __future__ import annotations
 import numpy as np
 
 from .telluric_fit import _clear_pixels, _noise, fit_transmission
-from .telluric_star import MAX_SHIFT_KMS, align_stellar
+from .telluric_star import C_KMS, MAX_SHIFT_KMS, align_stellar
 from .telluric_template import MOLECULES
 
 __all__ = ["STELLAR_BASIS", "STELLAR_REGION", "refine_stellar", "remove_physical"]
 
-C_KMS = 299792.458
 #: The shipped model whose principal components `remove_tellurics` passes as ``basis``.
 STELLAR_BASIS = "miles-pca"
 #: Wavelengths (Angstrom, air) where `refine_stellar` corrects the stellar model: the
