@@ -101,6 +101,9 @@ class DopplerShift:
     ----------
     velocity : ndarray, shape (B, E)
         The velocities (float64, km/s).
+    base : tensor of int64, shape (B, E, P)
+        The grid pixel of each pixel's tap at 0 (its source's pixel, rounded down);
+        `index` gives all four taps.
     valid : tensor of bool, shape (B, E, P)
         Pixels whose value comes from inside the grid (all four taps).
     """
@@ -124,9 +127,7 @@ class DopplerShift:
         high = source if not margin else wave * (1.0 - (velocity[..., None] - margin) / C_KMS)
         valid = (low >= wave[1]) & (high < wave[-2])
         frac = torch.as_tensor(pos - base, device=device).to(dtype or torch.float64)
-        base = torch.as_tensor(base.astype(np.int64), device=device)
-        taps = torch.arange(-1, 3, device=device)[:, None]
-        self.index = (base[..., None, :] + taps).clamp_(0, wave.size - 1)  # (B, E, 4, P)
+        self.base = torch.as_tensor(base.astype(np.int64), device=device)  # (B, E, P)
         self.weight = _keys_weights(frac)  # (B, E, 4, P)
         self.valid = torch.as_tensor(valid, device=device)
         self._inverses: dict[float, DopplerShift] = {}
@@ -135,6 +136,11 @@ class DopplerShift:
     def n_exposures(self) -> int:
         """E, exposures per star."""
         return self.velocity.shape[1]
+
+    @property
+    def index(self) -> torch.Tensor:
+        """The pixels (B, E, 4, P) of the taps at -1, 0, 1, 2, clamped to the grid."""
+        return _tap_pixels(self.base)
 
     def apply(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Shift rest-frame rows ``x`` (n, ..., P) of stars ``rows`` (n,): (n, E, ..., P).
@@ -145,16 +151,20 @@ class DopplerShift:
         flat = x.reshape(n, -1, n_pix)
         if flat.shape[1] >= _SPARSE_ROWS:
             return self._apply_sparse(flat, rows).reshape(n, self.n_exposures, *mid, n_pix)
-        index, weight = self.index, self.weight  # (n, E, 4, P); copied only for a subset
-        if rows.numel() != index.shape[0] or not torch.equal(
+        base, weight = self.base, self.weight  # (n, E, P), (n, E, 4, P); copied for a subset
+        if rows.numel() != base.shape[0] or not torch.equal(
             rows, torch.arange(rows.numel(), device=rows.device)
         ):
-            index, weight = index[rows], weight[rows]
+            base, weight = base[rows], weight[rows]
+        # the edge pixel repeated once below and twice above the grid: tap t of pixel p is
+        # padded[base + t], the clamped grid pixel base + t - 1, so one index serves all taps
+        padded = torch.nn.functional.pad(flat, (1, 2), mode="replicate")
         out = []
         for e in range(self.n_exposures):
             shifted = None
+            index = base[:, e, None].expand(flat.shape)
             for tap in range(4):  # a gather along the pixels per tap, all other axes at once
-                value = torch.gather(flat, 2, index[:, e, tap, None].expand(flat.shape))
+                value = torch.gather(padded[..., tap : tap + n_pix], 2, index)
                 tap_weight = weight[:, e, tap, None]
                 if shifted is None:
                     shifted = value * tap_weight
@@ -171,11 +181,12 @@ class DopplerShift:
         columns = flat.transpose(1, 2).reshape(n * n_pix, m)  # a view for Jacobians
         offset = (torch.arange(n, device=flat.device) * n_pix)[:, None, None]
         starts = torch.arange(0, 4 * n * n_pix + 1, 4, device=flat.device)
+        index = _tap_pixels(self.base[rows])  # (n, E, 4, P)
         out = []
         for e in range(self.n_exposures):
             matrix = _csr(
                 starts,
-                (self.index[rows, e] + offset).transpose(1, 2).reshape(-1),
+                (index[:, e] + offset).transpose(1, 2).reshape(-1),
                 self.weight[rows, e].transpose(1, 2).reshape(-1).to(flat.dtype),
                 n * n_pix,
             )
@@ -199,10 +210,17 @@ class DopplerShift:
                 self.wave,
                 -v / (1.0 - v / C_KMS),
                 margin=margin,
-                device=self.index.device,
+                device=self.base.device,
                 dtype=self.weight.dtype,
             )
         return self._inverses[margin]
+
+
+def _tap_pixels(base: torch.Tensor) -> torch.Tensor:
+    """The pixels (..., 4, P) of the taps at -1, 0, 1, 2 of ``base`` (..., P), clamped to
+    the grid."""
+    taps = torch.arange(-1, 3, device=base.device)[:, None]
+    return (base[..., None, :] + taps).clamp_(0, base.shape[-1] - 1)
 
 
 def _csr(starts, columns, values, size: int) -> torch.Tensor:
