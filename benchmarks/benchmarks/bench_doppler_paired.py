@@ -1,0 +1,108 @@
+"""In-process paired timing of ``denoise``'s MAP with an older tree's `DopplerShift`.
+
+The baseline tree's ``specutils_deepclean/models/velocity.py`` (``--baseline``, for
+example a detached worktree of main) is loaded as a separate module and its
+``DopplerShift`` class swapped in for this checkout's wherever the MAP builds one
+(``models.velocity``, ``models.denoiser``, ``models.observations``); everything else
+is this checkout's code.  `Denoiser.map_estimate` (velocity fitted) runs on the same
+simulated batch (``bench_denoise_speed.simulated``: MILES ``val``) with each class in
+turn, the order alternating per pair, after one warm-up call.  Both sides share the
+process, so other work on a shared machine slows them alike: the medians of the CPU
+seconds per call and of the per-pair ratios are the figures to trust.  Also checks
+that both give the same flux and MAP class.
+
+    python benchmarks/benchmarks/bench_doppler_paired.py --baseline /tmp/main \\
+        --json benchmarks/results/doppler_paired.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_denoise_speed import simulated  # noqa: E402
+
+
+def baseline_class(tree: Path):
+    """``DopplerShift`` of ``tree``'s ``models/velocity.py``, loaded as its own module."""
+    path = tree / "specutils_deepclean" / "models" / "velocity.py"
+    if not path.is_file():
+        raise SystemExit(f"--baseline has no {path}")
+    spec = importlib.util.spec_from_file_location("specutils_deepclean.models._velocity_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DopplerShift
+
+
+def main(argv=None) -> dict:
+    """Run the comparison and write the JSON."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--baseline", required=True, help="source tree of the older code")
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--snr", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--note", default="", help="written into the JSON (the machine...)")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+
+    from specutils_deepclean.datasets import load_library
+    from specutils_deepclean.io.models import load_model
+    from specutils_deepclean.models import denoiser, observations, velocity
+
+    torch.set_num_threads(args.threads)
+    sides = {"baseline": baseline_class(Path(args.baseline)), "new": velocity.DopplerShift}
+    model = load_model("denoiser-miles")
+    flux, sigma, missing = simulated(model, load_library(None), args.batch, args.snr, args.seed)
+
+    def run(name: str):
+        for module in (velocity, denoiser, observations):
+            module.DopplerShift = sides[name]
+        start = time.process_time()
+        result = model.map_estimate(flux, sigma, missing, velocity=None)
+        return time.process_time() - start, result
+
+    run("new")  # warm-up
+    cpu = {name: [] for name in sides}
+    results = {}
+    for pair in range(args.pairs):
+        for name in sides if pair % 2 == 0 else list(sides)[::-1]:
+            seconds, results[name] = run(name)
+            cpu[name].append(seconds)
+    velocity.DopplerShift = sides["new"]
+    old, new = results["baseline"], results["new"]
+    ratios = [b / n for b, n in zip(cpu["baseline"], cpu["new"], strict=True)]
+    report = {
+        "command": "python " + " ".join(map(shlex.quote, [sys.argv[0], *(argv or sys.argv[1:])])),
+        "baseline": args.baseline,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "note")},
+        "note": args.note,
+        "cpu_seconds": cpu,
+        "speedup_per_pair": ratios,
+        "speedup_median": statistics.median(ratios),
+        "spectra_per_cpu_second_median": {
+            name: args.batch / statistics.median(v) for name, v in cpu.items()
+        },
+        "max_abs_flux_difference": float(np.nanmax(np.abs(old.flux - new.flux))),
+        "same_map_class": float(np.mean(old.map_class == new.map_class)),
+    }
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    out = main()
+    print(json.dumps({k: out[k] for k in ("speedup_per_pair", "speedup_median")}))
