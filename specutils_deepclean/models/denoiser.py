@@ -82,8 +82,12 @@ _CHUNK = 16
 _EVAL_CHUNK = 32
 #: Screening rounds, each around the star's best point so far.
 _SCREEN_ROUNDS = 2
-#: Halvings of a Newton step that does not raise the log joint before the class stops.
+#: Halvings of a Newton step that does not raise the log joint before it is damped.
 _HALVINGS = 3
+#: Damping of a failed Newton step (its Hessian's eigenvalues floored at this times the
+#: largest), multiplied by `_DAMPING_GROWTH` after each further failure; beyond
+#: `_DAMPING_MAX` the class stops.
+_DAMPING_START, _DAMPING_GROWTH, _DAMPING_MAX = 1e-4, 100.0, 1.0
 #: Velocity search: grid step (km/s) and templates per class (KDE modes).
 _VELOCITY_STEP = 40.0
 _VELOCITY_TEMPLATES = 4
@@ -101,6 +105,7 @@ class _State:
     active: torch.Tensor
     steps: torch.Tensor
     converged: torch.Tensor
+    damping: torch.Tensor
 
 
 class Denoiser(DeepCleanModel):
@@ -555,6 +560,7 @@ class Denoiser(DeepCleanModel):
             active=active,
             steps=torch.zeros(n_star * k, dtype=torch.int64, device=z.device),
             converged=torch.zeros(n_star * k, dtype=torch.bool, device=z.device),
+            damping=torch.zeros(n_star * k, dtype=torch.float64, device=z.device),
         )
 
     def _newton(self, data: Observations, state: _State, steps: int, tol: float) -> None:
@@ -570,7 +576,7 @@ class Denoiser(DeepCleanModel):
             obj = lik + prior - math.log(self.n_classes)
             state.obj[index] = obj
             state.hess[index] = hess
-            step_matrix = floored(hess.double(), power=-1)
+            step_matrix = floored(hess.double(), power=-1, damping=state.damping[index])
             delta = (step_matrix @ grad.double()[..., None])[..., 0].to(self._dtype)
             done = 0.5 * (grad * delta).sum(-1) < tol
             if step == steps:
@@ -592,7 +598,16 @@ class Denoiser(DeepCleanModel):
             state.z[index] = z
             state.steps[index] += moved.to(torch.int64)
             state.converged[index] = done | ((gain > -tol) & ~moved)
-            state.active[index] = moved
+            # a step that lowered the log joint however halved (a direction of near-zero
+            # or negative curvature, where the floored Newton step is far too long) is
+            # tried again damped, towards the gradient; a successful step relaxes it
+            damping = state.damping[index]
+            failed = ~done & ~moved & (gain <= -tol)
+            damping = torch.where(
+                failed, (damping * _DAMPING_GROWTH).clamp_min(_DAMPING_START), damping / _DAMPING_GROWTH
+            )
+            state.damping[index] = damping
+            state.active[index] = moved | (failed & (damping <= _DAMPING_MAX))
 
     def _linear_terms(self, data: Observations, signal: torch.Tensor):
         """The linear terms' posterior mean given ``signal`` (B, P) and their variance

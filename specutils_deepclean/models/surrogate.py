@@ -76,7 +76,7 @@ def surrogate_optimum(prior, centre, grad, hess, precision, rows, classes) -> to
     return z.to(centre.dtype)
 
 
-def floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
+def floored(hess: torch.Tensor, power: int = 1, damping: torch.Tensor | None = None) -> torch.Tensor:
     """``hess`` (..., L, L) with its eigenvalues raised to their floor, to ``power``.
 
     Parameters
@@ -86,6 +86,9 @@ def floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
     power : int, optional
         1: the floored matrix, positive definite; -1: its inverse, built from the
         eigendecomposition, which never fails on a near-singular matrix.
+    damping : tensor, shape (...), optional
+        Per matrix, a higher floor: this fraction of its largest eigenvalue magnitude
+        (the damped Newton step of `~specutils_deepclean.models.denoiser.Denoiser`).
 
     Returns
     -------
@@ -96,5 +99,9 @@ def floored(hess: torch.Tensor, power: int = 1) -> torch.Tensor:
     The floor is `~specutils_deepclean.models.laplace.eig_floor`'s.
     """
     values, vectors = torch.linalg.eigh(hess)
-    values = values.clamp_min(eig_floor(values)) ** power
+    floor = eig_floor(values)
+    if damping is not None:
+        top = values.abs().amax(-1, keepdim=True)
+        floor = torch.maximum(floor, damping.to(values)[..., None] * top)
+    values = values.clamp_min(floor) ** power
     return vectors @ torch.diag_embed(values) @ vectors.transpose(-1, -2)
