@@ -304,3 +304,21 @@ def test_generate_jacobian_matches_autograd():
         np.testing.assert_allclose(jacobian[i].numpy(), reference.numpy(), rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="z must have shape"):
         model.generate_jacobian(torch.zeros(4))
+
+
+def test_generate_equals_the_1d_decoder_modules():
+    """generate runs decoder_conv channels-last: the same values as the 1-D modules."""
+    model = randomise(
+        IsometricAutoencoder(100, 4, channels=3, bottleneck_length=8, hidden=8, block=4)
+    ).double()
+    z = torch.randn(5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        features = model.decoder_head(z).view(5, -1, model.bottleneck)
+        columns = model.decoder_conv(features)  # (5, channels, n_blocks)
+        blocks = torch.einsum("ncb,bck->nbk", columns, model.decoder_out).flatten(1)
+        offset = (model.padded_length - model.n_pix) // 2
+        expected = model.mean + model.linear(z) + blocks[:, offset : offset + model.n_pix]
+        got = model.generate(z)
+        _, jacobian = model.generate_jacobian(z)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12, atol=1e-14)
+    assert jacobian.shape == (5, 100, 4)

@@ -37,6 +37,45 @@ def test_run_channels_last_polyphase_without_bias():
         torch.testing.assert_close(run_channels_last(up, _channels_last(x))[:, :, 0], up(x))
 
 
+def test_run_channels_last_without_bias_leaves_out_every_bias():
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(same_conv(3, 4, activation=False), up_block(4, 2))
+    x = torch.randn(2, 3, 6)
+    with torch.no_grad():
+        got = run_channels_last(net, _channels_last(x), bias=False)[:, :, 0]
+        conv, up = net[0], net[1][0]
+        h = torch.nn.functional.conv1d(x, conv.weight, None, padding=conv.padding)
+        h = torch.nn.functional.conv_transpose1d(h, up.weight, None, 2, 1)
+        expected = torch.nn.functional.leaky_relu(h, net[1][1].negative_slope)
+    torch.testing.assert_close(got, expected)
+
+
+def test_run_channels_last_follows_changed_weights():
+    """The converted transposed-convolution weights are kept, but not past a change."""
+    torch.manual_seed(3)
+    up = torch.nn.ConvTranspose1d(3, 2, 4, stride=2, padding=1)
+    x = torch.randn(2, 3, 5)
+    with torch.no_grad():
+        before = run_channels_last(up, _channels_last(x))
+        up.weight.mul_(2.0)  # in place
+        torch.testing.assert_close(run_channels_last(up, _channels_last(x))[:, :, 0], up(x))
+        up.bias = torch.nn.Parameter(torch.randn(2))  # replaced
+        torch.testing.assert_close(run_channels_last(up, _channels_last(x))[:, :, 0], up(x))
+    assert not torch.allclose(before[:, :, 0], up(x).detach())
+
+
+def test_run_channels_last_gradients_equal_the_1d_modules():
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(same_conv(2, 3), up_block(3, 2))
+    x = torch.randn(2, 2, 6)
+    run_channels_last(net, _channels_last(x)).square().sum().backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net(x).square().sum().backward()
+    for grad, p in zip(got, net.parameters(), strict=True):
+        torch.testing.assert_close(grad, p.grad, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "module, error",
     [

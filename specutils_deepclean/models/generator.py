@@ -23,13 +23,21 @@ import torch
 from torch import nn
 
 from .._deprecated import moved
-from .layers import LEAKY_SLOPE, down_block, fill_missing, missing_mask, up_block
+from .layers import (
+    LEAKY_SLOPE,
+    down_block,
+    fill_missing,
+    missing_mask,
+    run_channels_last,
+    up_block,
+)
 
 __all__ = ["IsometricAutoencoder"]
 
 #: Factor applied to the default initial weights of the last layer of each
 #: nonlinear path, so a fresh model is close to its linear (PCA) path.
 _RESIDUAL_INIT = 0.01
+_LAST = torch.channels_last
 
 
 class IsometricAutoencoder(nn.Module):
@@ -229,14 +237,14 @@ class IsometricAutoencoder(nn.Module):
                 f"z must end in latent_dim={self.latent_dim} values, got shape {tuple(z.shape)}"
             )
         flat = z.reshape(-1, self.latent_dim)
-        features = self.decoder_head(flat).view(flat.shape[0], -1, self.bottleneck)
-        columns = self.decoder_conv(features)  # (batch, channels, n_blocks)
+        features = self.decoder_head(flat).view(flat.shape[0], -1, 1, self.bottleneck)
+        columns = run_channels_last(self.decoder_conv, features.contiguous(memory_format=_LAST))
         out = self.mean + self.linear(flat) + self._output_layer(columns)
         return out.reshape(z.shape[:-1] + (self.n_pix,))
 
     def _output_layer(self, columns: torch.Tensor) -> torch.Tensor:
-        """The locally connected output layer: (batch, channels, n_blocks) -> (batch, n_pix)."""
-        blocks = torch.bmm(columns.permute(2, 0, 1).contiguous(), self.decoder_out)
+        """The locally connected output layer: (batch, channels, 1, n_blocks) -> (batch, n_pix)."""
+        blocks = torch.bmm(columns[:, :, 0].permute(2, 0, 1).contiguous(), self.decoder_out)
         offset = (self.padded_length - self.n_pix) // 2
         return blocks.transpose(0, 1).flatten(1)[:, offset : offset + self.n_pix]
 
@@ -261,8 +269,9 @@ class IsometricAutoencoder(nn.Module):
         signal : tensor, shape ``(n, n_pix)``
             :math:`G(z)`.
         jacobian : tensor, shape ``(n, n_pix, latent_dim)``
-            :math:`\partial G_p / \partial z_l` (a transposed view of a
-            contiguous ``(n, latent_dim, n_pix)`` tensor).
+            :math:`\partial G_p / \partial z_l` (a transposed view of the
+            ``n_pix`` middle pixels of a contiguous ``(n, latent_dim,
+            padded_length)`` tensor).
 
         Raises
         ------
@@ -281,16 +290,25 @@ class IsometricAutoencoder(nn.Module):
                     dx = layer.weight.T.expand(n, dim, -1) if dx is None else dx @ layer.weight.T
                 else:
                     x, dx = _leaky_tangent(layer, x, dx, 1)
-            x = x.reshape(n, -1, self.bottleneck)
-            dx = dx.reshape(n * dim, -1, self.bottleneck)
+            # the convolutions channels-last (see run_channels_last), tangents unbiased
+            x = x.reshape(n, -1, 1, self.bottleneck).contiguous(memory_format=_LAST)
+            dx = dx.reshape(n * dim, -1, 1, self.bottleneck).contiguous(memory_format=_LAST)
             for conv, act in self.decoder_conv:
-                x = conv(x)
-                dx = nn.functional.conv_transpose1d(
-                    dx, conv.weight, None, conv.stride, conv.padding
-                )
+                x = run_channels_last(conv, x)
+                dx = run_channels_last(conv, dx, bias=False)
                 x, dx = _leaky_tangent(act, x, dx, dim)
-            residual = self._output_layer(dx).reshape(n, dim, self.n_pix)
-            jacobian = self.linear.weight.T + residual
+            # the output layer's tangents in their (block, row, pixel) order go
+            # straight into the sum with W, one pass, on the padded pixel grid
+            n_blocks = dx.shape[-1]
+            blocks = torch.bmm(dx[:, :, 0].permute(2, 0, 1).contiguous(), self.decoder_out)
+            tangents = blocks.view(n_blocks, n, dim, self.block).permute(1, 2, 0, 3)
+            offset = (self.padded_length - self.n_pix) // 2
+            linear = nn.functional.pad(
+                self.linear.weight.T, (offset, self.padded_length - self.n_pix - offset)
+            )
+            jacobian = torch.empty(n, dim, n_blocks, self.block, dtype=z.dtype, device=z.device)
+            torch.add(linear.view(dim, n_blocks, self.block), tangents, out=jacobian)
+            jacobian = jacobian.view(n, dim, -1)[:, :, offset : offset + self.n_pix]
             signal = self.mean + self.linear(z) + self._output_layer(x)
         return signal, jacobian.transpose(1, 2)
 
@@ -324,11 +342,18 @@ class IsometricAutoencoder(nn.Module):
 
 
 def _leaky_tangent(act: nn.LeakyReLU, x: torch.Tensor, dx: torch.Tensor, repeat: int):
-    """A leaky ReLU applied to ``x`` and to its tangents ``dx`` (``repeat`` per row of ``x``)."""
+    """A leaky ReLU applied to ``x`` and to its tangents ``dx`` (``repeat`` per row of ``x``).
+
+    With ``repeat == 1``, ``dx`` has one more axis than ``x`` (after the first);
+    otherwise it has ``x``'s shape with ``repeat`` rows per row of ``x`` (any
+    memory layout, kept: the products are taken in place).
+    """
     slope = torch.full_like(x, act.negative_slope).masked_fill_(x > 0, 1.0)
     if repeat == 1:
         return x * slope, dx * slope[:, None]
-    return x * slope, dx * slope.repeat_interleave(repeat, dim=0)
+    tangents = dx.unflatten(0, (x.shape[0], repeat))
+    tangents.mul_(slope[:, None])
+    return x.mul_(slope), dx
 
 
 def _depth(n_pix: int, bottleneck_length: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -142,7 +144,7 @@ def same_conv(
     return nn.Sequential(conv, nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
 
 
-def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def run_channels_last(blocks: nn.Module, h: torch.Tensor, *, bias: bool = True) -> torch.Tensor:
     """Run a stack of this module's blocks on channels-last activations (inference).
 
     The same arithmetic as ``blocks(x)`` on ``x`` of shape (batch, channels, length),
@@ -164,6 +166,9 @@ def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
         `up_block`, `patch_block` and `same_conv`.
     h : torch.Tensor, shape (batch, channels, 1, length)
         Activations, preferably ``contiguous(memory_format=torch.channels_last)``.
+    bias : bool, optional
+        False to leave out the convolutions' biases (for tangents pushed through
+        the linear part of the network).
 
     Returns
     -------
@@ -188,34 +193,61 @@ def run_channels_last(blocks: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """
     if isinstance(blocks, nn.Sequential):
         for block in blocks:
-            h = run_channels_last(block, h)
+            h = run_channels_last(block, h, bias=bias)
         return h
     if isinstance(blocks, nn.LeakyReLU):
         return nn.functional.leaky_relu(h, blocks.negative_slope, inplace=True)
     if isinstance(blocks, nn.ConvTranspose1d):
-        return _polyphase_up(blocks, h)
+        return _polyphase_up(blocks, h, bias)
     if isinstance(blocks, nn.Conv1d):
         return nn.functional.conv2d(
             h,
             blocks.weight[:, :, None],
-            blocks.bias,
+            blocks.bias if bias else None,
             stride=(1, blocks.stride[0]),
             padding=(0, blocks.padding[0]),
         )
     raise TypeError(f"run_channels_last cannot run a {type(blocks).__name__}")
 
 
-def _polyphase_up(conv: nn.ConvTranspose1d, h: torch.Tensor) -> torch.Tensor:
+def _polyphase_up(conv: nn.ConvTranspose1d, h: torch.Tensor, bias: bool) -> torch.Tensor:
     """A transposed convolution on channels-last activations, as one convolution.
+
+    The phases of the output (see `_phase_kernel`) come out as output channels of
+    one stride-1 convolution and are then interleaved by a reshape.
+    """
+    kernel, phase_bias, n, padding = _phase_kernel(conv)
+    out = nn.functional.conv2d(h, kernel, phase_bias if bias else None, padding=(0, padding))
+    batch, channels, _, length = out.shape
+    # (batch, 1, length, [phase 0 | phase 1 | ...]) -> (batch, 1, phases * length, out)
+    pixels = out.permute(0, 2, 3, 1).reshape(batch, 1, n * length, channels // n)
+    return pixels.permute(0, 3, 1, 2)
+
+
+#: `_phase_kernel`'s converted weights, per transposed convolution, with the key
+#: (versions and storage of its parameters) they were built from.
+_PHASE_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _phase_kernel(conv: nn.ConvTranspose1d):
+    """A transposed convolution's weights as one stride-1 convolution's over its phases.
 
     `up_block`'s (kernel 4, stride 2, padding 1): output pixel ``2m`` is
     ``W[..., 3] x[m - 1] + W[..., 1] x[m]``, pixel ``2m + 1`` is
     ``W[..., 2] x[m] + W[..., 0] x[m + 1]``: a kernel-3 convolution with the two
     phases as output channels.  `patch_block`'s (kernel = stride ``s``, no padding):
     output pixel ``s m + j`` is ``W[..., j] x[m]``, a 1x1 convolution with ``s``
-    phases.  The phases are then interleaved by a reshape.
+    phases.  Returns ``(kernel, bias, phases, padding)``, kernel of shape
+    (phases * out, in, 1, width).  Kept per module while its parameters are unchanged
+    (in place or replaced), and rebuilt on every call while autograd records
+    (so gradients reach the parameters).
     """
     weight = conv.weight  # (in, out, kernel)
+    params = [p for p in (weight, conv.bias) if p is not None]
+    cache = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+    key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+    if cache and conv in _PHASE_KERNELS and _PHASE_KERNELS[conv][0] == key:
+        return _PHASE_KERNELS[conv][1]
     stride, kernel = conv.stride[0], conv.kernel_size[0]
     if (kernel, stride, conv.padding[0]) == (4, 2, 1):
         zero = torch.zeros_like(weight[:, :, 0])
@@ -229,14 +261,12 @@ def _polyphase_up(conv: nn.ConvTranspose1d, h: torch.Tensor) -> torch.Tensor:
             "only up_block's (kernel 4, stride 2, padding 1) and patch_block's (kernel = stride) "
             "transposed convolutions"
         )
-    kernel = torch.cat(phases, dim=1).transpose(0, 1)[:, :, None]
+    out = torch.cat(phases, dim=1).transpose(0, 1)[:, :, None]
     bias = None if conv.bias is None else conv.bias.repeat(len(phases))
-    out = nn.functional.conv2d(h, kernel, bias, padding=(0, padding))
-    batch, channels, _, length = out.shape
-    # (batch, 1, length, [phase 0 | phase 1 | ...]) -> (batch, 1, phases * length, out)
-    n = len(phases)
-    pixels = out.permute(0, 2, 3, 1).reshape(batch, 1, n * length, channels // n)
-    return pixels.permute(0, 3, 1, 2)
+    built = (out, bias, len(phases), padding)
+    if cache:
+        _PHASE_KERNELS[conv] = (key, built)
+    return built
 
 
 def _check_odd(kernel_size: int) -> None:

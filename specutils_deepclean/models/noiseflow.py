@@ -168,7 +168,7 @@ class NoiseFlow(nn.Module):
 
     def _network(self, u: torch.Tensor, masks: bool = False):
         """Both heads (N, 2, L - K) for pixels ``K..L-1`` and, with ``masks``, where each
-        ReLU is open (else an empty list).
+        ReLU is open (1.0, else 0.0, in ``u``'s dtype; else an empty list).
 
         Column ``j`` of the convolution sees ``u[j:j+K]`` and gives pixel ``j + K``.
         The convolution and the first linear layer (no activation between them)
@@ -180,14 +180,18 @@ class NoiseFlow(nn.Module):
         if linears:
             weight = linears[0].weight @ weight
             bias = linears[0].weight @ bias + linears[0].bias
-        h = nn.functional.conv1d(u.unsqueeze(1), weight.unsqueeze(1), bias)[..., :-1]
+        # the convolution as one batched product with the windows (N, K, L - K): on
+        # one input channel, ~10 times faster on CPU than conv1d, same sums
+        windows = u.unfold(-1, self.context, 1)[:, :-1].transpose(1, 2).contiguous()
+        n, width = windows.shape[0], windows.shape[2]
+        h = torch.baddbmm(bias[:, None].expand(n, -1, width), weight.expand(n, -1, -1), windows)
         opened = []
         for i, layer in enumerate(linears):
             if i:
                 h = torch.matmul(layer.weight, h) + layer.bias[:, None]
             h = torch.relu(h)
             if masks:
-                opened.append(h > 0)
+                opened.append(torch.sign(h))  # 1 where open, 0 where not (h >= 0)
         heads = torch.cat([self.head_mu.weight, self.head_alpha.weight])  # (2, C')
         head_bias = torch.cat([self.head_mu.bias, self.head_alpha.bias])
         return torch.matmul(heads, h) + head_bias[:, None], opened
@@ -230,7 +234,6 @@ class NoiseFlow(nn.Module):
             else:  # back from the heads through each mask and the weight below it
                 below = [*weights[::-1], first]
                 for i, (mask, weight) in enumerate(zip(masks[::-1], below, strict=True)):
-                    mask = mask.to(u.dtype)
                     if i == 0:  # heads (2, C) and weight (C, D) are one (2 D, C) matrix
                         left = heads[:, :, None] * weight
                         left = left.transpose(1, 2).reshape(-1, weight.shape[0])
@@ -238,7 +241,9 @@ class NoiseFlow(nn.Module):
                     else:
                         grad = torch.einsum("nqcp,cd->nqdp", grad * mask[:, None], weight)
             params = torch.cat([torch.stack([self.mu0, self.alpha0]).expand(n, 2, k), out], dim=-1)
-            derivatives = nn.functional.pad(grad, (k, 0))
+            derivatives = grad.new_empty(n, 2, k, n_pix)
+            derivatives[..., :k] = 0.0
+            derivatives[..., k:] = grad
         return params, derivatives
 
     def _params(self, u: torch.Tensor):
