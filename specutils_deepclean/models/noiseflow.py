@@ -180,16 +180,18 @@ class NoiseFlow(nn.Module):
         if linears:
             weight = linears[0].weight @ weight
             bias = linears[0].weight @ bias + linears[0].bias
-        # the convolution as one batched product with the windows (N, K, L - K): on
-        # one input channel, ~10 times faster on CPU than conv1d, same sums
-        windows = u.unfold(-1, self.context, 1)[:, :-1].transpose(1, 2).contiguous()
-        n, width = windows.shape[0], windows.shape[2]
-        h = torch.baddbmm(bias[:, None].expand(n, -1, width), weight.expand(n, -1, -1), windows)
+        # the convolution as one batched product with the windows (N, K, L - K) and a
+        # row of ones for the bias: on one input channel, faster on CPU than conv1d
+        k, width = self.context, u.shape[-1] - self.context
+        windows = u.new_empty(u.shape[0], k + 1, width)
+        windows[:, :k] = u.unfold(-1, k, 1)[:, :width].transpose(1, 2)
+        windows[:, k] = 1.0
+        h = torch.matmul(torch.cat([weight, bias[:, None]], 1), windows)
         opened = []
         for i, layer in enumerate(linears):
             if i:
                 h = torch.matmul(layer.weight, h) + layer.bias[:, None]
-            h = torch.relu(h)
+            h = torch.relu_(h)
             if masks:
                 opened.append(torch.sign(h))  # 1 where open, 0 where not (h >= 0)
         heads = torch.cat([self.head_mu.weight, self.head_alpha.weight])  # (2, C')
