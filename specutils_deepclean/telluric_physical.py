@@ -24,7 +24,9 @@ transmission is about as good as with three rounds each.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from .models.velocity import _keys_weights
 from .telluric_fit import _clear_pixels, _noise, fit_transmission
 from .telluric_star import C_KMS, MAX_SHIFT_KMS, align_stellar
 from .telluric_template import MOLECULES
@@ -157,12 +159,7 @@ def _cubic(values: np.ndarray, position: np.ndarray, weight: np.ndarray | None =
     low = np.clip(np.floor(np.where(finite, position, 0.0)).astype(int), 1, values.shape[1] - 3)
     t = np.clip(np.where(finite, position, 0.0) - low, 0.0, 1.0)
     taps = (-1, 0, 1, 2)
-    coefficients = (
-        ((-0.5 * t + 1.0) * t - 0.5) * t,
-        (1.5 * t - 2.5) * t * t + 1.0,
-        ((-1.5 * t + 2.0) * t + 0.5) * t,
-        (0.5 * t - 0.5) * t * t,
-    )
+    coefficients = _keys_weights(torch.from_numpy(t)).numpy().transpose(1, 0, 2)
     out = sum(c * values[rows, low + d] for c, d in zip(coefficients, taps))
     if weight is None:
         return out, None
@@ -190,8 +187,7 @@ def _basis_fit(model, vectors, poly, target, weight) -> np.ndarray:
     grad = np.empty((n, k + 1))
     grad[:, 0] = np.einsum("nm,nm->n", model, wp * target)
     grad[:, 1:] = (wp * target) @ vectors.T
-    ridge = 1e-9 * np.trace(hess, axis1=1, axis2=2)[:, None, None] + 1e-300
-    coef = np.linalg.solve(hess + ridge * np.eye(k + 1), grad[..., None])[..., 0]
+    coef = _ridge_solve(hess, grad)
     return poly * (coef[:, :1] * model + coef[:, 1:] @ vectors)
 
 
@@ -203,9 +199,14 @@ def _least_squares(design: np.ndarray, target: np.ndarray, weight: np.ndarray) -
     """
     weighted = design * weight[:, None, :]
     hess = weighted @ design.transpose(0, 2, 1)
-    grad = weighted @ target[..., None]
+    return _ridge_solve(hess, (weighted @ target[..., None])[..., 0])
+
+
+def _ridge_solve(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Per row, ``hess^-1 grad`` (n, p, p) and (n, p), with a ridge of 1e-9 of the
+    trace (and a tiny floor) so rows without data stay solvable."""
     ridge = 1e-9 * np.trace(hess, axis1=1, axis2=2)[:, None, None] + 1e-300
-    return np.linalg.solve(hess + ridge * np.eye(design.shape[1]), grad)[..., 0]
+    return np.linalg.solve(hess + ridge * np.eye(hess.shape[-1]), grad[..., None])[..., 0]
 
 
 def _resolving_power(resolution, centre_aa: float) -> float | None:
