@@ -31,7 +31,7 @@ from .telluric_fit import _clear_pixels, _noise, fit_transmission
 from .telluric_star import C_KMS, MAX_SHIFT_KMS, align_stellar
 from .telluric_template import MOLECULES
 
-__all__ = ["STELLAR_BASIS", "STELLAR_REGION", "refine_stellar", "remove_physical"]
+__all__ = ["STELLAR_BASIS", "STELLAR_REGION", "line_part", "refine_stellar", "remove_physical"]
 
 #: The shipped model whose principal components `remove_tellurics` passes as ``basis``.
 STELLAR_BASIS = "miles-pca"
@@ -320,8 +320,9 @@ def remove_physical(
             edges, source, flux, sigma, valid, np.where(defined, refined, np.nan),
             resolving_power=fit.resolving_power, align=False, start=fit, n_iter=2,
         )
-    trans = fit.transmission
-    below = trans < floor
+    # saturated where the whole transmission is below the floor; divided by its line part
+    below = fit.transmission < floor
+    trans = line_part(fit.transmission, 0.5 * (edges[1:] + edges[:-1]))
     factor = np.where(below, 1.0, trans)
     out_flux = flux / factor
     mask_out = ~valid | below
@@ -385,6 +386,44 @@ def remove_physical(
         }
     )
     return spectrum_like(spectrum, back(out_flux) * spectrum.flux.unit, unc, back(mask_out), info)
+
+
+def line_part(transmission: np.ndarray, centres_aa: np.ndarray) -> np.ndarray:
+    """The line part of a fitted transmission, as everywhere in the package.
+
+    :func:`~specutils_deepclean.tellurics.split_transmission` on the spectrum's own
+    pixels, run only over the rows and the stretch of pixels where ``transmission``
+    is below 1 (with a margin of two filter windows: beyond it the split of a
+    transmission of 1 is 1).  At the spectrum's resolution the blended lines of a
+    broad band (H2O 9400, the O2 A band's P branch) form a smooth envelope that the
+    split counts as continuum, like the Rayleigh and ozone absorption: it is left in
+    the corrected spectrum, which is the star times the atmosphere's smooth
+    continuum, as in the ``divide`` and ``reconstruct`` modes.
+
+    Parameters
+    ----------
+    transmission : ndarray, shape (n, n_pix)
+    centres_aa : ndarray, shape (n_pix,)
+        Pixel centres, Angstrom, increasing.
+
+    Returns
+    -------
+    ndarray, shape (n, n_pix)
+        ``transmission`` over its smooth continuum (at most 1).
+    """
+    from .tellurics import _split, _window_pixels
+
+    out = np.ones_like(transmission)
+    rows = np.flatnonzero((transmission < 1.0).any(axis=1))
+    if rows.size == 0:
+        return out
+    absorbs = np.flatnonzero((transmission[rows] < 1.0).any(axis=0))
+    # the window in pixels from the whole grid (its median step), as for the full rows
+    size = _window_pixels(centres_aa, 55.0)
+    lo, hi = max(absorbs[0] - 2 * size, 0), min(absorbs[-1] + 2 * size + 1, centres_aa.size)
+    part = _split(transmission[rows, lo:hi], size)[1]
+    out[rows, lo:hi] = part
+    return out
 
 
 def _water_per_airmass(depths: np.ndarray) -> np.ndarray:

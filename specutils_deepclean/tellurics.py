@@ -97,7 +97,11 @@ def split_transmission(
         raise ValueError(
             f"transmission has {transmission.shape[-1]} pixels, the grid {wave_aa.size}"
         )
-    size = _window_pixels(wave_aa, window_aa)
+    return _split(transmission, _window_pixels(wave_aa, window_aa), percentile)
+
+
+def _split(transmission: np.ndarray, size: int, percentile: float = 95.0):
+    """`split_transmission` with its window given in pixels."""
     footprint = [1] * (transmission.ndim - 1) + [size]
     envelope = percentile_filter(transmission, percentile, size=footprint, mode="nearest")
     continuum = uniform_filter1d(envelope, size, axis=-1, mode="nearest")

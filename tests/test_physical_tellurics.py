@@ -201,7 +201,9 @@ def test_physical_mode_masks_saturated(red_spectrum):
     deep = Spectrum(flux=spec.flux, spectral_axis=spec.spectral_axis,
                     uncertainty=spec.uncertainty, meta={"medium": "vacuum"})
     out = remove_tellurics(deep, mode="physical", device="cpu", resolution=2000.0)
-    t = out.meta["deepclean"]["transmission"].flux.value
+    # masked where the whole transmission (the molecules' product) is below the floor
+    molecules = out.meta["deepclean"]["transmission_molecules"].values()
+    t = np.prod([m.flux.value for m in molecules], axis=0)
     assert np.array_equal(out.mask & np.isfinite(spec.flux.value), t < 0.05)
     assert out.meta["deepclean"]["masked"]["transmission_below_floor"] == int((t < 0.05).sum())
 
@@ -274,3 +276,21 @@ def test_basis_cache_is_per_template_object(monkeypatch):
     second = MolecularTemplate(wave, {"H2O": 0 * line, "O2": 0 * line})
     assert telluric_basis(edges, "vacuum", 3000.0, first).tau.max() > 0
     assert telluric_basis(edges, "vacuum", 3000.0, second).tau.max() < 1e-6
+
+
+def test_line_part_matches_the_split_of_whole_rows():
+    """The line part, computed over the absorbing stretch only, is the package's split of
+    the whole rows; a row without absorption stays 1."""
+    from specutils_deepclean.telluric_physical import line_part
+    from specutils_deepclean.tellurics import split_transmission
+
+    wave, edges, _, _, _ = _synthetic([1.4, 1.2], 0.0)
+    basis = telluric_basis(edges, "vacuum", 2000.0)
+    tau = basis.evaluate(np.array([[1.4, 1.2], [0.0, 0.0]]), np.zeros(2), derivatives=False)[0]
+    trans = np.exp(-tau.sum(axis=1).astype(float))
+    lines = line_part(trans, wave)
+    assert np.allclose(lines[0], split_transmission(trans[0], wave)[1], rtol=0, atol=1e-12)
+    assert np.all(lines[1] == 1.0)
+    # the blended 9400 A band keeps a smooth envelope: the line part is shallower
+    band = _in(wave, 8900, 9800)
+    assert np.all(lines[0] >= trans[0]) and np.median(lines[0, band] / trans[0, band]) > 1.005

@@ -13,7 +13,10 @@
    fit's share of the error, without the network's), a second physical fit whose
    stellar model is the network's reconstruction of the first fit's corrected
    spectrum (``physical_iterated``), the fit with the reconstruction left where
-   the network draws it (``physical_unaligned``), and a perfect division (the
+   the network draws it (``physical_unaligned``), ``physical``'s observation divided
+   by the molecules' whole transmission instead of its line part
+   (``physical_whole_transmission``: the bands' smooth envelope removed too, as
+   before this change), and a perfect division (the
    observation divided by the true line transmission: what is possible; in a weak
    band at low S/N even it is above 1, as dividing amplifies the noise); Q_t over
    all of M_t (clipped, as in the telluric benchmark) and Q_s.  Truth: the star times
@@ -38,8 +41,11 @@
    (log10 step 1e-4, 3600-9800 A, FWHM 4 A), their red part beyond 7410 A
    constructed (a power law with the Ca II triplet, nothing else), observed at S/N
    50 and 200: Q_t per band (O2 B, O2 A, H2O 8200, H2O 9400) of the input,
-   ``physical`` and a perfect division, and the Ca II 8544 EW change.  What it cannot
-   show: real red stellar features (TiO, Paschen lines) under the bands, a real
+   ``physical``, the physical fit given the true star (``physical_true_star``) and a
+   perfect division, and the Ca II 8544 EW change; ``envelope_left_median_max_depth``:
+   the deepest point of the smooth envelope ``physical`` leaves in each band (the
+   molecules' whole transmission over the line part it divides by; median over
+   stars).  What it cannot show: real red stellar features (TiO, Paschen lines) under the bands, a real
    atmosphere whose water varies apart from its O2, a real line spread function.
 7. ``--speed``: spectra per second at batch 256 (MILES grid, S/N 50) for both modes,
    the fastest of 5 alternating repeats after a warm-up call, by the wall clock and
@@ -68,6 +74,7 @@ from specutils_deepclean.manipulation import remove_tellurics
 from specutils_deepclean.resample import bin_edges
 from specutils_deepclean.simulate import Simulator, prepare_truth
 from specutils_deepclean.telluric_fit import fit_transmission
+from specutils_deepclean.telluric_physical import line_part
 from specutils_deepclean.tellurics import split_transmission
 
 C_KMS = 299792.458
@@ -130,8 +137,14 @@ def with_true_star(flux, obs, wave, medium):
     """The physical fit with the true star as its stellar model instead of the network's
     reconstruction: what the template and the fit do when the star is known."""
     fit = fit_transmission(bin_edges(wave), medium, flux, obs.sigma, np.isfinite(flux), obs.truth)
-    t = fit.transmission
-    return flux / np.where(t < 0.05, 1.0, t)  # the floor of remove_tellurics
+    return divided(flux, fit.transmission, wave)
+
+
+def divided(flux, transmission, wave):
+    """``flux`` divided as ``remove_tellurics(mode="physical")`` does: by the line part
+    of the fitted transmission, pixels whose transmission is below the floor kept."""
+    lines = line_part(transmission, wave)
+    return flux / np.where(transmission < 0.05, 1.0, lines)  # the floor of remove_tellurics
 
 
 def refit(flux, obs, wave, medium, first, iterate):
@@ -150,8 +163,19 @@ def refit(flux, obs, wave, medium, first, iterate):
     fit = fit_transmission(bin_edges(wave), medium, flux, obs.sigma, np.isfinite(flux), star,
                            resolving_power=first.meta["deepclean"]["resolving_power"],
                            align=iterate)
-    t = fit.transmission
-    return flux / np.where(t < 0.05, 1.0, t)
+    return divided(flux, fit.transmission, wave)
+
+
+def whole_transmission(meta):
+    """The product of the fitted molecules' transmissions (``meta["deepclean"]``)."""
+    return np.prod([m.flux.value for m in meta["transmission_molecules"].values()], axis=0)
+
+
+def by_whole_transmission(flux, meta):
+    """``flux`` divided by the molecules' whole transmission, not its line part
+    (``physical_whole_transmission``: the bands' smooth envelope removed too)."""
+    whole = whole_transmission(meta)
+    return flux / np.where(whole < 0.05, 1.0, whole)
 
 
 def ew_per_star(flux, wave, line, shift):
@@ -177,6 +201,7 @@ def miles_part(split, seed, limit=None):
             preds[mode], spec = correct(flux, obs.sigma, wave, medium, mode)
         meta = spec.meta["deepclean"]
         preds["physical_true_star"] = with_true_star(flux, obs, wave, medium)
+        preds["physical_whole_transmission"] = by_whole_transmission(flux, meta)
         preds["physical_iterated"] = refit(flux, obs, wave, medium, spec, iterate=True)
         preds["physical_unaligned"] = refit(flux, obs, wave, medium, spec, iterate=False)
         shift = np.asarray(meta["stellar_model_shift"])
@@ -272,8 +297,14 @@ def red_part(split, seed):
            "fwhm_aa": RED_FWHM, "snr": {}}
     for snr in (50, 200):
         obs, flux, lines, ideal, mt = observed(sim, truth, snr, rng, wave)
-        phys = correct(flux, obs.sigma, wave, "vacuum", "physical")[0]
-        preds = {"none": flux, "perfect": flux / lines, "physical": phys}
+        phys, spec = correct(flux, obs.sigma, wave, "vacuum", "physical")
+        meta = spec.meta["deepclean"]
+        # the molecules' whole transmission over the line part divided: the smooth
+        # envelope of the bands left in the corrected spectrum
+        envelope = whole_transmission(meta) / meta["transmission"].flux.value
+        preds = {"none": flux, "perfect": flux / lines, "physical": phys,
+                 "physical_true_star": with_true_star(flux, obs, wave, "vacuum"),
+                 "physical_whole_transmission": by_whole_transmission(flux, meta)}
         miss = ~np.isfinite(flux)
         row = {"bands": {}}
         for band, (lo, hi) in RED_BANDS_SIM.items():
@@ -285,6 +316,10 @@ def red_part(split, seed):
         row["q_t_all"] = {
             name: float(np.nanmedian(metrics.q_t(p, flux, ideal, mt, mask=miss)))
             for name, p in preds.items()
+        }
+        row["envelope_left_median_max_depth"] = {
+            band: float(np.median(1 - envelope[:, (wave > lo) & (wave < hi)].min(axis=1)))
+            for band, (lo, hi) in RED_BANDS_SIM.items()
         }
         shift = 1 + obs.stellar_rv / C_KMS
         cat = ((8533.0, 8556.0), (8515.0, 8530.0), (8560.0, 8575.0))  # the 8544 line
