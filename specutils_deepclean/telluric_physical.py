@@ -11,7 +11,9 @@ observation, and in `STELLAR_REGION` the stellar model is replaced by its best
 match, in weighted least squares, among combinations of the aligned reconstruction
 and the principal components of MILES stars (the shipped ``miles-pca`` model, moved
 to the star's velocity), times a smooth polynomial (`refine_stellar`); the second
-fit, with that model, gives the transmission that divides the spectrum.  Pixels
+fit, with that model, gives the transmission whose line part (`line_part`, as in
+the other modes: the bands' smooth envelope stays with the continuum) divides the
+spectrum.  Pixels
 where the first transmission is below ``min_transmission`` are left out of the
 least squares, so the components fit the star between and beside the deepest
 lines, not the atmosphere.  The first fit runs two rounds of continuum, fit and
@@ -250,8 +252,9 @@ def remove_physical(
         ``meta["resolving_power"]`` if present, else fitted.
     batch_size : int
     floor : float
-        Transmission below which a pixel is masked (saturated: no stellar flux gets
-        through); it is returned unchanged.
+        Whole transmission below which a pixel is masked (saturated: no stellar flux
+        gets through); it is returned unchanged.  The other pixels are divided by the
+        transmission's line part (`line_part`).
     info : dict
         Entries for ``meta["deepclean"]``.
     basis : `~specutils_deepclean.models.baselines.PCADenoiser`, optional

@@ -108,7 +108,9 @@ def table(result: dict, path: Path) -> None:
         methods = {"none": "none", "divide": "divide", "physical": "physical",
                    "physical_iterated": "physical, iterated",
                    "physical_unaligned": "physical, star not moved",
-                   "physical_true_star": "physical, true star", "perfect": "perfect"}
+                   "physical_true_star": "physical, true star",
+                   "physical_whole_transmission": "physical, whole T divided",
+                   "perfect": "perfect"}
         for method, name in ((m, n) for m, n in methods.items() if m in values["q_s"]):
             cells = [values["bands"][b][method] for b in ("O2_B", "H2O_6500", "H2O_7200")]
             cells += [values["q_t_all"][method], values["q_s"][method]]
@@ -160,11 +162,14 @@ def table(result: dict, path: Path) -> None:
             ),
         ]
         for snr, values in red["snr"].items():
-            for method in ("none", "physical", "perfect"):
+            for method in ("none", "physical", "physical_true_star",
+                           "physical_whole_transmission", "perfect"):
+                if method not in values["bands"][next(iter(values["bands"]))]:
+                    continue
                 ewc = values["ew_change_vs_perfect_CaT8544"].get(method)
                 lines += row(
                     snr,
-                    method,
+                    method.replace("_", " "),
                     *(f"{values['bands'][b][method]:.3f}" for b in values["bands"]),
                     f"{values['q_t_all'][method]:.3f}",
                     "-" if ewc is None else f"{100 * ewc:.2f} %",
