@@ -21,14 +21,13 @@ import sys
 
 import numpy as np
 import torch
-from val_study import study_args, val_setup, write_result
+from val_study import study_args, val_setup, wide_gaps, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.models import level
-from specutils_deepclean.simulate import GAP_PLACES, gap_slice
 from specutils_deepclean.spectra import median_normalise
 
 RUNAWAY = 0.1
@@ -75,14 +74,9 @@ def main(argv=None) -> int:
     _, whole = median_normalise(truth, ~valid)
     truth = truth / whole[:, None]  # whole-grid median 1, as in bench_gaps.py
     labels = load_library().select(split="val", good=True).labels.tolist()
-    n_pix = truth.shape[1]
-    width = int(round(0.4 * n_pix))
+    width = int(round(0.4 * truth.shape[1]))
     result = {"runaway_mse": RUNAWAY, "width_pixels": width, "labels": labels, "gaps": {}}
-    for place in GAP_PLACES:
-        obs = sim.observe(np.where(valid, truth, np.nan), 10.0, seed=args.seed,
-                          gap=(width, place))  # fmt: skip
-        in_gap = np.zeros(n_pix, bool)
-        in_gap[gap_slice(width, place, n_pix)] = True
+    for place, obs, in_gap in wide_gaps(sim, truth, valid, args.seed):
         row = {}
         for starts in (False, True):
             level.TEMPLATE_STARTS = starts

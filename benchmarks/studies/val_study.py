@@ -1,7 +1,7 @@
 """The setup and the JSON file of the studies on simulated MILES ``val`` observations.
 
-Shared by ``clip_val.py``, ``gap_runaway.py``, ``map_convergence.py`` and
-``normalisation_level.py`` (the options of ``clip_val.py`` and ``gap_runaway.py`` too):
+Shared by ``clip_val.py``, ``gap_mixture.py``, ``gap_runaway.py``,
+``map_convergence.py`` and ``normalisation_level.py`` (the options of ``clip_val.py`` and ``gap_runaway.py`` too):
 every good ``val`` star on a model's grid (`~specutils_deepclean.simulate.prepare_truth`),
 the simulator on that grid, the observations at each S/N of
 `~specutils_deepclean.simulate.SNR_LEVELS` (seed ``seed + i`` for the i-th), and the
@@ -20,7 +20,14 @@ import numpy as np
 
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model
-from specutils_deepclean.simulate import SNR_LEVELS, Observation, Simulator, prepare_truth
+from specutils_deepclean.simulate import (
+    GAP_PLACES,
+    SNR_LEVELS,
+    Observation,
+    Simulator,
+    gap_slice,
+    prepare_truth,
+)
 
 
 def study_args(doc: str | None, argv, *, seed: int, threads: int) -> argparse.Namespace:
@@ -71,6 +78,21 @@ def observations(
     """``(snr, observation)`` of the truth (NaN where not valid) at each S/N level."""
     for i, snr in enumerate(SNR_LEVELS):
         yield snr, sim.observe(np.where(valid, truth, np.nan), snr, seed=seed + i)
+
+
+def wide_gaps(
+    sim: Simulator, truth: np.ndarray, valid: np.ndarray, seed: int, share: float = 0.4
+) -> Iterator[tuple[str, Observation, np.ndarray]]:
+    """``(place, observation, in_gap)`` of the truth at S/N 10 with ``share`` of the grid
+    missing at each place of `~specutils_deepclean.simulate.GAP_PLACES` (the same
+    noise draw, seed ``seed``, for each), as ``bench_gaps.py`` observes it."""
+    n_pix = truth.shape[1]
+    width = int(round(share * n_pix))
+    for place in GAP_PLACES:
+        obs = sim.observe(np.where(valid, truth, np.nan), 10.0, seed=seed, gap=(width, place))
+        in_gap = np.zeros(n_pix, bool)
+        in_gap[gap_slice(width, place, n_pix)] = True
+        yield place, obs, in_gap
 
 
 def write_result(path: str, script: str, argv, result: dict) -> None:

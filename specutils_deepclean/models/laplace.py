@@ -20,6 +20,7 @@ import torch
 
 from ..exposures import pool_velocities
 from . import ood
+from .gap_fill import class_mixture
 from .model_error import model_error
 from .noiseflow import _HALF_LOG_2PI
 from .observations import Observations, generator_floor, observed_model
@@ -204,23 +205,39 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     fit = ood.goodness_of_fit(data, observed, floor)
     scale, model_var, noise = model_error(model.extra, data, observed, floor, fit[1])
     flag = ood.ood_flag(model.extra, score, fit)
+    fill_weight = posterior  # a wide gap's fill's class weights (`gap_fill`)
     if "class_calibration" in model.extra:  # calibrated (the MAP class is unchanged)
         posterior = ood.class_posterior(model.extra, log_post, fit[2], score)
+        fill_weight = ood.class_posterior(model.extra, log_post, fit[2], score, floor=False)
     if searched is not None:  # a star beyond the range is found at its edge
         beyond = np.abs(data.shift.velocity) > searched
         flag = flag | torch.as_tensor(beyond.any(-1), device=flag.device)
+    # a star with a wide gap: the class posterior's mean spectrum
+    gap = class_mixture(model, data, z, fill_weight, _filled(data))
     # a spectrum flagged as unlike the training stars has no confident class
     posterior = torch.where(flag[:, None], torch.full_like(posterior, 1 / k), posterior)
-    # the flux mixes the classes by their Laplace evidence: the calibration above is
-    # the label's (flattened, uniform when flagged) and would mix in optima the data
-    # reject
+    # the uncertainty mixes the classes by their Laplace evidence: the calibration
+    # above is the label's (flattened, uniform when flagged) and would mix in optima
+    # the data reject; a star with a wide gap by the weights of its mean spectrum
     mixture = torch.softmax(log_post, dim=-1)
+    pair_centre, slot = None, None
+    if gap is not None:
+        flux[gap.rows] = gap.flux
+        terms_var[gap.rows] = gap.terms_var
+        mixture[gap.rows] = gap.weight.to(mixture.dtype)
+        slot = torch.full((n_star * k,), -1, dtype=torch.int64, device=flux.device)
+        slot[gap.pairs] = torch.arange(gap.pairs.numel(), device=flux.device)
+        pair_centre = gap.centre
     var = torch.zeros_like(chosen)
     mixed = (mixture >= _MIX_FLOOR).reshape(-1).nonzero()[:, 0]
     for part in mixed.split(chunk):
         signal, jac = model.generator.generate_jacobian(state.z[part])
         spread = torch.einsum("npi,nij,npj->np", jac, cov[part], jac)
-        spread += (signal - chosen[state.rows[part]]).square()
+        centre = chosen[state.rows[part]]
+        if pair_centre is not None:  # a wide gap's pair: its offset from the mean spectrum
+            hit = slot[part] >= 0
+            centre[hit] = pair_centre[slot[part][hit]]
+        spread += (signal - centre).square()
         weight = mixture.reshape(-1)[part, None]
         var.index_add_(0, state.rows[part], weight * spread)
     latent_var = var

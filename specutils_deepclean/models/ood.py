@@ -159,6 +159,8 @@ def class_posterior(
     log_evidence: torch.Tensor,
     snr: torch.Tensor,
     score: torch.Tensor | None = None,
+    *,
+    floor: bool = True,
 ) -> torch.Tensor:
     r"""The calibrated class posterior (B, K) from the Laplace log evidences (B, K).
 
@@ -195,6 +197,9 @@ def class_posterior(
         `goodness_of_fit`'s ``snr``.
     score : tensor, shape (B,), optional
         The MAP latent's ``ood_score``; needed by a calibration with five numbers.
+    floor : bool, optional
+        Whether to add the floor :math:`\epsilon` (False: the tempered softmax alone,
+        the weights of a wide gap's fill, `~specutils_deepclean.models.gap_fill`).
 
     Returns
     -------
@@ -207,7 +212,7 @@ def class_posterior(
     """
     if "class_calibration" not in extra:
         return torch.softmax(log_evidence, dim=-1)
-    t0, gamma, floor, power, beta = _calibration(extra["class_calibration"])
+    t0, gamma, epsilon, power, beta = _calibration(extra["class_calibration"])
     temperature = t0 * (snr.clamp_min(1.0) / 10.0) ** gamma
     if beta != 0.0:
         if score is None:
@@ -216,7 +221,9 @@ def class_posterior(
         temperature = temperature * density**-beta
     gap = log_evidence.max(-1, keepdim=True).values - log_evidence
     posterior = torch.softmax(-((gap / temperature[:, None]) ** power), dim=-1)
-    return (1 - floor) * posterior + floor / log_evidence.shape[-1]
+    if not floor:
+        return posterior
+    return (1 - epsilon) * posterior + epsilon / log_evidence.shape[-1]
 
 
 def _calibration(value) -> tuple[float, float, float, float, float]:
