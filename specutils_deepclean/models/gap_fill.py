@@ -3,11 +3,9 @@ r"""The fill of a wide gap: the class posterior's mean, not the MAP class's spec
 Where a spectrum has data, every class's optimum :math:`\hat z_C` fits them and the
 classes' spectra agree; over a wide gap they need not.  A hot star whose blue end is
 missing is the example: its red part fits an A and a B star's optimum about equally
-well (on MILES ``val`` with the blue 40 % of the grid missing at S/N 10 the
-calibrated posterior of such a B giant was 0.74 A, 0.25 B), while the two fill the
-Balmer jump very differently.  The MAP class's fill is then the wrong one about as
-often as the posterior says; the fill that minimises the expected squared error is
-the posterior mean
+well, while the two fill the Balmer jump very differently.  The MAP class's fill is
+then the wrong one about as often as the posterior says; the fill that minimises the
+expected squared error is the posterior mean
 
 .. math::
 
@@ -28,9 +26,9 @@ the same weights, :math:`\sum_C p(C \mid y) (\sigma_C^2 + (G(\hat z_C) + t_C -
 `~specutils_deepclean.models.level.MIN_MISSING` of the grid in every exposure (the
 threshold of the re-levelling and template starts); the others keep the MAP class's
 spectrum, so a spectrum without a wide gap is denoised exactly as before.  The
-choice (the calibrated posterior without its floor, against the Laplace evidence and
-the posterior with its floor) was made on MILES ``val`` (``benchmarks/studies/gap_mixture.py``,
-``benchmarks/results/gap_mixture_val.json``).
+choice (the calibrated posterior without its floor, against the MAP class's spectrum
+and the posterior with its floor) was made on MILES ``val``
+(``benchmarks/studies/gap_mixture.py``, ``benchmarks/results/gap_mixture_val.json``).
 """
 
 from __future__ import annotations
