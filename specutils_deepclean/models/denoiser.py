@@ -80,8 +80,12 @@ FLOW_KINDS = {"whitened": True, "plain": False}
 #: (larger chunks leave the cache, smaller ones pay per-call overhead).
 _CHUNK = 16
 _EVAL_CHUNK = 32
-#: Screening rounds, each around the star's best point so far.
-_SCREEN_ROUNDS = 2
+#: Screening rounds, each around the star's best point so far; after the first, classes
+#: this many nats below the star's best are not screened again (nor from extra starts).
+_SCREEN_ROUNDS, _SCREEN_HOPELESS = 2, 30.0
+#: A full Newton step predicted (the decrement) to rise by less than this many nats that
+#: rose within this share of it ends its class (the next decrement is not computed).
+_SETTLE_DECREMENT, _SETTLE_AGREE = 1.0, 0.2
 #: Halvings of a Newton step that does not raise the log joint before it is damped.
 _HALVINGS = 3
 #: Damping of a failed Newton step (its Hessian's eigenvalues floored at this times the
@@ -304,6 +308,14 @@ class Denoiser(DeepCleanModel):
         flat = self._objective(z.reshape(-1, self.latent_dim), rows, classes, data)
         return flat.reshape(z.shape[:2])
 
+    def _objective_of(self, z, todo, data: Observations) -> torch.Tensor:
+        """`_objective` of the star-major (star, class) pairs ``todo`` at ``z[todo]`` (z
+        (B K, L)), -inf for the others."""
+        out = z.new_full(z.shape[:1], -math.inf)
+        rows, classes = todo // self.n_classes, todo % self.n_classes
+        out[todo] = self._objective(z[todo], rows, classes, data)
+        return out
+
     def _objective(self, z, rows, classes, data: Observations) -> torch.Tensor:
         """Log joint of latent ``z[i]`` (n, L) for star ``rows[i]`` under class ``classes[i]``."""
         log_lik = self._likelihood(z, rows, data)
@@ -516,32 +528,33 @@ class Denoiser(DeepCleanModel):
         rows = stars.repeat_interleave(k)
         classes = torch.arange(k, device=z_enc.device).repeat(n_star)
         precision = self.prior.precisions[classes]
-        # the extra starts, then z_E, then the EM optimum around the star's best point
-        n_extra = extra.shape[2]
-        cand = extra.reshape(n_star * k, n_extra, n_dim)
+        # z_E and the EM optimum around the star's best point, the extra starts of the
+        # classes within reach after the first round
+        cand = z_enc.new_zeros((n_star * k, 0, n_dim))
         obj = z_enc.new_zeros((n_star * k, 0))
-        if n_extra:
-            obj = self._objective(
-                cand.reshape(-1, n_dim),
-                rows.repeat_interleave(n_extra),
-                classes.repeat_interleave(n_extra),
-                data,
-            ).reshape(n_star * k, n_extra)
         column, wide = gap_starts(self, *coadd)  # wide gaps: each class's best template too
         if wide.any():
             value = torch.full_like(column[:, 0], -math.inf)
             value[wide] = self._objective(column[wide], rows[wide], classes[wide], data)
-            cand, obj = torch.cat([cand, column[:, None]], 1), torch.cat([obj, value[:, None]], 1)
-        centre = z_enc
-        for _ in range(_SCREEN_ROUNDS):
+            cand, obj = column[:, None], value[:, None]
+        centre, todo = z_enc, torch.arange(n_star * k, device=z_enc.device)
+        for round_ in range(_SCREEN_ROUNDS):
             lik, grad, hess = self._likelihood(centre, stars, data, derivatives=True)
             prior = self.prior.log_prob(centre[rows], c=classes)
-            surrogate = surrogate_optimum(self.prior, centre, grad, hess, precision, rows, classes)
-            value = self._objective(surrogate, rows, classes, data)
-            cand = torch.cat([cand, centre[rows, None], surrogate[:, None]], dim=1)
-            obj = torch.cat(
-                [obj, (lik[rows] + prior - math.log(k))[:, None], value[:, None]], dim=1
+            surrogate = centre[rows]
+            surrogate[todo] = surrogate_optimum(
+                self.prior, centre, grad, hess, precision[todo], rows[todo], classes[todo]
             )
+            cand = torch.cat([cand, centre[rows, None], surrogate[:, None]], dim=1)
+            values = [lik[rows] + prior - math.log(k), self._objective_of(surrogate, todo, data)]
+            obj = torch.cat([obj, torch.stack(values, 1)], dim=1)
+            todo = _within_reach(obj, k)
+            if round_ == 0 and extra.shape[2]:
+                n_extra = extra.shape[2]
+                more = extra.reshape(n_star * k, n_extra, n_dim)
+                values = [self._objective_of(more[:, i], todo, data) for i in range(n_extra)]
+                cand, obj = torch.cat([cand, more], 1), torch.cat([obj, torch.stack(values, 1)], 1)
+                todo = _within_reach(obj, k)
             obj = torch.where(torch.isfinite(obj), obj, -math.inf)
             best = obj.argmax(-1)
             z = cand[torch.arange(n_star * k), best]
@@ -578,13 +591,14 @@ class Denoiser(DeepCleanModel):
             state.hess[index] = hess
             step_matrix = floored(hess.double(), power=-1, damping=state.damping[index])
             delta = (step_matrix @ grad.double()[..., None])[..., 0].to(self._dtype)
-            done = 0.5 * (grad * delta).sum(-1) < tol
+            decrement = 0.5 * (grad * delta).sum(-1)
+            done = decrement < tol
             if step == steps:
                 state.converged[index] = done
                 return
             # halve the step until the log joint rises by tol; a smaller rise is not taken
-            gain = torch.zeros_like(obj)
-            for _ in range(_HALVINGS + 1):
+            gain = full = torch.zeros_like(obj)
+            for halving in range(_HALVINGS + 1):
                 trial = (~done & ~(gain > 0)).nonzero()[:, 0]
                 if trial.numel() == 0:
                     break
@@ -594,10 +608,17 @@ class Denoiser(DeepCleanModel):
                 z[trial] = torch.where(rise[:, None] >= tol, proposal, z[trial])
                 gain[trial] = rise
                 delta[trial] = 0.5 * delta[trial]
+                full = gain.clone() if halving == 0 else full  # the full step's rise
             moved = gain >= tol
+            settled = (
+                (full >= tol)
+                & (decrement < _SETTLE_DECREMENT)
+                & ((full - decrement).abs() <= _SETTLE_AGREE * decrement)
+            )
             state.z[index] = z
+            state.obj[index] = torch.where(settled, obj + gain, obj)
             state.steps[index] += moved.to(torch.int64)
-            state.converged[index] = done | ((gain > -tol) & ~moved)
+            state.converged[index] = done | settled | ((gain > -tol) & ~moved)
             # a step that lowered the log joint however halved (a direction of near-zero
             # or negative curvature, where the floored Newton step is far too long) is
             # tried again damped, towards the gradient; a successful step relaxes it
@@ -607,7 +628,7 @@ class Denoiser(DeepCleanModel):
                 failed, (damping * _DAMPING_GROWTH).clamp_min(_DAMPING_START), damping / _DAMPING_GROWTH
             )
             state.damping[index] = damping
-            state.active[index] = moved | (failed & (damping <= _DAMPING_MAX))
+            state.active[index] = (moved & ~settled) | (failed & (damping <= _DAMPING_MAX))
 
     def _linear_terms(self, data: Observations, signal: torch.Tensor):
         """The linear terms' posterior mean given ``signal`` (B, P) and their variance
@@ -802,6 +823,13 @@ class Denoiser(DeepCleanModel):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _within_reach(obj: torch.Tensor, k: int) -> torch.Tensor:
+    """The star-major (star, class) pairs whose best log joint so far (``obj`` (B K, M))
+    is within `_SCREEN_HOPELESS` of their star's best."""
+    reach = obj.nan_to_num(-math.inf).max(-1).values.reshape(-1, k)
+    return (reach >= reach.amax(-1, keepdim=True) - _SCREEN_HOPELESS).reshape(-1).nonzero()[:, 0]
 
 
 def _build_flows(config: dict, n_pix: int) -> dict:
