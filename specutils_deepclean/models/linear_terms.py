@@ -235,16 +235,19 @@ def terms_solve(
         rhs = _columns_times(parts, continuum, target[part]).double()[..., None]
         coef = torch.cholesky_solve(rhs, factor).to(signal.dtype)[..., 0]  # (n, K)
         fit[part] = _combine(parts, continuum, coef)
-        # the variance where the star has no data, on those pixels only (cheap)
+        # the variance where the star has no data, on each star's own such pixels only
         empty = weight[part] == 0
-        pixels = empty.any(0).nonzero()[:, 0]
-        if pixels.numel():
-            n = part.numel()
-            sub = [] if parts.basis is None else [parts.basis[:, pixels].expand(n, -1, -1)]
-            sub = torch.cat(sub + ([] if continuum is None else [continuum[..., pixels]]), 1)
-            covariance = torch.cholesky_inverse(factor).to(signal.dtype)  # (n, K, K)
-            value = ((covariance @ sub) * sub).sum(1)
-            spread[part[:, None], pixels] = torch.where(empty[:, pixels], value, 0.0)
+        count = empty.sum(1)
+        if bool(count.any()):
+            # per star its empty pixels first (the first count[i] of order[i])
+            order = torch.argsort((~empty).to(torch.uint8), dim=1, stable=True)[:, : count.max()]
+            keep = torch.arange(order.shape[1], device=order.device) < count[:, None]
+            sub = [] if parts.basis is None else [parts.basis.T[order].transpose(1, 2)]
+            if continuum is not None:
+                sub.append(continuum.gather(2, order[:, None].expand(-1, continuum.shape[1], -1)))
+            half = torch.linalg.solve_triangular(factor, torch.cat(sub, 1).double(), upper=False)
+            value = half.square().sum(1).to(signal.dtype)  # diag(sub' A^-1 sub), (n, m)
+            spread[part[:, None].expand_as(order)[keep], order[keep]] = value[keep]
     return fit, spread
 
 
