@@ -254,6 +254,24 @@ def test_newton_raises_the_log_joint(model):
     assert np.all(refined.converged[rows, labels])
 
 
+def test_class_log_joint_is_the_log_joint_at_class_z():
+    """Each class's log joint is the one at its point, whether its Newton ascent ended on
+    a small full step (whose derivatives are not computed again), on a small decrement
+    or at screening (the shipped model: the toy one converges at screening)."""
+    model = load_model("denoiser-miles")
+    rng = np.random.default_rng(3)
+    with torch.no_grad():
+        z = model.prior.starts(1)[:, 0]
+        z = z + 0.5 * torch.as_tensor(rng.normal(size=z.shape), dtype=z.dtype)
+        signal = model.generator.generate(z).double().numpy()
+    sigma = np.full_like(signal, 0.1)
+    flux = signal + sigma * rng.normal(size=signal.shape)
+    result = model.map_estimate(flux, sigma, clip=None, class_margin=1e6)
+    assert np.any(result.steps > 0)
+    joint = model.log_joint(result.class_z, flux, sigma).detach().numpy()
+    np.testing.assert_allclose(result.class_log_joint, joint, rtol=0, atol=0.01)
+
+
 def test_margin_stops_classes_after_screening(model):
     _, labels, _, flux, sigma = draw(model, 6, seed=17)
     result = model.map_estimate(flux[:, 0], sigma[:, 0], class_margin=5.0)
