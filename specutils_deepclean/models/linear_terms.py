@@ -47,11 +47,6 @@ _CHUNK = 32
 #: 32 stars 226 vs 200, 64 stars 448 vs 242), and the pixels per chunk of them.
 _PACKED_FROM = 32
 _PIXEL_CHUNK = 512
-#: Whether the CPU multiplies bfloat16 natively (AVX-512 BF16): there the packed product
-#: of a float32 basis runs on bfloat16 operands, 2.7 times faster on the MILES model's
-#: (256 stars, one thread), its entries within 0.4 % of float32's (the fit's change is
-#: checked in tests/test_inference.py).
-_BF16_CPU = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 #: Most Legendre orders of the continuum term a model file may declare.
 MAX_CONTINUUM_TERMS = 16
 
@@ -278,13 +273,11 @@ def _basis_gram(basis: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.matmul(basis * weight[:, None], basis.T).double()
     upper = torch.triu_indices(k, k, device=basis.device)
     packed = weight.new_zeros((n, upper.shape[1]), dtype=torch.float64)
-    low = _BF16_CPU and basis.dtype == torch.float32 and basis.device.type == "cpu"
-    operand = torch.bfloat16 if low else basis.dtype
     for start in range(0, basis.shape[1], _PIXEL_CHUNK):
         rows = basis[:, start : start + _PIXEL_CHUNK]
         # row i times rows i..K-1, in the order of triu_indices: (K (K + 1) / 2, pixels)
-        products = torch.cat([rows[i:] * rows[i] for i in range(k)]).to(operand)
-        packed += (weight[:, start : start + _PIXEL_CHUNK].to(operand) @ products.T).double()
+        products = torch.cat([rows[i:] * rows[i] for i in range(k)])
+        packed += (weight[:, start : start + _PIXEL_CHUNK] @ products.T).double()
     gram = packed.new_zeros((n, k, k))
     gram[:, upper[0], upper[1]] = packed
     gram[:, upper[1], upper[0]] = packed
