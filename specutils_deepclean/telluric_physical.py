@@ -32,6 +32,7 @@ from .models.velocity import _keys_weights
 from .telluric_fit import _clear_pixels, _noise, fit_transmission
 from .telluric_star import C_KMS, MAX_SHIFT_KMS, align_stellar
 from .telluric_template import MOLECULES
+from .tellurics import _split, _window_pixels
 
 __all__ = ["STELLAR_BASIS", "STELLAR_REGION", "line_part", "refine_stellar", "remove_physical"]
 
@@ -414,8 +415,6 @@ def line_part(transmission: np.ndarray, centres_aa: np.ndarray) -> np.ndarray:
     ndarray, shape (n, n_pix)
         ``transmission`` over its smooth continuum (at most 1).
     """
-    from .tellurics import _split, _window_pixels
-
     out = np.ones_like(transmission)
     rows = np.flatnonzero((transmission < 1.0).any(axis=1))
     if rows.size == 0:
