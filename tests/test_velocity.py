@@ -71,6 +71,23 @@ def test_doppler_shift_sparse_path_matches_gather(n_exp):
     np.testing.assert_allclose(every[rows].numpy(), shift.apply(y[rows], rows).numpy(), atol=1e-12)
 
 
+def test_doppler_shift_take_is_the_shift_of_those_stars():
+    """`DopplerShift.take` slices the arrays: the same shift as one built for the rows,
+    margin (its validity) included."""
+    wave = np.linspace(4000.0, 4100.0, 200)
+    velocity = np.random.default_rng(8).uniform(-900, 900, (5, 2))
+    shift = DopplerShift(wave, velocity, margin=30.0, dtype=torch.float64)
+    rows = torch.tensor([4, 1])
+    taken, built = shift.take(rows), DopplerShift(wave, velocity[[4, 1]], margin=30.0,
+                                                  dtype=torch.float64)
+    np.testing.assert_array_equal(taken.velocity, built.velocity)
+    for name in ("base", "weight", "valid", "index"):
+        assert torch.equal(getattr(taken, name), getattr(built, name)), name
+    x = torch.as_tensor(np.random.default_rng(9).normal(size=(2, 200)))
+    assert torch.equal(taken.apply(x, torch.arange(2)), built.apply(x, torch.arange(2)))
+    assert torch.equal(taken.inverse().base, built.inverse().base)
+
+
 def test_parabola_peak():
     offsets = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
     values = -3.0 * (offsets - 0.4) ** 2

@@ -36,12 +36,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import astropy.units as u
 import torch
 
 from .level import MIN_MISSING
 from .observations import Observations
-from .velocity import DopplerShift
 
 __all__ = ["CLASS_MIXTURE", "MIN_WEIGHT", "GapMixture", "class_mixture"]
 
@@ -116,7 +114,7 @@ def class_mixture(
     wide, classes = (weight > 0).nonzero(as_tuple=True)  # the pairs that count
     star = rows[wide]
     signal = model.generator.generate(z[star, classes])
-    terms, terms_var = model._linear_terms(_take(model, data, star), signal)
+    terms, terms_var = model._linear_terms(_take(data, star), signal)
     share = weight[wide, classes][:, None]
     flux = torch.zeros_like(signal[: rows.numel()]).index_add_(0, wide, share * (signal + terms))
     mixed_var = torch.zeros_like(flux).index_add_(0, wide, share * terms_var)
@@ -130,16 +128,8 @@ def class_mixture(
     )
 
 
-def _take(model, data: Observations, rows: torch.Tensor) -> Observations:
+def _take(data: Observations, rows: torch.Tensor) -> Observations:
     """The stars ``rows`` of a batch (what the linear terms read of it)."""
-    shift = data.shift
-    if shift is not None:
-        shift = DopplerShift(
-            model.wavelength.to_value(u.AA),
-            shift.velocity[rows.cpu().numpy()],
-            device=data.flux.device,
-            dtype=data.flux.dtype,
-        )
     return dataclasses.replace(
         data,
         flux=data.flux[rows],
@@ -148,7 +138,7 @@ def _take(model, data: Observations, rows: torch.Tensor) -> Observations:
         inv_unit=data.inv_unit[rows],
         counted=data.counted[rows],
         constant=data.constant[rows],
-        shift=shift,
+        shift=None if data.shift is None else data.shift.take(rows),
         unreached=None if data.unreached is None else data.unreached[rows],
         unpooled=None,
     )

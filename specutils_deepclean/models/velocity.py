@@ -31,6 +31,7 @@ Torch is imported here: this module is loaded only with the models.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -200,6 +201,14 @@ class DopplerShift:
         for e in range(x.shape[1]):
             out[:, e] = self.apply(x[:, e], rows)[:, e]
         return out
+
+    def take(self, rows: torch.Tensor) -> DopplerShift:
+        """The shift of stars ``rows`` (int tensor) alone, its arrays sliced, not rebuilt."""
+        taken = copy.copy(self)
+        taken.velocity = self.velocity[rows.cpu().numpy()]
+        taken.base, taken.weight, taken.valid = self.base[rows], self.weight[rows], self.valid[rows]
+        taken._inverses = {}
+        return taken
 
     def inverse(self, margin: float = 0.0) -> DopplerShift:
         """The shift back to rest: its velocity is :math:`-v / (1 - v/c)` (built once
