@@ -44,16 +44,29 @@ import numpy as np
 import torch
 
 from _common import observations
+from bench_tellurics_speed import HARPS_PIXELS
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
 from specutils_deepclean.manipulation import denoise, remove_tellurics
 from specutils_deepclean.models.karaoke import KaraokeVAE
-
-HARPS_PIXELS = 327_680
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed(call, repeats: int, device: torch.device) -> tuple[list, object]:
+    """Seconds of ``repeats`` calls after one warm-up call (model load, kernels, caches),
+    the device synchronised before and after each; the last call's result."""
+    seconds, result = [], None
+    for repeat in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        result = call()
+        _sync(device)
+        if repeat:
+            seconds.append(time.perf_counter() - start)
+    return seconds, result
 
 
 def _quiet(function, *args, **kwargs):
@@ -114,14 +127,9 @@ def throughput(function, flux, sigma, wave, medium, batches, repeats, device) ->
     for batch in batches:
         spectrum = as_spectrum(flux[:batch], sigma[:batch], wave, medium)
         kwargs = {"batch_size": batch} if function is remove_tellurics else {}
-        seconds = []
-        for repeat in range(repeats + 1):
-            _sync(device)
-            start = time.perf_counter()
-            _quiet(function, spectrum, device=device, **kwargs)
-            _sync(device)
-            if repeat:  # the first call warms up (model load, kernels, caches)
-                seconds.append(time.perf_counter() - start)
+        seconds, _ = _timed(
+            lambda: _quiet(function, spectrum, device=device, **kwargs), repeats, device
+        )
         rows.append(
             {
                 "batch": batch,
@@ -149,15 +157,12 @@ def harps(device: torch.device, repeats: int, amp: bool) -> list:
         missing = torch.zeros(batch, net.n_pix, dtype=torch.bool, device=device)
         outputs = {}
         for name, context in precisions.items():
-            seconds = []
-            for repeat in range(repeats + 1):
-                _sync(device)
-                start = time.perf_counter()
+
+            def run(context=context):
                 with torch.inference_mode(), context():
-                    out = net._decode_mean(flux, missing)
-                _sync(device)
-                if repeat:
-                    seconds.append(time.perf_counter() - start)
+                    return net._decode_mean(flux, missing)
+
+            seconds, out = _timed(run, repeats, device)
             outputs[name] = out.float()
             rows.append(
                 {
