@@ -1,4 +1,5 @@
-"""The fill of a wide gap as the class posterior's mean (models/gap_fill.py)."""
+"""The fill of a wide gap as the class posterior's mean, held near the training
+library (models/gap_fill.py)."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from specutils_deepclean.io.models import load_model  # noqa: E402
-from specutils_deepclean.models import gap_fill, ood  # noqa: E402
+from specutils_deepclean.models import gap_fill, level, ood  # noqa: E402
+from specutils_deepclean.models.observations import rest_weight  # noqa: E402
 from specutils_deepclean.simulate import gap_slice  # noqa: E402
 
 
@@ -20,6 +22,14 @@ def mixture_off():
     gap_fill.CLASS_MIXTURE = False
     yield
     gap_fill.CLASS_MIXTURE = True
+
+
+@pytest.fixture
+def pull_off():
+    shipped = gap_fill.LIBRARY_PULL
+    gap_fill.LIBRARY_PULL = 0.0
+    yield
+    gap_fill.LIBRARY_PULL = shipped
 
 
 def _blend(model, snr=30.0, seed=1):
@@ -56,7 +66,7 @@ def _weights(model, result):
     return weight / weight.sum(1, keepdims=True)
 
 
-def test_a_wide_gap_is_filled_with_the_posterior_mean(shipped):
+def test_a_wide_gap_is_filled_with_the_posterior_mean(shipped, pull_off):
     flux, sigma, missing = _blend(shipped)
     result = shipped.map_estimate(flux, sigma, missing, clip=None, steps=10)
     weight = _weights(shipped, result)
@@ -109,3 +119,68 @@ def test_class_posterior_floor(shipped):
     np.testing.assert_allclose(
         with_floor, (1 - epsilon) * without + epsilon / shipped.n_classes, rtol=1e-12
     )
+
+
+def test_the_library_pull_moves_only_a_wide_gaps_fill_within_its_bound(shipped):
+    flux, sigma, missing = _blend(shipped)
+    missing[1] = False  # complete: no wide gap
+    pulled = shipped.map_estimate(flux, sigma, missing, clip=None, steps=10)
+    saved = gap_fill.LIBRARY_PULL
+    gap_fill.LIBRARY_PULL = 0.0
+    try:
+        before = shipped.map_estimate(flux, sigma, missing, clip=None, steps=10)
+    finally:
+        gap_fill.LIBRARY_PULL = saved
+    gap = missing[0]
+    np.testing.assert_array_equal(pulled.flux[1], before.flux[1])
+    np.testing.assert_array_equal(pulled.flux[0, ~gap], before.flux[0, ~gap])
+    np.testing.assert_array_equal(pulled.flux_sigma, before.flux_sigma)
+    step = np.abs(pulled.flux[0, gap] - before.flux[0, gap])
+    assert step.max() > 0
+    # (float32 outputs: a rounding's leeway)
+    assert np.all(step <= gap_fill.LIBRARY_STEP * before.flux_sigma[0, gap] + 1e-5)
+
+
+def test_the_library_pull_goes_toward_the_training_star_that_fits(shipped, monkeypatch):
+    spectra = level.library(shipped).numpy()
+    star = 2.0 * spectra[7]  # a training star's spectrum, at another level
+    missing = np.zeros(star.shape, bool)
+    missing[gap_slice(int(0.4 * shipped.n_pix), "red", shipped.n_pix)] = True
+    sigma = np.full_like(star, 1e-3)
+    data = shipped._prepare(star[None], sigma[None], missing[None], None)
+    rest, weight = rest_weight(data)
+    np.testing.assert_array_equal(weight[0, missing].numpy(), 0.0)
+    assert torch.all(weight[0, ~missing] > 0)
+    scale = float(rest[0, 0] / star[0])  # the batch's normalisation
+    target = torch.as_tensor(star * scale, dtype=data.flux.dtype)[None]
+    offset = 0.1 * torch.ones_like(target)
+    gap = gap_fill.GapMixture(
+        rows=torch.tensor([0]), weight=torch.ones(1, shipped.n_classes), flux=target + offset,
+        terms_var=torch.zeros_like(target), pairs=torch.tensor([0]), centre=target,
+    )  # fmt: skip
+    filled = torch.as_tensor(missing)[None]
+    monkeypatch.setattr(gap_fill, "LIBRARY_REACH", 0.0)
+    wide = gap_fill.library_pull(shipped, data, gap, torch.ones_like(target), filled)
+    expected = torch.where(filled, target + (1 - gap_fill.LIBRARY_PULL) * offset, gap.flux)
+    torch.testing.assert_close(wide, expected, rtol=0, atol=2e-3)
+    # with a reach R, the pull grows from the gap's edge over R pixels
+    monkeypatch.setattr(gap_fill, "LIBRARY_REACH", 300.0)
+    ramped = gap_fill.library_pull(shipped, data, gap, torch.ones_like(target), filled)
+    edge = int(np.nonzero(missing)[0][0])  # the red gap's first pixel, 1 from the data
+    distance = torch.clamp(torch.arange(star.size) - (edge - 1), 0, 300) / 300
+    pull = gap_fill.LIBRARY_PULL * distance
+    torch.testing.assert_close(ramped, gap.flux - pull * offset, rtol=0, atol=2e-3)
+    # a move is never more than LIBRARY_STEP sigma
+    monkeypatch.setattr(gap_fill, "LIBRARY_REACH", 0.0)
+    narrow = gap_fill.library_pull(shipped, data, gap, 0.01 * torch.ones_like(target), filled)
+    step = 0.01 * gap_fill.LIBRARY_STEP
+    torch.testing.assert_close(narrow, torch.where(filled, gap.flux - step, gap.flux))
+
+
+def test_distance_from_the_observed_pixels():
+    filled = torch.tensor([[True, True, False, True, True, True, False], [False] * 7])
+    expected = torch.tensor([[2, 1, 0, 1, 2, 1, 0], [0] * 7])
+    torch.testing.assert_close(gap_fill._distance(filled), expected)
+    # a row without data: the grid's length
+    nothing = torch.ones(1, 4, dtype=bool)
+    torch.testing.assert_close(gap_fill._distance(nothing), torch.full((1, 4), 4))

@@ -22,7 +22,10 @@ and the median per star) and over the observed ones; the share flagged out of
 distribution.  ``--min-missing`` sets `~specutils_deepclean.models.level.MIN_MISSING`
 for the run (a study on ``val``); above 1 no spectrum is re-levelled: the denoiser
 sees the input divided by the median of its observed pixels, as before
-`~specutils_deepclean.models.level` existed.
+`~specutils_deepclean.models.level` existed.  ``--library-pull`` sets
+`~specutils_deepclean.models.gap_fill.LIBRARY_PULL` (0: a wide gap's fill is not held
+near the training library, as before `~specutils_deepclean.models.gap_fill.library_pull`
+existed).
 
     python benchmarks/benchmarks/bench_gaps.py --split test --threads 1 \\
         --json benchmarks/results/gaps_test.json
@@ -44,7 +47,7 @@ from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.io.models import load_model
-from specutils_deepclean.models import level
+from specutils_deepclean.models import gap_fill, level
 from specutils_deepclean.simulate import GAP_PLACES, GAP_WIDTHS, Simulator, gap_slice, prepare_truth
 from specutils_deepclean.spectra import median_normalise
 
@@ -131,8 +134,13 @@ def main(argv=None) -> int:
         "--min-missing", type=float, default=level.MIN_MISSING,
         help="share of the grid missing from which the level is re-estimated (above 1: never)",
     )  # fmt: skip
+    parser.add_argument(
+        "--library-pull", type=float, default=gap_fill.LIBRARY_PULL,
+        help="share of the way a wide gap's fill moves toward the training library (0: none)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     level.MIN_MISSING = args.min_missing
+    gap_fill.LIBRARY_PULL = args.library_pull
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     pca = load_model("miles-pca").truncate(10)
@@ -153,6 +161,7 @@ def main(argv=None) -> int:
             "n_stars": int(len(rows)),
             "snr": args.snr,
             "min_missing": args.min_missing,
+            "library_pull": args.library_pull,
             "map_options": MAP_OPTIONS,
             "runaway_mse": args.runaway,
             "protocol_widths": list(GAP_WIDTHS),

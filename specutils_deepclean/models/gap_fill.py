@@ -1,4 +1,4 @@
-r"""The fill of a wide gap: the class posterior's mean, not the MAP class's spectrum.
+r"""The fill of a wide gap: the class posterior's mean, held near the training library.
 
 Where a spectrum has data, every class's optimum :math:`\hat z_C` fits them and the
 classes' spectra agree; over a wide gap they need not.  A hot star whose blue end is
@@ -29,6 +29,15 @@ spectrum, so a spectrum without a wide gap is denoised exactly as before.  The
 choice (the calibrated posterior without its floor, against the MAP class's spectrum
 and the posterior with its floor) was made on MILES ``val``
 (``benchmarks/studies/gap_mixture.py``, ``benchmarks/results/gap_mixture_val.json``).
+
+`library_pull` then moves that fill, over the filled pixels, part of the way toward
+the mean of the training stars' spectra that fit the observed pixels, by at most
+`LIBRARY_STEP` times its own standard deviation, and less within `LIBRARY_REACH`
+pixels of the data; its uncertainty is kept.  The settings were chosen on MILES
+``val`` (``benchmarks/studies/gap_library.py``,
+``benchmarks/results/gap_library_val.json``): the median MSE over a 40 % gap falls
+by 32 % and 34 % at the blue and red ends, with a median within 3 % of before over
+the middle gaps of 400 to 1689 pixels.
 """
 
 from __future__ import annotations
@@ -38,16 +47,36 @@ from dataclasses import dataclass
 
 import torch
 
-from .level import MIN_MISSING
-from .observations import Observations
+from .level import MIN_MISSING, library
+from .observations import Observations, rest_weight
 
-__all__ = ["CLASS_MIXTURE", "MIN_WEIGHT", "GapMixture", "class_mixture"]
+__all__ = [
+    "CLASS_MIXTURE",
+    "LIBRARY_PULL",
+    "LIBRARY_REACH",
+    "LIBRARY_STEP",
+    "LIBRARY_TEMPERATURE",
+    "MIN_WEIGHT",
+    "GapMixture",
+    "class_mixture",
+    "library_pull",
+]
 
 #: Whether the stars with a wide gap get the posterior mean over classes (off only
 #: for studies).
 CLASS_MIXTURE = True
 #: Classes of smaller weight are left out of the mixture (the rest renormalised).
 MIN_WEIGHT = 1e-3
+#: Share of its distance to the training library's mean that a wide gap's fill moves
+#: (`library_pull`; 0: not at all).
+LIBRARY_PULL = 0.5
+#: Pixels from the nearest observed one over which the pull grows from 0 to
+#: `LIBRARY_PULL` (0: the full pull everywhere in the gap).
+LIBRARY_REACH = 1000.0
+#: The most a pixel moves, in units of its standard deviation.
+LIBRARY_STEP = 0.5
+#: The library's weights are :math:`\exp(-\chi^2_i / (2 T))` with this :math:`T`.
+LIBRARY_TEMPERATURE = 10.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +155,68 @@ def class_mixture(
         pairs=star * k + classes,
         centre=flux[wide] - terms,
     )
+
+
+def library_pull(
+    model, data: Observations, gap: GapMixture, sigma: torch.Tensor, filled: torch.Tensor
+) -> torch.Tensor:
+    r"""A wide gap's fill moved toward the training stars that fit the observed pixels.
+
+    Each training star's spectrum as the model draws it, :math:`g_i = G(z_i)` at the
+    KDE points (`~specutils_deepclean.models.level.library`), is scaled to the star's
+    co-add at rest by weighted least squares (:math:`a_i = \sum w y g_i / \sum w
+    g_i^2`, residual :math:`\chi^2_i`); their mean :math:`m = \sum_i p_i a_i g_i`,
+    :math:`p_i \propto \exp(-\chi^2_i / (2 T))` (`LIBRARY_TEMPERATURE`), is a fill
+    that cannot leave the library's shapes.  Over the filled pixels the fill
+    :math:`\bar s` becomes :math:`\bar s + \mathrm{clip}(\lambda (m - \bar s),
+    \pm k \sigma)` with :math:`\lambda` `LIBRARY_PULL` (times :math:`\min(1, d / R)`
+    at :math:`d` pixels from the nearest observed one, :math:`R` `LIBRARY_REACH`) and
+    :math:`k` `LIBRARY_STEP`: a move within the fill's own uncertainty, which is kept.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The denoiser.
+    data : `~specutils_deepclean.models.observations.Observations`
+        The batch as the MAP saw it.
+    gap : GapMixture
+        The fills of its stars with a wide gap (`class_mixture`).
+    sigma : tensor, shape (W, P)
+        Their standard deviations at rest.
+    filled : bool tensor, shape (W, P)
+        Their pixels without data.
+
+    Returns
+    -------
+    tensor, shape (W, P)
+        The fills, moved (``gap.flux`` itself when `LIBRARY_PULL` is 0).
+    """
+    if LIBRARY_PULL == 0:
+        return gap.flux
+    flux, weight = rest_weight(_take(data, gap.rows))
+    spectra = library(model).to(device=flux.device, dtype=flux.dtype)
+    cross = (weight * flux) @ spectra.T  # (W, N)
+    scale = cross / (weight @ spectra.square().T)
+    chi2 = (weight * flux.square()).sum(-1, keepdim=True) - scale * cross
+    share = torch.softmax(-0.5 * chi2 / LIBRARY_TEMPERATURE, dim=-1)
+    mean = (share * scale) @ spectra
+    bound = LIBRARY_STEP * sigma
+    pull = LIBRARY_PULL
+    if LIBRARY_REACH > 0:
+        pull = pull * (_distance(filled) / LIBRARY_REACH).clamp_max(1).to(sigma.dtype)
+    step = torch.clamp(pull * (mean - gap.flux), -bound, bound)
+    return gap.flux + torch.where(filled, step, 0.0)
+
+
+def _distance(filled: torch.Tensor) -> torch.Tensor:
+    """Each pixel's distance (pixels) from the nearest unfilled pixel of its row (0 for
+    those; the grid's length where a row has none)."""
+    n_pix = filled.shape[-1]
+    index = torch.arange(n_pix, device=filled.device).expand_as(filled)
+    far = torch.full_like(index, 2 * n_pix)
+    left = torch.where(filled, -far, index).cummax(-1).values
+    right = torch.where(filled, far, index).flip(-1).cummin(-1).values.flip(-1)
+    return torch.minimum(index - left, right - index).clamp_max(n_pix)
 
 
 def _take(data: Observations, rows: torch.Tensor) -> Observations:

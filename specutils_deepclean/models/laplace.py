@@ -20,7 +20,7 @@ import torch
 
 from ..exposures import pool_velocities
 from . import ood
-from .gap_fill import class_mixture
+from .gap_fill import class_mixture, library_pull
 from .model_error import model_error
 from .noiseflow import _HALF_LOG_2PI
 from .observations import Observations, generator_floor, observed_model
@@ -247,6 +247,10 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         floor = torch.as_tensor(model.extra["generator_sigma"], dtype=var.dtype)
         var = var + float(scales[1]) ** 2 * floor.to(var.device).square()
     var = var + terms_var
+    if gap is not None:  # a wide gap's fill held near the training library
+        flux[gap.rows] = library_pull(
+            model, data, gap, var[gap.rows].sqrt(), _filled(data)[gap.rows]
+        )
     velocity = np.zeros(data.flux.shape[:2])
     error = np.zeros(data.flux.shape[:2])
     reached = torch.ones_like(flux, dtype=torch.bool)

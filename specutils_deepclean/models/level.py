@@ -37,6 +37,7 @@ __all__ = [
     "TEMPLATE_STARTS",
     "TOP",
     "gap_starts",
+    "library",
     "relevel",
     "template_level",
     "template_starts",
@@ -52,7 +53,8 @@ MIN_MISSING = 0.05
 #: (`gap_starts`; off only for studies).
 TEMPLATE_STARTS = True
 
-#: Each model's smoothed templates (float64, CPU), built on first use.
+#: Each model's `library` and its smoothed templates (float64, CPU), built on first use.
+_LIBRARY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TEMPLATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -66,16 +68,34 @@ def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.nn.functional.conv1d(x[:, None], kernel, padding=radius)[:, 0]
 
 
-def _templates(model) -> torch.Tensor:
-    """The smoothed :math:`G(z_i)` of the model's KDE points, (N, P) float64 on CPU."""
-    cached = _TEMPLATES.get(model)
+def library(model) -> torch.Tensor:
+    """The training stars' spectra as the model draws them.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The denoiser (its generator and KDE points).
+
+    Returns
+    -------
+    tensor, shape (N, P)
+        :math:`G(z_i)` at the model's N KDE points (float64, CPU; built on first use).
+    """
+    cached = _LIBRARY.get(model)
     if cached is None:
         points = torch.as_tensor(
             np.asarray(model.extra["kde_points"]), dtype=model._dtype, device=model.device
         )
         with torch.no_grad():
-            spectra = model.generator.generate(points).to("cpu", torch.float64)
-        cached = _TEMPLATES[model] = _smooth(spectra, SMOOTH_PIXELS)
+            cached = _LIBRARY[model] = model.generator.generate(points).to("cpu", torch.float64)
+    return cached
+
+
+def _templates(model) -> torch.Tensor:
+    """The smoothed `library`, (N, P) float64 on CPU."""
+    cached = _TEMPLATES.get(model)
+    if cached is None:
+        cached = _TEMPLATES[model] = _smooth(library(model), SMOOTH_PIXELS)
     return cached
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "observed_model",
     "generator_floor",
     "rest_coadd",
+    "rest_weight",
 ]
 
 #: DER_SNR's noise factor: 1.482602 / sqrt(6) times the median |2 f_i - f_{i-2} - f_{i+2}|.
@@ -372,15 +373,38 @@ def rest_coadd(data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
     flux, gone : tensor, shape (B, 1, P)
         The flux (0 where gone) and the pixels without data.
     """
-    flux, gone = data.flux, data.gone
-    if data.shift is not None:
-        flux, gone = to_rest(data.shift, flux, gone)
+    flux, gone = _at_rest(data)
     if flux.shape[1] == 1:
         return flux, gone
+    flux, weight = rest_weight(data)
+    return flux[:, None], (weight == 0)[:, None]
+
+
+def rest_weight(data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each star's inverse-variance co-add at rest and its weight.
+
+    Parameters
+    ----------
+    data : Observations
+        The batch, (B, E, P).
+
+    Returns
+    -------
+    flux, weight : tensor, shape (B, P)
+        The co-add of the exposures at rest (0 where none has data) and the sum of
+        their :math:`1 / t^2` there (0 where none has data).
+    """
+    flux, gone = _at_rest(data)
     weight = data.inv_unit.square()
     if data.shift is not None:
         weight = data.shift.inverse().apply_each(weight).clamp_min(0)
     weight = torch.where(gone, 0.0, weight)
-    total = weight.sum(1, keepdim=True)
-    gone = total == 0
-    return (flux * weight).sum(1, keepdim=True) / torch.where(gone, 1.0, total), gone
+    total = weight.sum(1)
+    return (flux * weight).sum(1) / torch.where(total == 0, 1.0, total), total
+
+
+def _at_rest(data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exposures' flux and missing pixels at rest, (B, E, P)."""
+    if data.shift is None:
+        return data.flux, data.gone
+    return to_rest(data.shift, data.flux, data.gone)
