@@ -1,8 +1,8 @@
 """The setup and the JSON file of the studies on simulated MILES ``val`` observations.
 
-Shared by ``clip_val.py``, ``gap_mixture.py``, ``gap_runaway.py``,
-``map_convergence.py`` and ``normalisation_level.py`` (the options of ``clip_val.py``,
-``gap_mixture.py`` and ``gap_runaway.py`` too): every good ``val`` star on a model's
+Shared by ``clip_val.py``, ``gap_library.py``, ``gap_library_range.py``,
+``gap_mixture.py``, ``gap_runaway.py``, ``map_convergence.py`` and
+``normalisation_level.py`` (the options of all but the last two too): every good ``val`` star on a model's
 grid (`~specutils_deepclean.simulate.prepare_truth`), the simulator on that grid, the
 observations at each S/N of `~specutils_deepclean.simulate.SNR_LEVELS` (seed
 ``seed + i`` for the i-th) or with a wide gap at each place (`wide_gaps`), and the
