@@ -60,7 +60,8 @@ def main(argv=None) -> int:
                 scaled = scale[i, :, None] * spectra
                 low[i], high[i] = scaled.min(0), scaled.max(0)
             outside = ~valid | ~in_gap
-            fills = {"fill": out.flux, "clamped": np.clip(out.flux, low, high), "library_mean": mean}
+            clamped = np.clip(out.flux, low, high)
+            fills = {"fill": out.flux, "clamped": clamped, "library_mean": mean}
             mse = {name: metrics.mse(f, truth, mask=outside) for name, f in fills.items()}
             row = {name: _summary(m) for name, m in mse.items()}
             stars = []
