@@ -1,7 +1,7 @@
 """The setup and the JSON file of the studies on simulated MILES ``val`` observations.
 
 Shared by ``clip_val.py``, ``gap_library.py``, ``gap_library_range.py``,
-``gap_mixture.py``, ``gap_runaway.py``, ``gap_sigma.py``, ``map_convergence.py`` and
+``gap_mixture.py``, ``gap_runaway.py``, ``map_convergence.py`` and
 ``normalisation_level.py`` (the options of all but the last two too): every good ``val`` star on a model's
 grid (`~specutils_deepclean.simulate.prepare_truth`), the simulator on that grid, the
 observations at each S/N of `~specutils_deepclean.simulate.SNR_LEVELS` (seed

@@ -40,6 +40,7 @@ from .linear_terms import (
     terms_posterior,
     terms_solve,
 )
+from .fill_sigma import check_fill_sigma
 from .model_error import check_model_error
 from .noiseflow import NoiseFlow
 from .observations import (
@@ -865,9 +866,11 @@ def _unprefix(config: dict, prefix: str) -> dict:
 def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
     """``generator_sigma`` (P,) finite >= 0 and ``sigma_scales`` (2,) finite > 0, if present,
     the linear terms' arrays (`~specutils_deepclean.models.linear_terms.check_term_arrays`)
-    ``model_error_terms`` (`~specutils_deepclean.models.model_error.check_model_error`) and
+    ``model_error_terms`` (`~specutils_deepclean.models.model_error.check_model_error`),
+    ``fill_sigma_scale`` (`~specutils_deepclean.models.fill_sigma.check_fill_sigma`) and
     ``velocity_error`` (`~specutils_deepclean.models.velocity.check_velocity_error`)."""
     check_term_arrays(extra, n_pix)
+    check_fill_sigma(extra, n_pix)
     check_model_error(extra)
     check_velocity_error(extra)
     if "generator_sigma" in extra:

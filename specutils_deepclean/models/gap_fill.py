@@ -171,7 +171,9 @@ def library_pull(
     :math:`\bar s` becomes :math:`\bar s + \mathrm{clip}(\lambda (m - \bar s),
     \pm k \sigma)` with :math:`\lambda` `LIBRARY_PULL` (times :math:`\min(1, d / R)`
     at :math:`d` pixels from the nearest observed one, :math:`R` `LIBRARY_REACH`) and
-    :math:`k` `LIBRARY_STEP`: a move within the fill's own uncertainty, which is kept.
+    :math:`k` `LIBRARY_STEP`: a move within the fill's own uncertainty, which is kept
+    (:math:`\sigma` is the uncertainty before the factor on pixels without data,
+    `~specutils_deepclean.models.fill_sigma`).
 
     Parameters
     ----------

@@ -20,6 +20,7 @@ import torch
 
 from ..exposures import pool_velocities
 from . import ood
+from .fill_sigma import fill_sigma
 from .gap_fill import class_mixture, library_pull
 from .model_error import model_error
 from .noiseflow import _HALF_LOG_2PI
@@ -58,7 +59,8 @@ class MAPResult:
         pushed through the generator, mixed over the class posterior, with the
         generator's calibrated error (the documentation page *The denoiser's
         inference*, section Uncertainty), scaled by ``model_error_scale``, with
-        ``model_sigma`` added in quadrature.
+        ``model_sigma`` added in quadrature; at the ``filled`` pixels scaled by the
+        model's ``fill_sigma_scale`` (`~specutils_deepclean.models.fill_sigma`).
     latent_sigma : ndarray, shape (B, P)
         The part of it that comes from the posterior of :math:`z` and
         :math:`C` alone, before the calibration scales and the generator's own
@@ -251,6 +253,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         flux[gap.rows] = library_pull(
             model, data, gap, var[gap.rows].sqrt(), _filled(data)[gap.rows]
         )
+    var = fill_sigma(model.extra, var, _filled(data))  # the pixels without data
     velocity = np.zeros(data.flux.shape[:2])
     error = np.zeros(data.flux.shape[:2])
     reached = torch.ones_like(flux, dtype=torch.bool)

@@ -1,0 +1,69 @@
+r"""The uncertainty of the pixels without data, calibrated by wavelength.
+
+The denoiser's uncertainty (the Laplace covariance through the generator, the
+generator's error, the linear terms) is calibrated over whole spectra with data
+(``extra["sigma_scales"]``): it covers about 68 % of the pixels pooled over the grid,
+but not at every wavelength.  On MILES ``val`` at S/N 10 it covers 0.79-0.84 of the
+observed pixels within 400 pixels of either end of the grid and 0.63 in the middle.
+A pixel the spectrum lacks (a gap) gets its flux and uncertainty from the model
+alone, and inherits that pattern: the fills of gaps at the grid's ends, whatever
+their width, are covered 0.78-0.83, those of gaps in the middle 0.65-0.72.
+
+A model file may state ``extra["fill_sigma_scale"]`` :math:`r` (P,), a factor on the
+standard deviation of each pixel that no exposure has data for (``filled`` of the
+result): :math:`\sigma \to r\,\sigma` there, every other pixel unchanged (a spectrum
+without missing pixels is denoised bit for bit as without it).
+`~specutils_deepclean.training.fill_sigma.calibrate_fill_sigma` chooses it on MILES
+``val``: the 68.3 % quantile of :math:`|s - \hat s| / \sigma` over the filled pixels
+of the benchmark protocol's gaps, in bins of wavelength, interpolated between the
+bins' centres.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["check_fill_sigma", "fill_sigma"]
+
+
+def fill_sigma(extra: dict, var: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+    """The variance with ``extra["fill_sigma_scale"]`` squared applied over ``filled``.
+
+    Parameters
+    ----------
+    extra : dict
+        The model's extra arrays (``fill_sigma_scale``, shape (P,), when present).
+    var : tensor, shape (B, P)
+        The variance at rest, on the model's grid.
+    filled : bool tensor, shape (B, P)
+        The pixels no exposure has data for.
+
+    Returns
+    -------
+    tensor, shape (B, P)
+        ``var`` itself without ``fill_sigma_scale``; else ``var`` times the factor
+        squared at ``filled``, unchanged elsewhere.
+    """
+    if "fill_sigma_scale" not in extra:
+        return var
+    scale = torch.as_tensor(extra["fill_sigma_scale"], dtype=var.dtype, device=var.device)
+    return torch.where(filled, var * scale.square(), var)
+
+
+def check_fill_sigma(extra: dict, n_pix: int) -> None:
+    """``extra["fill_sigma_scale"]``, when present: ``n_pix`` finite values > 0.
+
+    Raises
+    ------
+    ValueError
+        If it is not.
+    """
+    if "fill_sigma_scale" not in extra:
+        return
+    scale = np.asarray(extra["fill_sigma_scale"], dtype=np.float64)
+    if scale.shape != (n_pix,) or not np.all(np.isfinite(scale) & (scale > 0)):
+        raise ValueError(
+            f"extra['fill_sigma_scale'] must hold {n_pix} finite values > 0, "
+            f"got shape {scale.shape}"
+        )

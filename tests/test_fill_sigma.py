@@ -1,0 +1,86 @@
+"""The factor on the uncertainty of pixels without data (models/fill_sigma.py)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from specutils_deepclean.io.models import load_model  # noqa: E402
+from specutils_deepclean.models.fill_sigma import check_fill_sigma, fill_sigma  # noqa: E402
+from specutils_deepclean.simulate import gap_slice  # noqa: E402
+
+
+def test_fill_sigma_scales_the_filled_pixels_only():
+    rng = np.random.default_rng(3)
+    var = torch.as_tensor(rng.uniform(0.1, 2.0, (4, 50)))
+    filled = torch.as_tensor(rng.random((4, 50)) < 0.3)
+    scale = rng.uniform(0.5, 1.5, 50)
+    out = fill_sigma({"fill_sigma_scale": scale}, var, filled)
+    assert torch.equal(out[~filled], var[~filled])
+    expected = (var * torch.as_tensor(scale) ** 2)[filled]
+    torch.testing.assert_close(out[filled], expected, rtol=1e-12, atol=0)
+    assert fill_sigma({}, var, filled) is var
+
+
+@pytest.mark.parametrize(
+    "bad", [np.ones(49), np.r_[np.ones(49), np.nan], np.r_[np.ones(49), 0.0], -np.ones(50)]
+)
+def test_check_fill_sigma_refuses(bad):
+    with pytest.raises(ValueError, match="fill_sigma_scale"):
+        check_fill_sigma({"fill_sigma_scale": bad}, 50)
+    check_fill_sigma({"fill_sigma_scale": np.ones(50)}, 50)
+    check_fill_sigma({}, 50)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The shipped model and the same without its factor."""
+    plain = load_model("denoiser-miles")
+    factor = plain.extra.pop("fill_sigma_scale")
+    return load_model("denoiser-miles"), plain, factor
+
+
+def _stars(model, seed=5):
+    """Two training-like stars (KDE modes of classes A and K) at S/N 20."""
+    names = model.prior.class_names
+    with torch.no_grad():
+        modes = model.prior.starts(1)[:, 0]
+        signal = model.generator.generate(modes).double().numpy()
+    signal = signal[[names.index("A"), names.index("K")]]
+    sigma = np.full_like(signal, 0.05)
+    return signal + sigma * np.random.default_rng(seed).normal(size=signal.shape), sigma
+
+
+def test_shipped_factor_shrinks_the_grid_ends_more():
+    scale = np.asarray(load_model("denoiser-miles").extra["fill_sigma_scale"])
+    middle = scale[len(scale) // 3 : 2 * len(scale) // 3]
+    assert scale[:100].mean() < middle.mean() and scale[-100:].mean() < middle.mean()
+
+
+def test_no_missing_pixel_keeps_its_sigma_bit_for_bit(pair):
+    shipped, plain, _ = pair
+    flux, sigma = _stars(shipped)
+    missing = np.zeros(flux.shape, bool)
+    a = shipped.map_estimate(flux, sigma, missing, steps=5)
+    b = plain.map_estimate(flux, sigma, missing, steps=5)
+    assert not a.filled.any()
+    np.testing.assert_array_equal(a.flux_sigma, b.flux_sigma)
+    np.testing.assert_array_equal(a.flux, b.flux)
+
+
+@pytest.mark.parametrize("width, place", [(100, "blue"), (0.4, "red"), (400, "middle")])
+def test_a_gap_s_sigma_is_scaled_and_its_fill_kept(pair, width, place):
+    shipped, plain, factor = pair
+    flux, sigma = _stars(shipped)
+    n_pix = shipped.n_pix
+    pixels = int(round(width * n_pix)) if width < 1 else width
+    missing = np.zeros(flux.shape, bool)
+    missing[:, gap_slice(pixels, place, n_pix)] = True
+    a = shipped.map_estimate(flux, sigma, missing, steps=5)
+    b = plain.map_estimate(flux, sigma, missing, steps=5)
+    np.testing.assert_array_equal(a.filled, missing)
+    np.testing.assert_array_equal(a.flux, b.flux)
+    np.testing.assert_array_equal(a.flux_sigma[~missing], b.flux_sigma[~missing])
+    expected = (b.flux_sigma * factor[None])[missing]
+    np.testing.assert_allclose(a.flux_sigma[missing], expected, rtol=1e-5)
+    assert not np.allclose(a.flux_sigma[missing], b.flux_sigma[missing], rtol=1e-3)
