@@ -4,7 +4,8 @@ r"""Choose the factor on the uncertainty of pixels without data on MILES ``val``
 (`~specutils_deepclean.models.fill_sigma`).  Every good ``val`` star, divided by its
 whole-grid median, is observed at S/N 10 with each gap of the benchmark protocol
 (`GAP_SHARES` of the grid's pixels at each place of
-`~specutils_deepclean.simulate.GAP_PLACES`) and denoised once without the factor.
+`~specutils_deepclean.simulate.GAP_PLACES`), and without a gap, and denoised once
+without the factor.
 For a number of bins ``n`` (equal stretches of the grid) the factor is, per bin, the
 `~specutils_deepclean.metrics.GAUSSIAN_COVERAGE` quantile of :math:`|s - \hat s| /
 \sigma` over the filled pixels in it, interpolated linearly between the bins'
@@ -51,7 +52,8 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
     Returns
     -------
     dict
-        ``n_bins``, ``n_stars``, the factor at each bin's centre, per gap the pooled
+        ``n_bins``, ``n_stars``, the factor at each bin's centre, the coverage of the
+        observed pixels without a gap in each bin and pooled, per gap the pooled
         coverage of its filled pixels ``before`` and ``after`` (in sample) and
         ``held_out`` (factor fitted on the other half of the stars), and per candidate
         number of bins the held-out coverage of every gap.
@@ -64,17 +66,22 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
     n_star, n_pix = truth.shape
     sim = Simulator(wave, model.medium)
     ratio, pixels = {}, {}
-    for share in GAP_SHARES:
-        width = int(round(share * n_pix)) if share < 1 else int(share)
-        for place in GAP_PLACES:
-            obs = sim.observe(np.where(valid, truth, np.nan), SNR, seed=seed, gap=(width, place))
-            out = denoise_arrays(
-                model, obs.flux, obs.sigma, obs.mask, velocity=0.0,
-                generator=torch.Generator().manual_seed(seed), **MAP_OPTIONS,
-            )  # fmt: skip
-            key = f"{share:g}_{place}"
-            pixels[key] = valid & out.map.filled & np.isfinite(out.flux_sigma)
-            ratio[key] = np.abs(out.flux - truth) / np.where(pixels[key], out.flux_sigma, 1.0)
+    gaps = [(None, None)] + [(share, place) for share in GAP_SHARES for place in GAP_PLACES]
+    for share, place in gaps:
+        width = int(round(share * n_pix)) if share is not None and share < 1 else share
+        gap = None if share is None else (int(width), place)
+        obs = sim.observe(np.where(valid, truth, np.nan), SNR, seed=seed, gap=gap)
+        out = denoise_arrays(
+            model, obs.flux, obs.sigma, obs.mask, velocity=0.0,
+            generator=torch.Generator().manual_seed(seed), **MAP_OPTIONS,
+        )  # fmt: skip
+        use = valid & np.isfinite(out.flux_sigma)
+        if share is None:  # no gap: the observed pixels' coverage per bin
+            no_gap = (np.abs(out.flux - truth) < out.flux_sigma) & use
+            continue
+        key = f"{share:g}_{place}"
+        pixels[key] = use & out.map.filled
+        ratio[key] = np.abs(out.flux - truth) / np.where(pixels[key], out.flux_sigma, 1.0)
     halves = (np.arange(n_star) % 2 == 0, np.arange(n_star) % 2 == 1)
 
     def fit(rows: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,6 +95,13 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         ]
         centres = (edges[:-1] + edges[1:] - 1) / 2
         return np.interp(np.arange(n_pix), centres, quantiles), np.asarray(quantiles)
+
+    def per_bin(hits: np.ndarray, use: np.ndarray, n_bins: int) -> list:
+        edges = np.linspace(0, n_pix, n_bins + 1).round().astype(int)
+        return [
+            round(float(hits[:, a:b].sum() / use[:, a:b].sum()), 4)
+            for a, b in zip(edges[:-1], edges[1:])
+        ]
 
     def coverage(scale: np.ndarray, rows: np.ndarray) -> dict:
         return {
@@ -116,6 +130,8 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         "snr": SNR,
         "gap_widths": list(GAP_SHARES),
         "scale_at_bin_centres": at_centres.round(4).tolist(),
+        "no_gap_coverage_per_bin": per_bin(no_gap, valid, n_bins),
+        "no_gap_coverage": float(no_gap.sum() / valid.sum()),
         "before": coverage(np.ones(n_pix), everyone),
         "after": coverage(scale, everyone),
         "held_out": candidates[n_bins],
