@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from specutils_deepclean.inference import Denoised, denoise_arrays  # noqa: E402
 from specutils_deepclean.models.level import relevel  # noqa: E402
 from specutils_deepclean.models.linear_terms import (  # noqa: E402
-    _PACKED_FROM,
+    _BIN,
     check_term_arrays,
     term_columns,
     term_parts,
@@ -151,10 +151,18 @@ def test_terms_posterior_recovers_a_residual_component():
     assert np.all(variance[1, 8:].numpy() == 0)
 
 
-@pytest.mark.parametrize("n_star", [3, _PACKED_FROM + 2])
-def test_terms_solve_matches_the_dense_normal_equations(n_star):
-    """Both ways of building the residual basis's normal matrix (per star, and the packed
-    products for a batch) give the dense solution with both terms, gaps included."""
+def _dense_terms(parts, target, weight, signal):
+    """The terms' fit and variance from the normal equations written out and inverted."""
+    columns = term_columns(parts, signal)  # (n, K, P)
+    system = (columns * weight[:, None]) @ columns.transpose(1, 2) + parts.precision
+    coef = torch.linalg.solve(system, columns @ target[..., None])
+    spread = ((torch.linalg.inv(system) @ columns) * columns).sum(1)
+    return (coef.transpose(1, 2) @ columns)[:, 0], spread
+
+
+def _terms_problem(n_star, weight):
+    """Both terms on N_PIX pixels, ``weight`` (n_star, N_PIX) with star 0's pixels 5-14
+    (across bins) and 40 (alone in its bin) without data."""
     rng = np.random.default_rng(7)
     basis, _ = np.linalg.qr(rng.normal(size=(N_PIX, 5)))
     extra = {
@@ -164,17 +172,37 @@ def test_terms_solve_matches_the_dense_normal_equations(n_star):
     }
     parts = term_parts(extra, N_PIX, torch.float64, "cpu")
     signal = torch.as_tensor(1 + 0.2 * rng.random((n_star, N_PIX)))
-    weight = torch.as_tensor(rng.uniform(10.0, 1e3, (n_star, N_PIX)))
-    weight[0, 5:15] = 0.0
+    weight = torch.as_tensor(weight)
+    weight[0, 5:15] = weight[0, 40] = 0.0
     target = weight * torch.as_tensor(rng.normal(scale=0.03, size=(n_star, N_PIX)))
+    return parts, target, weight, signal
+
+
+@pytest.mark.parametrize("n_star", [3, 40])
+def test_terms_solve_fit_is_the_dense_solution(n_star):
+    """The conjugate gradients reach the dense normal equations' fit, with weights that
+    differ from pixel to pixel (the binned preconditioner far from exact) and gaps."""
+    weight = np.random.default_rng(8).uniform(10.0, 1e3, (n_star, N_PIX))
+    parts, target, weight, signal = _terms_problem(n_star, weight)
     fit, variance = terms_solve(parts, target, weight, signal)
-    columns = term_columns(parts, signal)  # (n, K, P), the normal equations written out
-    system = (columns * weight[:, None]) @ columns.transpose(1, 2) + parts.precision
-    coef = torch.linalg.solve(system, columns @ target[..., None])
-    np.testing.assert_allclose(fit.numpy(), (coef.transpose(1, 2) @ columns)[:, 0], atol=1e-10)
-    spread = ((torch.linalg.inv(system) @ columns) * columns).sum(1)
-    np.testing.assert_allclose(variance[0, 5:15].numpy(), spread[0, 5:15].numpy(), rtol=1e-9)
+    dense_fit, dense_spread = _dense_terms(parts, target, weight, signal)
+    np.testing.assert_allclose(fit.numpy(), dense_fit.numpy(), atol=1e-10)
+    assert np.all(variance[0, 5:15].numpy() > 0) and variance[0, 40] > 0
     assert np.all(variance[0, :5].numpy() == 0) and np.all(variance[1:].numpy() == 0)
+
+
+def test_terms_solve_variance_exact_for_weights_constant_per_bin():
+    """The variance comes from the binned normal matrix: exact when the weights are
+    constant over each bin's pixels with data, whatever pixels have none (the products
+    of those in bins with some taken back out)."""
+    per_bin = np.random.default_rng(9).uniform(10.0, 1e3, (3, -(-N_PIX // _BIN)))
+    weight = np.repeat(per_bin, _BIN, axis=1)[:, :N_PIX]
+    parts, target, weight, signal = _terms_problem(3, weight)
+    fit, variance = terms_solve(parts, target, weight, signal)
+    dense_fit, dense_spread = _dense_terms(parts, target, weight, signal)
+    np.testing.assert_allclose(fit.numpy(), dense_fit.numpy(), atol=1e-10)
+    empty = weight[0].numpy() == 0
+    np.testing.assert_allclose(variance[0, empty].numpy(), dense_spread[0, empty].numpy(), rtol=1e-9)
 
 
 def test_term_parts_continuum_rows_and_errors():
