@@ -308,7 +308,7 @@ def _conjugate_gradients(normal_times, rhs, inverse, rtol: float) -> torch.Tenso
 def _normal_matrix(parts: TermParts, basis_block, continuum, weight) -> torch.Tensor:
     """:math:`M W M^\\top` (n, K, K), float64, with the columns of `term_columns` (the
     residual basis, then ``continuum`` (n, D + 1, P) or None), ``weight`` (n, P) and
-    the basis's block ``basis_block`` (`_basis_gram`, or None without a basis)."""
+    the basis's block ``basis_block`` (`_binned_gram`, or None without a basis)."""
     if continuum is None:
         return basis_block
     scaled = continuum * weight[:, None]
