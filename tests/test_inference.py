@@ -13,6 +13,7 @@ from specutils_deepclean.models.level import relevel  # noqa: E402
 from specutils_deepclean.models.linear_terms import (  # noqa: E402
     _BIN,
     check_term_arrays,
+    model_term_parts,
     term_columns,
     term_parts,
     terms_posterior,
@@ -203,6 +204,23 @@ def test_terms_solve_variance_exact_for_weights_constant_per_bin():
     np.testing.assert_allclose(fit.numpy(), dense_fit.numpy(), atol=1e-10)
     empty = weight[0].numpy() == 0
     np.testing.assert_allclose(variance[0, empty].numpy(), dense_spread[0, empty].numpy(), rtol=1e-9)
+
+
+def test_model_term_parts_built_once_and_again_for_new_arrays():
+    class Holder:  # what model_term_parts reads of a model
+        def __init__(self, extra):
+            self.extra = extra
+
+    rng = np.random.default_rng(0)
+    holder = Holder({"residual_basis": rng.normal(size=(3, 20)), "residual_variance": np.ones(3)})
+    first = model_term_parts(holder, 20, torch.float64, "cpu")
+    assert model_term_parts(holder, 20, torch.float64, "cpu") is first
+    assert model_term_parts(holder, 20, torch.float32, "cpu") is not first
+    holder.extra["residual_basis"] = 2 * holder.extra["residual_basis"]
+    again = model_term_parts(holder, 20, torch.float64, "cpu")
+    assert again is not first
+    np.testing.assert_allclose(again.basis.numpy(), holder.extra["residual_basis"])
+    np.testing.assert_allclose(again.binned.numpy(), 4 * first.binned.numpy())
 
 
 def test_term_parts_continuum_rows_and_errors():

@@ -35,8 +35,8 @@ from .level import gap_starts
 from .linear_terms import (
     check_term_arrays,
     has_terms,
+    model_term_parts,
     residual_sums,
-    term_parts,
     terms_posterior,
     terms_solve,
 )
@@ -638,7 +638,7 @@ class Denoiser(DeepCleanModel):
         interpolated back to rest first."""
         if not has_terms(self.extra):
             return torch.zeros_like(signal), torch.zeros_like(signal)
-        parts = term_parts(self.extra, signal.shape[-1], signal.dtype, signal.device)
+        parts = model_term_parts(self, signal.shape[-1], signal.dtype, signal.device)
         if data.shift is None:
             return terms_posterior(parts, data.flux, data.inv_unit, signal)
         stars = torch.arange(signal.shape[0], device=signal.device)

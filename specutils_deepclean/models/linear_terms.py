@@ -23,6 +23,7 @@ test or a study.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "TermParts",
     "has_terms",
     "term_parts",
+    "model_term_parts",
     "term_columns",
     "residual_sums",
     "terms_posterior",
@@ -39,6 +41,11 @@ __all__ = [
     "check_term_arrays",
 ]
 
+#: The ``extra`` keys `term_parts` reads.
+_TERM_KEYS = ("residual_basis", "residual_variance", "continuum_sigma")
+#: Each model's `term_parts` per (grid size, dtype, device), with the arrays they were
+#: built from (`model_term_parts`).
+_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: Stars per chunk of the normal equations ((n, K, P) temporaries).
 _CHUNK = 32
 #: Pixels per bin of the residual basis's approximate normal matrix (`_binned_gram`: the
@@ -131,6 +138,31 @@ def term_parts(extra: dict, n_pix: int, dtype: torch.dtype, device) -> TermParts
     precision = torch.diag(1 / torch.cat(variances)).to(device)
     binned = None if basis is None else _binned_products(basis)
     return TermParts(basis, legendre, precision, binned)
+
+
+def model_term_parts(model, n_pix: int, dtype: torch.dtype, device) -> TermParts:
+    """`term_parts` of ``model.extra``, built once per model, grid size, dtype and
+    device (their binned products cost about as much as the terms of 200 stars), and
+    again when one of the model's term arrays is replaced.
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The denoiser (its ``extra``).
+    n_pix, dtype, device
+        As for `term_parts`.
+
+    Returns
+    -------
+    TermParts
+    """
+    arrays = tuple(model.extra.get(key) for key in _TERM_KEYS)
+    per_model = _PARTS.setdefault(model, {})
+    key = (n_pix, dtype, str(device))
+    built = per_model.get(key)
+    if built is None or any(old is not new for old, new in zip(built[0], arrays)):
+        built = per_model[key] = (arrays, term_parts(model.extra, n_pix, dtype, device))
+    return built[1]
 
 
 def term_columns(parts: TermParts, signal: torch.Tensor) -> torch.Tensor:
