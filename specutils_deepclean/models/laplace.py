@@ -218,8 +218,9 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     if searched is not None:  # a star beyond the range is found at its edge
         beyond = np.abs(data.shift.velocity) > searched
         flag = flag | torch.as_tensor(beyond.any(-1), device=flag.device)
+    filled = _filled(data)  # the pixels no exposure has data for
     # a star with a wide gap: the class posterior's mean spectrum
-    gap = class_mixture(model, data, z, fill_weight, _filled(data))
+    gap = class_mixture(model, data, z, fill_weight, filled)
     # a spectrum flagged as unlike the training stars has no confident class
     posterior = torch.where(flag[:, None], torch.full_like(posterior, 1 / k), posterior)
     # the uncertainty mixes the classes by their Laplace evidence: the calibration
@@ -255,9 +256,9 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
     var = var + terms_var
     if gap is not None:  # a wide gap's fill held near the training library
         flux[gap.rows] = library_pull(
-            model, data, gap, var[gap.rows].sqrt(), _filled(data)[gap.rows]
+            model, data, gap, var[gap.rows].sqrt(), filled[gap.rows]
         )
-    var = fill_sigma(model.extra, var, _filled(data))  # the pixels without data
+    var = fill_sigma(model.extra, var, filled)
     velocity = np.zeros(data.flux.shape[:2])
     error = np.zeros(data.flux.shape[:2])
     reached = torch.ones_like(flux, dtype=torch.bool)
@@ -285,7 +286,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         flux=as_np(flux),
         flux_sigma=as_np(torch.where(reached, var.sqrt(), torch.nan)),
         latent_sigma=as_np(torch.where(reached, latent_var.sqrt(), torch.nan)),
-        filled=as_np(_filled(data) & reached),
+        filled=as_np(filled & reached),
         rejected=as_np(data.rejected.any(dim=1)),
         class_posterior=as_np(posterior),
         class_z=as_np(z),

@@ -373,9 +373,8 @@ def rest_coadd(data: Observations) -> tuple[torch.Tensor, torch.Tensor]:
     flux, gone : tensor, shape (B, 1, P)
         The flux (0 where gone) and the pixels without data.
     """
-    flux, gone = _at_rest(data)
-    if flux.shape[1] == 1:
-        return flux, gone
+    if data.flux.shape[1] == 1:
+        return _at_rest(data)
     flux, weight = rest_weight(data)
     return flux[:, None], (weight == 0)[:, None]
 
