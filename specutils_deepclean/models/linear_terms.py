@@ -142,8 +142,8 @@ def term_parts(extra: dict, n_pix: int, dtype: torch.dtype, device) -> TermParts
 
 def model_term_parts(model, n_pix: int, dtype: torch.dtype, device) -> TermParts:
     """`term_parts` of ``model.extra``, built once per model, grid size, dtype and
-    device (their binned products cost about as much as the terms of 200 stars), and
-    again when one of the model's term arrays is replaced.
+    device (not on every call: their binned products are the costly part), and again
+    when one of the model's term arrays is replaced.
 
     Parameters
     ----------
