@@ -120,7 +120,11 @@ def main(argv=None) -> int:
         "--spectra-1", type=int, default=16, help="spectra per timing at batch 1"
     )
     parser.add_argument(
-        "--pixels", type=int, nargs="+", default=[1000, 4300, 16_000, 64_000]
+        "--pixels",
+        type=int,
+        nargs="*",
+        default=[1000, 4300, 16_000, 64_000],
+        help="grid sizes of the pixel sweep (none: no sweep)",
     )
     parser.add_argument("--pixel-batch", type=int, default=64)
     parser.add_argument(
