@@ -269,9 +269,9 @@ class IsometricAutoencoder(nn.Module):
         signal : tensor, shape ``(n, n_pix)``
             :math:`G(z)`.
         jacobian : tensor, shape ``(n, n_pix, latent_dim)``
-            :math:`\partial G_p / \partial z_l` (a view of the ``n_pix`` middle
-            pixels of a contiguous ``(padded_length, n, latent_dim)`` tensor: each
-            pixel's derivatives side by side, pixel after pixel).
+            :math:`\partial G_p / \partial z_l` (a transposed view of the
+            ``n_pix`` middle pixels of a contiguous ``(n, latent_dim,
+            padded_length)`` tensor).
 
         Raises
         ------
@@ -297,21 +297,20 @@ class IsometricAutoencoder(nn.Module):
                 x = run_channels_last(conv, x)
                 dx = run_channels_last(conv, dx, bias=False)
                 x, dx = _leaky_tangent(act, x, dx, dim)
-            # the output layer's tangents come pixel-major, (block, pixel, row, L): one
-            # product per block, W added in place, on the padded pixel grid
+            # the output layer's tangents in their (block, row, pixel) order go
+            # straight into the sum with W, one pass, on the padded pixel grid
             n_blocks = dx.shape[-1]
-            tangents = torch.bmm(
-                self.decoder_out.transpose(1, 2),
-                dx[:, :, 0].permute(2, 0, 1).contiguous().transpose(1, 2),
-            )  # (blocks, block, n L)
+            blocks = torch.bmm(dx[:, :, 0].permute(2, 0, 1).contiguous(), self.decoder_out)
+            tangents = blocks.view(n_blocks, n, dim, self.block).permute(1, 2, 0, 3)
             offset = (self.padded_length - self.n_pix) // 2
             linear = nn.functional.pad(
-                self.linear.weight, (0, 0, offset, self.padded_length - self.n_pix - offset)
-            )  # (padded, L)
-            jacobian = tangents.view(-1, n, dim).add_(linear[:, None])
-            jacobian = jacobian[offset : offset + self.n_pix].transpose(0, 1)
+                self.linear.weight.T, (offset, self.padded_length - self.n_pix - offset)
+            )
+            jacobian = torch.empty(n, dim, n_blocks, self.block, dtype=z.dtype, device=z.device)
+            torch.add(linear.view(dim, n_blocks, self.block), tangents, out=jacobian)
+            jacobian = jacobian.view(n, dim, -1)[:, :, offset : offset + self.n_pix]
             signal = self.mean + self.linear(z) + self._output_layer(x)
-        return signal, jacobian
+        return signal, jacobian.transpose(1, 2)
 
     def forward(self, flux, missing=None):
         """Encode and regenerate: ``(G(E(y)), E(y))``.

@@ -179,7 +179,7 @@ class DopplerShift:
         one product of the block-diagonal (n P, n P) interpolation matrix (four entries
         a row, compressed sparse rows) with the (n P, M) columns."""
         n, m, n_pix = flat.shape
-        columns = flat.transpose(1, 2).reshape(n * n_pix, m)  # whole pixels copied
+        columns = flat.transpose(1, 2).reshape(n * n_pix, m)  # a view for Jacobians
         offset = (torch.arange(n, device=flat.device) * n_pix)[:, None, None]
         starts = torch.arange(0, 4 * n * n_pix + 1, 4, device=flat.device)
         index = _tap_pixels(self.base[rows])  # (n, E, 4, P)
