@@ -16,7 +16,10 @@ over the gap's pixels only, for both methods, and the largest; the denoiser's
 median MSE over the no-gap one; the win rate against PCA-10 over the gap's pixels;
 the number of stars whose fill runs away (MSE over the gap above ``--runaway``, in
 units of the whole-grid median flux), for both methods, and how many of the
-denoiser's are flagged out of distribution; the MSE over the gap of every star;
+denoiser's are flagged out of distribution; the same count scale-free (``--relative``,
+0.5, fixed before any run: the RMS error over the gap above that share of the RMS of
+the true flux there, which the median normalisation does not inflate where the gap is
+bright) and every star's relative RMS error; the MSE over the gap of every star;
 the coverage of the denoiser's 1-sigma uncertainty over the gap's pixels (pooled
 and the median per star) and over the observed ones; the share flagged out of
 distribution.  ``--min-missing`` sets `~specutils_deepclean.models.level.MIN_MISSING`
@@ -98,6 +101,8 @@ def measure(model, pca, sim, truth, valid, rv, gap, args) -> dict:
         return row
     ours = metrics.mse(flux, truth, mask=~valid | ~in_gap)
     theirs = metrics.mse(filled, truth, mask=~valid | ~in_gap)
+    power = metrics.mse(np.zeros_like(truth), truth, mask=~valid | ~in_gap)
+    ours_rel, theirs_rel = np.sqrt(ours / power), np.sqrt(theirs / power)
     inside = metrics.calibration(flux, sigma, truth, mask=~valid | ~in_gap)
     row.update(
         {
@@ -110,9 +115,14 @@ def measure(model, pca, sim, truth, valid, rv, gap, args) -> dict:
             "runaway": {"deepclean": int(np.sum(ours > args.runaway)),
                         "pca10": int(np.sum(theirs > args.runaway))},
             "runaway_flagged": int(np.sum((ours > args.runaway) & fit.ood_flag)),
+            "runaway_relative": {"deepclean": int(np.sum(ours_rel > args.relative)),
+                                 "pca10": int(np.sum(theirs_rel > args.relative))},
             "calibration_in_gap": float(inside.pooled),
             "calibration_in_gap_median": _median(inside.per_spectrum),
             "mse_in_gap_per_star": {"deepclean": _rounded(ours), "pca10": _rounded(theirs)},
+            "relative_rms_in_gap_per_star": {
+                "deepclean": _rounded(ours_rel), "pca10": _rounded(theirs_rel)
+            },
         }
     )
     return row
@@ -130,6 +140,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--runaway", type=float, default=0.1, help="a fill runs away above this MSE in the gap"
     )
+    parser.add_argument(
+        "--relative", type=float, default=0.5,
+        help="a fill runs away (scale-free) above this RMS error over the gap's true RMS flux",
+    )  # fmt: skip
     parser.add_argument(
         "--min-missing", type=float, default=level.MIN_MISSING,
         help="share of the grid missing from which the level is re-estimated (above 1: never)",
@@ -164,6 +178,7 @@ def main(argv=None) -> int:
             "library_pull": args.library_pull,
             "map_options": MAP_OPTIONS,
             "runaway_mse": args.runaway,
+            "runaway_relative_rms": args.relative,
             "protocol_widths": list(GAP_WIDTHS),
             "gaps": {},
         }
