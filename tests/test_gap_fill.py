@@ -186,3 +186,36 @@ def test_distance_from_the_observed_pixels():
     # a row without data: the grid's length
     nothing = torch.ones(1, 4, dtype=bool)
     torch.testing.assert_close(gap_fill._distance(nothing), torch.full((1, 4), 4))
+
+
+def test_a_negative_fill_is_set_to_zero_and_its_variance_widened(monkeypatch):
+    flux = torch.tensor([[-0.3, 0.0, 0.05, -1.0], [-0.2, 0.4, -0.1, 1.0]])
+    var = torch.full_like(flux, 0.03**2)
+    filled = torch.tensor([[True, True, True, False], [False, False, False, False]])
+    out, out_var = gap_fill.nonnegative(flux, var, filled)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0, 0.05, -1.0], [-0.2, 0.4, -0.1, 1.0]]))
+    torch.testing.assert_close(out_var[0, 0], var[0, 0] + 0.3**2)
+    # pixels with data, and every pixel of a complete spectrum, bit for bit
+    assert torch.equal(out_var[0, 1:], var[0, 1:]) and torch.equal(out[1], flux[1])
+    assert torch.equal(out_var[1], var[1])
+    monkeypatch.setattr(gap_fill, "NONNEGATIVE", False)
+    off = gap_fill.nonnegative(flux, var, filled)
+    assert off[0] is flux and off[1] is var
+
+
+def test_the_floor_leaves_complete_spectra_and_observed_pixels_bit_for_bit(shipped):
+    flux, sigma, missing = _blend(shipped)
+    missing[1] = False  # complete
+    on = shipped.map_estimate(flux, sigma, missing, steps=5)
+    gap_fill.NONNEGATIVE = False
+    try:
+        off = shipped.map_estimate(flux, sigma, missing, steps=5)
+    finally:
+        gap_fill.NONNEGATIVE = True
+    np.testing.assert_array_equal(on.flux[1], off.flux[1])
+    np.testing.assert_array_equal(on.flux_sigma[1], off.flux_sigma[1])
+    gap = missing[0]
+    np.testing.assert_array_equal(on.flux[0, ~gap], off.flux[0, ~gap])
+    np.testing.assert_array_equal(on.flux_sigma[0, ~gap], off.flux_sigma[0, ~gap])
+    assert np.all(on.flux[0, gap] >= 0)
+    np.testing.assert_array_equal(on.flux[0, gap], np.maximum(off.flux[0, gap], 0))

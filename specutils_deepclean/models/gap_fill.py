@@ -57,9 +57,11 @@ __all__ = [
     "LIBRARY_STEP",
     "LIBRARY_TEMPERATURE",
     "MIN_WEIGHT",
+    "NONNEGATIVE",
     "GapMixture",
     "class_mixture",
     "library_pull",
+    "nonnegative",
 ]
 
 #: Whether the stars with a wide gap get the posterior mean over classes (off only
@@ -77,6 +79,9 @@ LIBRARY_REACH = 1000.0
 LIBRARY_STEP = 0.5
 #: The library's weights are :math:`\exp(-\chi^2_i / (2 T))` with this :math:`T`.
 LIBRARY_TEMPERATURE = 10.0
+#: Whether a negative fill of pixels without data is set to zero (`nonnegative`; off
+#: only for studies).
+NONNEGATIVE = True
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,41 @@ def library_pull(
         pull = pull * (_distance(filled) / LIBRARY_REACH).clamp_max(1).to(sigma.dtype)
     step = torch.clamp(pull * (mean - gap.flux), -bound, bound)
     return gap.flux + torch.where(filled, step, 0.0)
+
+
+def nonnegative(
+    flux: torch.Tensor, var: torch.Tensor, filled: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The fill held at or above zero flux, its uncertainty widened by the move.
+
+    Over the pixels without data the output is the model's alone, and nothing holds it
+    above zero: where the generator's optimum is extrapolated into a gap at a faint end
+    of the grid (the blue end of a cool giant) it can fall well below zero.  A star's
+    flux is not negative, so a fill :math:`\mu < 0` becomes 0; the fill was then off
+    by at least :math:`|\mu|`, which its variance gains: :math:`\sigma^2 + \mu^2`.
+    (The normal posterior truncated at zero, whose mean moves every fill within a few
+    sigma of zero, was tried on MILES ``val`` and rejected: over the gaps where the
+    classes' fills disagree its sigma is wide and the mean moved far,
+    ``benchmarks/studies/gap_nonnegative.py``.)  Pixels with data, and every pixel of a
+    spectrum without a missing one, are returned bit for bit.
+
+    Parameters
+    ----------
+    flux, var : tensor, shape (B, P)
+        The fill and its variance at rest.
+    filled : bool tensor, shape (B, P)
+        The pixels without data.
+
+    Returns
+    -------
+    flux, var : tensor, shape (B, P)
+        ``flux`` and ``var`` with the change above at the ``filled`` pixels where
+        ``flux`` is negative (both unchanged when `NONNEGATIVE` is False).
+    """
+    below = filled & (flux < 0)
+    if not NONNEGATIVE or not bool(below.any()):
+        return flux, var
+    return torch.where(below, 0.0, flux), torch.where(below, var + flux.square(), var)
 
 
 def _distance(filled: torch.Tensor) -> torch.Tensor:

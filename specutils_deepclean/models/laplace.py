@@ -21,7 +21,7 @@ import torch
 from ..exposures import pool_velocities
 from . import ood
 from .fill_sigma import fill_sigma
-from .gap_fill import class_mixture, library_pull
+from .gap_fill import class_mixture, library_pull, nonnegative
 from .model_error import model_error
 from .noiseflow import _HALF_LOG_2PI
 from .observations import Observations, generator_floor, observed_model
@@ -258,6 +258,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
         flux[gap.rows] = library_pull(
             model, data, gap, var[gap.rows].sqrt(), filled[gap.rows]
         )
+    flux, var = nonnegative(flux, var, filled)  # a star's flux is not negative
     var = fill_sigma(model.extra, var, filled)
     velocity = np.zeros(data.flux.shape[:2])
     error = np.zeros(data.flux.shape[:2])
