@@ -84,3 +84,25 @@ def test_a_gap_s_sigma_is_scaled_and_its_fill_kept(pair, width, place):
     expected = (b.flux_sigma * factor[None])[missing]
     np.testing.assert_allclose(a.flux_sigma[missing], expected, rtol=1e-5)
     assert not np.allclose(a.flux_sigma[missing], b.flux_sigma[missing], rtol=1e-3)
+
+
+def test_a_flagged_star_s_filled_pixels_get_the_ood_factor():
+    rng = np.random.default_rng(4)
+    var = torch.as_tensor(rng.uniform(0.1, 2.0, (3, 20)))
+    filled = torch.as_tensor(rng.random((3, 20)) < 0.5)
+    flag = torch.tensor([True, False, True])
+    extra = {"fill_sigma_scale": np.full(20, 0.5), "fill_sigma_ood_scale": np.array([4.0])}
+    out = fill_sigma(extra, var, filled, flag)
+    factor = torch.where(filled & flag[:, None], 4.0**2, 1.0) * torch.where(filled, 0.25, 1.0)
+    torch.testing.assert_close(out, var * factor, rtol=1e-12, atol=0)
+    assert torch.equal(out[~filled], var[~filled])
+    # without a flag, or without the factor, only fill_sigma_scale
+    torch.testing.assert_close(fill_sigma(extra, var, filled), var * torch.where(filled, 0.25, 1.0))
+    assert fill_sigma({}, var, filled, flag) is var
+
+
+@pytest.mark.parametrize("bad", [np.ones(2), np.nan, 0.0, -1.0])
+def test_check_fill_sigma_refuses_a_bad_ood_factor(bad):
+    with pytest.raises(ValueError, match="fill_sigma_ood_scale"):
+        check_fill_sigma({"fill_sigma_ood_scale": bad}, 50)
+    check_fill_sigma({"fill_sigma_ood_scale": np.array([3.0])}, 50)

@@ -64,7 +64,8 @@ class MAPResult:
         generator's calibrated error (the documentation page *The denoiser's
         inference*, section Uncertainty), scaled by ``model_error_scale``, with
         ``model_sigma`` added in quadrature; at the ``filled`` pixels scaled by the
-        model's ``fill_sigma_scale`` (`~specutils_deepclean.models.fill_sigma`).
+        model's ``fill_sigma_scale``, and its ``fill_sigma_ood_scale`` for a star
+        flagged out of distribution (`~specutils_deepclean.models.fill_sigma`).
     latent_sigma : ndarray, shape (B, P)
         The part of it that comes from the posterior of :math:`z` and
         :math:`C` alone, before the calibration scales and the generator's own
@@ -259,7 +260,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
             model, data, gap, var[gap.rows].sqrt(), filled[gap.rows]
         )
     flux, var = nonnegative(flux, var, filled)  # a star's flux is not negative
-    var = fill_sigma(model.extra, var, filled)
+    var = fill_sigma(model.extra, var, filled, flag)
     velocity = np.zeros(data.flux.shape[:2])
     error = np.zeros(data.flux.shape[:2])
     reached = torch.ones_like(flux, dtype=torch.bool)

@@ -11,8 +11,10 @@ For a number of bins ``n`` (equal stretches of the grid) the factor is, per bin,
 \sigma` over the filled pixels in it, interpolated linearly between the bins'
 centres (constant beyond the outer ones).  ``n`` is the one of `BIN_GRID` whose
 factor, fitted on the even-numbered stars and applied to the odd ones and the other
-way round, brings the worst gap's coverage closest to 0.683.  The ``test`` split is
-never read.
+way round, brings the worst gap's coverage closest to 0.683.  Then
+``extra["fill_sigma_ood_scale"]`` is the `~specutils_deepclean.metrics.GAUSSIAN_COVERAGE`
+quantile of :math:`|s - \hat s| / (r \sigma)` over the filled pixels of the stars
+flagged out of distribution, all gaps pooled.  The ``test`` split is never read.
 """
 
 from __future__ import annotations
@@ -54,18 +56,21 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
     dict
         ``n_bins``, ``n_stars``, the factor at each bin's centre, the coverage of the
         observed pixels without a gap in each bin and pooled, per gap the pooled
-        coverage of its filled pixels ``before`` and ``after`` (in sample) and
-        ``held_out`` (factor fitted on the other half of the stars), and per candidate
-        number of bins the held-out coverage of every gap.
+        coverage of its filled pixels ``before`` and ``after`` (in sample, both factors) and
+        ``held_out`` (factor fitted on the other half of the stars), per candidate
+        number of bins the held-out coverage of every gap, ``ood_scale`` (the factor on
+        a flagged star's), the number of flagged stars per gap and the coverage of
+        their filled pixels before and after it.
     """
     wave = model.wavelength.to_value("Angstrom")
     truth, valid = prepare_truth(library.select(split="val", good=True), wave, model.medium)
     _, whole = median_normalise(truth, ~valid)
     truth = truth / whole[:, None]  # whole-grid median 1, as in bench_gaps.py
     model.extra.pop("fill_sigma_scale", None)
+    model.extra.pop("fill_sigma_ood_scale", None)
     n_star, n_pix = truth.shape
     sim = Simulator(wave, model.medium)
-    ratio, pixels = {}, {}
+    ratio, pixels, flagged = {}, {}, {}
     gaps = [(None, None)] + [(share, place) for share in GAP_SHARES for place in GAP_PLACES]
     for share, place in gaps:
         width = int(round(share * n_pix)) if share is not None and share < 1 else share
@@ -82,6 +87,7 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         key = f"{share:g}_{place}"
         pixels[key] = use & out.map.filled
         ratio[key] = np.abs(out.flux - truth) / np.where(pixels[key], out.flux_sigma, 1.0)
+        flagged[key] = pixels[key] & out.map.ood_flag[:, None]
     halves = (np.arange(n_star) % 2 == 0, np.arange(n_star) % 2 == 1)
 
     def fit(rows: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,10 +109,14 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
             for a, b in zip(edges[:-1], edges[1:])
         ]
 
-    def coverage(scale: np.ndarray, rows: np.ndarray) -> dict:
+    def coverage(scale: np.ndarray, rows: np.ndarray, ood: float = 1.0) -> dict:
         return {
-            k: float(np.mean((ratio[k][rows] < scale)[pixels[k][rows]])) for k in ratio
-        }
+            k: float(
+                np.mean((ratio[k][rows] < np.where(flagged[k][rows], ood, 1.0) * scale)
+                        [pixels[k][rows]])
+            )
+            for k in ratio
+        }  # fmt: skip
 
     def held_out(n_bins: int) -> dict:
         inside = {k: 0 for k in ratio}
@@ -124,6 +134,17 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
     everyone = np.ones(n_star, bool)
     scale, at_centres = fit(everyone, n_bins)
     model.extra["fill_sigma_scale"] = scale
+    ood_ratio = np.concatenate([(ratio[k] / scale)[flagged[k]] for k in ratio])
+    ood = float(np.quantile(ood_ratio, GAUSSIAN_COVERAGE)) if ood_ratio.size else 1.0
+    model.extra["fill_sigma_ood_scale"] = np.array([ood])
+
+    def flagged_coverage(factor: float) -> dict:
+        return {
+            k: float(np.mean((ratio[k] / scale)[flagged[k]] < factor))
+            for k in ratio
+            if flagged[k].any()
+        }
+
     return {
         "n_bins": n_bins,
         "n_stars": int(n_star),
@@ -133,7 +154,11 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         "no_gap_coverage_per_bin": per_bin(no_gap, valid, n_bins),
         "no_gap_coverage": float(no_gap.sum() / valid.sum()),
         "before": coverage(np.ones(n_pix), everyone),
-        "after": coverage(scale, everyone),
+        "after": coverage(scale, everyone, ood),
         "held_out": candidates[n_bins],
         "held_out_per_bins": {str(n): candidates[n] for n in BIN_GRID},
+        "ood_scale": round(ood, 4),
+        "n_flagged": {k: int(flagged[k].any(1).sum()) for k in ratio},
+        "ood_coverage_before": flagged_coverage(1.0),
+        "ood_coverage_after": flagged_coverage(ood),
     }
