@@ -29,14 +29,12 @@ import sys
 
 import numpy as np
 import torch
-from val_study import study_args, val_setup, write_result
+from val_study import gap_setup, protocol_gaps, study_args, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.models import gap_fill, laplace
-from specutils_deepclean.simulate import GAP_PLACES, GAP_WIDTHS, gap_slice
-from specutils_deepclean.spectra import median_normalise
 
 #: A fill runs away above this MSE over the gap (``bench_gaps.py``'s ``--runaway``).
 RUNAWAY = 0.1
@@ -105,10 +103,7 @@ def _numbers(out, truth, valid, in_gap, below) -> dict:
 
 def main(argv=None) -> int:
     args = study_args(__doc__, argv, seed=2076, threads=1)
-    model, truth, valid, sim = val_setup(args.model)
-    _, whole = median_normalise(truth, ~valid)
-    truth = truth / whole[:, None]  # whole-grid median 1, as in bench_gaps.py
-    n_pix = truth.shape[1]
+    model, truth, valid, sim = gap_setup(args.model)
     result = {
         "runaway_mse": RUNAWAY,
         "runaway_relative_rms": RELATIVE,
@@ -124,22 +119,17 @@ def main(argv=None) -> int:
         for name in VARIANTS
     )
     print("no gap identical:", result["no_gap_identical"], flush=True)
-    for width in (*GAP_WIDTHS, 0.4):
-        pixels = int(round(width * n_pix)) if width < 1 else width
-        for place in GAP_PLACES:
-            gap = (pixels, place)
-            obs = sim.observe(np.where(valid, truth, np.nan), 10.0, seed=args.seed, gap=gap)
-            in_gap = np.zeros(n_pix, bool)
-            in_gap[gap_slice(pixels, place, n_pix)] = True
-            row, below = {}, None
-            for name in VARIANTS:
-                out = _denoise(model, obs, args.seed, name)
-                if below is None:
-                    below = float(np.mean(out.flux[:, in_gap][valid[:, in_gap]] < 0))
-                row[name] = _numbers(out, truth, valid, in_gap, below)
-                shown = {k: v for k, v in row[name].items() if k not in ("mse_in_gap", "relative_rms_in_gap")}
-                print(f"{width:g}_{place}", name, shown, flush=True)
-            result["gaps"][f"{width:g}_{place}"] = row
+    for key, obs, in_gap in protocol_gaps(sim, truth, valid, args.seed):
+        row, below = {}, None
+        for name in VARIANTS:
+            out = _denoise(model, obs, args.seed, name)
+            if below is None:
+                below = float(np.mean(out.flux[:, in_gap][valid[:, in_gap]] < 0))
+            row[name] = _numbers(out, truth, valid, in_gap, below)
+            lists = ("mse_in_gap", "relative_rms_in_gap")
+            shown = {k: v for k, v in row[name].items() if k not in lists}
+            print(key, name, shown, flush=True)
+        result["gaps"][key] = row
     write_result(args.json, __file__, argv, result)
     return 0
 

@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 import torch
-from val_study import study_args, val_setup, write_result
+from val_study import gap_setup, protocol_gaps, study_args, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
@@ -38,8 +38,6 @@ from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.models import gap_fill, laplace
 from specutils_deepclean.models.level import library
 from specutils_deepclean.models.observations import rest_weight
-from specutils_deepclean.simulate import GAP_PLACES, GAP_WIDTHS, gap_slice
-from specutils_deepclean.spectra import median_normalise
 
 RUNAWAY = 0.1
 RELATIVE = 0.5
@@ -131,38 +129,27 @@ def _star(model, seen, out, j: int, truth, use, names, label: str) -> dict:
 
 def main(argv=None) -> int:
     args = study_args(__doc__, argv, seed=2076, threads=1)
-    model, truth, valid, sim = val_setup(args.model)
-    _, whole = median_normalise(truth, ~valid)
-    truth = truth / whole[:, None]  # whole-grid median 1, as in bench_gaps.py
+    model, truth, valid, sim = gap_setup(args.model)
     labels = load_library().select(split="val", good=True).labels.tolist()
-    n_pix = truth.shape[1]
     result = {"runaway_mse": RUNAWAY, "runaway_relative_rms": RELATIVE, "gaps": {}}
-    for width in (*GAP_WIDTHS, 0.4):
-        pixels = int(round(width * n_pix)) if width < 1 else width
-        for place in GAP_PLACES:
-            obs = sim.observe(
-                np.where(valid, truth, np.nan), 10.0, seed=args.seed, gap=(pixels, place)
-            )
-            in_gap = np.zeros(n_pix, bool)
-            in_gap[gap_slice(pixels, place, n_pix)] = True
-            with _Recorder() as rec:
-                out = denoise_arrays(
-                    model, obs.flux, obs.sigma, obs.mask, velocity=0.0,
-                    generator=torch.Generator().manual_seed(args.seed), **MAP_OPTIONS,
-                )  # fmt: skip
-            outside = ~valid | ~in_gap
-            mse = metrics.mse(out.flux, truth, mask=outside)
-            power = metrics.mse(np.zeros_like(truth), truth, mask=outside)
-            away = np.nonzero((mse > RUNAWAY) | (np.sqrt(mse / power) > RELATIVE))[0]
-            names = out.map.class_names
-            stars = {
-                str(i): _star(model, rec.seen, out, int(i), truth[i], valid[i] & in_gap,
-                              names, labels[i])
-                for i in away
-            }  # fmt: skip
-            key = f"{width:g}_{place}"
-            result["gaps"][key] = stars
-            print(key, stars, flush=True)
+    for key, obs, in_gap in protocol_gaps(sim, truth, valid, args.seed):
+        with _Recorder() as rec:
+            out = denoise_arrays(
+                model, obs.flux, obs.sigma, obs.mask, velocity=0.0,
+                generator=torch.Generator().manual_seed(args.seed), **MAP_OPTIONS,
+            )  # fmt: skip
+        outside = ~valid | ~in_gap
+        mse = metrics.mse(out.flux, truth, mask=outside)
+        power = metrics.mse(np.zeros_like(truth), truth, mask=outside)
+        away = np.nonzero((mse > RUNAWAY) | (np.sqrt(mse / power) > RELATIVE))[0]
+        names = out.map.class_names
+        stars = {
+            str(i): _star(model, rec.seen, out, int(i), truth[i], valid[i] & in_gap,
+                          names, labels[i])
+            for i in away
+        }  # fmt: skip
+        result["gaps"][key] = stars
+        print(key, stars, flush=True)
     write_result(args.json, __file__, argv, result)
     return 0
 

@@ -1,12 +1,14 @@
 """The setup and the JSON file of the studies on simulated MILES ``val`` observations.
 
 Shared by ``clip_val.py``, ``gap_library.py``, ``gap_library_range.py``,
-``gap_mixture.py``, ``gap_runaway.py``, ``map_convergence.py`` and
-``normalisation_level.py`` (the options of all but the last two too): every good ``val`` star on a model's
-grid (`~specutils_deepclean.simulate.prepare_truth`), the simulator on that grid, the
-observations at each S/N of `~specutils_deepclean.simulate.SNR_LEVELS` (seed
-``seed + i`` for the i-th) or with a wide gap at each place (`wide_gaps`), and the
-JSON file that starts with the command that wrote it.  The test split is never read.
+``gap_mixture.py``, ``gap_nonnegative.py``, ``gap_runaway.py``,
+``gap_runaway_drivers.py``, ``map_convergence.py`` and ``normalisation_level.py`` (the
+options of all but the last two too): every good ``val`` star on a model's grid
+(`~specutils_deepclean.simulate.prepare_truth`), the simulator on that grid, the
+observations at each S/N of `~specutils_deepclean.simulate.SNR_LEVELS` (seed ``seed +
+i`` for the i-th), with a wide gap at each place (`wide_gaps`) or with each gap of the
+benchmark protocol (`protocol_gaps`), and the JSON file that starts with the command
+that wrote it.  The test split is never read.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import numpy as np
 
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model
+from specutils_deepclean.spectra import median_normalise
 from specutils_deepclean.simulate import (
     GAP_PLACES,
+    GAP_WIDTHS,
     SNR_LEVELS,
     Observation,
     Simulator,
@@ -71,6 +75,32 @@ def val_setup(model_name: str) -> tuple[object, np.ndarray, np.ndarray, Simulato
         load_library().select(split="val", good=True), wave, model.medium
     )
     return model, truth, valid, Simulator(wave, model.medium)
+
+
+def gap_setup(model_name: str) -> tuple[object, np.ndarray, np.ndarray, Simulator]:
+    """`val_setup` with the truth divided by its whole-grid median (the units of
+    ``bench_gaps.py``'s MSE)."""
+    model, truth, valid, sim = val_setup(model_name)
+    _, whole = median_normalise(truth, ~valid)
+    return model, truth / whole[:, None], valid, sim
+
+
+def protocol_gaps(
+    sim: Simulator, truth: np.ndarray, valid: np.ndarray, seed: int
+) -> Iterator[tuple[str, Observation, np.ndarray]]:
+    """``(key, observation, in_gap)`` of the truth at S/N 10 with each gap of the
+    benchmark protocol (`~specutils_deepclean.simulate.GAP_WIDTHS` pixels and 40 % of
+    the grid at each place; the same noise draw, seed ``seed``, for each), keyed as in
+    ``bench_gaps.py``'s JSON (``"400_blue"``, ``"0.4_red"``)."""
+    n_pix = truth.shape[1]
+    for width in (*GAP_WIDTHS, 0.4):
+        pixels = int(round(width * n_pix)) if width < 1 else width
+        for place in GAP_PLACES:
+            gap = (pixels, place)
+            obs = sim.observe(np.where(valid, truth, np.nan), 10.0, seed=seed, gap=gap)
+            in_gap = np.zeros(n_pix, bool)
+            in_gap[gap_slice(pixels, place, n_pix)] = True
+            yield f"{width:g}_{place}", obs, in_gap
 
 
 def observations(

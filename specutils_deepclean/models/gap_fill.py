@@ -38,6 +38,11 @@ pixels of the data; its uncertainty is kept.  The settings were chosen on MILES
 ``benchmarks/results/gap_library_val.json``): the median MSE over a 40 % gap falls
 by 32 % and 34 % at the blue and red ends, with a median within 3 % of before over
 the middle gaps of 400 to 1689 pixels.
+
+`nonnegative` last sets a negative fill of any pixel without data (of every spectrum,
+not only those with a wide gap) to zero and widens its uncertainty by the move
+(``benchmarks/studies/gap_nonnegative.py``,
+``benchmarks/results/gap_nonnegative_val.json``).
 """
 
 from __future__ import annotations
