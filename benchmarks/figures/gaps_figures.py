@@ -74,6 +74,8 @@ def table(now: dict, before: dict) -> str:
         "     - PCA-10",
         "     - in the gap: deepclean / PCA-10, win rate",
         "     - runaway (MSE > 0.1 in the gap): deepclean / PCA-10",
+        f"     - runaway, scale-free (RMS error > {now['runaway_relative_rms']:g} x the true "
+        "flux's RMS in the gap): deepclean / PCA-10",
         "     - coverage in the gap",
         "     - OOD flagged",
     ]
@@ -81,6 +83,7 @@ def table(now: dict, before: dict) -> str:
         for pixels, key in _widths(now["gaps"], place):
             row = now["gaps"][key]
             mse, inside = row["median_mse"], row["median_mse_in_gap"]
+            scale_free = row["runaway_relative"]
             old = before["gaps"].get(key)
             was = (
                 f"{old['median_mse']['deepclean']:.2e} "
@@ -96,6 +99,7 @@ def table(now: dict, before: dict) -> str:
                 f"     - {inside['deepclean']:.2e} / {inside['pca10']:.2e}, "
                 f"{row['win_rate_in_gap_vs_pca10']:.2f}",
                 f"     - {row['runaway']['deepclean']} / {row['runaway']['pca10']}",
+                f"     - {scale_free['deepclean']} / {scale_free['pca10']}",
                 f"     - {row['calibration_in_gap']:.2f}",
                 f"     - {row['ood_rate']:.2f}",
             ]
