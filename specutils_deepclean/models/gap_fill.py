@@ -52,7 +52,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .level import MIN_MISSING, library
+from . import level
+from .level import library
 from .observations import Observations, rest_weight
 
 __all__ = [
@@ -143,7 +144,7 @@ def class_mixture(
         the grid in every exposure (or `CLASS_MIXTURE` is False).
     """
     share = filled.to(torch.float64).mean(-1)
-    rows = ((share >= MIN_MISSING) & (share < 1)).nonzero()[:, 0]
+    rows = ((share >= level.MIN_MISSING) & (share < 1)).nonzero()[:, 0]
     if not CLASS_MIXTURE or rows.numel() == 0:
         return None
     k = model.n_classes
