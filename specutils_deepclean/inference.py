@@ -13,6 +13,9 @@ This module imports no torch itself; the model passed in does.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,11 @@ from .spectra import median_normalise
 if TYPE_CHECKING:  # pragma: no cover
     from .models.denoiser import Denoiser, MAPResult
 
-__all__ = ["Denoised", "denoise_arrays"]
+__all__ = ["MIN_BLOCK_ROWS", "Denoised", "denoise_arrays"]
+
+#: Fewest rows per thread for `denoise_arrays` to run a batch in row blocks, one per
+#: torch thread (`~specutils_deepclean.models.blocks`).
+MIN_BLOCK_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,73 @@ def denoise_arrays(
         scale = scale * level if scale.shape == level.shape else scale[:, None] * level
         flux = flux / level[..., None]
         sigma = None if sigma is None else sigma / level[..., None]
-    result = model.map_estimate(flux, sigma, missing, **options)
+    result = _map_estimate(model, flux, sigma, missing, options)
     first = scale if scale.ndim == 1 else scale[:, 0]
     return Denoised(result, first)
+
+
+def _map_estimate(model: Denoiser, flux, sigma, missing, options: dict) -> MAPResult:
+    """``model.map_estimate`` of the batch; on a CPU with several torch threads, in row
+    blocks run concurrently, one thread each (`~specutils_deepclean.models.blocks`).
+
+    A star's MAP does not depend on the other rows of its batch, so the blocks' results
+    joined in order are the batch's (to float rounding).  Not split: random starts (they
+    are drawn for the whole batch from one generator) and batches under
+    `MIN_BLOCK_ROWS` rows per thread.  A block that refuses its rows or options
+    (ValueError, TypeError) has the whole batch run as one, so that the error names
+    the batch's rows.
+    """
+    from .models.blocks import build_caches, row_blocks, run_single_threaded
+
+    blocks = row_blocks(len(flux), model.device, MIN_BLOCK_ROWS)
+    if len(blocks) == 1 or options.get("random_starts", 0):
+        return model.map_estimate(flux, sigma, missing, **options)
+    tasks = [
+        functools.partial(
+            model.map_estimate,
+            flux[block],
+            None if sigma is None else sigma[block],
+            None if missing is None else np.asarray(missing)[block],
+            **_block_options(options, block, len(flux)),
+        )
+        for block in blocks
+    ]
+    try:
+        build_caches(model, flux.shape[-1], _searched(model, options))
+        parts = run_single_threaded(tasks)
+    except (ValueError, TypeError):
+        parts = None
+    if parts is None:  # another thread's batch is running in blocks, or a block refused
+        return model.map_estimate(flux, sigma, missing, **options)
+    return _joined(parts)
+
+
+def _searched(model: Denoiser, options: dict) -> float | None:
+    """The velocity search's range when ``options`` fit the velocities, else None."""
+    if "velocity" not in options or options["velocity"] is not None:
+        return None
+    default = inspect.signature(model.map_estimate).parameters["velocity_range"].default
+    return options.get("velocity_range", default)
+
+
+def _block_options(options: dict, block: slice, n_rows: int) -> dict:
+    """``options`` for the rows ``block``: per-star velocities (B,) or (B, E) sliced."""
+    velocity = options.get("velocity")
+    if np.ndim(velocity) >= 1 and np.shape(velocity)[0] == n_rows:
+        return {**options, "velocity": np.asarray(velocity)[block]}
+    return options
+
+
+def _joined(parts: list) -> MAPResult:
+    """The blocks' `MAPResult` joined along the stars (arrays) in order; the batch-wide
+    fields (``class_names``, ``flow``, ``sigma_estimated``) are the same in every block."""
+    joined = {}
+    for field in dataclasses.fields(parts[0]):
+        values = [getattr(part, field.name) for part in parts]
+        if isinstance(values[0], np.ndarray):
+            joined[field.name] = np.concatenate(values)
+        elif any(value != values[0] for value in values[1:]):
+            raise RuntimeError(f"the row blocks disagree on {field.name}: {values}")
+        else:
+            joined[field.name] = values[0]
+    return type(parts[0])(**joined)
