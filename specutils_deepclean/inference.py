@@ -121,6 +121,15 @@ def denoise_arrays(
     TypeError
         If an option is not one of ``map_estimate``'s.
 
+    Notes
+    -----
+    On a CPU, when the calling thread has several torch threads and the batch at least
+    ``MIN_BLOCK_ROWS`` rows per thread, the MAP runs in row blocks, one per thread, each
+    in its own Python thread with one intra-op thread
+    (`~specutils_deepclean.models.blocks`), and the blocks' results are joined in order:
+    the same answer to float rounding, faster.  One torch thread
+    (``torch.set_num_threads(1)``) runs the batch as one block.
+
     Examples
     --------
     >>> from specutils_deepclean.io.models import load_model

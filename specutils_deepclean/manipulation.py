@@ -606,6 +606,10 @@ def denoise(
     were bad) but carry the model's values: ``meta["deepclean"]["filled"]`` marks
     them.
 
+    On a CPU with several torch threads, a batch's rows are denoised in blocks run at
+    once, one per thread (`~specutils_deepclean.inference.denoise_arrays`; the
+    documentation page *Performance*): the same results, faster.
+
     References
     ----------
     Kang, X. et al., "A novel stellar spectrum denoising method based on deep

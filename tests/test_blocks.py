@@ -2,6 +2,7 @@
 same results as one block, the caller's thread settings left as they were."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -59,6 +60,13 @@ def test_each_task_in_its_own_thread_with_one_thread(two_threads):
 
     def task(i):
         barrier.wait(timeout=30)
+        # once the process-wide value is back, this thread still has its one thread,
+        # also after its first parallel operation (when torch reads that value)
+        for _ in range(3000):
+            if fresh_thread_count() == 2:
+                break
+            time.sleep(0.01)
+        torch.ones((64, 64)) @ torch.ones((64, 64))
         seen.append((threading.get_ident(), torch.get_num_threads()))
         return i * 10
 

@@ -8,11 +8,13 @@ uses this; the *Performance* documentation page gives the measurement).
 How torch's thread setting behaves (its OpenMP build, ``ATen/ParallelOpenMP.cpp``):
 ``torch.set_num_threads(n)`` sets the OpenMP thread count of the *calling* thread only
 (OpenMP keeps it per thread) and stores ``n`` as the process-wide value that every
-thread reads into its own count at its first parallel operation.  So a worker thread
-that sets one thread for itself also changes what threads started later begin with.
-`run_single_threaded` therefore reads that process-wide value first, and puts it back
-as soon as every worker has set its own count (before their work, so also when the
-work fails); the calling thread's own setting is never touched.  One dispatch at a time
+thread reads into its own count at its first parallel operation (or its first
+``torch.get_num_threads()``), whenever that comes.  So a worker thread that sets one
+thread for itself also changes what threads started later begin with.
+`run_single_threaded` therefore reads that process-wide value first, has each worker
+read it into its own count and then set one thread, and puts the process-wide value
+back as soon as every worker has done so (as their work starts, so also when the work
+fails); the calling thread's own setting is never touched.  One dispatch at a time
 runs in a process: a call made while another thread's batch runs in blocks runs as one
 block, with its own thread's setting, so several user threads (or threaded Dask
 workers) never stack blocks on top of each other's threads.
@@ -23,13 +25,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any
 
 import torch
 
 __all__ = ["build_caches", "row_blocks", "run_single_threaded"]
-
-T = TypeVar("T")
 
 #: Held while a batch runs in blocks (non-blocking: another call runs as one block).
 _DISPATCH = threading.Lock()
@@ -63,7 +63,7 @@ def row_blocks(n_rows: int, device, min_rows: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def run_single_threaded(tasks: list[Callable[[], T]]) -> list[T] | None:
+def run_single_threaded(tasks: list[Callable[[], Any]]) -> list | None:
     """Run ``tasks`` concurrently, each in its own thread with one intra-op torch thread.
 
     Parameters
@@ -85,7 +85,8 @@ def run_single_threaded(tasks: list[Callable[[], T]]) -> list[T] | None:
     Notes
     -----
     The calling thread's torch thread count is never changed; the process-wide value
-    (what new threads start with) is back before the tasks' work begins.
+    (what new threads start with) is put back once every task's thread has set its own
+    count, as the tasks start.
     """
     if not _DISPATCH.acquire(blocking=False):
         return None
@@ -93,9 +94,13 @@ def run_single_threaded(tasks: list[Callable[[], T]]) -> list[T] | None:
         default = _process_threads()
         ready = threading.Semaphore(0)
 
-        def run(task: Callable[[], T]) -> T:
+        def run(task: Callable[[], Any]) -> Any:
             try:
-                torch.set_num_threads(1)  # this thread's; also the process-wide value
+                # torch reads the process-wide value into a thread's own count at the
+                # thread's first parallel operation: done now, before it is put back,
+                # so that this thread keeps the one thread set here
+                torch.get_num_threads()
+                torch.set_num_threads(1)  # this thread's, and the process-wide value
             finally:
                 ready.release()
             return task()
@@ -140,7 +145,7 @@ def _process_threads() -> int:
     return _in_fresh_thread(torch.get_num_threads)
 
 
-def _in_fresh_thread(function: Callable[..., T], *args) -> T:
+def _in_fresh_thread(function: Callable[..., Any], *args) -> Any:
     """``function(*args)`` in a new thread (so the calling thread's settings stay)."""
     out: list = []
     thread = threading.Thread(target=lambda: out.append(function(*args)))
