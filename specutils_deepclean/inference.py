@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MIN_BLOCK_ROWS", "Denoised", "denoise_arrays"]
 
 #: Fewest rows per thread for `denoise_arrays` to run a batch in row blocks, one per
-#: torch thread (`~specutils_deepclean.models.blocks`).
+#: torch thread (``specutils_deepclean.models.blocks``).
 MIN_BLOCK_ROWS = 8
 
 
@@ -126,7 +126,7 @@ def denoise_arrays(
     On a CPU, when the calling thread has several torch threads and the batch at least
     ``MIN_BLOCK_ROWS`` rows per thread, the MAP runs in row blocks, one per thread, each
     in its own Python thread with one intra-op thread
-    (`~specutils_deepclean.models.blocks`), and the blocks' results are joined in order:
+    (``specutils_deepclean.models.blocks``), and the blocks' results are joined in order:
     the same answer to float rounding, faster.  One torch thread
     (``torch.set_num_threads(1)``) runs the batch as one block.
 
@@ -178,7 +178,7 @@ def denoise_arrays(
 
 def _map_estimate(model: Denoiser, flux, sigma, missing, options: dict) -> MAPResult:
     """``model.map_estimate`` of the batch; on a CPU with several torch threads, in row
-    blocks run concurrently, one thread each (`~specutils_deepclean.models.blocks`).
+    blocks run concurrently, one thread each (``specutils_deepclean.models.blocks``).
 
     A star's MAP does not depend on the other rows of its batch, so the blocks' results
     joined in order are the batch's (to float rounding).  Not split: random starts (they
