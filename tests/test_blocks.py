@@ -27,6 +27,12 @@ def fresh_thread_count():
     return out[0]
 
 
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Blocks of 8 rows (the tests' batch sizes assume it, whatever the shipped threshold)."""
+    monkeypatch.setattr(inference, "MIN_BLOCK_ROWS", 8)
+
+
 @pytest.fixture
 def two_threads():
     """torch at 2 threads in this thread and process-wide (the autouse fixture restores)."""
