@@ -9,13 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_denoiser_model import FAST, N_PIX, draw, make_model  # noqa: E402
+
 from specutils_deepclean import inference  # noqa: E402
 from specutils_deepclean.inference import denoise_arrays  # noqa: E402
 from specutils_deepclean.io.models import load_model  # noqa: E402
 from specutils_deepclean.models import blocks  # noqa: E402
 from specutils_deepclean.models.blocks import row_blocks, run_single_threaded  # noqa: E402
-
-from test_denoiser_model import FAST, N_PIX, draw, make_model  # noqa: E402
 
 
 def fresh_thread_count():
@@ -49,7 +49,7 @@ def test_row_blocks(n_rows, threads, min_rows, sizes):
     blocks = row_blocks(n_rows, torch.device("cpu"), min_rows)
     assert [b.stop - b.start for b in blocks] == sizes
     assert blocks[0].start == 0 and blocks[-1].stop == n_rows
-    assert all(a.stop == b.start for a, b in zip(blocks[:-1], blocks[1:]))
+    assert all(a.stop == b.start for a, b in zip(blocks[:-1], blocks[1:], strict=True))
 
 
 def test_row_blocks_gpu_and_bad_min_rows(two_threads):

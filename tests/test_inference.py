@@ -203,7 +203,9 @@ def test_terms_solve_variance_exact_for_weights_constant_per_bin():
     dense_fit, dense_spread = _dense_terms(parts, target, weight, signal)
     np.testing.assert_allclose(fit.numpy(), dense_fit.numpy(), atol=1e-10)
     empty = weight[0].numpy() == 0
-    np.testing.assert_allclose(variance[0, empty].numpy(), dense_spread[0, empty].numpy(), rtol=1e-9)
+    np.testing.assert_allclose(
+        variance[0, empty].numpy(), dense_spread[0, empty].numpy(), rtol=1e-9
+    )
 
 
 def test_model_term_parts_built_once_and_again_for_new_arrays():

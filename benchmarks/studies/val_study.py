@@ -23,7 +23,6 @@ import numpy as np
 
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model
-from specutils_deepclean.spectra import median_normalise
 from specutils_deepclean.simulate import (
     GAP_PLACES,
     GAP_WIDTHS,
@@ -33,6 +32,7 @@ from specutils_deepclean.simulate import (
     gap_slice,
     prepare_truth,
 )
+from specutils_deepclean.spectra import median_normalise
 
 
 def study_args(doc: str | None, argv, *, seed: int, threads: int) -> argparse.Namespace:

@@ -160,7 +160,7 @@ def model_term_parts(model, n_pix: int, dtype: torch.dtype, device) -> TermParts
     per_model = _PARTS.setdefault(model, {})
     key = (n_pix, dtype, str(device))
     built = per_model.get(key)
-    if built is None or any(old is not new for old, new in zip(built[0], arrays)):
+    if built is None or any(old is not new for old, new in zip(built[0], arrays, strict=True)):
         built = per_model[key] = (arrays, term_parts(model.extra, n_pix, dtype, device))
     return built[1]
 

@@ -97,7 +97,7 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
                 np.concatenate([ratio[k][rows, a:b][pixels[k][rows, a:b]] for k in ratio]),
                 GAUSSIAN_COVERAGE,
             )
-            for a, b in zip(edges[:-1], edges[1:])
+            for a, b in zip(edges[:-1], edges[1:], strict=True)
         ]
         centres = (edges[:-1] + edges[1:] - 1) / 2
         return np.interp(np.arange(n_pix), centres, quantiles), np.asarray(quantiles)
@@ -106,7 +106,7 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         edges = np.linspace(0, n_pix, n_bins + 1).round().astype(int)
         return [
             round(float(hits[:, a:b].sum() / use[:, a:b].sum()), 4)
-            for a, b in zip(edges[:-1], edges[1:])
+            for a, b in zip(edges[:-1], edges[1:], strict=True)
         ]
 
     def coverage(scale: np.ndarray, rows: np.ndarray, ood: float = 1.0) -> dict:
