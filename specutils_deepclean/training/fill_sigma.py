@@ -90,23 +90,25 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         flagged[key] = pixels[key] & out.map.ood_flag[:, None]
     halves = (np.arange(n_star) % 2 == 0, np.arange(n_star) % 2 == 1)
 
-    def fit(rows: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    def bins(n_bins: int) -> np.ndarray:
+        """The (start, stop) pixels of ``n_bins`` equal bins over the grid, (n_bins, 2)."""
         edges = np.linspace(0, n_pix, n_bins + 1).round().astype(int)
+        return np.stack([edges[:-1], edges[1:]], 1)
+
+    def fit(rows: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
         quantiles = [
             np.quantile(
                 np.concatenate([ratio[k][rows, a:b][pixels[k][rows, a:b]] for k in ratio]),
                 GAUSSIAN_COVERAGE,
             )
-            for a, b in zip(edges[:-1], edges[1:], strict=True)
+            for a, b in bins(n_bins)
         ]
-        centres = (edges[:-1] + edges[1:] - 1) / 2
+        centres = (bins(n_bins).sum(1) - 1) / 2
         return np.interp(np.arange(n_pix), centres, quantiles), np.asarray(quantiles)
 
     def per_bin(hits: np.ndarray, use: np.ndarray, n_bins: int) -> list:
-        edges = np.linspace(0, n_pix, n_bins + 1).round().astype(int)
         return [
-            round(float(hits[:, a:b].sum() / use[:, a:b].sum()), 4)
-            for a, b in zip(edges[:-1], edges[1:], strict=True)
+            round(float(hits[:, a:b].sum() / use[:, a:b].sum()), 4) for a, b in bins(n_bins)
         ]
 
     def coverage(scale: np.ndarray, rows: np.ndarray, ood: float = 1.0) -> dict:
