@@ -29,7 +29,7 @@ from ..metrics import GAUSSIAN_COVERAGE
 from ..simulate import GAP_PLACES, GAP_WIDTHS, Simulator, prepare_truth
 from ..spectra import median_normalise
 
-__all__ = ["BIN_GRID", "GAP_SHARES", "SNR", "calibrate_fill_sigma"]
+__all__ = ["BIN_GRID", "GAP_SHARES", "SNR", "bins", "calibrate_fill_sigma", "per_bin"]
 
 #: Candidate numbers of bins over the grid (1: one factor for every pixel).
 BIN_GRID = (1, 5, 10, 20, 40)
@@ -37,6 +37,21 @@ BIN_GRID = (1, 5, 10, 20, 40)
 GAP_SHARES = (*GAP_WIDTHS, 0.4)
 #: The S/N of the observations (that of ``bench_gaps.py``).
 SNR = 10.0
+
+
+def bins(n_pix: int, n_bins: int) -> np.ndarray:
+    """The (start, stop) pixels of ``n_bins`` equal bins over ``n_pix``, shape (n_bins, 2)."""
+    edges = np.linspace(0, n_pix, n_bins + 1).round().astype(int)
+    return np.stack([edges[:-1], edges[1:]], 1)
+
+
+def per_bin(hits: np.ndarray, use: np.ndarray, n_bins: int) -> list:
+    """The share of ``hits`` among ``use`` (both bool, (B, P)) in each of ``n_bins`` bins,
+    rounded to 4 digits."""
+    return [
+        round(float(hits[:, a:b].sum() / use[:, a:b].sum()), 4)
+        for a, b in bins(hits.shape[1], n_bins)
+    ]
 
 
 def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
@@ -90,26 +105,16 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         flagged[key] = pixels[key] & out.map.ood_flag[:, None]
     halves = (np.arange(n_star) % 2 == 0, np.arange(n_star) % 2 == 1)
 
-    def bins(n_bins: int) -> np.ndarray:
-        """The (start, stop) pixels of ``n_bins`` equal bins over the grid, (n_bins, 2)."""
-        edges = np.linspace(0, n_pix, n_bins + 1).round().astype(int)
-        return np.stack([edges[:-1], edges[1:]], 1)
-
     def fit(rows: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
         quantiles = [
             np.quantile(
                 np.concatenate([ratio[k][rows, a:b][pixels[k][rows, a:b]] for k in ratio]),
                 GAUSSIAN_COVERAGE,
             )
-            for a, b in bins(n_bins)
+            for a, b in bins(n_pix, n_bins)
         ]
-        centres = (bins(n_bins).sum(1) - 1) / 2
+        centres = (bins(n_pix, n_bins).sum(1) - 1) / 2
         return np.interp(np.arange(n_pix), centres, quantiles), np.asarray(quantiles)
-
-    def per_bin(hits: np.ndarray, use: np.ndarray, n_bins: int) -> list:
-        return [
-            round(float(hits[:, a:b].sum() / use[:, a:b].sum()), 4) for a, b in bins(n_bins)
-        ]
 
     def coverage(scale: np.ndarray, rows: np.ndarray, ood: float = 1.0) -> dict:
         return {
