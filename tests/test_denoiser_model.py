@@ -459,6 +459,10 @@ def test_generator_sigma_adds_in_quadrature():
         ({"sigma_scales": np.array([np.nan, 1.0])}, "sigma_scales"),
         ({"generator_sigma": np.ones(N_PIX - 1)}, "generator_sigma"),
         ({"generator_sigma": np.full(N_PIX, np.inf)}, "generator_sigma"),
+        ({"obs_sigma_scale": np.ones(N_PIX - 1)}, "obs_sigma_scale"),
+        ({"obs_sigma_scale": np.ones((2, N_PIX))}, "obs_sigma_scale"),
+        ({"obs_sigma_scale": np.r_[np.ones(N_PIX - 1), 0.0]}, "obs_sigma_scale"),
+        ({"obs_sigma_scale": np.r_[np.ones(N_PIX - 1), np.nan]}, "obs_sigma_scale"),
         ({"residual_basis": np.ones((2, N_PIX))}, "both 'residual_basis'"),
         ({"continuum_sigma": np.array([0.1, 0.0])}, "continuum_sigma"),
         ({"continuum_sigma": np.ones((2, 2))}, "continuum_sigma"),
@@ -476,6 +480,23 @@ def test_uncertainty_extras_are_checked(extra, match):
     wave = np.linspace(5000.0, 5100.0, N_PIX) * u.AA
     with pytest.raises(ValueError, match=match):
         Denoiser.from_parts(generator, prior, flows, wavelength=wave, medium="air", extra=extra)
+
+
+def test_obs_sigma_scale_widens_the_pixels_with_data_only(model):
+    """``extra["obs_sigma_scale"]``: sigma times the factor where there is data, the
+    pixels without data and the flux unchanged."""
+    factor = np.linspace(0.5, 2.0, N_PIX)
+    scaled = with_extra(model, obs_sigma_scale=factor)
+    _, _, _, flux, sigma = draw(model, 3, seed=12)
+    missing = np.zeros((3, N_PIX), bool)
+    missing[:, 40:50] = True
+    a = with_extra(model).map_estimate(flux[:, 0], sigma[:, 0], missing, **FAST)
+    b = scaled.map_estimate(flux[:, 0], sigma[:, 0], missing, **FAST)
+    np.testing.assert_array_equal(b.filled, missing)
+    np.testing.assert_allclose(b.flux, a.flux, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(b.flux_sigma[missing], a.flux_sigma[missing], rtol=1e-6)
+    expected = (a.flux_sigma * factor)[~missing]
+    np.testing.assert_allclose(b.flux_sigma[~missing], expected, rtol=1e-5)
 
 
 def with_extra(model, **extra):

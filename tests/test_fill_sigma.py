@@ -6,7 +6,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from specutils_deepclean.io.models import load_model  # noqa: E402
-from specutils_deepclean.models.fill_sigma import check_fill_sigma, fill_sigma  # noqa: E402
+from specutils_deepclean.models.fill_sigma import (  # noqa: E402
+    check_fill_sigma,
+    fill_sigma,
+    obs_sigma,
+)
 from specutils_deepclean.simulate import gap_slice  # noqa: E402
 
 
@@ -22,13 +26,33 @@ def test_fill_sigma_scales_the_filled_pixels_only():
     assert fill_sigma({}, var, filled) is var
 
 
+def test_obs_sigma_scales_the_pixels_with_data_only():
+    rng = np.random.default_rng(5)
+    var = torch.as_tensor(rng.uniform(0.1, 2.0, (4, 50)))
+    filled = torch.as_tensor(rng.random((4, 50)) < 0.3)
+    scale = rng.uniform(0.5, 1.5, 50)
+    out = obs_sigma({"obs_sigma_scale": scale}, var, filled)
+    assert torch.equal(out[filled], var[filled])
+    expected = (var * torch.as_tensor(scale) ** 2)[~filled]
+    torch.testing.assert_close(out[~filled], expected, rtol=1e-12, atol=0)
+    assert obs_sigma({"fill_sigma_scale": scale}, var, filled) is var
+
+
+@pytest.mark.parametrize("key", ["fill_sigma_scale", "obs_sigma_scale"])
 @pytest.mark.parametrize(
-    "bad", [np.ones(49), np.r_[np.ones(49), np.nan], np.r_[np.ones(49), 0.0], -np.ones(50)]
+    "bad",
+    [
+        np.ones(49),
+        np.ones((2, 50)),
+        np.r_[np.ones(49), np.nan],
+        np.r_[np.ones(49), 0.0],
+        -np.ones(50),
+    ],
 )
-def test_check_fill_sigma_refuses(bad):
-    with pytest.raises(ValueError, match="fill_sigma_scale"):
-        check_fill_sigma({"fill_sigma_scale": bad}, 50)
-    check_fill_sigma({"fill_sigma_scale": np.ones(50)}, 50)
+def test_check_fill_sigma_refuses(key, bad):
+    with pytest.raises(ValueError, match=rf"extra\['{key}'\] must hold 50 finite values > 0"):
+        check_fill_sigma({key: bad}, 50)
+    check_fill_sigma({key: np.ones(50)}, 50)
     check_fill_sigma({}, 50)
 
 
@@ -55,6 +79,13 @@ def test_shipped_factor_shrinks_the_grid_ends_more():
     scale = np.asarray(load_model("denoiser-miles").extra["fill_sigma_scale"])
     middle = scale[len(scale) // 3 : 2 * len(scale) // 3]
     assert scale[:100].mean() < middle.mean() and scale[-100:].mean() < middle.mean()
+
+
+def test_shipped_obs_factor_shrinks_the_grid_ends_and_widens_the_middle():
+    scale = np.asarray(load_model("denoiser-miles").extra["obs_sigma_scale"])
+    middle = scale[len(scale) // 3 : 2 * len(scale) // 3]
+    assert scale[:100].mean() < 0.9 < 1.0 < middle.mean()
+    assert scale[-100:].mean() < 0.9
 
 
 def test_no_missing_pixel_keeps_its_sigma_bit_for_bit(pair):

@@ -867,7 +867,7 @@ def _check_uncertainty_extra(extra: dict, n_pix: int) -> None:
     """``generator_sigma`` (P,) finite >= 0 and ``sigma_scales`` (2,) finite > 0, if present,
     the linear terms' arrays (`~specutils_deepclean.models.linear_terms.check_term_arrays`)
     ``model_error_terms`` (`~specutils_deepclean.models.model_error.check_model_error`),
-    ``fill_sigma_scale`` (`~specutils_deepclean.models.fill_sigma.check_fill_sigma`) and
+    ``fill_sigma_scale``, ``obs_sigma_scale`` (`~specutils_deepclean.models.fill_sigma`) and
     ``velocity_error`` (`~specutils_deepclean.models.velocity.check_velocity_error`)."""
     check_term_arrays(extra, n_pix)
     check_fill_sigma(extra, n_pix)

@@ -1,4 +1,4 @@
-r"""The uncertainty of the pixels without data, calibrated by wavelength.
+r"""The uncertainty calibrated by wavelength: pixels without data, and pixels with.
 
 The denoiser's uncertainty (the Laplace covariance through the generator, the
 generator's error, the linear terms) is calibrated over whole spectra with data
@@ -27,6 +27,18 @@ factor on the standard deviation of a flagged star's pixels without data:
 :math:`\sigma \to k\,r\,\sigma` there, chosen with :math:`r` by
 `~specutils_deepclean.training.fill_sigma.calibrate_fill_sigma` (the 68.3 % quantile
 of :math:`|s - \hat s| / (r \sigma)` over the flagged stars' filled pixels).
+
+The pixels with data have that pattern at every S/N (MILES ``val`` observed without a
+gap at S/N 5, 10, 20 and 50, ``benchmarks/studies/obs_sigma.py``): covered most at
+both ends of the grid and least in its middle, the more so the higher the S/N, where
+the generator's error dominates their variance.  A model file may state
+``extra["obs_sigma_scale"]`` :math:`q` (P,), a factor on the standard deviation at
+rest of each pixel that some exposure has data for: :math:`\sigma \to q\,\sigma`
+there, before the model-error terms (`~specutils_deepclean.models.model_error`), every
+pixel without data unchanged (`obs_sigma`).
+`~specutils_deepclean.training.obs_sigma.calibrate_obs_sigma` chooses it on MILES
+``val``, S/N 5, 10 and 20 pooled, per bin of wavelength, interpolated between the
+bins' centres; :math:`r` does not depend on it.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["check_fill_sigma", "fill_sigma"]
+__all__ = ["check_fill_sigma", "fill_sigma", "obs_sigma"]
 
 
 def fill_sigma(
@@ -70,14 +82,39 @@ def fill_sigma(
     return var
 
 
+def obs_sigma(extra: dict, var: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+    """The variance with ``extra["obs_sigma_scale"]`` squared applied outside ``filled``.
+
+    Parameters
+    ----------
+    extra : dict
+        The model's extra arrays (``obs_sigma_scale``, shape (P,), when present).
+    var : tensor, shape (B, P)
+        The variance at rest, on the model's grid.
+    filled : bool tensor, shape (B, P)
+        The pixels no exposure has data for.
+
+    Returns
+    -------
+    tensor, shape (B, P)
+        ``var`` itself without the factor; else ``var`` times the factor squared
+        outside ``filled``, unchanged at ``filled``.
+    """
+    if "obs_sigma_scale" not in extra:
+        return var
+    scale = torch.as_tensor(extra["obs_sigma_scale"], dtype=var.dtype, device=var.device)
+    return torch.where(filled, var, var * scale.square())
+
+
 def check_fill_sigma(extra: dict, n_pix: int) -> None:
-    """``extra["fill_sigma_scale"]``, when present: ``n_pix`` finite values > 0;
-    ``extra["fill_sigma_ood_scale"]``, when present: one finite number > 0.
+    """``extra["fill_sigma_scale"]`` and ``extra["obs_sigma_scale"]``, when present:
+    ``n_pix`` finite values > 0 each; ``extra["fill_sigma_ood_scale"]``, when present:
+    one finite number > 0.
 
     Raises
     ------
     ValueError
-        If either is not.
+        If any is not.
     """
     if "fill_sigma_ood_scale" in extra:
         ood = np.asarray(extra["fill_sigma_ood_scale"], dtype=np.float64)
@@ -86,11 +123,11 @@ def check_fill_sigma(extra: dict, n_pix: int) -> None:
                 "extra['fill_sigma_ood_scale'] must be one finite number > 0, "
                 f"got {extra['fill_sigma_ood_scale']!r}"
             )
-    if "fill_sigma_scale" not in extra:
-        return
-    scale = np.asarray(extra["fill_sigma_scale"], dtype=np.float64)
-    if scale.shape != (n_pix,) or not np.all(np.isfinite(scale) & (scale > 0)):
-        raise ValueError(
-            f"extra['fill_sigma_scale'] must hold {n_pix} finite values > 0, "
-            f"got shape {scale.shape}"
-        )
+    for key in ("fill_sigma_scale", "obs_sigma_scale"):
+        if key not in extra:
+            continue
+        scale = np.asarray(extra[key], dtype=np.float64)
+        if scale.shape != (n_pix,) or not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ValueError(
+                f"extra[{key!r}] must hold {n_pix} finite values > 0, got shape {scale.shape}"
+            )

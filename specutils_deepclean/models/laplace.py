@@ -20,7 +20,7 @@ import torch
 
 from ..exposures import pool_velocities
 from . import ood
-from .fill_sigma import fill_sigma
+from .fill_sigma import fill_sigma, obs_sigma
 from .gap_fill import class_mixture, library_pull, nonnegative
 from .model_error import model_error
 from .noiseflow import _HALF_LOG_2PI
@@ -62,7 +62,8 @@ class MAPResult:
         Its per-pixel standard deviation: the Laplace covariance of each class
         pushed through the generator, mixed over the class posterior, with the
         generator's calibrated error (the documentation page *The denoiser's
-        inference*, section Uncertainty), scaled by ``model_error_scale``, with
+        inference*, section Uncertainty), at the pixels with data scaled by the
+        model's ``obs_sigma_scale``, then by ``model_error_scale``, with
         ``model_sigma`` added in quadrature; at the ``filled`` pixels scaled by the
         model's ``fill_sigma_scale``, and its ``fill_sigma_ood_scale`` for a star
         flagged out of distribution (`~specutils_deepclean.models.fill_sigma`).
@@ -260,7 +261,7 @@ def summarise(model, data: Observations, state, searched: float | None, chunk: i
             model, data, gap, var[gap.rows].sqrt(), filled[gap.rows]
         )
     flux, var = nonnegative(flux, var, filled)  # a star's flux is not negative
-    var = fill_sigma(model.extra, var, filled, flag)
+    var = fill_sigma(model.extra, obs_sigma(model.extra, var, filled), filled, flag)
     velocity = np.zeros(data.flux.shape[:2])
     error = np.zeros(data.flux.shape[:2])
     reached = torch.ones_like(flux, dtype=torch.bool)
