@@ -32,9 +32,8 @@ True
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-
 import warnings
+from collections.abc import Callable
 
 import specutils.manipulation
 from astropy.utils.exceptions import AstropyUserWarning

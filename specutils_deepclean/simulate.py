@@ -45,8 +45,8 @@ from scipy.ndimage import gaussian_filter1d
 from specutils.utils.wcs_utils import air_to_vac, vac_to_air
 
 from .datasets import Library, SkySpectrum, Transmission, load_sky, load_transmission
-from .metrics import der_snr_array
 from .doppler import shift_flux
+from .metrics import der_snr_array
 from .resample import rebin, rebin_matrix
 
 __all__ = [

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .models.velocity import _keys_weights
-from .telluric_fit import _clear_pixels, _noise, fit_transmission
+from .telluric_fit import _noise, fit_transmission
 from .telluric_star import C_KMS, MAX_SHIFT_KMS, align_stellar
 from .telluric_template import MOLECULES
 from .tellurics import _split, _window_pixels

@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-import pytest
 import astropy.units as u
+import pytest
 
 from specutils_deepclean import cli, parallel
 from specutils_deepclean.parallel import clean_files

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
+from data_needs import data_file, miles_file, needs_data_file
 from numpy.testing import assert_allclose, assert_array_equal
 from specutils import Spectrum
 
-from data_needs import data_file, miles_file, needs_data_file
-from specutils_deepclean.datasets import library as library_format
-from specutils_deepclean.datasets import miles as miles_build
 from specutils_deepclean.datasets import (
     DATA_ENV,
     Library,
@@ -26,6 +24,8 @@ from specutils_deepclean.datasets import (
     load_sky,
     load_transmission,
 )
+from specutils_deepclean.datasets import library as library_format
+from specutils_deepclean.datasets import miles as miles_build
 
 
 @pytest.fixture(scope="module")

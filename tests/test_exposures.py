@@ -9,9 +9,9 @@ from specutils_deepclean.spectra import median_normalise
 
 torch = pytest.importorskip("torch")
 
-from specutils_deepclean.inference import denoise_arrays  # noqa: E402
-
 from test_denoiser_model import FAST, N_PIX, draw, make_model  # noqa: E402
+
+from specutils_deepclean.inference import denoise_arrays  # noqa: E402
 
 
 def test_random_effects_pools_agreeing_estimates_only():

@@ -8,6 +8,8 @@ from astropy.utils.exceptions import AstropyDeprecationWarning
 
 torch = pytest.importorskip("torch")
 
+from test_denoiser_model import FAST, N_PIX, draw, make_model  # noqa: E402
+
 from specutils_deepclean.inference import Denoised, denoise_arrays  # noqa: E402
 from specutils_deepclean.models.level import relevel  # noqa: E402
 from specutils_deepclean.models.linear_terms import (  # noqa: E402
@@ -21,8 +23,6 @@ from specutils_deepclean.models.linear_terms import (  # noqa: E402
 )
 from specutils_deepclean.models.noiseflow import NoiseFlow, counted_pixels  # noqa: E402
 from specutils_deepclean.spectra import median_normalise  # noqa: E402
-
-from test_denoiser_model import FAST, N_PIX, draw, make_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

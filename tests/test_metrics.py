@@ -11,6 +11,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from specutils import Spectrum
 from specutils.analysis import snr_derived
 
+from specutils_deepclean.benchmarking.grouping import grouped, win_rates_by
 from specutils_deepclean.metrics import (
     GAUSSIAN_COVERAGE,
     Calibration,
@@ -27,7 +28,6 @@ from specutils_deepclean.metrics import (
     telluric_pixels,
     win_rate,
 )
-from specutils_deepclean.benchmarking.grouping import grouped, win_rates_by
 
 DER_SNR_CONSTANT = 0.6052697
 

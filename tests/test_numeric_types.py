@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from specutils import Spectrum
 
 from specutils_deepclean.datasets import load_examples
-from specutils_deepclean.manipulation import denoise, remove_tellurics
 from specutils_deepclean.doppler import doppler_shift
+from specutils_deepclean.manipulation import denoise, remove_tellurics
 from specutils_deepclean.spectra import (
     ModelGrid,
     from_model_grid,

@@ -18,7 +18,6 @@ from specutils_deepclean.simulate import (
     prepare_truth,
 )
 
-
 GRID = np.linspace(3600.0, 7400.0, 2000)
 
 

@@ -13,7 +13,6 @@ import time
 
 import pytest
 from astropy.io import fits
-
 from survey_files import write_survey
 
 from specutils_deepclean.files import output_path, read_result

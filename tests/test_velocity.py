@@ -9,10 +9,10 @@ from specutils import Spectrum
 
 torch = pytest.importorskip("torch")
 
+from specutils_deepclean.doppler import shift_flux  # noqa: E402
 from specutils_deepclean.io.models import load_model  # noqa: E402
 from specutils_deepclean.manipulation import denoise  # noqa: E402
 from specutils_deepclean.models.velocity import DopplerShift, parabola_peak  # noqa: E402
-from specutils_deepclean.doppler import shift_flux  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -245,9 +245,9 @@ def test_exposures_at_one_velocity_are_pooled(shipped):
 def test_exposure_likelihood_in_chunks_is_one_pass():
     """The velocity refinement sends a whole batch to the exposure likelihood, which runs
     it in chunks: the same numbers as one pass of the flow over every row."""
-    from specutils_deepclean.models.denoiser import _EVAL_CHUNK
-
     from test_denoiser_model import LATENT, draw, make_model
+
+    from specutils_deepclean.models.denoiser import _EVAL_CHUNK
 
     model = make_model()
     n = _EVAL_CHUNK + 9

@@ -36,15 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import interleaved, observations
-from bench_denoise_speed import simulated
-from bench_throughput import _commit
 from specutils_deepclean import inference
 from specutils_deepclean.benchmarking.denoise import deepclean
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.manipulation import denoise
+
+from _common import interleaved, observations
+from bench_denoise_speed import simulated
+from bench_throughput import _commit
 
 BLOCK_ROWS = inference.MIN_BLOCK_ROWS
 

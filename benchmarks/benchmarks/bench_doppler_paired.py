@@ -35,7 +35,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_denoise_speed import simulated  # noqa: E402
 
-
 _NOT_SWAPPED = ("__dict__", "__weakref__", "__module__", "__doc__", "__qualname__")
 
 

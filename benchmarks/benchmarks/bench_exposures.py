@@ -58,12 +58,12 @@ import astropy.units as u
 import numpy as np
 import torch
 
-from _common import header, load_stars, star_parser
-
 from specutils_deepclean import metrics
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.manipulation import DEFAULT_VELOCITY_RANGE
 from specutils_deepclean.simulate import Simulator
+
+from _common import header, load_stars, star_parser
 
 
 def coadd(flux: np.ndarray, sigma: np.ndarray, mask: np.ndarray) -> tuple:

@@ -43,11 +43,12 @@ import astropy.units as u
 import numpy as np
 import torch
 
-from _common import observations
-from bench_tellurics_speed import HARPS_PIXELS
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
 from specutils_deepclean.manipulation import denoise, remove_tellurics
 from specutils_deepclean.models.karaoke import KaraokeVAE
+
+from _common import observations
+from bench_tellurics_speed import HARPS_PIXELS
 
 
 def _sync(device: torch.device) -> None:

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import header, select_stars, star_parser
-
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import denoise_both
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.simulate import SNR_LEVELS, prepare_truth
+
+from _common import header, select_stars, star_parser
 
 
 def main(argv=None) -> int:

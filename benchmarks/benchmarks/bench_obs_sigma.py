@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import header, load_stars, star_parser
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
@@ -33,6 +32,8 @@ from specutils_deepclean.io.models import load_model
 from specutils_deepclean.simulate import SNR_LEVELS, Simulator
 from specutils_deepclean.training.fill_sigma import per_bin
 from specutils_deepclean.training.obs_sigma import N_BINS
+
+from _common import header, load_stars, star_parser
 
 
 def main(argv=None) -> int:

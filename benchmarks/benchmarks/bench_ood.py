@@ -40,20 +40,20 @@ import numpy as np
 import torch
 from specutils import SpectrumList
 
-from _common import header, select_stars, star_parser
-
 from specutils_deepclean import denoise
-from specutils_deepclean.datasets import load_examples, load_library
 from specutils_deepclean.benchmarking.ood_negatives import (
     KINDS,
     ece_interval,
     make,
     reliability,
 )
+from specutils_deepclean.datasets import load_examples, load_library
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.simulate import Simulator, prepare_truth
 from specutils_deepclean.surveys import desi_targets
+
+from _common import header, select_stars, star_parser
 
 SNRS = (5, 10, 20, 50)
 

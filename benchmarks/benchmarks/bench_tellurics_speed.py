@@ -43,7 +43,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,12 +52,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from _common import interleaved, observations
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
 from specutils_deepclean.io.models import load_model
 from specutils_deepclean.manipulation import remove_tellurics
 from specutils_deepclean.models.karaoke import KaraokeVAE
 from specutils_deepclean.models.layers import down_block, run_channels_last, up_block
+
+from _common import interleaved, observations
 
 HARPS_PIXELS = 327_680
 

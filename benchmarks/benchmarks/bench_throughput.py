@@ -29,7 +29,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import interleaved, observations
 from specutils_deepclean.benchmarking.tellurics import as_spectrum
 from specutils_deepclean.manipulation import denoise, remove_tellurics
+
+from _common import interleaved, observations
 
 FUNCTIONS = {"remove_tellurics": remove_tellurics, "denoise": denoise}
 

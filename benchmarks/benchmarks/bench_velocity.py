@@ -42,8 +42,6 @@ import torch
 from astropy.io import fits
 from specutils import Spectrum
 
-from _common import header, load_stars, star_parser
-
 from specutils_deepclean import denoise, metrics
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.io.models import load_model
@@ -51,6 +49,8 @@ from specutils_deepclean.manipulation import DEFAULT_VELOCITY_RANGE
 from specutils_deepclean.models.velocity import C_KMS, DopplerShift, parabola_peak
 from specutils_deepclean.simulate import Simulator
 from specutils_deepclean.spectra import median_normalise
+
+from _common import header, load_stars, star_parser
 
 SNRS = (5, 10, 20)
 #: Lick indices (air, Angstrom): band, blue and red pseudo-continua (Worthey et al. 1994,

@@ -23,9 +23,9 @@ import numpy as np
 from astropy.nddata import StdDevUncertainty
 from specutils import Spectrum
 
-from specutils_deepclean.training.telluric_data import observe_split
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.manipulation import remove_tellurics
+from specutils_deepclean.training.telluric_data import observe_split
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)

@@ -17,11 +17,12 @@ import json
 import sys
 
 import numpy as np
-from val_study import observations, study_args, val_setup, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.spectra import median_normalise
+
+from val_study import observations, study_args, val_setup, write_result
 
 CLIPS = (5.0, 8.0)
 

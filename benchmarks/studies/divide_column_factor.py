@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
 from val_study import study_args, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -20,10 +20,11 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from val_study import study_args, val_setup, write_result
 
 from specutils_deepclean.models import level
 from specutils_deepclean.spectra import median_normalise
+
+from val_study import study_args, val_setup, write_result
 
 SMOOTHING = (5.0, 15.0)
 TOPS = (1, 5)

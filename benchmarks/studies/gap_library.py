@@ -22,12 +22,13 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from gap_mixture import _run
-from val_study import study_args, val_setup, wide_gaps, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.models import gap_fill
 from specutils_deepclean.spectra import median_normalise
+
+from gap_mixture import _run
+from val_study import study_args, val_setup, wide_gaps, write_result
 
 #: (temperature, pull, step, reach) of each setting; pull 0 is the fill without it.
 SETTINGS = {

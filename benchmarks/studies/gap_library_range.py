@@ -23,12 +23,13 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from gap_mixture import RUNAWAY, _run
-from val_study import study_args, val_setup, wide_gaps, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.models import gap_fill, level
 from specutils_deepclean.spectra import median_normalise
+
+from gap_mixture import RUNAWAY, _run
+from val_study import study_args, val_setup, wide_gaps, write_result
 
 
 def _summary(mse: np.ndarray) -> dict:

@@ -31,7 +31,6 @@ import time
 import numpy as np
 import torch
 from scipy.ndimage import median_filter
-from val_study import study_args, val_setup, wide_gaps, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
@@ -39,6 +38,8 @@ from specutils_deepclean.datasets import load_library
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.models import gap_fill, laplace
 from specutils_deepclean.spectra import median_normalise
+
+from val_study import study_args, val_setup, wide_gaps, write_result
 
 RUNAWAY = 0.1
 #: Gap pixels at the grid's end over which the fill's relative bias is measured.

@@ -29,12 +29,13 @@ import sys
 
 import numpy as np
 import torch
-from val_study import gap_setup, protocol_gaps, study_args, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.models import gap_fill, laplace
+
+from val_study import gap_setup, protocol_gaps, study_args, write_result
 
 #: A fill runs away above this MSE over the gap (``bench_gaps.py``'s ``--runaway``).
 RUNAWAY = 0.1

@@ -21,7 +21,6 @@ import sys
 
 import numpy as np
 import torch
-from val_study import study_args, val_setup, wide_gaps, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
@@ -29,6 +28,8 @@ from specutils_deepclean.datasets import load_library
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.models import level
 from specutils_deepclean.spectra import median_normalise
+
+from val_study import study_args, val_setup, wide_gaps, write_result
 
 RUNAWAY = 0.1
 

@@ -29,7 +29,6 @@ import sys
 
 import numpy as np
 import torch
-from val_study import gap_setup, protocol_gaps, study_args, write_result
 
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
@@ -38,6 +37,8 @@ from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.models import gap_fill, laplace
 from specutils_deepclean.models.level import library
 from specutils_deepclean.models.observations import rest_weight
+
+from val_study import gap_setup, protocol_gaps, study_args, write_result
 
 RUNAWAY = 0.1
 RELATIVE = 0.5

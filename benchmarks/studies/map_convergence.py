@@ -17,9 +17,10 @@ import sys
 
 import numpy as np
 import torch
-from val_study import observations, val_setup, write_result
 
 from specutils_deepclean.inference import denoise_arrays
+
+from val_study import observations, val_setup, write_result
 
 
 def main(argv=None) -> int:

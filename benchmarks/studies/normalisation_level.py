@@ -16,9 +16,10 @@ import argparse
 import sys
 
 import numpy as np
-from val_study import observations, val_setup, write_result
 
 from specutils_deepclean.spectra import median_normalise
+
+from val_study import observations, val_setup, write_result
 
 
 def main(argv=None) -> int:

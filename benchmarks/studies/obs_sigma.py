@@ -25,7 +25,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from val_study import study_args, val_setup, write_result
 
 from specutils_deepclean.metrics import GAUSSIAN_COVERAGE
 from specutils_deepclean.simulate import SNR_LEVELS
@@ -36,6 +35,8 @@ from specutils_deepclean.training.obs_sigma import (
     observed_parts,
     per_bin_coverage,
 )
+
+from val_study import study_args, val_setup, write_result
 
 
 def main(argv=None) -> int:

@@ -37,14 +37,15 @@ import sys
 
 import numpy as np
 import torch
-from calibrate_ood import fit
-from denoiser_step import run_step
 from scipy.optimize import minimize
 from scipy.special import expit
 
 from specutils_deepclean.benchmarking.ood_negatives import ece_interval, reliability
 from specutils_deepclean.models import ood
 from specutils_deepclean.simulate import prepare_truth
+
+from calibrate_ood import fit
+from denoiser_step import run_step
 
 SNRS = (5, 10, 20, 50)
 REALISATIONS = 16

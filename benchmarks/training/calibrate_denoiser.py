@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import sys
 
-from denoiser_step import run_step
-
 from specutils_deepclean.training.denoiser import calibrate_uncertainty
+
+from denoiser_step import run_step
 
 
 def main(argv=None) -> int:

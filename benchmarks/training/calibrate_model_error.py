@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import sys
 
-from denoiser_step import run_step
-
 from specutils_deepclean.training.model_error import calibrate_model_error
+
+from denoiser_step import run_step
 
 
 def main(argv=None) -> int:

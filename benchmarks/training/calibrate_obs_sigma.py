@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import sys
 
-from denoiser_step import run_step
-
 from specutils_deepclean.training.obs_sigma import calibrate_obs_sigma
+
+from denoiser_step import run_step
 
 
 def main(argv=None) -> int:

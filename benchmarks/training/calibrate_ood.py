@@ -32,13 +32,14 @@ import sys
 
 import numpy as np
 import torch
-from denoiser_step import run_step
 
 from specutils_deepclean.benchmarking.ood_negatives import KINDS, make
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.manipulation import DEFAULT_VELOCITY_RANGE
 from specutils_deepclean.models import ood
 from specutils_deepclean.simulate import Simulator, prepare_truth
+
+from denoiser_step import run_step
 
 SNRS = (5, 10, 20, 50)
 N_NEGATIVES = 24

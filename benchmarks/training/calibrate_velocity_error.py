@@ -27,12 +27,13 @@ import sys
 
 import numpy as np
 import torch
-from denoiser_step import run_step
 
 from specutils_deepclean.inference import denoise_arrays
 from specutils_deepclean.manipulation import DEFAULT_VELOCITY_RANGE
 from specutils_deepclean.metrics import GAUSSIAN_COVERAGE
 from specutils_deepclean.simulate import Simulator, prepare_truth
+
+from denoiser_step import run_step
 
 SNRS = (5, 10, 20)
 VMAX = 600.0

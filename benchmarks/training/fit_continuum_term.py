@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import sys
 
-from denoiser_step import run_step
-
 from specutils_deepclean.training.denoiser import fit_continuum_term
+
+from denoiser_step import run_step
 
 
 def _metrics(summary: dict) -> dict:

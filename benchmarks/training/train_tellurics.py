@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specutils_deepclean.training.telluric_data import AIRMASS_RANGE, observe_split
 from specutils_deepclean.datasets import load_library
 from specutils_deepclean.io.models import save_model
 from specutils_deepclean.provenance import Provenance, file_sha256
 from specutils_deepclean.training import train_karaoke
 from specutils_deepclean.training.karaoke import reference_lines
+from specutils_deepclean.training.telluric_data import AIRMASS_RANGE, observe_split
 
 
 def main(argv=None) -> int:

@@ -43,16 +43,15 @@ import numpy as np
 import torch
 from specutils import Spectrum
 
-from ..training.telluric_data import observe_split
-
 from .. import metrics
 from ..datasets import load_library
+from ..doppler import shift_flux
 from ..io.models import load_model
 from ..manipulation import remove_tellurics
 from ..models.karaoke import KaraokeVAE
 from ..simulate import Simulator
-from ..doppler import shift_flux
 from ..tellurics import split_transmission, telluric_region
+from ..training.telluric_data import observe_split
 
 SNRS = (20, 50, 200)
 POWERS = np.arange(0.5, 3.01, 0.05)

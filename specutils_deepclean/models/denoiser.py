@@ -28,6 +28,7 @@ from ..exposures import pool_velocities
 from ..provenance import Provenance
 from . import ood
 from .base import DeepCleanModel
+from .fill_sigma import check_fill_sigma
 from .generator import IsometricAutoencoder
 from .laplace import MAPResult, summarise
 from .layers import missing_mask
@@ -36,11 +37,9 @@ from .linear_terms import (
     check_term_arrays,
     has_terms,
     model_term_parts,
-    residual_sums,
     terms_posterior,
     terms_solve,
 )
-from .fill_sigma import check_fill_sigma
 from .model_error import check_model_error
 from .noiseflow import NoiseFlow
 from .observations import (
@@ -58,8 +57,8 @@ from .observations import (
 from .prior import KDEPrior
 from .surrogate import floored, surrogate_optimum
 from .velocity import (
-    C_KMS,
     _VELOCITY_MARGIN,
+    C_KMS,
     DopplerShift,
     check_velocity_error,
     fixed_velocities,

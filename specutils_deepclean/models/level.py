@@ -30,7 +30,6 @@ import weakref
 import numpy as np
 import torch
 
-
 __all__ = [
     "MIN_MISSING",
     "SMOOTH_PIXELS",

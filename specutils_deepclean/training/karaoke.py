@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import astropy.units as u
 import numpy as np
 
-from ..provenance import Provenance
 from ..doppler import shift_flux
+from ..provenance import Provenance
 from ..spectra import ModelGrid, median_normalise, to_model_grid
 from .loop import (
     KeepBest,
