@@ -482,6 +482,33 @@ def _covered_rows(gs_list, n_pix: int, operation: str = "denoise") -> np.ndarray
     return good
 
 
+def _context_rows(gs_list, context: int, good: np.ndarray) -> np.ndarray:
+    """Which of the ``good`` stars have, in some exposure, a run of ``context + 1`` valid
+    pixels: the noise model counts a pixel in the likelihood when its ``context``
+    predecessors are valid too, so without such a run nothing but the grid's first
+    pixels would count.  Warns about the others, or raises ValueError when none is left.
+    """
+    length = context + 1
+    found = np.zeros(good.shape, dtype=bool)
+    for gs in gs_list:
+        if gs.missing.shape[-1] >= length:
+            windows = np.lib.stride_tricks.sliding_window_view(~gs.missing, length, axis=-1)
+            found |= windows.all(axis=-1).any(axis=-1)
+    lacking = np.flatnonzero(good & ~found)
+    if lacking.size:
+        message = (
+            f"spectra {lacking.tolist()} have no run of {length} valid pixels on the model "
+            f"grid: the denoiser's noise model needs each pixel's {context} predecessors "
+            "(is a flag set on every few pixels in the mask?)"
+        )
+        if not np.any(good & found):
+            raise ValueError(message)
+        warnings.warn(
+            f"{message}: they are returned fully masked", AstropyUserWarning, stacklevel=3
+        )
+    return good & found
+
+
 def _drop_rows(gs, rows: np.ndarray) -> None:
     """Make the rows ``rows`` (bool) of ``gs`` unusable, in place: they come back masked."""
     if rows.any():
@@ -584,8 +611,10 @@ def denoise(
         denoiser.
     ValueError
         If a spectrum does not overlap the model's range, has no valid pixel, or
-        covers less than `MIN_COVERAGE` of the model's pixels with valid data (for
-        a batch: if no row does); for a list mixing arms and exposures.
+        covers less than `MIN_COVERAGE` of the model's pixels with valid data, or
+        has no run of valid pixels as long as the noise model's context plus one (a
+        mask with a hole every few pixels) (for a batch: if no row passes); for a
+        list mixing arms and exposures.
 
     Warns
     -----
@@ -593,8 +622,9 @@ def denoise(
         If spectra are flagged as unlike the model's stars (``ood_flag``: a
         galaxy, a quasar, a star beyond ``velocity_range``, a spectrum with too
         little signal...; the message names the rows); their results are returned
-        but should not be trusted.  If some rows of a batch have no valid pixel or
-        cover less than `MIN_COVERAGE`: they are returned fully masked (NaN flux)
+        but should not be trusted.  If some rows of a batch have no valid pixel,
+        cover less than `MIN_COVERAGE` or have no such run of valid pixels: they
+        are returned fully masked (NaN flux)
         and their ``meta["deepclean"]`` entries are None.
     ConvergenceWarning
         (an `~astropy.utils.exceptions.AstropyUserWarning`) naming the spectra whose
@@ -623,6 +653,7 @@ def denoise(
     grid = ModelGrid(net.wavelength, net.medium)
     gs_list = [to_model_grid(item, grid, medium=medium) for item in exposures]
     good = _covered_rows(gs_list, len(grid))
+    good = _context_rows(gs_list, max(flow.context for flow in net.flows.values()), good)
     import torch
 
     from .inference import denoise_arrays

@@ -333,3 +333,28 @@ def test_bad_batch_row_is_reported_once(star):
         FUNCTIONS["denoise"](make(star, flux, sigma=None))
     messages = [str(item.message) for item in caught]
     assert len(messages) == 1 and "1 of 2 spectra have no valid pixel" in messages[0], messages
+
+
+
+@pytest.mark.parametrize("every", [2, 3, 5])
+def test_holes_at_every_few_pixels(star, every):
+    """A mask with a hole every few pixels (a bitmask flag set on most pixels).
+
+    The telluric model takes it (masked pixels are missing data); the denoiser's noise
+    model needs each pixel's 8 predecessors, so with no such run the star is refused
+    (returned masked in a batch) instead of coming back all NaN or prior-driven.
+    """
+    holes = np.arange(4300) % every == 1
+    for name in TELLURIC:
+        out = run(name, make(star, mask=holes))
+        keep = ~holes & ~run(name, make(star)).mask
+        assert np.isfinite(out.flux.value[keep]).all() and not out.mask[keep].any()
+        assert out.mask[holes].all()
+    message = r"spectra \[0\] have no run of 9 valid pixels .* mask"
+    refuse("denoise", make(star, mask=holes), ValueError, message)
+    flux = np.stack([star[0], star[0]])
+    mask = np.stack([np.zeros(4300, bool), holes])
+    batch = run("denoise", make(star, flux, sigma=None, mask=mask), warns=message.replace("0", "1"))
+    assert batch.mask[1].all() and not batch.mask[0, 100:-100].any()
+    single = run("denoise", make(star, sigma=None))
+    np.testing.assert_allclose(batch.flux.value[0], single.flux.value, rtol=1e-5)
