@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,6 +326,25 @@ def _check_spectrum(spectrum, name="spectrum"):
         raise TypeError(f"{name} must be a specutils Spectrum, got {type(spectrum).__name__}")
 
 
+def check_linear_flux(spectrum: Spectrum) -> None:
+    """Refuse a flux in magnitudes, dex or decibels with a `~astropy.units.UnitsError`.
+
+    The unit is read from ``spectrum.unit``: ``spectrum.flux`` itself raises for
+    mag(AB), which astropy's Quantity does not take.
+
+    Parameters
+    ----------
+    spectrum : `~specutils.Spectrum`
+        The spectrum to check.
+    """
+    unit = spectrum.unit
+    if unit is not None and (isinstance(unit, u.FunctionUnitBase) or unit.is_equivalent(u.mag)):
+        raise u.UnitsError(
+            f"the flux unit {unit} is logarithmic: convert the flux to a linear unit (e.g. "
+            "Magnitude(values, u.ABmag).physical, or .to(u.Jy)) before building the Spectrum"
+        )
+
+
 def _header_value(header, key):
     for k in (key, key.lower()):
         try:
@@ -388,6 +408,10 @@ def _axis_edges(spectrum: Spectrum) -> np.ndarray:
     if not unit.is_equivalent(u.AA, equivalencies=u.spectral()):
         raise u.UnitsError(f"the spectral axis unit {unit} cannot be converted to a wavelength")
     native = np.asarray(spectrum.spectral_axis.value)
+    if native.size < 2:
+        raise ValueError(
+            f"the spectral axis has {native.size} pixel: at least 2 are needed"
+        )
     centres = native.astype(np.float64)
     steps = np.diff(centres)
     repeated = np.flatnonzero(steps == 0)
@@ -585,6 +609,7 @@ def to_model_grid(
         raise TypeError(f"grid must be a ModelGrid, got {type(grid).__name__}")
     if not 0 < min_coverage <= 1:
         raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
+    check_linear_flux(spectrum)
     raw_edges = _axis_edges(spectrum)
     source = _input_medium(spectrum, medium, grid)
     descending = raw_edges[-1] < raw_edges[0]
@@ -606,7 +631,7 @@ def to_model_grid(
         flux, edges, grid.edges, variance=variance, missing=missing, min_coverage=min_coverage
     )
     normalised, scale = median_normalise(out, miss_out)
-    _check_usable(scale)
+    _check_usable(scale, lambda: _unusable_reason(missing, variance, unc_type))
     miss_out |= ~np.isfinite(scale)[:, None]
     sigma = np.full_like(normalised, np.nan)
     if var_out is not None:
@@ -631,12 +656,14 @@ def to_model_grid(
     )
 
 
-def _check_usable(scale: np.ndarray) -> None:
+def _check_usable(scale: np.ndarray, reason: Callable[[], str]) -> None:
+    """Refuse an input without a usable spectrum (``reason()`` says why), warn about
+    single unusable rows."""
     bad = int(np.sum(~np.isfinite(scale)))
     if bad == scale.size:
         raise ValueError(
             "no spectrum has a valid pixel on the model grid with a positive median "
-            "flux: nothing to normalise"
+            f"flux: nothing to normalise ({reason()})"
         )
     if bad:
         warnings.warn(
@@ -645,6 +672,20 @@ def _check_usable(scale: np.ndarray) -> None:
             AstropyUserWarning,
             stacklevel=3,
         )
+
+
+def _unusable_reason(missing: np.ndarray, variance: np.ndarray | None, unc_type: type) -> str:
+    """Why no input pixel is usable: masked or non-finite flux, the uncertainty, or else
+    the flux's level or range."""
+    valid = ~missing
+    if not valid.any():
+        return "every pixel is masked or its flux is not finite"
+    if variance is not None and not np.any(valid & np.isfinite(variance)):
+        return (
+            f"the {unc_type.__name__} is zero, negative or not finite at every unmasked "
+            "pixel: such pixels are missing data"
+        )
+    return "the median flux is not positive, or no valid pixel lies in the model's range"
 
 
 def _as_numpy(values, name: str, shape: tuple, dtype=float) -> np.ndarray:

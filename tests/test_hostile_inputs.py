@@ -15,7 +15,7 @@ import warnings
 import astropy.units as u
 import numpy as np
 import pytest
-from astropy.nddata import StdDevUncertainty
+from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 from astropy.utils.exceptions import AstropyDeprecationWarning, AstropyUserWarning
 from astropy.utils.masked import Masked
 from specutils import Spectrum
@@ -220,6 +220,48 @@ def test_spectral_axis_units_and_direction(star, name, unit):
     both = ~out.mask[::-1] & ~expected.mask
     assert np.count_nonzero(out.mask[::-1] != expected.mask) <= 2
     np.testing.assert_allclose(out.flux.value[::-1][both], expected.flux.value[both], rtol=5e-5)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("unit", [u.mag, u.ABmag, u.dex], ids=["mag", "ABmag", "dex"])
+def test_flux_in_magnitudes_is_refused(star, name, unit):
+    """A logarithmic flux unit is refused by name; ``spectrum.flux`` itself raises for
+    mag(AB) (astropy's Quantity takes no function units), so the check reads the unit."""
+    spec = Spectrum(
+        flux=-2.5 * np.log10(star[0]) * unit, spectral_axis=star[1], meta={"medium": "air"}
+    )
+    message = rf"flux unit {re.escape(str(unit))} is logarithmic"
+    with pytest.raises(u.UnitsError, match=message):
+        FUNCTIONS[name](spec)
+    with pytest.raises(u.UnitsError, match=message):  # a list: exposures or arms
+        (denoise if name == "denoise" else remove_tellurics)([spec, spec])
+    if name == "divide":
+        with pytest.raises(u.UnitsError, match=message):
+            remove_tellurics(spec, mode="physical", device="cpu")
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize(
+    "uncertainty",
+    [StdDevUncertainty(np.zeros(4300)), InverseVariance(np.zeros(4300)),
+     VarianceUncertainty(np.full(4300, np.nan))],
+    ids=["zero-sigma", "zero-ivar", "nan-variance"],
+)
+def test_uncertainty_unusable_everywhere_is_named(star, name, uncertainty):
+    """Every pixel missing because of the uncertainty: the error says so."""
+    spec = Spectrum(
+        flux=star[0] * u.one, spectral_axis=star[1], uncertainty=uncertainty,
+        meta={"medium": "air"},
+    )
+    kind = type(uncertainty).__name__
+    refuse(name, spec, ValueError, rf"no spectrum has a valid pixel .* \(the {kind} is zero")
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_one_pixel_spectrum_is_refused(star, name):
+    flux, wave, sigma = star
+    spec = make(star, flux[2000:2001], wave[2000:2001], sigma=sigma[2000:2001])
+    refuse(name, spec, ValueError, "the spectral axis has 1 pixel: at least 2 are needed")
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
