@@ -7,6 +7,7 @@ This layer only checks arguments, moves spectra onto the model grid and back
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import warnings
@@ -256,10 +257,12 @@ def remove_tellurics(
     TypeError
         If ``spectrum`` is not a Spectrum or ``model`` not a telluric model.
     ValueError
-        If ``mode`` or ``device`` is unknown, ``max_column`` is not positive, the
-        spectrum does not overlap the model's wavelength range (the message names
-        both), has no valid pixel, or covers less than `MIN_COVERAGE` of the
-        model's pixels with valid data (for a batch: if no row does); for a list
+        If ``mode`` or ``device`` is unknown, ``max_column`` is not positive,
+        ``smooth_pixels`` is not a finite number of model pixels or
+        ``region_threshold`` not in (0, 1], the spectrum does not overlap the
+        model's wavelength range (the message names both), has no valid pixel, or
+        covers less than `MIN_COVERAGE` of the model's pixels with valid data (for
+        a batch: if no row does); for a list
         holding several exposures (spectra of the same range), or mixing arms and
         exposures.
 
@@ -299,10 +302,18 @@ def remove_tellurics(
         raise ValueError(f"max_column must be positive or None, got {max_column!r}")
     if column_factor is not None and not column_factor >= 1:
         raise ValueError(f"column_factor must be at least 1 or None, got {column_factor!r}")
+    if not (isinstance(region_threshold, numbers.Real) and 0 < region_threshold <= 1):
+        raise ValueError(f"region_threshold must be in (0, 1], got {region_threshold!r}")
     from .models.karaoke import KaraokeVAE
 
     device = _device(device)
     net = _model(model, KaraokeVAE, DEFAULT_TELLURIC_MODEL, device)
+    n_model = len(net.wavelength)
+    if not (isinstance(smooth_pixels, numbers.Real) and 0 <= smooth_pixels <= n_model):
+        raise ValueError(
+            "smooth_pixels must be a finite number of model pixels, at least 0 and at most "
+            f"{n_model} (the model's pixels), got {smooth_pixels!r}"
+        )
     if mode == "physical":
         from .models.baselines import PCADenoiser
         from .telluric_physical import STELLAR_BASIS, remove_physical
@@ -607,8 +618,8 @@ def denoise(
     Raises
     ------
     TypeError
-        If the input is not a Spectrum or a list of them, or ``model`` is not a
-        denoiser.
+        If the input is not a Spectrum or a list of them, ``model`` is not a
+        denoiser or ``seed`` not an integer.
     ValueError
         If a spectrum does not overlap the model's range, has no valid pixel, or
         covers less than `MIN_COVERAGE` of the model's pixels with valid data, or
@@ -646,6 +657,10 @@ def denoise(
     Bayesian modeling".
     """
     exposures = _exposures(resolve_input(spectrum, "denoise", exposures=True))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if not -(2**63) <= seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed}")
     from .models.denoiser import Denoiser
 
     torch_device = _device(device)

@@ -205,6 +205,17 @@ def test_bad_inputs(model, make, error, match):
         denoise(make(), model, **FAST)
 
 
+@pytest.mark.parametrize(
+    ("seed", "error"),
+    [("1", TypeError), (1.5, TypeError), (None, TypeError), (True, TypeError), (2**70, ValueError)],
+)
+def test_bad_seed(model, seed, error):
+    """A seed torch cannot take is refused by name (it was a RuntimeError from torch)."""
+    spec, _, _ = observed(model)
+    with pytest.raises(error, match=r"seed must be an integer"):
+        denoise(spec, model, seed=seed, **FAST)
+
+
 def test_too_little_coverage(model):
     mask = np.ones(N_PIX, dtype=bool)
     mask[:8] = False

@@ -309,6 +309,13 @@ def test_partial_overlap_masks_uncovered_pixels(model):
         ({"device": "tpu"}, ValueError, "device must be"),
         ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
         ({"max_column": 0.0}, ValueError, "max_column must be positive"),
+        ({"smooth_pixels": float("nan")}, ValueError, "smooth_pixels must be a finite"),
+        ({"smooth_pixels": -1.0}, ValueError, "smooth_pixels must be a finite"),
+        ({"smooth_pixels": 1e9}, ValueError, r"at most \d+ \(the model's pixels\)"),
+        ({"smooth_pixels": "1"}, ValueError, "smooth_pixels must be a finite"),
+        ({"region_threshold": 2.0}, ValueError, r"region_threshold must be in \(0, 1\]"),
+        ({"region_threshold": float("nan")}, ValueError, "region_threshold must be in"),
+        ({"region_threshold": 0.0}, ValueError, "region_threshold must be in"),
     ],
 )
 def test_bad_arguments(model, kwargs, error, match):
