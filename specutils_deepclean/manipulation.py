@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_TELLURIC_MODEL",
     "TELLURIC_MODES",
     "MIN_COVERAGE",
+    "MAX_FLUX_EXCESS",
     "TRANSMISSION_FLOOR",
     "MAX_COLUMN",
     "COLUMN_FACTOR",
@@ -46,6 +47,11 @@ DEFAULT_DENOISER_MODEL = "denoiser-miles"
 #: Smallest share of the model's pixels a spectrum must cover with valid data (`denoise`,
 #: `remove_tellurics`).
 MIN_COVERAGE = 0.2
+#: `denoise` takes a pixel whose flux on the model grid exceeds this many times the 90th
+#: percentile of its spectrum's absolute flux as missing data, with a warning: no star
+#: has such a pixel, but unmasked fill values (-9999, 1e30) do, and they threw the
+#: networks' float32 arithmetic into overflow.
+MAX_FLUX_EXCESS = 1e3
 #: `remove_tellurics` (``divide``) masks the pixels whose transmission is below this.
 TRANSMISSION_FLOOR = 0.05
 #: `remove_tellurics` (``divide``) keeps the transmission at or above the model's
@@ -520,6 +526,29 @@ def _context_rows(gs_list, context: int, good: np.ndarray) -> np.ndarray:
     return good & found
 
 
+def _drop_fill_values(gs) -> None:
+    """Make the pixels of ``gs`` beyond `MAX_FLUX_EXCESS` missing, in place, with a
+    warning naming their spectra."""
+    with warnings.catch_warnings():  # rows without a valid pixel: an all-NaN slice
+        warnings.simplefilter("ignore", RuntimeWarning)
+        level = np.nanpercentile(np.abs(gs.flux), 90, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        wild = np.abs(gs.flux) > MAX_FLUX_EXCESS * level
+    if not wild.any():
+        return
+    warnings.warn(
+        f"spectra {np.flatnonzero(wild.any(axis=1)).tolist()}: {int(wild.sum())} pixels "
+        f"on the model grid have a flux above {MAX_FLUX_EXCESS:g} times the 90th "
+        "percentile of the spectrum's absolute flux (unmasked fill values such as -9999 "
+        "or 1e30?); they are missing data (mask them in the input to silence this)",
+        AstropyUserWarning,
+        stacklevel=3,
+    )
+    gs.flux[wild] = np.nan
+    gs.missing[wild] = True
+    gs.sigma[wild] = np.nan
+
+
 def _drop_rows(gs, rows: np.ndarray) -> None:
     """Make the rows ``rows`` (bool) of ``gs`` unusable, in place: they come back masked."""
     if rows.any():
@@ -667,6 +696,8 @@ def denoise(
     net = _model(model, Denoiser, DEFAULT_DENOISER_MODEL, torch_device)
     grid = ModelGrid(net.wavelength, net.medium)
     gs_list = [to_model_grid(item, grid, medium=medium) for item in exposures]
+    for gs in gs_list:
+        _drop_fill_values(gs)
     good = _covered_rows(gs_list, len(grid))
     good = _context_rows(gs_list, max(flow.context for flow in net.flows.values()), good)
     import torch
