@@ -269,6 +269,8 @@ def read_targets(
     ------
     FileNotFoundError
         If the file does not exist.
+    IsADirectoryError
+        If the path is a folder.
     ValueError
         If specutils cannot read it (the message says which format it tried, or
         that none matched), or it holds several spectra of the same range.
@@ -276,6 +278,10 @@ def read_targets(
     from .surveys import desi_targets, is_desi, list_kind
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder, not a file: pass its files (e.g. '{path / '*.fits'}')"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
@@ -331,6 +337,8 @@ def read_spectrum(path: str | os.PathLike, format: str | None = None) -> Spectru
     ------
     FileNotFoundError
         If the file does not exist.
+    IsADirectoryError
+        If the path is a folder.
     ValueError
         If specutils cannot read it, or it holds no target with data or several
         targets (use :func:`read_targets` for those).
