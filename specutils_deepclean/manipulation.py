@@ -104,12 +104,12 @@ def _model(model, expected: type, default: str, device):
             if key not in _CACHE:
                 _CACHE[key] = load_model(model, device=device)
             model = _CACHE[key]
-    elif model.device != device:
-        model = model.to(device)
     if not isinstance(model, expected):
         raise TypeError(
             f"model must be a {expected.__name__} (or its name or file), got {type(model).__name__}"
         )
+    if model.device != device:
+        model = model.to(device)
     return model
 
 
@@ -473,6 +473,17 @@ def _exposures(spectrum) -> list[Spectrum]:
     )
 
 
+def _exposure_on_grid(spectrum: Spectrum, index: int, count: int, grid, medium):
+    """`to_model_grid` of exposure ``index`` of ``count``; its refusal (ValueError) names
+    the exposure when there are several."""
+    try:
+        return to_model_grid(spectrum, grid, medium=medium)
+    except ValueError as exc:
+        if count == 1 or type(exc) is not ValueError:
+            raise
+        raise ValueError(f"exposure {index} of {count}: {exc}") from exc
+
+
 def _covered_rows(gs_list, n_pix: int, operation: str = "denoise") -> np.ndarray:
     """Which stars cover at least `MIN_COVERAGE` of the grid; warn about the others.
 
@@ -695,7 +706,10 @@ def denoise(
     torch_device = _device(device)
     net = _model(model, Denoiser, DEFAULT_DENOISER_MODEL, torch_device)
     grid = ModelGrid(net.wavelength, net.medium)
-    gs_list = [to_model_grid(item, grid, medium=medium) for item in exposures]
+    gs_list = [
+        _exposure_on_grid(item, i, len(exposures), grid, medium)
+        for i, item in enumerate(exposures)
+    ]
     for gs in gs_list:
         _drop_fill_values(gs)
     good = _covered_rows(gs_list, len(grid))

@@ -255,7 +255,7 @@ def _arm_arrays(spectrum: Spectrum, unit: u.UnitBase, wave: np.ndarray):
             )
         except u.UnitConversionError:
             raise u.UnitsError(
-                f"the arms' flux units {flux_q.unit} and {unit} cannot be converted"
+                f"the arms' flux units {flux_q.unit!r} and {unit!r} cannot be converted"
             ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("error", AstropyUserWarning)

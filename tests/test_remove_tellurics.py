@@ -326,6 +326,11 @@ def test_bad_arguments(model, kwargs, error, match):
 def test_bad_inputs(model, tmp_path):
     with pytest.raises(TypeError, match="spectrum must be a specutils Spectrum"):
         remove_tellurics(np.ones(10), model)
+    spec = make_spectrum(np.random.default_rng(9))
+    # not a model, name or path (was an AttributeError on .device)
+    for bad in (3, spec):
+        with pytest.raises(TypeError, match=f"KaraokeVAE .*, got {type(bad).__name__}"):
+            remove_tellurics(spec, bad)
     far = Spectrum(
         flux=np.ones(10) * u.one,
         spectral_axis=np.linspace(9000, 9100, 10) * u.AA,
