@@ -76,17 +76,26 @@ _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _device(device):
+def _parse_device(device):
+    """``device`` as a torch device (None for "auto"/None), its availability unchecked."""
     import torch
 
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
-        device = torch.device(device)
+        return torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
         ) from exc
+
+
+def _device(device):
+    import torch
+
+    device = _parse_device(device)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but CUDA is not available")
     return device

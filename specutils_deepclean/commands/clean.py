@@ -166,7 +166,8 @@ def _run(task: str, argv) -> int:
             scheduler=args.scheduler,
             progress=not args.quiet,
         )
-    except (OSError, ValueError, ImportError) as exc:  # before any work: folder, setting, dask
+    # before any work: folder, setting, model (TypeError: one of the other task), dask
+    except (OSError, ValueError, TypeError, ImportError) as exc:
         print(f"specutils-deepclean {task}: error: {exc}", file=sys.stderr)
         return 2
     if args.plot:
