@@ -41,6 +41,7 @@ from ._atomic import atomic_path
 __all__ = [
     "HEADER_KEYWORDS",
     "LAMOST_FORMAT",
+    "check_format",
     "expand_inputs",
     "output_path",
     "read_result",
@@ -140,6 +141,28 @@ def _readable(format: str, cls) -> bool:
     return True
 
 
+def check_format(format: str) -> None:
+    """Refuse a format name no reader of this package or specutils takes.
+
+    Parameters
+    ----------
+    format : str
+        A specutils format (``Spectrum.read.list_formats()``) or :data:`LAMOST_FORMAT`.
+
+    Raises
+    ------
+    ValueError
+        If no reader is called ``format``.
+    """
+    if format != LAMOST_FORMAT and not (
+        _readable(format, Spectrum) or _readable(format, SpectrumList)
+    ):
+        raise ValueError(
+            f"specutils has no reader called {format!r} (Spectrum.read.list_formats() "
+            "lists them)"
+        )
+
+
 def _known_format(path: Path) -> str | None:
     """The format of a file of a layout this package knows, from its headers (one open).
 
@@ -218,14 +241,10 @@ def _read(path: Path, format: str | None):
     if format == LAMOST_FORMAT or (not format and is_lamost(path)):
         return read_lamost(path), LAMOST_FORMAT
     if format:
+        check_format(format)
         if _readable(format, Spectrum):
             return Spectrum.read(path, format=format), format
-        if _readable(format, SpectrumList):
-            return SpectrumList.read(path, format=format), format
-        raise ValueError(
-            f"specutils has no reader called {format!r} (Spectrum.read.list_formats() "
-            "lists them)"
-        )
+        return SpectrumList.read(path, format=format), format
     single = _formats(Spectrum, path)
     only_list = [f for f in _formats(SpectrumList, path) if f not in single]
     if len(only_list) == 1:  # e.g. DESI: read as a list of arms, not by tabular-fits

@@ -44,6 +44,7 @@ from specutils import Spectrum
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .files import (
+    check_format,
     check_output_dir,
     expand_inputs,
     output_path,
@@ -580,9 +581,9 @@ def clean_files(
     Raises
     ------
     ValueError
-        If ``task``, a setting or an option (unknown keyword, telluric mode, device
-        or model name, a file that is not a model) is invalid: raised before any
-        work is done.
+        If ``task``, ``file_format``, a setting or an option (unknown keyword,
+        telluric mode, device or model name, a file that is not a model) is
+        invalid: raised before any work is done.
     TypeError
         If the model is one of the other task (before any work).
     FileNotFoundError
@@ -593,6 +594,8 @@ def clean_files(
     """
     _check_options(task, options or {})
     _check_batching(batch_size, workers)
+    if file_format:
+        check_format(file_format)
     start = time.perf_counter()
     paths = expand_inputs(inputs)
     folder = check_output_dir(output_dir)
