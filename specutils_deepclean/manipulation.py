@@ -226,7 +226,8 @@ def remove_tellurics(
     device : str, optional
         ``"auto"``/None (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     medium : {"air", "vacuum"}, optional
-        Medium of the spectrum's wavelengths when its meta does not state it (see
+        Medium of the spectrum's wavelengths when its meta does not state it; it
+        overrides the meta, with a warning when they differ (see
         :func:`~specutils_deepclean.spectra.to_model_grid`).
     smooth_pixels : float
         ``divide``: Gaussian sigma (model pixels) used to smooth ``T``.
@@ -613,7 +614,8 @@ def denoise(
     device : str, optional
         ``"auto"``/None (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     medium : {"air", "vacuum"}, optional
-        Medium of the wavelengths when the meta does not state it.
+        Medium of the wavelengths when the meta does not state it; it overrides the
+        meta, with a warning when they differ.
     steps, n_starts : int
         MAP optimisation budget: the largest number of Newton steps per class and
         the starts per class (see

@@ -387,9 +387,17 @@ def _input_medium(spectrum: Spectrum, medium: str | None, grid: ModelGrid) -> st
                 "wavelengths; medium='air' does not apply to it"
             )
         return "vacuum"
-    if medium is not None:
-        return _parse_medium(medium, "medium")
     stated = _stated_medium(spectrum.meta)
+    if medium is not None:
+        medium = _parse_medium(medium, "medium")
+        if stated is not None and stated != medium:
+            warnings.warn(
+                f"medium={medium!r} overrides the {stated} wavelengths the spectrum's meta "
+                "(or its file's header or format) states",
+                AstropyUserWarning,
+                stacklevel=3,
+            )
+        return medium
     if stated is not None:
         return stated
     warnings.warn(
@@ -543,7 +551,8 @@ def to_model_grid(
     grid : ModelGrid
         The model's grid.
     medium : {"air", "vacuum"}, optional
-        The medium of the spectrum's wavelengths.  Without it, ``meta["medium"]`` is
+        The medium of the spectrum's wavelengths (it overrides what the meta
+        states, with a warning when they differ).  Without it, ``meta["medium"]`` is
         used, else a FITS header in ``meta["header"]`` (``WAVEMED`` air/vacuum,
         ``AIRORVAC`` air/vac, ``VACUUM`` T/F), else the survey format
         (SDSS, DESI and LAMOST are vacuum:
