@@ -537,7 +537,7 @@ def _context_rows(gs_list, context: int, good: np.ndarray) -> np.ndarray:
         message = (
             f"spectra {lacking.tolist()} have no run of {length} valid pixels on the model "
             f"grid: the denoiser's noise model needs each pixel's {context} predecessors "
-            "(is a flag set on every few pixels in the mask?)"
+            "(is a flag set on every few pixels in the mask, or the uncertainty zero there?)"
         )
         if not np.any(good & found):
             raise ValueError(message)
