@@ -440,6 +440,24 @@ def _axis_edges(spectrum: Spectrum) -> np.ndarray:
     return edges
 
 
+def _no_overlap_hint(lo: float, hi: float, grid: ModelGrid) -> str:
+    """A likely slip behind an axis (``lo``-``hi`` Angstrom) far from the model's: the
+    log10 of the wavelength, or a unit off by a power of ten ('' if neither fits)."""
+
+    def overlaps(a: float, b: float) -> bool:
+        return a < grid.edges[-1] and b > grid.edges[0]
+
+    if 2 < lo and hi < 6 and overlaps(10**lo, 10**hi):
+        return ": is the axis the log10 of the wavelength in Angstrom?"
+    for power in (1, 3, 4, -1, -3, -4):  # nm, micron and Angstrom taken for one another
+        if overlaps(lo * 10**power, hi * 10**power):
+            return (
+                f": it would overlap if its values were 10^{power} times what they are: is "
+                "the spectral axis's unit right?"
+            )
+    return ""
+
+
 def _midpoint_edges(centres: np.ndarray) -> np.ndarray:
     """Bin edges from centres as specutils derives them, in the centres' dtype.
 
@@ -627,7 +645,7 @@ def to_model_grid(
         lo, hi = np.sort([raw_edges[0], raw_edges[-1]])
         raise ValueError(
             f"spectrum covers {_range_str(lo, hi, source)}, the model covers "
-            f"{grid.range_str}: no overlap"
+            f"{grid.range_str}: no overlap{_no_overlap_hint(lo, hi, grid)}"
         )
     axis = spectrum.spectral_axis_index
     flux, missing, variance, unc_type = _input_arrays(spectrum, descending)

@@ -258,6 +258,23 @@ def test_uncertainty_unusable_everywhere_is_named(star, name, uncertainty):
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize(
+    ("values", "hint"),
+    [
+        (lambda wave: np.log10(wave), "log10 of the wavelength"),
+        (lambda wave: wave / 10, r"10\^1 times .* unit right"),  # nm labelled Angstrom
+        (lambda wave: wave * 1e4, r"10\^-4 times .* unit right"),  # e.g. pixels of 1e-4 A
+        (lambda wave: wave + 10000, "no overlap$"),  # nothing to suggest
+    ],
+    ids=["log10", "nm-as-AA", "1e4", "shifted"],
+)
+def test_no_overlap_suggests_a_cause(star, name, values, hint):
+    """An axis far from the model's, with the likely slip named when one fits."""
+    spec = make(star, wave=values(star[1].value) * u.AA)
+    refuse(name, spec, ValueError, rf"no overlap.*{hint}" if "$" not in hint else hint)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_one_pixel_spectrum_is_refused(star, name):
     flux, wave, sigma = star
     spec = make(star, flux[2000:2001], wave[2000:2001], sigma=sigma[2000:2001])
