@@ -19,6 +19,7 @@ from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertain
 from astropy.utils.exceptions import AstropyUserWarning
 from specutils import Spectrum
 
+from .checks import context_rows, drop_fill_values
 from .provenance import package_version
 from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
 from .surveys import resolve_input
@@ -65,7 +66,6 @@ DEFAULT_VELOCITY_RANGE = 2000.0 * u.km / u.s
 _C_KMS = float(const.c.to_value(u.km / u.s))
 #: Output modes of `remove_tellurics`.
 TELLURIC_MODES = ("divide", "reconstruct", "physical")
-
 
 
 class ConvergenceWarning(AstropyUserWarning):
@@ -520,56 +520,6 @@ def _covered_rows(gs_list, n_pix: int, operation: str = "denoise") -> np.ndarray
     return good
 
 
-def _context_rows(gs_list, context: int, good: np.ndarray) -> np.ndarray:
-    """Which of the ``good`` stars have, in some exposure, a run of ``context + 1`` valid
-    pixels: the noise model counts a pixel in the likelihood when its ``context``
-    predecessors are valid too, so without such a run nothing but the grid's first
-    pixels would count.  Warns about the others, or raises ValueError when none is left.
-    """
-    length = context + 1
-    found = np.zeros(good.shape, dtype=bool)
-    for gs in gs_list:
-        if gs.missing.shape[-1] >= length:
-            windows = np.lib.stride_tricks.sliding_window_view(~gs.missing, length, axis=-1)
-            found |= windows.all(axis=-1).any(axis=-1)
-    lacking = np.flatnonzero(good & ~found)
-    if lacking.size:
-        message = (
-            f"spectra {lacking.tolist()} have no run of {length} valid pixels on the model "
-            f"grid: the denoiser's noise model needs each pixel's {context} predecessors "
-            "(is a flag set on every few pixels in the mask, or the uncertainty zero there?)"
-        )
-        if not np.any(good & found):
-            raise ValueError(message)
-        warnings.warn(
-            f"{message}: they are returned fully masked", AstropyUserWarning, stacklevel=3
-        )
-    return good & found
-
-
-def _drop_fill_values(gs) -> None:
-    """Make the pixels of ``gs`` beyond `MAX_FLUX_EXCESS` missing, in place, with a
-    warning naming their spectra."""
-    with warnings.catch_warnings():  # rows without a valid pixel: an all-NaN slice
-        warnings.simplefilter("ignore", RuntimeWarning)
-        level = np.nanpercentile(np.abs(gs.flux), 90, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore"):
-        wild = np.abs(gs.flux) > MAX_FLUX_EXCESS * level
-    if not wild.any():
-        return
-    warnings.warn(
-        f"spectra {np.flatnonzero(wild.any(axis=1)).tolist()}: {int(wild.sum())} pixels "
-        f"on the model grid have a flux above {MAX_FLUX_EXCESS:g} times the 90th "
-        "percentile of the spectrum's absolute flux (unmasked fill values such as -9999 "
-        "or 1e30?); they are missing data (mask them in the input to silence this)",
-        AstropyUserWarning,
-        stacklevel=3,
-    )
-    gs.flux[wild] = np.nan
-    gs.missing[wild] = True
-    gs.sigma[wild] = np.nan
-
-
 def _drop_rows(gs, rows: np.ndarray) -> None:
     """Make the rows ``rows`` (bool) of ``gs`` unusable, in place: they come back masked."""
     if rows.any():
@@ -722,9 +672,9 @@ def denoise(
         for i, item in enumerate(exposures)
     ]
     for gs in gs_list:
-        _drop_fill_values(gs)
+        drop_fill_values(gs, MAX_FLUX_EXCESS)
     good = _covered_rows(gs_list, len(grid))
-    good = _context_rows(gs_list, max(flow.context for flow in net.flows.values()), good)
+    good = context_rows(gs_list, max(flow.context for flow in net.flows.values()), good)
     import torch
 
     from .inference import denoise_arrays

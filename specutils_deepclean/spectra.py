@@ -33,6 +33,7 @@ from specutils import Spectrum
 from specutils.utils.wcs_utils import air_to_vac, vac_to_air
 
 from ._deprecated import moved
+from .checks import check_linear_flux, no_overlap_hint, unusable_reason
 from .resample import _resample
 from .resample import bin_edges as _bin_edges
 
@@ -326,25 +327,6 @@ def _check_spectrum(spectrum, name="spectrum"):
         raise TypeError(f"{name} must be a specutils Spectrum, got {type(spectrum).__name__}")
 
 
-def check_linear_flux(spectrum: Spectrum) -> None:
-    """Refuse a flux in magnitudes, dex or decibels with a `~astropy.units.UnitsError`.
-
-    The unit is read from ``spectrum.unit``: ``spectrum.flux`` itself raises for
-    mag(AB), which astropy's Quantity does not take.
-
-    Parameters
-    ----------
-    spectrum : `~specutils.Spectrum`
-        The spectrum to check.
-    """
-    unit = spectrum.unit
-    if unit is not None and (isinstance(unit, u.FunctionUnitBase) or unit.is_equivalent(u.mag)):
-        raise u.UnitsError(
-            f"the flux unit {unit} is logarithmic: convert the flux to a linear unit (e.g. "
-            "Magnitude(values, u.ABmag).physical, or .to(u.Jy)) before building the Spectrum"
-        )
-
-
 def _header_value(header, key):
     for k in (key, key.lower()):
         try:
@@ -438,24 +420,6 @@ def _axis_edges(spectrum: Spectrum) -> np.ndarray:
     if not (np.all(step > 0) or np.all(step < 0)) or not np.all(np.isfinite(edges)):
         raise ValueError("the spectral axis must be finite and strictly monotonic")
     return edges
-
-
-def _no_overlap_hint(lo: float, hi: float, grid: ModelGrid) -> str:
-    """A likely slip behind an axis (``lo``-``hi`` Angstrom) far from the model's: the
-    log10 of the wavelength, or a unit off by a power of ten ('' if neither fits)."""
-
-    def overlaps(a: float, b: float) -> bool:
-        return a < grid.edges[-1] and b > grid.edges[0]
-
-    if 2 < lo and hi < 6 and overlaps(10**lo, 10**hi):
-        return ": is the axis the log10 of the wavelength in Angstrom?"
-    for power in (1, 3, 4, -1, -3, -4):  # nm, micron and Angstrom taken for one another
-        if overlaps(lo * 10**power, hi * 10**power):
-            return (
-                f": it would overlap if its values were 10^{power} times what they are: is "
-                "the spectral axis's unit right?"
-            )
-    return ""
 
 
 def _midpoint_edges(centres: np.ndarray) -> np.ndarray:
@@ -645,7 +609,7 @@ def to_model_grid(
         lo, hi = np.sort([raw_edges[0], raw_edges[-1]])
         raise ValueError(
             f"spectrum covers {_range_str(lo, hi, source)}, the model covers "
-            f"{grid.range_str}: no overlap{_no_overlap_hint(lo, hi, grid)}"
+            f"{grid.range_str}: no overlap{no_overlap_hint(lo, hi, grid.edges)}"
         )
     axis = spectrum.spectral_axis_index
     flux, missing, variance, unc_type = _input_arrays(spectrum, descending)
@@ -658,7 +622,7 @@ def to_model_grid(
         flux, edges, grid.edges, variance=variance, missing=missing, min_coverage=min_coverage
     )
     normalised, scale = median_normalise(out, miss_out)
-    _check_usable(scale, lambda: _unusable_reason(missing, variance, unc_type))
+    _check_usable(scale, lambda: unusable_reason(missing, variance, unc_type))
     miss_out |= ~np.isfinite(scale)[:, None]
     sigma = np.full_like(normalised, np.nan)
     if var_out is not None:
@@ -699,20 +663,6 @@ def _check_usable(scale: np.ndarray, reason: Callable[[], str]) -> None:
             AstropyUserWarning,
             stacklevel=3,
         )
-
-
-def _unusable_reason(missing: np.ndarray, variance: np.ndarray | None, unc_type: type) -> str:
-    """Why no input pixel is usable: masked or non-finite flux, the uncertainty, or else
-    the flux's level or range."""
-    valid = ~missing
-    if not valid.any():
-        return "every pixel is masked or its flux is not finite"
-    if variance is not None and not np.any(valid & np.isfinite(variance)):
-        return (
-            f"the {unc_type.__name__} is zero, negative or not finite at every unmasked "
-            "pixel: such pixels are missing data"
-        )
-    return "the median flux is not positive, or no valid pixel lies in the model's range"
 
 
 def _as_numpy(values, name: str, shape: tuple, dtype=float) -> np.ndarray:

@@ -37,7 +37,7 @@ from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertain
 from astropy.utils.exceptions import AstropyUserWarning
 from specutils import Spectrum
 
-from .spectra import check_linear_flux
+from .checks import check_linear_flux
 from .survey_media import is_desi, survey_medium
 
 __all__ = [
