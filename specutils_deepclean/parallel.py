@@ -168,13 +168,7 @@ def _check_options(task: str, options: dict) -> None:
     """
     import torch
 
-    from .manipulation import (
-        DEFAULT_DENOISER_MODEL,
-        DEFAULT_TELLURIC_MODEL,
-        TELLURIC_MODES,
-        _model,
-        _parse_device,
-    )
+    from .manipulation import TELLURIC_MODES, _model, _parse_device
 
     function = _function(task)
     try:
@@ -185,15 +179,20 @@ def _check_options(task: str, options: dict) -> None:
         raise ValueError(f"mode must be one of {TELLURIC_MODES}, got {options['mode']!r}")
     _parse_device(options.get("device"))
     if isinstance(options.get("model"), str | os.PathLike):
-        if task == "denoise":
-            from .models.denoiser import Denoiser as expected
+        _model(options["model"], *_model_kind(task), torch.device("cpu"))
 
-            default = DEFAULT_DENOISER_MODEL
-        else:
-            from .models.karaoke import KaraokeVAE as expected
 
-            default = DEFAULT_TELLURIC_MODEL
-        _model(options["model"], expected, default, torch.device("cpu"))
+def _model_kind(task: str) -> tuple[type, str]:
+    """The model class ``task``'s function takes and its default model name."""
+    from . import manipulation
+
+    if task == "denoise":
+        from .models.denoiser import Denoiser
+
+        return Denoiser, manipulation.DEFAULT_DENOISER_MODEL
+    from .models.karaoke import KaraokeVAE
+
+    return KaraokeVAE, manipulation.DEFAULT_TELLURIC_MODEL
 
 
 def _axis_key(spectrum: Spectrum) -> tuple:
@@ -449,15 +448,9 @@ def _warm_parent(task: str, options: dict) -> bool:
         return False
     if device.type != "cpu":
         return False
-    if task == "detelluric":
-        from .models.karaoke import KaraokeVAE as expected
-
-        default = manipulation.DEFAULT_TELLURIC_MODEL
-    else:
+    if task == "denoise":
         from . import inference  # noqa: F401  (imported by denoise on its first call)
-        from .models.denoiser import Denoiser as expected
-
-        default = manipulation.DEFAULT_DENOISER_MODEL
+    expected, default = _model_kind(task)
     model = options.get("model")
     if model is None or isinstance(model, str | os.PathLike):
         try:
@@ -695,10 +688,16 @@ def clean_spectra(
     ------
     ValueError, FileNotFoundError
         For a bad task, setting or option, as :func:`clean_files`, before any work.
+    TypeError
+        For an item that is not a Spectrum (None came back as a result without a
+        failure), or a model of the other task, before any work.
     """
     _check_options(task, options or {})
     _check_batching(batch_size, workers)
     spectra = list(spectra)
+    for i, item in enumerate(spectra):  # else a str came back as its own failure text
+        if not isinstance(item, Spectrum):
+            raise TypeError(f"spectra[{i}] is a {type(item).__name__}, not a specutils Spectrum")
     results: list = [None] * len(spectra)
     failures: dict[int, str] = {}
     client, cluster = _client(workers, scheduler, task, options)

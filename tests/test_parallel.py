@@ -175,3 +175,12 @@ def test_bad_options_are_refused_before_work(survey, tmp_path, task, options, er
     assert not (tmp_path / "out").exists()
     with pytest.raises(error, match=match):
         clean_spectra([read_spectrum(paths[0])], task, options=options)
+
+
+@pytest.mark.parametrize("item", ["spectrum.fits", None], ids=["str", "None"])
+def test_clean_spectra_refuses_what_is_not_a_spectrum(survey, item):
+    """Before any work, naming the index: a str came back as its own failure text, and
+    None as a result of None without a failure."""
+    paths, _ = survey
+    with pytest.raises(TypeError, match=rf"spectra\[1\] is a {type(item).__name__}, not a"):
+        clean_spectra([read_spectrum(paths[0]), item], "detelluric")
