@@ -3,7 +3,8 @@
 A flux in a logarithmic unit, why no pixel of an input is usable, the likely slip
 behind a spectral axis far from the model's, and, on the model grid, the rows a
 denoiser cannot fit (no run of valid pixels as long as its noise model's context) and
-the pixels no star has (unmasked fill values).  Used by
+the pixels no star has (unmasked fill values), and uncertainties far below what the
+model can use.  Used by
 `~specutils_deepclean.spectra.to_model_grid`, `~specutils_deepclean.denoise` and
 `~specutils_deepclean.remove_tellurics`; the page *Reliability and security* lists the
 cases.
@@ -24,6 +25,7 @@ __all__ = [
     "no_overlap_hint",
     "context_rows",
     "drop_fill_values",
+    "floor_sigma",
 ]
 
 
@@ -197,3 +199,37 @@ def drop_fill_values(gs, max_excess: float) -> None:
     gs.flux[wild] = np.nan
     gs.missing[wild] = True
     gs.sigma[wild] = np.nan
+
+
+def floor_sigma(gs, min_sigma: float) -> None:
+    """Raise uncertainties below ``min_sigma`` times the spectrum's median flux, in place.
+
+    Beyond a signal-to-noise ratio of ``1 / min_sigma`` per pixel the model's own
+    error is far larger than the noise, and a residual of the model's size, whitened
+    by such a sigma, overflows the noise model's float32 arithmetic.
+
+    Parameters
+    ----------
+    gs : `~specutils_deepclean.spectra.GridSpectra`
+        The spectra on the model grid, normalised by their median (``sigma`` changes).
+    min_sigma : float
+        The floor, in those units.
+
+    Warns
+    -----
+    astropy.utils.exceptions.AstropyUserWarning
+        Naming the spectra with such pixels.
+    """
+    with np.errstate(invalid="ignore"):
+        low = gs.sigma < min_sigma
+    if not low.any():
+        return
+    warnings.warn(
+        f"spectra {np.flatnonzero(low.any(axis=1)).tolist()}: {int(low.sum())} pixels on "
+        f"the model grid have an uncertainty below {min_sigma:g} of the median flux (a "
+        f"signal-to-noise ratio above {1 / min_sigma:g}); it is raised to that: the "
+        "model's own error is far larger",
+        AstropyUserWarning,
+        stacklevel=3,
+    )
+    gs.sigma[low] = min_sigma

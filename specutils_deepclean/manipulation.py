@@ -19,7 +19,7 @@ from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertain
 from astropy.utils.exceptions import AstropyUserWarning
 from specutils import Spectrum
 
-from .checks import context_rows, drop_fill_values
+from .checks import context_rows, drop_fill_values, floor_sigma
 from .provenance import package_version
 from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
 from .surveys import resolve_input
@@ -35,6 +35,7 @@ __all__ = [
     "TELLURIC_MODES",
     "MIN_COVERAGE",
     "MAX_FLUX_EXCESS",
+    "MIN_SIGMA",
     "TRANSMISSION_FLOOR",
     "MAX_COLUMN",
     "COLUMN_FACTOR",
@@ -53,6 +54,10 @@ MIN_COVERAGE = 0.2
 #: has such a pixel, but unmasked fill values (-9999, 1e30) do, and they threw the
 #: networks' float32 arithmetic into overflow.
 MAX_FLUX_EXCESS = 1e3
+#: `denoise` raises an uncertainty below this fraction of the spectrum's median flux (a
+#: signal-to-noise ratio above 1e4 per pixel) to it, with a warning: the model's own
+#: error is far larger, and S/N 1e5-1e6 overflowed the noise model's float32 arithmetic.
+MIN_SIGMA = 1e-4
 #: `remove_tellurics` (``divide``) masks the pixels whose transmission is below this.
 TRANSMISSION_FLOOR = 0.05
 #: `remove_tellurics` (``divide``) keeps the transmission at or above the model's
@@ -673,6 +678,7 @@ def denoise(
     ]
     for gs in gs_list:
         drop_fill_values(gs, MAX_FLUX_EXCESS)
+        floor_sigma(gs, MIN_SIGMA)
     good = _covered_rows(gs_list, len(grid))
     good = context_rows(gs_list, max(flow.context for flow in net.flows.values()), good)
     import torch

@@ -442,21 +442,35 @@ def test_unflagged_fill_values(star, fill, relative):
     np.testing.assert_allclose(out.flux.value, masked.flux.value, rtol=5e-3)
 
 
-@pytest.mark.parametrize("factor", [1e2, 1e6])
+@pytest.mark.parametrize("factor", [20, 50])
 def test_few_pixels_with_a_far_smaller_sigma(star, factor):
-    """Ten pixels whose sigma is 100 or 1e6 times smaller than the others'.
+    """Ten pixels (brighter than the median) whose sigma is 20 or 50 times smaller than
+    their neighbours' (still above ``MIN_SIGMA``).
 
     The linear terms' approximate normal matrix (float32 sums over weights spanning
     many decades) came out indefinite and torch's Cholesky raised; now those matrices
-    get a diagonal jitter.  At 100 times the result is within 3 % of the star (0.5 %
-    with ordinary sigma: ten pixels dominate the fit); at 1e6 the star is flagged as
-    unlike the model's (it cannot pass through those pixels).
+    get a diagonal jitter.  The result is within 3 % of the star (0.5 % with ordinary
+    sigma: ten pixels dominate the fit).
     """
-    sigma = star[2].copy()
-    sigma[np.arange(200, 4300, 410)] /= factor
-    warns = None if factor < 1e3 else r"spectra \[0\] are flagged"
-    out = run("denoise", make(star, sigma=sigma), warns=warns)
-    if warns is None:
-        keep = ~out.mask
-        level = np.median(star[0])
-        assert np.median(np.abs(out.flux.value - star[0])[keep]) < 0.03 * level
+    flux, _, sigma = star
+    bright = np.flatnonzero(flux > np.median(flux))
+    sigma = sigma.copy()
+    sigma[bright[np.linspace(0, bright.size - 1, 10).astype(int)]] /= factor
+    out = run("denoise", make(star, sigma=sigma))
+    keep = ~out.mask
+    assert np.median(np.abs(out.flux.value - flux)[keep]) < 0.03 * np.median(flux)
+
+
+@pytest.mark.parametrize("snr", [1e6, 1e10])
+def test_signal_to_noise_beyond_the_model(star, snr):
+    """A sigma of 1e-6 or 1e-10 of the median flux (a placeholder on a model spectrum).
+
+    It crashed inside torch (linalg.eigh: residuals whitened by such a sigma overflowed
+    the noise model's float32); the uncertainty is raised to ``MIN_SIGMA`` (1e-4) of
+    the median flux, with a warning, and the result is the star's.
+    """
+    level = np.median(star[0])
+    sigma = np.full(4300, level / snr)
+    out = run("denoise", make(star, sigma=sigma), warns=r"uncertainty below 0.0001 of the")
+    keep = ~out.mask
+    assert np.median(np.abs(out.flux.value - star[0])[keep]) < 0.02 * level
