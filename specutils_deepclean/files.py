@@ -41,6 +41,7 @@ from ._atomic import atomic_path
 __all__ = [
     "HEADER_KEYWORDS",
     "LAMOST_FORMAT",
+    "check_format",
     "expand_inputs",
     "output_path",
     "read_result",
@@ -140,6 +141,28 @@ def _readable(format: str, cls) -> bool:
     return True
 
 
+def check_format(format: str) -> None:
+    """Refuse a format name no reader of this package or specutils takes.
+
+    Parameters
+    ----------
+    format : str
+        A specutils format (``Spectrum.read.list_formats()``) or :data:`LAMOST_FORMAT`.
+
+    Raises
+    ------
+    ValueError
+        If no reader is called ``format``.
+    """
+    if format != LAMOST_FORMAT and not (
+        _readable(format, Spectrum) or _readable(format, SpectrumList)
+    ):
+        raise ValueError(
+            f"specutils has no reader called {format!r} (Spectrum.read.list_formats() "
+            "lists them)"
+        )
+
+
 def _known_format(path: Path) -> str | None:
     """The format of a file of a layout this package knows, from its headers (one open).
 
@@ -218,14 +241,10 @@ def _read(path: Path, format: str | None):
     if format == LAMOST_FORMAT or (not format and is_lamost(path)):
         return read_lamost(path), LAMOST_FORMAT
     if format:
+        check_format(format)
         if _readable(format, Spectrum):
             return Spectrum.read(path, format=format), format
-        if _readable(format, SpectrumList):
-            return SpectrumList.read(path, format=format), format
-        raise ValueError(
-            f"specutils has no reader called {format!r} (Spectrum.read.list_formats() "
-            "lists them)"
-        )
+        return SpectrumList.read(path, format=format), format
     single = _formats(Spectrum, path)
     only_list = [f for f in _formats(SpectrumList, path) if f not in single]
     if len(only_list) == 1:  # e.g. DESI: read as a list of arms, not by tabular-fits
@@ -269,6 +288,8 @@ def read_targets(
     ------
     FileNotFoundError
         If the file does not exist.
+    IsADirectoryError
+        If the path is a folder.
     ValueError
         If specutils cannot read it (the message says which format it tried, or
         that none matched), or it holds several spectra of the same range.
@@ -276,6 +297,10 @@ def read_targets(
     from .surveys import desi_targets, is_desi, list_kind
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder, not a file: pass its files (e.g. '{path / '*.fits'}')"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
@@ -331,6 +356,8 @@ def read_spectrum(path: str | os.PathLike, format: str | None = None) -> Spectru
     ------
     FileNotFoundError
         If the file does not exist.
+    IsADirectoryError
+        If the path is a folder.
     ValueError
         If specutils cannot read it, or it holds no target with data or several
         targets (use :func:`read_targets` for those).

@@ -7,6 +7,7 @@ This layer only checks arguments, moves spectra onto the model grid and back
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import warnings
@@ -18,6 +19,7 @@ from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertain
 from astropy.utils.exceptions import AstropyUserWarning
 from specutils import Spectrum
 
+from .checks import context_rows, drop_fill_values, floor_sigma
 from .provenance import package_version
 from .spectra import ModelGrid, from_model_grid, grid_to_input, spectrum_like, to_model_grid
 from .surveys import resolve_input
@@ -32,6 +34,8 @@ __all__ = [
     "DEFAULT_TELLURIC_MODEL",
     "TELLURIC_MODES",
     "MIN_COVERAGE",
+    "MAX_FLUX_EXCESS",
+    "MIN_SIGMA",
     "TRANSMISSION_FLOOR",
     "MAX_COLUMN",
     "COLUMN_FACTOR",
@@ -45,6 +49,15 @@ DEFAULT_DENOISER_MODEL = "denoiser-miles"
 #: Smallest share of the model's pixels a spectrum must cover with valid data (`denoise`,
 #: `remove_tellurics`).
 MIN_COVERAGE = 0.2
+#: `denoise` takes a pixel whose flux on the model grid exceeds this many times the 90th
+#: percentile of its spectrum's absolute flux as missing data, with a warning: no star
+#: has such a pixel, but unmasked fill values (-9999, 1e30) do, and they threw the
+#: networks' float32 arithmetic into overflow.
+MAX_FLUX_EXCESS = 1e3
+#: `denoise` raises an uncertainty below this fraction of the spectrum's median flux (a
+#: signal-to-noise ratio above 1e4 per pixel) to it, with a warning: the model's own
+#: error is far larger, and S/N 1e5-1e6 overflowed the noise model's float32 arithmetic.
+MIN_SIGMA = 1e-4
 #: `remove_tellurics` (``divide``) masks the pixels whose transmission is below this.
 TRANSMISSION_FLOOR = 0.05
 #: `remove_tellurics` (``divide``) keeps the transmission at or above the model's
@@ -60,7 +73,6 @@ _C_KMS = float(const.c.to_value(u.km / u.s))
 TELLURIC_MODES = ("divide", "reconstruct", "physical")
 
 
-
 class ConvergenceWarning(AstropyUserWarning):
     """`denoise`: the MAP optimisation of a spectrum's selected class did not converge."""
 
@@ -69,17 +81,26 @@ _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _device(device):
+def _parse_device(device):
+    """``device`` as a torch device (None for "auto"/None), its availability unchecked."""
     import torch
 
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
-        device = torch.device(device)
+        return torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
         ) from exc
+
+
+def _device(device):
+    import torch
+
+    device = _parse_device(device)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but CUDA is not available")
     return device
@@ -97,12 +118,12 @@ def _model(model, expected: type, default: str, device):
             if key not in _CACHE:
                 _CACHE[key] = load_model(model, device=device)
             model = _CACHE[key]
-    elif model.device != device:
-        model = model.to(device)
     if not isinstance(model, expected):
         raise TypeError(
             f"model must be a {expected.__name__} (or its name or file), got {type(model).__name__}"
         )
+    if model.device != device:
+        model = model.to(device)
     return model
 
 
@@ -210,7 +231,8 @@ def remove_tellurics(
     device : str, optional
         ``"auto"``/None (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     medium : {"air", "vacuum"}, optional
-        Medium of the spectrum's wavelengths when its meta does not state it (see
+        Medium of the spectrum's wavelengths when its meta does not state it; it
+        overrides the meta, with a warning when they differ (see
         :func:`~specutils_deepclean.spectra.to_model_grid`).
     smooth_pixels : float
         ``divide``: Gaussian sigma (model pixels) used to smooth ``T``.
@@ -256,10 +278,12 @@ def remove_tellurics(
     TypeError
         If ``spectrum`` is not a Spectrum or ``model`` not a telluric model.
     ValueError
-        If ``mode`` or ``device`` is unknown, ``max_column`` is not positive, the
-        spectrum does not overlap the model's wavelength range (the message names
-        both), has no valid pixel, or covers less than `MIN_COVERAGE` of the
-        model's pixels with valid data (for a batch: if no row does); for a list
+        If ``mode`` or ``device`` is unknown, ``max_column`` is not positive,
+        ``smooth_pixels`` is not a finite number of model pixels or
+        ``region_threshold`` not in (0, 1], the spectrum does not overlap the
+        model's wavelength range (the message names both), has no valid pixel, or
+        covers less than `MIN_COVERAGE` of the model's pixels with valid data (for
+        a batch: if no row does); for a list
         holding several exposures (spectra of the same range), or mixing arms and
         exposures.
 
@@ -299,10 +323,18 @@ def remove_tellurics(
         raise ValueError(f"max_column must be positive or None, got {max_column!r}")
     if column_factor is not None and not column_factor >= 1:
         raise ValueError(f"column_factor must be at least 1 or None, got {column_factor!r}")
+    if not (isinstance(region_threshold, numbers.Real) and 0 < region_threshold <= 1):
+        raise ValueError(f"region_threshold must be in (0, 1], got {region_threshold!r}")
     from .models.karaoke import KaraokeVAE
 
     device = _device(device)
     net = _model(model, KaraokeVAE, DEFAULT_TELLURIC_MODEL, device)
+    n_model = len(net.wavelength)
+    if not (isinstance(smooth_pixels, numbers.Real) and 0 <= smooth_pixels <= n_model):
+        raise ValueError(
+            "smooth_pixels must be a finite number of model pixels, at least 0 and at most "
+            f"{n_model} (the model's pixels), got {smooth_pixels!r}"
+        )
     if mode == "physical":
         from .models.baselines import PCADenoiser
         from .telluric_physical import STELLAR_BASIS, remove_physical
@@ -456,6 +488,17 @@ def _exposures(spectrum) -> list[Spectrum]:
     )
 
 
+def _exposure_on_grid(spectrum: Spectrum, index: int, count: int, grid, medium):
+    """`to_model_grid` of exposure ``index`` of ``count``; its refusal (ValueError) names
+    the exposure when there are several."""
+    try:
+        return to_model_grid(spectrum, grid, medium=medium)
+    except ValueError as exc:
+        if count == 1 or type(exc) is not ValueError:
+            raise
+        raise ValueError(f"exposure {index} of {count}: {exc}") from exc
+
+
 def _covered_rows(gs_list, n_pix: int, operation: str = "denoise") -> np.ndarray:
     """Which stars cover at least `MIN_COVERAGE` of the grid; warn about the others.
 
@@ -526,7 +569,8 @@ def denoise(
     device : str, optional
         ``"auto"``/None (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     medium : {"air", "vacuum"}, optional
-        Medium of the wavelengths when the meta does not state it.
+        Medium of the wavelengths when the meta does not state it; it overrides the
+        meta, with a warning when they differ.
     steps, n_starts : int
         MAP optimisation budget: the largest number of Newton steps per class and
         the starts per class (see
@@ -580,12 +624,14 @@ def denoise(
     Raises
     ------
     TypeError
-        If the input is not a Spectrum or a list of them, or ``model`` is not a
-        denoiser.
+        If the input is not a Spectrum or a list of them, ``model`` is not a
+        denoiser or ``seed`` not an integer.
     ValueError
         If a spectrum does not overlap the model's range, has no valid pixel, or
-        covers less than `MIN_COVERAGE` of the model's pixels with valid data (for
-        a batch: if no row does); for a list mixing arms and exposures.
+        covers less than `MIN_COVERAGE` of the model's pixels with valid data, or
+        has no run of valid pixels as long as the noise model's context plus one (a
+        mask with a hole every few pixels) (for a batch: if no row passes); for a
+        list mixing arms and exposures.
 
     Warns
     -----
@@ -593,8 +639,9 @@ def denoise(
         If spectra are flagged as unlike the model's stars (``ood_flag``: a
         galaxy, a quasar, a star beyond ``velocity_range``, a spectrum with too
         little signal...; the message names the rows); their results are returned
-        but should not be trusted.  If some rows of a batch have no valid pixel or
-        cover less than `MIN_COVERAGE`: they are returned fully masked (NaN flux)
+        but should not be trusted.  If some rows of a batch have no valid pixel,
+        cover less than `MIN_COVERAGE` or have no such run of valid pixels: they
+        are returned fully masked (NaN flux)
         and their ``meta["deepclean"]`` entries are None.
     ConvergenceWarning
         (an `~astropy.utils.exceptions.AstropyUserWarning`) naming the spectra whose
@@ -616,13 +663,24 @@ def denoise(
     Bayesian modeling".
     """
     exposures = _exposures(resolve_input(spectrum, "denoise", exposures=True))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if not -(2**63) <= seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed}")
     from .models.denoiser import Denoiser
 
     torch_device = _device(device)
     net = _model(model, Denoiser, DEFAULT_DENOISER_MODEL, torch_device)
     grid = ModelGrid(net.wavelength, net.medium)
-    gs_list = [to_model_grid(item, grid, medium=medium) for item in exposures]
+    gs_list = [
+        _exposure_on_grid(item, i, len(exposures), grid, medium)
+        for i, item in enumerate(exposures)
+    ]
+    for gs in gs_list:
+        drop_fill_values(gs, MAX_FLUX_EXCESS)
+        floor_sigma(gs, MIN_SIGMA)
     good = _covered_rows(gs_list, len(grid))
+    good = context_rows(gs_list, max(flow.context for flow in net.flows.values()), good)
     import torch
 
     from .inference import denoise_arrays

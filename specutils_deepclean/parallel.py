@@ -44,6 +44,7 @@ from specutils import Spectrum
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .files import (
+    check_format,
     check_output_dir,
     expand_inputs,
     output_path,
@@ -150,16 +151,24 @@ def _function(task: str) -> Callable:
 def _check_options(task: str, options: dict) -> None:
     """Refuse bad cleaning options before any work (else every file would fail alike).
 
+    A model named by a name or path is loaded here, on the CPU (about 0.5 s; a run in
+    this process reuses it there): a file that is not a model, or a model of the
+    other task, would fail every input alike.  A device is checked for its form
+    only: Dask workers may have the GPU this process lacks.
+
     Raises
     ------
     ValueError
         For an option the cleaning function does not take, an unknown telluric
-        mode or an unknown shipped model name.
+        mode, device or shipped model name, or a file that is not a model.
     FileNotFoundError
         For a model file that does not exist.
+    TypeError
+        For a model of the other task.
     """
-    from .io.models import _resolve
-    from .manipulation import TELLURIC_MODES
+    import torch
+
+    from .manipulation import TELLURIC_MODES, _model, _parse_device
 
     function = _function(task)
     try:
@@ -168,8 +177,22 @@ def _check_options(task: str, options: dict) -> None:
         raise ValueError(f"invalid options for {task}: {exc}") from None
     if task == "detelluric" and options.get("mode", "divide") not in TELLURIC_MODES:
         raise ValueError(f"mode must be one of {TELLURIC_MODES}, got {options['mode']!r}")
+    _parse_device(options.get("device"))
     if isinstance(options.get("model"), str | os.PathLike):
-        _resolve(options["model"])
+        _model(options["model"], *_model_kind(task), torch.device("cpu"))
+
+
+def _model_kind(task: str) -> tuple[type, str]:
+    """The model class ``task``'s function takes and its default model name."""
+    from . import manipulation
+
+    if task == "denoise":
+        from .models.denoiser import Denoiser
+
+        return Denoiser, manipulation.DEFAULT_DENOISER_MODEL
+    from .models.karaoke import KaraokeVAE
+
+    return KaraokeVAE, manipulation.DEFAULT_TELLURIC_MODEL
 
 
 def _axis_key(spectrum: Spectrum) -> tuple:
@@ -425,15 +448,9 @@ def _warm_parent(task: str, options: dict) -> bool:
         return False
     if device.type != "cpu":
         return False
-    if task == "detelluric":
-        from .models.karaoke import KaraokeVAE as expected
-
-        default = manipulation.DEFAULT_TELLURIC_MODEL
-    else:
+    if task == "denoise":
         from . import inference  # noqa: F401  (imported by denoise on its first call)
-        from .models.denoiser import Denoiser as expected
-
-        default = manipulation.DEFAULT_DENOISER_MODEL
+    expected, default = _model_kind(task)
     model = options.get("model")
     if model is None or isinstance(model, str | os.PathLike):
         try:
@@ -557,8 +574,11 @@ def clean_files(
     Raises
     ------
     ValueError
-        If ``task``, a setting or an option (unknown keyword, telluric mode or
-        model name) is invalid: raised before any work is done.
+        If ``task``, ``file_format``, a setting or an option (unknown keyword,
+        telluric mode, device or model name, a file that is not a model) is
+        invalid: raised before any work is done.
+    TypeError
+        If the model is one of the other task (before any work).
     FileNotFoundError
         If a pattern or list file matches nothing, or the model file is missing.
     PermissionError, OSError
@@ -567,6 +587,8 @@ def clean_files(
     """
     _check_options(task, options or {})
     _check_batching(batch_size, workers)
+    if file_format:
+        check_format(file_format)
     start = time.perf_counter()
     paths = expand_inputs(inputs)
     folder = check_output_dir(output_dir)
@@ -666,10 +688,16 @@ def clean_spectra(
     ------
     ValueError, FileNotFoundError
         For a bad task, setting or option, as :func:`clean_files`, before any work.
+    TypeError
+        For an item that is not a Spectrum (None came back as a result without a
+        failure), or a model of the other task, before any work.
     """
     _check_options(task, options or {})
     _check_batching(batch_size, workers)
     spectra = list(spectra)
+    for i, item in enumerate(spectra):  # else a str came back as its own failure text
+        if not isinstance(item, Spectrum):
+            raise TypeError(f"spectra[{i}] is a {type(item).__name__}, not a specutils Spectrum")
     results: list = [None] * len(spectra)
     failures: dict[int, str] = {}
     client, cluster = _client(workers, scheduler, task, options)

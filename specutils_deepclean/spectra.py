@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from specutils import Spectrum
 from specutils.utils.wcs_utils import air_to_vac, vac_to_air
 
 from ._deprecated import moved
+from .checks import check_linear_flux, no_overlap_hint, unusable_reason
 from .resample import _resample
 from .resample import bin_edges as _bin_edges
 
@@ -367,9 +369,17 @@ def _input_medium(spectrum: Spectrum, medium: str | None, grid: ModelGrid) -> st
                 "wavelengths; medium='air' does not apply to it"
             )
         return "vacuum"
-    if medium is not None:
-        return _parse_medium(medium, "medium")
     stated = _stated_medium(spectrum.meta)
+    if medium is not None:
+        medium = _parse_medium(medium, "medium")
+        if stated is not None and stated != medium:
+            warnings.warn(
+                f"medium={medium!r} overrides the {stated} wavelengths the spectrum's meta "
+                "(or its file's header or format) states",
+                AstropyUserWarning,
+                stacklevel=3,
+            )
+        return medium
     if stated is not None:
         return stated
     warnings.warn(
@@ -388,6 +398,10 @@ def _axis_edges(spectrum: Spectrum) -> np.ndarray:
     if not unit.is_equivalent(u.AA, equivalencies=u.spectral()):
         raise u.UnitsError(f"the spectral axis unit {unit} cannot be converted to a wavelength")
     native = np.asarray(spectrum.spectral_axis.value)
+    if native.size < 2:
+        raise ValueError(
+            f"the spectral axis has {native.size} pixel: at least 2 are needed"
+        )
     centres = native.astype(np.float64)
     steps = np.diff(centres)
     repeated = np.flatnonzero(steps == 0)
@@ -519,7 +533,8 @@ def to_model_grid(
     grid : ModelGrid
         The model's grid.
     medium : {"air", "vacuum"}, optional
-        The medium of the spectrum's wavelengths.  Without it, ``meta["medium"]`` is
+        The medium of the spectrum's wavelengths (it overrides what the meta
+        states, with a warning when they differ).  Without it, ``meta["medium"]`` is
         used, else a FITS header in ``meta["header"]`` (``WAVEMED`` air/vacuum,
         ``AIRORVAC`` air/vac, ``VACUUM`` T/F), else the survey format
         (SDSS, DESI and LAMOST are vacuum:
@@ -585,6 +600,7 @@ def to_model_grid(
         raise TypeError(f"grid must be a ModelGrid, got {type(grid).__name__}")
     if not 0 < min_coverage <= 1:
         raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
+    check_linear_flux(spectrum)
     raw_edges = _axis_edges(spectrum)
     source = _input_medium(spectrum, medium, grid)
     descending = raw_edges[-1] < raw_edges[0]
@@ -593,7 +609,7 @@ def to_model_grid(
         lo, hi = np.sort([raw_edges[0], raw_edges[-1]])
         raise ValueError(
             f"spectrum covers {_range_str(lo, hi, source)}, the model covers "
-            f"{grid.range_str}: no overlap"
+            f"{grid.range_str}: no overlap{no_overlap_hint(lo, hi, grid.edges)}"
         )
     axis = spectrum.spectral_axis_index
     flux, missing, variance, unc_type = _input_arrays(spectrum, descending)
@@ -606,7 +622,7 @@ def to_model_grid(
         flux, edges, grid.edges, variance=variance, missing=missing, min_coverage=min_coverage
     )
     normalised, scale = median_normalise(out, miss_out)
-    _check_usable(scale)
+    _check_usable(scale, lambda: unusable_reason(missing, variance, unc_type))
     miss_out |= ~np.isfinite(scale)[:, None]
     sigma = np.full_like(normalised, np.nan)
     if var_out is not None:
@@ -631,12 +647,14 @@ def to_model_grid(
     )
 
 
-def _check_usable(scale: np.ndarray) -> None:
+def _check_usable(scale: np.ndarray, reason: Callable[[], str]) -> None:
+    """Refuse an input without a usable spectrum (``reason()`` says why), warn about
+    single unusable rows."""
     bad = int(np.sum(~np.isfinite(scale)))
     if bad == scale.size:
         raise ValueError(
             "no spectrum has a valid pixel on the model grid with a positive median "
-            "flux: nothing to normalise"
+            f"flux: nothing to normalise ({reason()})"
         )
     if bad:
         warnings.warn(

@@ -37,6 +37,7 @@ from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertain
 from astropy.utils.exceptions import AstropyUserWarning
 from specutils import Spectrum
 
+from .checks import check_linear_flux
 from .survey_media import is_desi, survey_medium
 
 __all__ = [
@@ -254,7 +255,7 @@ def _arm_arrays(spectrum: Spectrum, unit: u.UnitBase, wave: np.ndarray):
             )
         except u.UnitConversionError:
             raise u.UnitsError(
-                f"the arms' flux units {flux_q.unit} and {unit} cannot be converted"
+                f"the arms' flux units {flux_q.unit!r} and {unit!r} cannot be converted"
             ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("error", AstropyUserWarning)
@@ -649,9 +650,15 @@ def resolve_input(spectrum, function: str, *, exposures: bool) -> Spectrum | lis
     ValueError
         For a list of several exposures when ``exposures`` is False, or a list
         mixing arms and exposures.
+    astropy.units.UnitsError
+        If a spectrum's flux is in magnitudes, dex or decibels.
     """
     if isinstance(spectrum, Spectrum):
+        check_linear_flux(spectrum)
         return spectrum
+    for item in spectrum if isinstance(spectrum, list | tuple) else ():
+        if isinstance(item, Spectrum):
+            check_linear_flux(item)
     if not isinstance(spectrum, list | tuple):  # SpectrumList is a list
         if exposures:
             return spectrum

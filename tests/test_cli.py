@@ -69,6 +69,14 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     blocker.write_text("x")
     assert cli.main(["detelluric", str(blocker), "-o", str(blocker / "out")]) == 2
     assert "cannot write results" in capsys.readouterr().err
+    # a model of the other task, an unknown device or format: refused before any work
+    # (a traceback, and every file failed alike)
+    for bad, message in ((["--model", "karaoke-miles"], "model must be a Denoiser"),
+                         (["--device", "tpu"], "device must be"),
+                         (["--format", "nosuch"], "no reader called 'nosuch'")):
+        assert cli.main(["denoise", str(blocker), "-o", str(tmp_path / "o"), *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     assert cli.main([]) == 2
 
 

@@ -205,6 +205,39 @@ def test_bad_inputs(model, make, error, match):
         denoise(make(), model, **FAST)
 
 
+@pytest.mark.parametrize(
+    ("seed", "error"),
+    [("1", TypeError), (1.5, TypeError), (None, TypeError), (True, TypeError), (2**70, ValueError)],
+)
+def test_bad_seed(model, seed, error):
+    """A seed torch cannot take is refused by name (it was a RuntimeError from torch)."""
+    spec, _, _ = observed(model)
+    with pytest.raises(error, match=r"seed must be an integer"):
+        denoise(spec, model, seed=seed, **FAST)
+
+
+def test_exposure_without_data_is_named(model):
+    """A list of exposures with one unusable: the error names it."""
+    spec, _, _ = observed(model)
+    empty, _, _ = observed(model, mask=np.ones(N_PIX, bool))
+    with pytest.raises(ValueError, match=r"^exposure 1 of 2: no spectrum has a valid pixel"):
+        denoise([spec, empty], model, **FAST)
+    with pytest.raises(ValueError, match=r"^no spectrum has a valid pixel"):  # alone: as was
+        denoise(empty, model, **FAST)
+
+
+@pytest.mark.parametrize("bad", [3, b"denoiser-miles", "spectrum"])
+def test_bad_model_object(model, bad):
+    """Not a model, a name nor a path (e.g. the spectrum given twice through the
+    accessor): a TypeError naming it (was an AttributeError on ``.device``)."""
+    spec, _, _ = observed(model)
+    bad = spec if bad == "spectrum" else bad
+    with pytest.raises(TypeError, match=rf"model must be a Denoiser .*, got {type(bad).__name__}"):
+        denoise(spec, bad, **FAST)
+    with pytest.raises(TypeError, match="model must be a Denoiser"):
+        spec.deepclean.denoise(spec)
+
+
 def test_too_little_coverage(model):
     mask = np.ones(N_PIX, dtype=bool)
     mask[:8] = False

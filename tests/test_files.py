@@ -82,6 +82,9 @@ def test_output_path(tmp_path):
 def test_read_spectrum_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_spectrum(tmp_path / "nope.fits")
+    # a folder is named as one (it was reported as not existing)
+    with pytest.raises(IsADirectoryError, match=r"is a folder, not a file: pass its files"):
+        read_spectrum(tmp_path)
     junk = tmp_path / "junk.fits"
     junk.write_bytes(b"not a spectrum")
     with pytest.raises(ValueError, match="specutils cannot read .*junk.fits.*--format") as info:

@@ -312,6 +312,11 @@ def test_untagged_model_node(tmp_path):
     asdf.AsdfFile({"model": {"class": "PCADenoiser"}}).write_to(path)
     with pytest.raises(ValueError, match="'model' entry is an untagged dict"):
         load_model(path)
+    # an array (asdf reads it lazily: asking it for a tag after the file closed was an
+    # OSError, "Attempt to load block from closed file")
+    asdf.AsdfFile({"model": np.arange(3.0)}).write_to(path)
+    with pytest.raises(ValueError, match="'model' entry is an untagged NDArrayType"):
+        load_model(path)
 
 
 def _truncate_in_blocks(path):

@@ -159,12 +159,28 @@ def test_batched_results_keep_earlier_deepclean_entries(tmp_path):
         ("denoise", {"stepz": 3}, ValueError, "invalid options for denoise"),
         ("detelluric", {"model": "nosuch"}, ValueError, "unknown model name"),
         ("denoise", {"model": "nosuch.asdf"}, FileNotFoundError, "not found"),
+        # these failed every input alike, one by one
+        ("detelluric", {"device": "tpu"}, ValueError, "device must be"),
+        ("denoise", {"model": "karaoke-miles"}, TypeError, "model must be a Denoiser"),
+        ("denoise", {"model": "EMPTY"}, ValueError, "not an ASDF file"),
     ],
 )
 def test_bad_options_are_refused_before_work(survey, tmp_path, task, options, error, match):
     paths, _ = survey
+    if options.get("model") == "EMPTY":
+        options = {"model": tmp_path / "empty.asdf"}
+        options["model"].touch()
     with pytest.raises(error, match=match):
         clean_files([str(p) for p in paths], tmp_path / "out", task, options=options)
     assert not (tmp_path / "out").exists()
     with pytest.raises(error, match=match):
         clean_spectra([read_spectrum(paths[0])], task, options=options)
+
+
+@pytest.mark.parametrize("item", ["spectrum.fits", None], ids=["str", "None"])
+def test_clean_spectra_refuses_what_is_not_a_spectrum(survey, item):
+    """Before any work, naming the index: a str came back as its own failure text, and
+    None as a result of None without a failure."""
+    paths, _ = survey
+    with pytest.raises(TypeError, match=rf"spectra\[1\] is a {type(item).__name__}, not a"):
+        clean_spectra([read_spectrum(paths[0]), item], "detelluric")

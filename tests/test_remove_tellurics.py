@@ -309,6 +309,13 @@ def test_partial_overlap_masks_uncovered_pixels(model):
         ({"device": "tpu"}, ValueError, "device must be"),
         ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
         ({"max_column": 0.0}, ValueError, "max_column must be positive"),
+        ({"smooth_pixels": float("nan")}, ValueError, "smooth_pixels must be a finite"),
+        ({"smooth_pixels": -1.0}, ValueError, "smooth_pixels must be a finite"),
+        ({"smooth_pixels": 1e9}, ValueError, r"at most \d+ \(the model's pixels\)"),
+        ({"smooth_pixels": "1"}, ValueError, "smooth_pixels must be a finite"),
+        ({"region_threshold": 2.0}, ValueError, r"region_threshold must be in \(0, 1\]"),
+        ({"region_threshold": float("nan")}, ValueError, "region_threshold must be in"),
+        ({"region_threshold": 0.0}, ValueError, "region_threshold must be in"),
     ],
 )
 def test_bad_arguments(model, kwargs, error, match):
@@ -319,6 +326,11 @@ def test_bad_arguments(model, kwargs, error, match):
 def test_bad_inputs(model, tmp_path):
     with pytest.raises(TypeError, match="spectrum must be a specutils Spectrum"):
         remove_tellurics(np.ones(10), model)
+    spec = make_spectrum(np.random.default_rng(9))
+    # not a model, name or path (was an AttributeError on .device)
+    for bad in (3, spec):
+        with pytest.raises(TypeError, match=f"KaraokeVAE .*, got {type(bad).__name__}"):
+            remove_tellurics(spec, bad)
     far = Spectrum(
         flux=np.ones(10) * u.one,
         spectral_axis=np.linspace(9000, 9100, 10) * u.AA,

@@ -467,8 +467,11 @@ def test_medium_from_meta(grid, meta, medium):
 
 
 def test_medium_keyword_wins(grid):
+    """The keyword overrides the meta; a contradiction is named (it was silent)."""
     spec = make_spectrum(meta={"medium": "air"})
-    assert to_model_grid(spec, grid, medium="vacuum").medium == "vacuum"
+    with pytest.warns(AstropyUserWarning, match="medium='vacuum' overrides the air"):
+        assert to_model_grid(spec, grid, medium="vacuum").medium == "vacuum"
+    assert to_model_grid(spec, grid, medium="air").medium == "air"  # agreeing: no warning
     with pytest.raises(ValueError, match=r"meta\['medium'\] must be 'air' or 'vacuum'"):
         to_model_grid(make_spectrum(meta={"medium": "oil"}), grid)
 

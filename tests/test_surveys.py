@@ -223,6 +223,14 @@ def test_meta_keeps_what_the_arms_share_and_each_arms_own():
             u.UnitsError,
             "cannot be converted",
         ),
+        (  # a dimensionless arm is named (its unit printed as an empty string)
+            lambda: [
+                arm(4000.0, 4100.0, 1.0, 1.0, unit=u.one),
+                arm(4080.0, 4200.0, 1.0, 1.0, unit=u.s),
+            ],
+            u.UnitsError,
+            r"flux units Unit\(\"s\"\) and Unit\(dimensionless\) cannot",
+        ),
     ],
 )
 def test_combine_arms_refuses_bad_input(arms, error, match):

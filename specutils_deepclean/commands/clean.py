@@ -86,7 +86,8 @@ def _parser(task: str) -> argparse.ArgumentParser:
         )
     parser.add_argument(
         "--medium", choices=("air", "vacuum"), default=None,
-        help="medium of the wavelengths when the files do not state it",
+        help="medium of the wavelengths when the files do not state it (it overrides "
+        "theirs, with a warning when they differ)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=64, help="files per batch")
@@ -166,7 +167,8 @@ def _run(task: str, argv) -> int:
             scheduler=args.scheduler,
             progress=not args.quiet,
         )
-    except (OSError, ValueError, ImportError) as exc:  # before any work: folder, setting, dask
+    # before any work: folder, setting, model (TypeError: one of the other task), dask
+    except (OSError, ValueError, TypeError, ImportError) as exc:
         print(f"specutils-deepclean {task}: error: {exc}", file=sys.stderr)
         return 2
     if args.plot:

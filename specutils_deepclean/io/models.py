@@ -203,7 +203,9 @@ def _read(path: Path) -> DeepCleanModel:
 def _check_node(node, path) -> DeepCleanModel:
     if isinstance(node, DeepCleanModel):
         return node
-    tag = getattr(node, "_tag", None)
+    # asdf's tagged dicts, lists and strings carry ``_tag``; an array node loads its
+    # data on any attribute, from the file that is closed by now
+    tag = getattr(node, "_tag", None) if isinstance(node, dict | list | str) else None
     if tag is None:
         raise ValueError(
             f"cannot load {path} as a model file: its 'model' entry is an untagged "

@@ -57,6 +57,8 @@ _CHUNK = 32
 #: for the exact normal matrix, the fit within 1e-6 of its rms of that one's (float32
 #: rounding; 1e-4 left 1e-5).
 _BIN = 8
+#: `_cholesky`'s first diagonal jitter, relative to a matrix's largest diagonal element.
+_JITTER = 1e-10
 _CG_STEPS = 50
 _CG_RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 #: Most Legendre orders of the continuum term a model file may declare.
@@ -279,7 +281,7 @@ def terms_solve(
         basis_block = None if gram is None else gram[part]
         system = _normal_matrix(parts, basis_block, block, weight[part]) + parts.precision
         # Cholesky, not linalg.solve: batched LU fails on K >= ~130 with some MKL builds
-        factor = torch.linalg.cholesky(system)
+        factor = _cholesky(system)
         inverse[part] = torch.cholesky_inverse(factor)
         # the variance where the star has no data, on each star's own such pixels only
         empty = weight[part] == 0
@@ -303,6 +305,35 @@ def terms_solve(
     rhs = _columns_times(parts, continuum, target).double()
     coef = _conjugate_gradients(normal_times, rhs, inverse, _CG_RTOL[signal.dtype])
     return _combine(parts, continuum, coef.to(signal.dtype)), spread
+
+
+def _cholesky(system: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors of the approximate normal matrices ``system`` (n, K, K), float64.
+
+    `_binned_gram` sums float32 products: under weights spanning many decades (a few
+    pixels with a far smaller sigma than the rest) its cancellation can leave a matrix
+    slightly indefinite.  Such a matrix alone gets a diagonal jitter, `_JITTER` of its
+    largest diagonal element, raised tenfold until it factors: the factor is only
+    the preconditioner of `_conjugate_gradients` (which solves with the exact product)
+    and the approximation of the variance at pixels without data.
+    """
+    factor, info = torch.linalg.cholesky_ex(system)
+    failed = (info != 0).nonzero()[:, 0]
+    if failed.numel() == 0:
+        return factor
+    sub = system[failed]
+    top = sub.diagonal(dim1=-2, dim2=-1).abs().amax(-1)[:, None, None]
+    eye = torch.eye(sub.shape[-1], dtype=sub.dtype, device=sub.device)
+    jitter = _JITTER
+    while failed.numel():
+        fixed, info = torch.linalg.cholesky_ex(sub + jitter * top * eye)
+        done = info == 0
+        factor[failed[done]] = fixed[done]
+        failed, sub, top = failed[~done], sub[~done], top[~done]
+        jitter *= 10
+        if jitter > 1:
+            raise ValueError("the linear terms' normal matrix is not finite")
+    return factor
 
 
 def _conjugate_gradients(normal_times, rhs, inverse, rtol: float) -> torch.Tensor:
