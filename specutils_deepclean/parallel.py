@@ -39,9 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from specutils import Spectrum
-
 from astropy.utils.exceptions import AstropyUserWarning
+from specutils import Spectrum
 
 from .files import (
     check_format,

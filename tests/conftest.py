@@ -2,6 +2,7 @@
 
 import pytest
 from hypothesis import settings
+
 from survey_files import write_survey
 
 # "ci" (the default): the same 15 examples on every run, so CI is reproducible.

@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from data_needs import needs_miles
 
 from specutils_deepclean import cli
+
+from data_needs import needs_miles
 
 torch = pytest.importorskip("torch")
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
-from data_needs import data_file, miles_file, needs_data_file
 from numpy.testing import assert_allclose, assert_array_equal
 from specutils import Spectrum
 
@@ -26,6 +25,8 @@ from specutils_deepclean.datasets import (
 )
 from specutils_deepclean.datasets import library as library_format
 from specutils_deepclean.datasets import miles as miles_build
+
+from data_needs import data_file, miles_file, needs_data_file
 
 
 @pytest.fixture(scope="module")

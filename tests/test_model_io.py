@@ -1,7 +1,6 @@
 """Model files: DeepCleanModel, PCADenoiser, save_model / load_model and their errors."""
 
 import os
-from pathlib import Path
 
 import asdf
 import astropy.units as u
@@ -12,13 +11,14 @@ from asdf.tagged import TaggedDict
 from asdf.testing.helpers import roundtrip_object
 
 import specutils_deepclean
-from data_needs import miles_file, needs_miles
 from specutils_deepclean.io.asdf.entry_points import MODEL_TAG, NAMESPACE
 from specutils_deepclean.io.models import load_model, pretrained_models, save_model
 from specutils_deepclean.models import MODEL_REGISTRY, model_class, registry_name
 from specutils_deepclean.models.base import DeepCleanModel
 from specutils_deepclean.models.baselines import PCADenoiser
 from specutils_deepclean.provenance import Provenance
+
+from data_needs import miles_file, needs_miles
 
 N_PIX = 40
 WAVE = np.linspace(5000.0, 5100.0, N_PIX) * u.AA

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from specutils import Spectrum
 
-from survey_files import write_survey
-
 from specutils_deepclean.files import read_result, read_spectrum
 from specutils_deepclean.manipulation import TRANSMISSION_FLOOR, denoise, remove_tellurics
 from specutils_deepclean.parallel import RunSummary, clean_files, clean_spectra
+
+from survey_files import write_survey
 
 torch = pytest.importorskip("torch")
 

@@ -13,10 +13,11 @@ import time
 
 import pytest
 from astropy.io import fits
-from survey_files import write_survey
 
 from specutils_deepclean.files import output_path, read_result
 from specutils_deepclean.parallel import clean_files
+
+from survey_files import write_survey
 
 torch = pytest.importorskip("torch")
 

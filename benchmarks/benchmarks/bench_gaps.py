@@ -43,8 +43,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import header, star_parser
-
 from specutils_deepclean import metrics
 from specutils_deepclean.benchmarking.degrade import MAP_OPTIONS
 from specutils_deepclean.datasets import load_library
@@ -53,6 +51,8 @@ from specutils_deepclean.io.models import load_model
 from specutils_deepclean.models import gap_fill, level
 from specutils_deepclean.simulate import GAP_PLACES, GAP_WIDTHS, Simulator, gap_slice, prepare_truth
 from specutils_deepclean.spectra import median_normalise
+
+from _common import header, star_parser
 
 
 def denoised(model, obs, velocity, seed: int):

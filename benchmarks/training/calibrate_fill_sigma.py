@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import sys
 
-from denoiser_step import run_step
-
 from specutils_deepclean.training.fill_sigma import calibrate_fill_sigma
+
+from denoiser_step import run_step
 
 
 def main(argv=None) -> int:

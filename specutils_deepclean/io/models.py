@@ -14,7 +14,6 @@ import importlib.resources
 import json
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
