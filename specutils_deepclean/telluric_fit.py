@@ -76,7 +76,8 @@ VELOCITIES = np.arange(-60.0, 60.01, 5.0)
 RESOLVING_POWERS = tuple(int(round(500 * 2 ** (k / 4))) for k in range(24))
 #: Relative model error added to the noise in the weights (stellar model mismatch).
 MODEL_ERROR = 0.005
-#: Pixels where the fitted transmission's line optical depth (largest column) is above this are fitted.
+#: Pixels where the fitted transmission's line optical depth (largest column) is above this
+#: are fitted.
 _FIT_TAU = 1e-2
 
 #: Optical depth scale of the continuum weights ``exp(-tau / _CLEAR_TAU)``.
@@ -349,7 +350,7 @@ def _fill(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 def _continuum(ratio, usable, segments, sigma_pix):
     """Smooth ``ratio`` over ``usable`` pixels, separately in each segment."""
     out = np.full_like(ratio, np.nan)
-    for seg, width in zip(segments, sigma_pix):
+    for seg, width in zip(segments, sigma_pix, strict=True):
         if not seg.any():
             continue
         weight = np.where(seg, usable, 0.0)
@@ -451,7 +452,8 @@ def _transmission(basis, depths, velocity, active, shape):
     """The total transmission, computed on the ``active`` pixels only (1 elsewhere)."""
     trans = np.ones(shape)
     if active.size:
-        trans[:, active] = np.exp(-basis.evaluate(depths, velocity, derivatives=False)[0].sum(axis=1))
+        depth = basis.evaluate(depths, velocity, derivatives=False)[0].sum(axis=1)
+        trans[:, active] = np.exp(-depth)
     return trans
 
 

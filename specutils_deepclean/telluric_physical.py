@@ -163,7 +163,7 @@ def _cubic(values: np.ndarray, position: np.ndarray, weight: np.ndarray | None =
     t = np.clip(np.where(finite, position, 0.0) - low, 0.0, 1.0)
     taps = (-1, 0, 1, 2)
     coefficients = _keys_weights(torch.from_numpy(t)).numpy().transpose(1, 0, 2)
-    out = sum(c * values[rows, low + d] for c, d in zip(coefficients, taps))
+    out = sum(c * values[rows, low + d] for c, d in zip(coefficients, taps, strict=True))
     if weight is None:
         return out, None
     inside = finite & (position >= 1.0) & (position <= values.shape[1] - 2.0)
@@ -378,7 +378,9 @@ def remove_physical(
             "resolving_power": fit.resolving_power,
             "reduced_chi2": per_row(fit.chi2),
             "uncorrected_bands": per_row(fit.uncorrected_bands),
-            "telluric_pixels": np.count_nonzero(trans < 0.999, axis=1).reshape(batch_shape).tolist(),
+            "telluric_pixels": (
+                np.count_nonzero(trans < 0.999, axis=1).reshape(batch_shape).tolist()
+            ),
             "medium": source,
             "masked": {
                 "transmission_below_floor": np.count_nonzero(below, axis=1)

@@ -75,7 +75,10 @@ def align_stellar(
     spectra = [
         fft.rfft(
             np.array(
-                [np.interp(grid, log_wave[u], v[u]) for v, u in zip(values, use[rows])],
+                [
+                    np.interp(grid, log_wave[u], v[u])
+                    for v, u in zip(values, use[rows], strict=True)
+                ],
                 dtype=np.float32,
             ),
             size,

@@ -315,7 +315,8 @@ def fit_columns(
     clip: float = 3.0,
     iterations: int = 3,
 ) -> np.ndarray:
-    r"""Column of each group of pixels relative to a reference: ``observed = reconstruction * lines**p``.
+    r"""Column of each group of pixels relative to a reference:
+    ``observed = reconstruction * lines**p``.
 
     Per spectrum and group, :math:`p` is the weighted least-squares solution of
     :math:`\ln(y / \bar S) = c_b + p \ln T_0` over the group's valid pixels where
@@ -378,7 +379,7 @@ def fit_columns(
         p = np.zeros(observed.shape[0])
         for _ in range(iterations):
             num, den, means = 0.0, 0.0, []
-            for cols, ok in zip(parts, use):
+            for cols, ok in zip(parts, use, strict=True):
                 weight = np.where(ok, inverse[:, cols], 0.0)
                 total = weight.sum(axis=1, keepdims=True)
                 total = np.where(total > 0, total, 1.0)
@@ -393,15 +394,16 @@ def fit_columns(
             p = np.where(den > 0, num / np.where(den > 0, den, 1.0), p)
             residuals = [
                 log_ratio[:, cols] - (y_mean - p * g_mean)[:, None] - p[:, None] * log_ref[cols]
-                for cols, (g_mean, y_mean) in zip(parts, means)
+                for cols, (g_mean, y_mean) in zip(parts, means, strict=True)
             ]
             # the threshold: the noise, or the residuals' robust scatter where larger
             # (a reconstruction error above the noise is not rejected wholesale)
             spread = np.concatenate(
-                [np.where(ok, np.abs(r), np.nan) for ok, r in zip(use, residuals)], axis=1
+                [np.where(ok, np.abs(r), np.nan) for ok, r in zip(use, residuals, strict=True)],
+                axis=1
             ) if parts else np.zeros((observed.shape[0], 1))
             scale = 1.4826 * _row_median(spread)
-            for k, (cols, residual) in enumerate(zip(parts, residuals)):
+            for k, (cols, residual) in enumerate(zip(parts, residuals, strict=True)):
                 limit = clip * np.maximum(noise[:, cols], scale[:, None])
                 use[k] = use[k] & (np.abs(residual) < limit)
         columns[:, j] = np.maximum(p, 0.0)

@@ -194,12 +194,13 @@ def calibrate_uncertainty(
     }
     a, b = min(worst, key=worst.get)
     model.extra["sigma_scales"] = np.array([a, b], dtype=np.float64)
+    names = [str(x) for x in snr_levels]
     return {
         "sigma_scales": [float(a), float(b)],
         "n_stars": int(len(truth)),
         "snr_levels": [float(x) for x in snr_levels],
-        "before": dict(zip(map(str, snr_levels), shares(1.0, 1.0, levels).round(4).tolist())),
-        "after": dict(zip(map(str, snr_levels), shares(a, b, levels).round(4).tolist())),
+        "before": dict(zip(names, shares(1.0, 1.0, levels).round(4).tolist(), strict=True)),
+        "after": dict(zip(names, shares(a, b, levels).round(4).tolist(), strict=True)),
     }
 
 
