@@ -30,21 +30,35 @@ __all__ = [
 
 
 def check_linear_flux(spectrum: Spectrum) -> None:
-    """Refuse a flux in magnitudes, dex or decibels with a `~astropy.units.UnitsError`.
+    """Refuse a flux in magnitudes, dex or decibels, or of complex numbers.
 
     The unit is read from ``spectrum.unit``: ``spectrum.flux`` itself raises for
-    mag(AB), which astropy's Quantity does not take.
+    mag(AB), which astropy's Quantity does not take.  A complex flux (an FFT's output
+    passed on by mistake) would otherwise lose its imaginary part with only numpy's
+    warning.
 
     Parameters
     ----------
     spectrum : `~specutils.Spectrum`
         The spectrum to check.
+
+    Raises
+    ------
+    astropy.units.UnitsError
+        If the flux unit is logarithmic.
+    TypeError
+        If the flux is complex.
     """
     unit = spectrum.unit
     if unit is not None and (isinstance(unit, u.FunctionUnitBase) or unit.is_equivalent(u.mag)):
         raise u.UnitsError(
             f"the flux unit {unit} is logarithmic: convert the flux to a linear unit (e.g. "
             "Magnitude(values, u.ABmag).physical, or .to(u.Jy)) before building the Spectrum"
+        )
+    if np.iscomplexobj(spectrum.data):
+        raise TypeError(
+            f"the flux is complex ({spectrum.data.dtype}): a spectrum's flux is real; pass "
+            "its real part (or its modulus) if that is what is meant"
         )
 
 

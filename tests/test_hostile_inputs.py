@@ -241,6 +241,18 @@ def test_flux_in_magnitudes_is_refused(star, name, unit):
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
+def test_complex_flux_is_refused(star, name):
+    """A complex flux is refused by name, not cast to its real part."""
+    spec = Spectrum(
+        flux=(star[0] + 1j * star[0]) * u.Jy, spectral_axis=star[1], meta={"medium": "air"}
+    )
+    with pytest.raises(TypeError, match="the flux is complex"):
+        FUNCTIONS[name](spec)
+    with pytest.raises(TypeError, match="the flux is complex"):  # a list: exposures or arms
+        (denoise if name == "denoise" else remove_tellurics)([spec, spec])
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
 @pytest.mark.parametrize(
     "uncertainty",
     [StdDevUncertainty(np.zeros(4300)), InverseVariance(np.zeros(4300)),
