@@ -158,7 +158,7 @@ def test_outliers_rejected(model):
     hits = np.zeros(flux.shape, bool)
     hits[0, 20:23] = hits[1, 40] = hits[3, [10, 50]] = True
     spiked[hits] += 30 * NOISE
-    spiked[2, 30] -= 30 * NOISE  # a dip the guess misses: kept
+    spiked[2, 30] -= 20 * NOISE  # a dip the guess misses, its flux still above zero: kept
     clean = model.map_estimate(flux, sigma, **FAST)
     clipped = model.map_estimate(spiked, sigma, **FAST)
     kept = model.map_estimate(spiked, sigma, clip=None, **FAST)
@@ -172,6 +172,19 @@ def test_outliers_rejected(model):
         error = np.abs(clipped.z[star] - clean.z[star]).max()
         assert error < 0.05 and np.abs(kept.z[star] - clean.z[star]).max() > 2 * error
     np.testing.assert_allclose(clipped.z[2], kept.z[2], atol=1e-4)  # batch-wide EM stop
+
+
+def test_negative_pixels_rejected(model):
+    """A pixel far below zero flux (a bad pixel, an over-subtracted sky line) is left
+    out; a dip as deep below the guess that stays above zero is kept."""
+    _, _, _, flux, sigma = draw(model, 2, seed=11)
+    flux, sigma = flux[:, 0], sigma[:, 0]
+    flux[0, 15] = -10 * NOISE  # -10 sigma: no star's flux
+    flux[1, 15] = 0.2 * NOISE  # far below the guess, but not below zero
+    result = model.map_estimate(flux, sigma, **FAST)
+    expected = np.zeros(flux.shape, bool)
+    expected[0, 15] = True
+    np.testing.assert_array_equal(result.rejected, expected)
 
 
 def test_outliers_per_exposure(model):

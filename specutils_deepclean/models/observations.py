@@ -207,7 +207,8 @@ def check_usable(gone: torch.Tensor, context: int) -> None:
 def outliers(
     flux, sigma, gone, clip: float, generator, generator_sigma=None, shift=None
 ) -> torch.Tensor:
-    r"""Pixels (B, E, P) more than ``clip`` noise units above the generator's first guess.
+    r"""Pixels (B, E, P) more than ``clip`` noise units above the generator's first guess,
+    or below zero flux.
 
     With :math:`u = (y - G(E(y))) / \sqrt{\sigma^2 + \sigma_G^2}` per pixel
     (:math:`\sigma` the given noise, else the exposure's DER_SNR level;
@@ -215,7 +216,10 @@ def outliers(
     \operatorname{median}(u) > \text{clip} \cdot \max(1, s)`, :math:`s` the robust
     spread (1.4826 times the median absolute deviation) of :math:`u` over the
     exposure: one-sided, because an absorption line the guess misses must not be
-    cut.
+    cut.  Below the guess only a pixel whose flux itself lies more than
+    :math:`\text{clip} \cdot \max(1, s)` of the same noise units below zero is
+    rejected: a star's flux is not negative, so that is a bad pixel or an
+    over-subtracted sky line, while an absorption line the guess misses stays.
 
     Parameters
     ----------
@@ -261,8 +265,10 @@ def outliers(
     u = torch.where(gone, torch.nan, (flux - guess) / var.sqrt())
     centre = u.nanmedian(dim=-1, keepdim=True).values
     spread = 1.4826 * (u - centre).abs().nanmedian(dim=-1, keepdim=True).values
+    bound = clip * torch.nan_to_num(spread, nan=1.0).clamp_min(1.0)
     excess = torch.nan_to_num(u - centre, nan=-math.inf)
-    return excess > clip * torch.nan_to_num(spread, nan=1.0).clamp_min(1.0)
+    below = torch.nan_to_num(torch.where(gone, torch.nan, flux / var.sqrt()), nan=math.inf)
+    return (excess > bound) | (below < -bound)
 
 
 def choose_flow(flows, flux, sigma, gone) -> tuple:
