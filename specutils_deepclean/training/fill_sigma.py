@@ -19,6 +19,8 @@ flagged out of distribution, all gaps pooled.  The ``test`` split is never read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -29,7 +31,16 @@ from ..metrics import GAUSSIAN_COVERAGE
 from ..simulate import GAP_PLACES, GAP_WIDTHS, Simulator, prepare_truth
 from ..spectra import median_normalise
 
-__all__ = ["BIN_GRID", "GAP_SHARES", "SNR", "bins", "calibrate_fill_sigma", "per_bin"]
+__all__ = [
+    "BIN_GRID",
+    "GAP_SHARES",
+    "SNR",
+    "FilledErrors",
+    "bins",
+    "calibrate_fill_sigma",
+    "filled_errors",
+    "per_bin",
+]
 
 #: Candidate numbers of bins over the grid (1: one factor for every pixel).
 BIN_GRID = (1, 5, 10, 20, 40)
@@ -37,6 +48,8 @@ BIN_GRID = (1, 5, 10, 20, 40)
 GAP_SHARES = (*GAP_WIDTHS, 0.4)
 #: The S/N of the observations (that of ``bench_gaps.py``).
 SNR = 10.0
+#: The model's extra arrays that `calibrate_fill_sigma` chooses.
+_FILL_KEYS = ("fill_sigma_scale", "fill_sigma_ood_scale")
 
 
 def bins(n_pix: int, n_bins: int) -> np.ndarray:
@@ -52,6 +65,120 @@ def per_bin(hits: np.ndarray, use: np.ndarray, n_bins: int) -> list:
         round(float(hits[:, a:b].sum() / use[:, a:b].sum()), 4)
         for a, b in bins(hits.shape[1], n_bins)
     ]
+
+
+@dataclass
+class FilledErrors:
+    """The errors of denoised observations over their filled pixels, per protocol gap.
+
+    Attributes
+    ----------
+    no_gap : ndarray of bool, shape (B, P)
+        Observed without a gap: the valid pixels whose error is within the 1-sigma band
+        (the model's ``obs_sigma_scale`` applied when it states one).
+    ratio : dict of ndarray, shape (B, P)
+        Per gap (keyed as ``bench_gaps.py``'s JSON: ``"400_blue"``, ``"0.4_red"``):
+        :math:`|s - \\hat s| / \\sigma` at its filled pixels, :math:`\\sigma` without
+        either fill factor (meaningless elsewhere).
+    pixels : dict of ndarray of bool, shape (B, P)
+        Per gap: the filled pixels with a valid truth and a finite :math:`\\sigma`.
+    flagged : dict of ndarray of bool, shape (B, P)
+        Per gap: those of ``pixels`` that belong to stars flagged out of distribution.
+    """
+
+    no_gap: np.ndarray
+    ratio: dict
+    pixels: dict
+    flagged: dict
+
+    def coverage(
+        self,
+        scale: np.ndarray | float = 1.0,
+        ood: float = 1.0,
+        *,
+        rows: np.ndarray | None = None,
+        flagged: bool | None = None,
+    ) -> dict:
+        """Per gap, the share of its filled pixels within :math:`r\\sigma` (times ``ood``
+        for a flagged star's).
+
+        Parameters
+        ----------
+        scale : ndarray, shape (P,), or float
+            The factor :math:`r` (``fill_sigma_scale``).
+        ood : float
+            The further factor on a flagged star's (``fill_sigma_ood_scale``).
+        rows : ndarray of bool, shape (B,), optional
+            Only these stars (None: all).
+        flagged : bool, optional
+            Only the stars flagged out of distribution (True), only the others (False),
+            or all (None).
+
+        Returns
+        -------
+        dict
+            Gap key to share; a gap without any such pixel is left out.
+        """
+        out = {}
+        for key, ratio in self.ratio.items():
+            use = self.pixels[key] if rows is None else self.pixels[key] & rows[:, None]
+            if flagged is not None:
+                use = use & (self.flagged[key] == flagged)
+            if use.any():
+                limit = np.where(self.flagged[key], ood, 1.0) * scale
+                out[key] = float(np.mean((ratio < limit)[use]))
+        return out
+
+
+def filled_errors(
+    model, truth: np.ndarray, valid: np.ndarray, snr: float, seed: int
+) -> FilledErrors:
+    """Observe ``truth`` at ``snr`` without a gap and with each protocol gap (the same
+    noise draw, seed ``seed``) and denoise it at rest with
+    `~specutils_deepclean.benchmarking.degrade.MAP_OPTIONS`, by ``model`` without its
+    ``fill_sigma_scale`` and ``fill_sigma_ood_scale`` (removed for the run, then put back).
+
+    Parameters
+    ----------
+    model : `~specutils_deepclean.models.denoiser.Denoiser`
+        The denoiser.
+    truth, valid : ndarray, shape (B, P)
+        Clean stars on the model's grid (whole-grid median 1, as in ``bench_gaps.py``)
+        and their valid pixels.
+    snr : float
+        The observations' S/N.
+    seed : int
+        Seed of the noise and of the MAP's starts.
+
+    Returns
+    -------
+    FilledErrors
+    """
+    n_pix = truth.shape[1]
+    saved = {k: model.extra.pop(k) for k in _FILL_KEYS if k in model.extra}
+    sim = Simulator(model.wavelength.to_value("Angstrom"), model.medium)
+    ratio, pixels, flagged = {}, {}, {}
+    gaps = [(None, None)] + [(share, place) for share in GAP_SHARES for place in GAP_PLACES]
+    try:
+        for share, place in gaps:
+            width = int(round(share * n_pix)) if share is not None and share < 1 else share
+            gap = None if share is None else (int(width), place)
+            obs = sim.observe(np.where(valid, truth, np.nan), snr, seed=seed, gap=gap)
+            out = denoise_arrays(
+                model, obs.flux, obs.sigma, obs.mask, velocity=0.0,
+                generator=torch.Generator().manual_seed(seed), **MAP_OPTIONS,
+            )  # fmt: skip
+            use = valid & np.isfinite(out.flux_sigma)
+            if share is None:  # no gap: the observed pixels' coverage
+                no_gap = (np.abs(out.flux - truth) < out.flux_sigma) & use
+                continue
+            key = f"{share:g}_{place}"
+            pixels[key] = use & out.map.filled
+            ratio[key] = np.abs(out.flux - truth) / np.where(pixels[key], out.flux_sigma, 1.0)
+            flagged[key] = pixels[key] & out.map.ood_flag[:, None]
+    finally:
+        model.extra.update(saved)
+    return FilledErrors(no_gap=no_gap, ratio=ratio, pixels=pixels, flagged=flagged)
 
 
 def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
@@ -81,28 +208,11 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
     truth, valid = prepare_truth(library.select(split="val", good=True), wave, model.medium)
     _, whole = median_normalise(truth, ~valid)
     truth = truth / whole[:, None]  # whole-grid median 1, as in bench_gaps.py
-    model.extra.pop("fill_sigma_scale", None)
-    model.extra.pop("fill_sigma_ood_scale", None)
+    for key in _FILL_KEYS:
+        model.extra.pop(key, None)
     n_star, n_pix = truth.shape
-    sim = Simulator(wave, model.medium)
-    ratio, pixels, flagged = {}, {}, {}
-    gaps = [(None, None)] + [(share, place) for share in GAP_SHARES for place in GAP_PLACES]
-    for share, place in gaps:
-        width = int(round(share * n_pix)) if share is not None and share < 1 else share
-        gap = None if share is None else (int(width), place)
-        obs = sim.observe(np.where(valid, truth, np.nan), SNR, seed=seed, gap=gap)
-        out = denoise_arrays(
-            model, obs.flux, obs.sigma, obs.mask, velocity=0.0,
-            generator=torch.Generator().manual_seed(seed), **MAP_OPTIONS,
-        )  # fmt: skip
-        use = valid & np.isfinite(out.flux_sigma)
-        if share is None:  # no gap: the observed pixels' coverage per bin
-            no_gap = (np.abs(out.flux - truth) < out.flux_sigma) & use
-            continue
-        key = f"{share:g}_{place}"
-        pixels[key] = use & out.map.filled
-        ratio[key] = np.abs(out.flux - truth) / np.where(pixels[key], out.flux_sigma, 1.0)
-        flagged[key] = pixels[key] & out.map.ood_flag[:, None]
+    errors = filled_errors(model, truth, valid, SNR, seed)
+    ratio, pixels, flagged = errors.ratio, errors.pixels, errors.flagged
     halves = (np.arange(n_star) % 2 == 0, np.arange(n_star) % 2 == 1)
 
     def fit(rows: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,15 +225,6 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         ]
         centres = (bins(n_pix, n_bins).sum(1) - 1) / 2
         return np.interp(np.arange(n_pix), centres, quantiles), np.asarray(quantiles)
-
-    def coverage(scale: np.ndarray, rows: np.ndarray, ood: float = 1.0) -> dict:
-        return {
-            k: float(
-                np.mean((ratio[k][rows] < np.where(flagged[k][rows], ood, 1.0) * scale)
-                        [pixels[k][rows]])
-            )
-            for k in ratio
-        }  # fmt: skip
 
     def held_out(n_bins: int) -> dict:
         inside = {k: 0 for k in ratio}
@@ -138,34 +239,25 @@ def calibrate_fill_sigma(model, library: Library, *, seed: int = 0) -> dict:
         BIN_GRID,
         key=lambda n: max(abs(c - GAUSSIAN_COVERAGE) for c in candidates[n].values()),
     )
-    everyone = np.ones(n_star, bool)
-    scale, at_centres = fit(everyone, n_bins)
+    scale, at_centres = fit(np.ones(n_star, bool), n_bins)
     model.extra["fill_sigma_scale"] = scale
     ood_ratio = np.concatenate([(ratio[k] / scale)[flagged[k]] for k in ratio])
     ood = float(np.quantile(ood_ratio, GAUSSIAN_COVERAGE)) if ood_ratio.size else 1.0
     model.extra["fill_sigma_ood_scale"] = np.array([ood])
-
-    def flagged_coverage(factor: float) -> dict:
-        return {
-            k: float(np.mean((ratio[k] / scale)[flagged[k]] < factor))
-            for k in ratio
-            if flagged[k].any()
-        }
-
     return {
         "n_bins": n_bins,
         "n_stars": int(n_star),
         "snr": SNR,
         "gap_widths": list(GAP_SHARES),
         "scale_at_bin_centres": at_centres.round(4).tolist(),
-        "no_gap_coverage_per_bin": per_bin(no_gap, valid, n_bins),
-        "no_gap_coverage": float(no_gap.sum() / valid.sum()),
-        "before": coverage(np.ones(n_pix), everyone),
-        "after": coverage(scale, everyone, ood),
+        "no_gap_coverage_per_bin": per_bin(errors.no_gap, valid, n_bins),
+        "no_gap_coverage": float(errors.no_gap.sum() / valid.sum()),
+        "before": errors.coverage(),
+        "after": errors.coverage(scale, ood),
         "held_out": candidates[n_bins],
         "held_out_per_bins": {str(n): candidates[n] for n in BIN_GRID},
         "ood_scale": round(ood, 4),
         "n_flagged": {k: int(flagged[k].any(1).sum()) for k in ratio},
-        "ood_coverage_before": flagged_coverage(1.0),
-        "ood_coverage_after": flagged_coverage(ood),
+        "ood_coverage_before": errors.coverage(scale, flagged=True),
+        "ood_coverage_after": errors.coverage(scale, ood, flagged=True),
     }
