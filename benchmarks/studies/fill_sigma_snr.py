@@ -24,11 +24,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from val_study import gap_setup, study_args, write_result
 
 from specutils_deepclean.metrics import GAUSSIAN_COVERAGE
 from specutils_deepclean.simulate import SNR_LEVELS
 from specutils_deepclean.training.fill_sigma import filled_errors
+
+from val_study import gap_setup, study_args, write_result
 
 
 def _span(coverage: dict) -> list:
