@@ -12,7 +12,9 @@ the MSE and relative RMS error over the gap of the output; the coverage of its 1
 uncertainty and its median sigma over the gap; and the MSE over the gap of the parts
 of the fill: the MAP class's :math:`G(\\hat z)` alone (without the continuum and
 residual terms) and with them, every class's optimum with its own terms (and its
-Laplace log evidence relative to the best class's), the class posterior's mean before
+Laplace log evidence relative to the best class's, and its :math:`\\chi^2` over the
+observed pixels of the co-add at rest relative to the smallest: how well it fits the
+data without the prior), the class posterior's mean before
 `~specutils_deepclean.models.gap_fill.library_pull` (the stars missing at least
 `~specutils_deepclean.models.level.MIN_MISSING` of the grid) and the training
 library's mean it pulls toward, and the share of the gap's pixels where the fill was
@@ -95,8 +97,11 @@ def _star(model, seen, out, j: int, truth, use, names, label: str) -> dict:
         signal = model.generator.generate(z)
         rows = torch.full((k,), j, dtype=torch.int64)
         terms = model._linear_terms(gap_fill._take(seen["data"], rows), signal)[0]
+        flux, weight = rest_weight(gap_fill._take(seen["data"], rows[:1]))
+        chi2 = (weight * (flux - (signal + terms)).square()).sum(-1).double().numpy()
     signal, terms = signal.double().numpy(), terms.double().numpy()
     evidence = out.map.class_log_evidence[j] - out.map.class_log_evidence[j].max()
+    chi2 = chi2 - chi2.min()
     best = int(out.map.map_class[j])
     err = np.mean((out.flux[j] - truth)[use] ** 2)
     row = {
@@ -115,7 +120,8 @@ def _star(model, seen, out, j: int, truth, use, names, label: str) -> dict:
         "map_class_with_terms": mse(signal[best] + terms[best]),
         "per_class": {
             names[c]: {"mse_in_gap": mse(signal[c] + terms[c]),
-                       "log_evidence": round(float(evidence[c]), 1)}
+                       "log_evidence": round(float(evidence[c]), 1),
+                       "chi2_observed": round(float(chi2[c]), 1)}
             for c in range(k)
         },  # fmt: skip
         "share_below_zero": round(float(np.mean(seen["unfloored"][j].numpy()[use] < 0)), 4),
