@@ -25,8 +25,11 @@ transmission is about as good as with three rounds each.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .models.velocity import _keys_weights
 from .telluric_fit import _noise, fit_transmission
@@ -302,7 +305,9 @@ def remove_physical(
 
         grid_edges = _convert_medium(grid_edges, grid.medium, source)
     if edges[-1] > grid_edges[0] and edges[0] < grid_edges[-1]:
-        gs = to_model_grid(spectrum, grid, medium=source)
+        with warnings.catch_warnings():  # a medium= contradicting the meta: named above
+            warnings.filterwarnings("ignore", "medium=.* overrides", AstropyUserWarning)
+            gs = to_model_grid(spectrum, grid, medium=source)
         recon = net.reconstruct(gs.flux, gs.missing, batch_size=batch_size)
         stellar = _to_last(grid_to_input(gs, recon)[0], axis, descending)
     if resolution is None and spectrum.meta and spectrum.meta.get("resolving_power") is not None:

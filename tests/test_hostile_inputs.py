@@ -486,3 +486,14 @@ def test_signal_to_noise_beyond_the_model(star, snr):
     out = run("denoise", make(star, sigma=sigma), warns=r"uncertainty below 0.0001 of the")
     keep = ~out.mask
     assert np.median(np.abs(out.flux.value - star[0])[keep]) < 0.02 * level
+
+
+def test_physical_mode_names_a_medium_contradiction_once(star):
+    """``medium=`` against the meta's medium is warned about once in ``physical`` mode
+    (it was warned twice: once when resolved, once on the model grid)."""
+    spec = make(star, meta={"medium": "air"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        remove_tellurics(spec, mode="physical", medium="vacuum", device="cpu")
+    named = [w for w in caught if "medium='vacuum' overrides the air" in str(w.message)]
+    assert len(named) == 1
