@@ -104,9 +104,9 @@ def test_fill_missing_equals_linear_interpolation_of_each_row(shape):
     flux[missing] = np.nan
     got = fill_missing(torch.from_numpy(flux), torch.from_numpy(missing)).numpy()
     x = np.arange(shape[-1])
-    for row, gone, out in zip(
-        flux.reshape(-1, shape[-1]), missing.reshape(-1, shape[-1]), got.reshape(-1, shape[-1])
-    ):
+    n_pix = shape[-1]
+    rows = (flux.reshape(-1, n_pix), missing.reshape(-1, n_pix), got.reshape(-1, n_pix))
+    for row, gone, out in zip(*rows, strict=True):
         expected = np.interp(x, x[~gone], row[~gone]) if (~gone).any() else np.ones(x.size)
         np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(out[~gone], row[~gone])

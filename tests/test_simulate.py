@@ -179,7 +179,10 @@ def test_survey_gap_fraction(examples):
     for row in rows:  # each gapped spectrum lost exactly one gap of the protocol
         missing = np.isnan(gapped.flux[row])
         inside = [np.isin(np.arange(GRID.size), np.arange(g.start, g.stop)) for g in gaps]
-        assert any(missing[g].all() and not lost[row, ~i].any() for g, i in zip(gaps, inside))
+        assert any(
+            missing[g].all() and not lost[row, ~i].any()
+            for g, i in zip(gaps, inside, strict=True)
+        )
     with pytest.raises(ValueError, match="gap_fraction"):
         observe_split(examples, GRID, "air", copies=1, seed=3, gap_fraction=1.5)
 

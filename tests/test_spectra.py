@@ -671,7 +671,7 @@ def test_median_normalise_scale_equals_nanmedian():
     _, scale = median_normalise(flux, missing)
     expected = np.array(
         [np.median(row[~gone & np.isfinite(row)]) if (~gone & np.isfinite(row)).any() else np.nan
-         for row, gone in zip(flux, missing)]
+         for row, gone in zip(flux, missing, strict=True)]
     )
     np.testing.assert_array_equal(scale, expected)
     _, scale3 = median_normalise(flux.reshape(4, 10, 31), missing.reshape(4, 10, 31))

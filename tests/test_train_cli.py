@@ -119,7 +119,8 @@ def test_train_denoiser_tiny_library_with_stages(tiny_library, tmp_path, capsys,
     # A rerun loads the stages: same weights, same model.
     assert _train([*argv, "--overwrite"])[0] == 0
     again = load_model(out)
-    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+    pairs = zip(model.state_dict().items(), again.state_dict().items(), strict=True)
+    for (name, a), (_, b) in pairs:
         assert torch.equal(a, b), name
     # Stages made with other settings are refused, not silently reused.
     changed = [*argv[:argv.index("--latent")], "--latent", "4", *argv[argv.index("--latent") + 2:]]

@@ -129,7 +129,11 @@ def throughput(function, flux, sigma, wave, medium, batches, repeats, device) ->
         spectrum = as_spectrum(flux[:batch], sigma[:batch], wave, medium)
         kwargs = {"batch_size": batch} if function is remove_tellurics else {}
         seconds, _ = _timed(
-            lambda: _quiet(function, spectrum, device=device, **kwargs), repeats, device
+            lambda spectrum=spectrum, kwargs=kwargs: _quiet(
+                function, spectrum, device=device, **kwargs
+            ),
+            repeats,
+            device,
         )
         rows.append(
             {
@@ -159,7 +163,7 @@ def harps(device: torch.device, repeats: int, amp: bool) -> list:
         outputs = {}
         for name, context in precisions.items():
 
-            def run(context=context):
+            def run(context=context, flux=flux, missing=missing):
                 with torch.inference_mode(), context():
                     return net._decode_mean(flux, missing)
 

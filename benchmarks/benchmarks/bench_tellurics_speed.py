@@ -127,7 +127,7 @@ def end_to_end(model, flux, sigma, wave, medium, batch_sizes, repeats) -> list:
         spec = as_spectrum(flux[:batch], sigma[:batch], wave, medium)
         calls = max(1, 64 // batch)
 
-        def run(spec=spec, calls=calls):
+        def run(spec=spec, calls=calls, batch=batch):
             for _ in range(calls):
                 remove_tellurics(spec, model, device="cpu", batch_size=batch)
 
@@ -155,7 +155,7 @@ def network(model, flux, batch_sizes, repeats) -> list:
         part = normalised[:batch]
         calls = max(1, 64 // batch)
 
-        def run(part=part, calls=calls):
+        def run(part=part, calls=calls, batch=batch):
             for _ in range(calls):
                 model.reconstruct(part, batch_size=batch)
 

@@ -42,7 +42,7 @@ def figure(now: dict, before: dict) -> Figure:
         left.plot(pixels, pca, "s:", color=colour, alpha=0.6, label=f"PCA-10, {place}")
         old = [(w, before["gaps"][k]["median_mse"]["deepclean"]) for w, k in rows
                if k in before["gaps"]]  # fmt: skip
-        left.plot(*zip(*old), "x--", color=colour, alpha=0.5, label=f"before, {place}")
+        left.plot(*zip(*old, strict=True), "x--", color=colour, alpha=0.5, label=f"before, {place}")
         cover = [now["gaps"][k]["calibration_in_gap"] for _, k in rows]
         right.plot(pixels, cover, "o-", color=colour, label=place)
     none = now["gaps"]["none"]["median_mse"]["deepclean"]

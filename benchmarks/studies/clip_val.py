@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         flux, scale = median_normalise(obs.flux, obs.mask)
         sigma = obs.sigma / scale[:, None]
 
-        def median_mse(missing, clip):
+        def median_mse(missing, clip, flux=flux, sigma=sigma, scale=scale):
             result = denoise_arrays(
                 model, flux, sigma, missing, scale=scale, steps=20, n_starts=2, clip=clip
             )

@@ -225,7 +225,9 @@ def calibrate_class_posterior(model, library, *, seed: int) -> dict:
         "folds": FOLDS,
         "families": families,
         "chosen": chosen,
-        "class_calibration": dict(zip(("T0", "gamma", "floor", "alpha", "beta"), value.tolist())),
+        "class_calibration": dict(
+            zip(("T0", "gamma", "floor", "alpha", "beta"), value.tolist(), strict=True)
+        ),
         "val_nll": nll(value, *_pooled(fits, np.arange(labels.size), labels)),
         "val_ece": {str(s): _ece(fitted[s], labels) for s in SNRS},
         "val_ece_uncalibrated": {str(s): _ece(returned(None, fits[s]), labels) for s in SNRS},

@@ -191,8 +191,8 @@ def _benchmark_inputs(full, compact, seed: int = 0) -> dict:
     wave, medium = library.wavelength.value, library.medium
     surveys = []
     for sky, transmission in (full, compact):
-        with mock.patch.object(simulate, "load_sky", lambda: sky), \
-                mock.patch.object(simulate, "load_transmission", lambda: transmission):
+        with mock.patch.object(simulate, "load_sky", lambda sky=sky: sky), \
+                mock.patch.object(simulate, "load_transmission", lambda t=transmission: t):
             surveys.append(observe_split(stars, wave, medium, copies=1, seed=seed, snr=50))
     ref, new = surveys
     ok = np.isfinite(ref.flux) & np.isfinite(new.flux)
