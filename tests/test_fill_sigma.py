@@ -14,28 +14,28 @@ from specutils_deepclean.models.fill_sigma import (  # noqa: E402
 from specutils_deepclean.simulate import gap_slice  # noqa: E402
 
 
-def test_fill_sigma_scales_the_filled_pixels_only():
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize(
+    "function, key, other, scaled_where_filled",
+    [
+        (fill_sigma, "fill_sigma_scale", "obs_sigma_scale", True),
+        (obs_sigma, "obs_sigma_scale", "fill_sigma_scale", False),
+    ],
+    ids=["fill_sigma", "obs_sigma"],
+)
+def test_factor_scales_its_pixels_only(function, key, other, scaled_where_filled):
+    """``fill_sigma`` scales the pixels without data, ``obs_sigma`` those with; each
+    returns the variance itself without its own key (the other one's is ignored)."""
+    rng = np.random.default_rng(3 if scaled_where_filled else 5)
     var = torch.as_tensor(rng.uniform(0.1, 2.0, (4, 50)))
     filled = torch.as_tensor(rng.random((4, 50)) < 0.3)
     scale = rng.uniform(0.5, 1.5, 50)
-    out = fill_sigma({"fill_sigma_scale": scale}, var, filled)
-    assert torch.equal(out[~filled], var[~filled])
-    expected = (var * torch.as_tensor(scale) ** 2)[filled]
-    torch.testing.assert_close(out[filled], expected, rtol=1e-12, atol=0)
-    assert fill_sigma({}, var, filled) is var
-
-
-def test_obs_sigma_scales_the_pixels_with_data_only():
-    rng = np.random.default_rng(5)
-    var = torch.as_tensor(rng.uniform(0.1, 2.0, (4, 50)))
-    filled = torch.as_tensor(rng.random((4, 50)) < 0.3)
-    scale = rng.uniform(0.5, 1.5, 50)
-    out = obs_sigma({"obs_sigma_scale": scale}, var, filled)
-    assert torch.equal(out[filled], var[filled])
-    expected = (var * torch.as_tensor(scale) ** 2)[~filled]
-    torch.testing.assert_close(out[~filled], expected, rtol=1e-12, atol=0)
-    assert obs_sigma({"fill_sigma_scale": scale}, var, filled) is var
+    out = function({key: scale}, var, filled)
+    hit = filled if scaled_where_filled else ~filled
+    assert torch.equal(out[~hit], var[~hit])
+    expected = (var * torch.as_tensor(scale) ** 2)[hit]
+    torch.testing.assert_close(out[hit], expected, rtol=1e-12, atol=0)
+    assert function({}, var, filled) is var
+    assert function({other: scale}, var, filled) is var
 
 
 @pytest.mark.parametrize("key", ["fill_sigma_scale", "obs_sigma_scale"])

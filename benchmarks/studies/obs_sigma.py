@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     }
     for i, snr in enumerate(SNR_LEVELS):
         parts = observed_parts(model, truth, valid, snr, args.seed + i)
-        use = np.isfinite(parts.error)
+        use = parts.counted
         scale = parts.model_error_scale[:, None]
         base = parts.scaled / scale
         terms = {
@@ -65,11 +65,11 @@ def main(argv=None) -> int:
         }
         ratio = parts.error / np.sqrt(parts.scaled + parts.added)
         entry = {
-            "coverage": float((parts.covered() & use).sum() / use.sum()),
+            "coverage": float(parts.covered().sum() / use.sum()),
             "coverage_per_bin": per_bin_coverage([parts]),
         }
         if factor is not None:
-            entry["coverage_with_factor"] = float((parts.covered(factor) & use).sum() / use.sum())
+            entry["coverage_with_factor"] = float(parts.covered(factor).sum() / use.sum())
             entry["coverage_per_bin_with_factor"] = per_bin_coverage([parts], factor)
         result["snr"][f"{snr:g}"] = {
             **entry,

@@ -72,8 +72,13 @@ class ObservedParts:
 
     def covered(self, factor: np.ndarray | float = 1.0) -> np.ndarray:
         """Bool (B, P): the error within :math:`\\sqrt{r^2 a + b}` for the factor
-        ``factor`` (per pixel or one number)."""
+        ``factor`` (per pixel or one number); False where the error is NaN."""
         return self.error < np.sqrt(np.square(factor) * self.scaled + self.added)
+
+    @property
+    def counted(self) -> np.ndarray:
+        """Bool (B, P): the pixels with an error (truth valid, output finite)."""
+        return np.isfinite(self.error)
 
 
 def observed_parts(
@@ -121,8 +126,8 @@ def observed_parts(
 
 def per_bin_coverage(parts: list[ObservedParts], factor: np.ndarray | float = 1.0) -> list:
     """The share of covered pixels with data in each of `N_BINS` bins, ``parts`` pooled."""
-    hits = np.concatenate([p.covered(factor) & np.isfinite(p.error) for p in parts])
-    return per_bin(hits, np.concatenate([np.isfinite(p.error) for p in parts]), N_BINS)
+    hits = np.concatenate([p.covered(factor) for p in parts])
+    return per_bin(hits, np.concatenate([p.counted for p in parts]), N_BINS)
 
 
 def fit_factor(parts: list[ObservedParts], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,8 +191,8 @@ def calibrate_obs_sigma(model, library: Library, *, seed: int = 0) -> dict:
     def summary(factor) -> dict:
         out = {}
         for key, group in groups.items():
-            hits = sum(int((p.covered(factor) & np.isfinite(p.error)).sum()) for p in group)
-            count = sum(int(np.isfinite(p.error).sum()) for p in group)
+            hits = sum(int(p.covered(factor).sum()) for p in group)
+            count = sum(int(p.counted.sum()) for p in group)
             out[key] = {"pooled": hits / count, "per_bin": per_bin_coverage(group, factor)}
         return out
 
